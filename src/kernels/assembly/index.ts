@@ -1,0 +1,3 @@
+// Entry point of the WebAssembly kernel module: every kernel family is re-exported here.
+export * from "./f32";
+export * from "./quant";

@@ -1,0 +1,1 @@
+// Quantized kernels: activation quantizers, block-format matrix products, dequantizers.
