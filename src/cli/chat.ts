@@ -1,0 +1,143 @@
+import { createInterface } from "node:readline";
+import type { Command } from "commander";
+import { UserError } from "../errors.js";
+import { type ChatMessage, loadModel, type Model } from "../model/model.js";
+import {
+  addModelOptions,
+  addSamplingOptions,
+  intArg,
+  type SamplingFlags,
+  samplerOptions,
+} from "./options.js";
+
+interface ChatFlags extends SamplingFlags {
+  model: string;
+  threads?: number;
+  ctx?: number;
+  template?: string;
+  system?: string;
+  nPredict: number;
+}
+
+const HELP =
+  "commands: /reset (new conversation), /system TEXT (set the system prompt), /exit; Ctrl-C stops a reply";
+
+/**
+ * Drops the oldest user/assistant turns until the rendered conversation leaves `reserve` tokens of
+ * room in the context; the system message is kept.
+ */
+export function fitHistory(model: Model, messages: ChatMessage[], reserve: number): ChatMessage[] {
+  const out = [...messages];
+  const budget = model.contextSize - reserve;
+  for (;;) {
+    const n = model.tokenize(model.formatChat(out), { addSpecial: false }).length;
+    if (n <= budget) return out;
+    const first = out.findIndex((m) => m.role !== "system");
+    // Keep at least the newest user message.
+    if (first < 0 || first >= out.length - 1) {
+      throw new UserError(
+        `the message is ${n} tokens; the context of ${model.contextSize} tokens has no room for it`,
+      );
+    }
+    out.splice(first, out[first + 1]?.role === "assistant" ? 2 : 1);
+  }
+}
+
+export function registerChat(program: Command) {
+  const cmd = program
+    .command("chat")
+    .description("talk with a model in the terminal (multi-turn, streamed)")
+    .option("-s, --system <text>", "system prompt")
+    .option("-n, --n-predict <n>", "most tokens per reply", intArg("-n", 1), 512);
+  addModelOptions(cmd);
+  addSamplingOptions(cmd);
+  cmd.action(async (flags: ChatFlags) => {
+    const model = await loadModel(flags.model, {
+      threads: flags.threads,
+      contextSize: flags.ctx,
+      template: flags.template,
+    });
+    model.template(); // fail now, not at the first message, when there is no template
+    await runChat(model, flags);
+  });
+}
+
+async function runChat(model: Model, flags: ChatFlags) {
+  const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
+  let system = flags.system;
+  let history: ChatMessage[] = [];
+  let current: AbortController | undefined;
+  rl.on("SIGINT", () => {
+    if (current) current.abort();
+    else rl.close();
+  });
+  const out = process.stdout;
+  out.write(`${model.name} · context ${model.contextSize} · template ${model.template().label}\n${HELP}\n`);
+  const prompt = () =>
+    new Promise<string | undefined>((resolve) => {
+      const onClose = () => resolve(undefined);
+      rl.once("close", onClose);
+      rl.question("> ", (line) => {
+        rl.off("close", onClose);
+        resolve(line);
+      });
+    });
+  try {
+    for (;;) {
+      const line = await prompt();
+      if (line === undefined) break;
+      const text = line.trim();
+      if (!text) continue;
+      if (text === "/exit" || text === "/quit") break;
+      if (text === "/reset") {
+        history = [];
+        model.reset();
+        out.write("(new conversation)\n");
+        continue;
+      }
+      if (text.startsWith("/system")) {
+        system = text.slice("/system".length).trim() || undefined;
+        history = [];
+        out.write(
+          system ? "(system prompt set; new conversation)\n" : "(system prompt cleared; new conversation)\n",
+        );
+        continue;
+      }
+      if (text.startsWith("/")) {
+        out.write(`unknown command ${text.split(/\s/)[0]}; ${HELP}\n`);
+        continue;
+      }
+      history.push({ role: "user", content: text });
+      const base: ChatMessage[] = system ? [{ role: "system", content: system }] : [];
+      let messages: ChatMessage[];
+      try {
+        messages = fitHistory(model, [...base, ...history], Math.min(flags.nPredict, model.contextSize >> 1));
+      } catch (e) {
+        history.pop();
+        if (e instanceof UserError) {
+          out.write(`${e.message}\n`);
+          continue;
+        }
+        throw e;
+      }
+      history = messages.filter((m) => m.role !== "system");
+      current = new AbortController();
+      let reply = "";
+      for await (const piece of model.chat(messages, {
+        ...samplerOptions(flags),
+        maxTokens: flags.nPredict,
+        signal: current.signal,
+      })) {
+        reply += piece;
+        out.write(piece);
+      }
+      const stopped = current.signal.aborted;
+      current = undefined;
+      out.write(stopped ? " [stopped]\n" : "\n");
+      history.push({ role: "assistant", content: reply.trim() });
+    }
+  } finally {
+    rl.close();
+    await model.dispose();
+  }
+}

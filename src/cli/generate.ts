@@ -1,0 +1,66 @@
+import type { Command } from "commander";
+import { loadModel } from "../model/model.js";
+import {
+  addModelOptions,
+  addSamplingOptions,
+  intArg,
+  type SamplingFlags,
+  samplerOptions,
+} from "./options.js";
+
+interface GenerateFlags extends SamplingFlags {
+  model: string;
+  prompt: string;
+  n: number;
+  threads?: number;
+  ctx?: number;
+  template?: string;
+  json?: boolean;
+}
+
+export function registerGenerate(program: Command) {
+  const cmd = program
+    .command("generate")
+    .description("continue a prompt, streaming the text to stdout")
+    .requiredOption("-p, --prompt <text>", "prompt text")
+    .option("-n, --n-predict <n>", "tokens to generate", intArg("-n", 1), 128)
+    .option("--json", "print one JSON object with the text and timings instead of streaming");
+  addModelOptions(cmd);
+  addSamplingOptions(cmd);
+  cmd.action(async (flags: GenerateFlags & { nPredict: number }) => {
+    const model = await loadModel(flags.model, { threads: flags.threads, contextSize: flags.ctx });
+    try {
+      const controller = new AbortController();
+      const onSigint = () => controller.abort();
+      process.once("SIGINT", onSigint);
+      let info: { promptTokens: number; completionTokens: number; finishReason: string } | undefined;
+      const t0 = performance.now();
+      let text = "";
+      for await (const piece of model.generate(flags.prompt, {
+        ...samplerOptions(flags),
+        maxTokens: flags.nPredict,
+        signal: controller.signal,
+        onDone: (i) => {
+          info = i;
+        },
+      })) {
+        if (flags.json) text += piece;
+        else process.stdout.write(piece);
+      }
+      process.off("SIGINT", onSigint);
+      const seconds = (performance.now() - t0) / 1000;
+      if (flags.json) {
+        process.stdout.write(`${JSON.stringify({ text, ...info, seconds })}\n`);
+      } else {
+        process.stdout.write("\n");
+        if (info && process.stderr.isTTY) {
+          process.stderr.write(
+            `[${info.promptTokens} prompt + ${info.completionTokens} generated tokens in ${seconds.toFixed(2)} s, ${info.finishReason}]\n`,
+          );
+        }
+      }
+    } finally {
+      await model.dispose();
+    }
+  });
+}

@@ -1,0 +1,16 @@
+import type { Command } from "commander";
+import { inspectGguf } from "../model/inspect.js";
+
+export function registerInspect(program: Command) {
+  program
+    .command("inspect")
+    .description("show a GGUF file's architecture, metadata, tensors and the memory needed to run it")
+    .argument("<file>", "GGUF file")
+    .option("--json", "print the report as JSON")
+    .option("-c, --ctx <n>", "context size for the memory estimate (default: the model's, at most 4096)")
+    .action((file: string, flags: { json?: boolean; ctx?: string }) => {
+      const report = inspectGguf(file, { contextSize: flags.ctx ? Number(flags.ctx) : undefined });
+      if (flags.json) process.stdout.write(`${JSON.stringify(report.json, null, 2)}\n`);
+      else process.stdout.write(report.text);
+    });
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env node
+import { Command, CommanderError, InvalidArgumentError } from "commander";
+import { isUserError } from "../errors.js";
+import { registerChat } from "./chat.js";
+import { registerGenerate } from "./generate.js";
+import { registerInspect } from "./inspect.js";
+import { registerQuantize } from "./quantize.js";
+
+const program = new Command("smallhammer")
+  .description("Build, tune, shrink and run Llama-family language models on CPU")
+  .version("0.1.0")
+  .showHelpAfterError()
+  .exitOverride();
+
+registerInspect(program);
+registerGenerate(program);
+registerChat(program);
+registerQuantize(program);
+
+/** Prints a user error as one line and exits 2; anything else is a bug and keeps its stack. */
+function fail(e: unknown): never {
+  if (isUserError(e)) {
+    process.stderr.write(`smallhammer: ${e.message}\n`);
+    process.exit(2);
+  }
+  if (e instanceof CommanderError) {
+    process.exit(e.exitCode === 0 ? 0 : 2);
+  }
+  if (e instanceof InvalidArgumentError) {
+    process.stderr.write(`smallhammer: ${e.message}\n`);
+    process.exit(2);
+  }
+  throw e;
+}
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  fail(e);
+}

@@ -1,0 +1,71 @@
+import { type Command, InvalidArgumentError } from "commander";
+
+/** Commander parser for an integer flag within [min, max]. */
+export function intArg(name: string, min: number, max = Number.MAX_SAFE_INTEGER) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^-?\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new InvalidArgumentError(`${name} must be an integer from ${min} to ${max}, got "${value}"`);
+    }
+    return n;
+  };
+}
+
+/** Commander parser for a number flag within [min, max]. */
+export function numArg(name: string, min: number, max = Number.POSITIVE_INFINITY) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (value.trim() === "" || !Number.isFinite(n) || n < min || n > max) {
+      throw new InvalidArgumentError(`${name} must be a number from ${min} to ${max}, got "${value}"`);
+    }
+    return n;
+  };
+}
+
+export interface SamplingFlags {
+  temp?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repeatPenalty?: number;
+  seed?: number;
+}
+
+/** Sampling flags shared by generate and chat. */
+export function addSamplingOptions(cmd: Command): Command {
+  return cmd
+    .option("--temp <t>", "temperature (0 = greedy)", numArg("--temp", 0, 100))
+    .option("--top-k <k>", "keep the k most likely tokens (0 = off)", intArg("--top-k", 0))
+    .option("--top-p <p>", "nucleus sampling mass (1 = off)", numArg("--top-p", 0, 1))
+    .option("--min-p <p>", "drop tokens below p times the top probability (0 = off)", numArg("--min-p", 0, 1))
+    .option(
+      "--repeat-penalty <r>",
+      "penalty for recently used tokens (1 = off)",
+      numArg("--repeat-penalty", 0),
+    )
+    .option("--seed <s>", "random seed (same seed, same text)", intArg("--seed", 0, 2 ** 32 - 1));
+}
+
+export function samplerOptions(f: SamplingFlags) {
+  return {
+    temperature: f.temp,
+    topK: f.topK,
+    topP: f.topP,
+    minP: f.minP,
+    repeatPenalty: f.repeatPenalty,
+    seed: f.seed,
+  };
+}
+
+/** Model loading flags shared by generate, chat and serve. */
+export function addModelOptions(cmd: Command): Command {
+  return cmd
+    .requiredOption("-m, --model <file>", "GGUF model file")
+    .option("-t, --threads <n>", "compute threads (default: all cores)", intArg("--threads", 1, 1024))
+    .option(
+      "-c, --ctx <n>",
+      "context size in tokens (default: the model's, at most 4096)",
+      intArg("--ctx", 1),
+    )
+    .option("--template <name>", "chat template: alpaca, vicuna_v1.1, llama-2, chatml (default: the file's)");
+}

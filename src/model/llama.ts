@@ -1,0 +1,454 @@
+import { closeSync, openSync } from "node:fs";
+import { UserError } from "../errors.js";
+import { GGMLType, ggmlTypeName } from "../formats/ggml-types.js";
+import { type GgufHeader, type GgufTensorInfo, readGgufHeader, readTensorInto } from "../formats/gguf.js";
+import {
+  type AttentionShape,
+  activationBytes,
+  type Backend,
+  type Buf,
+  rowBytes,
+  WasmBackend,
+  type Weight,
+  type WeightFormat,
+} from "../runtime/backend.js";
+import { MAX_SHARD_BYTES, Runtime, SHARD_BASE } from "../runtime/runtime.js";
+import { type LlamaConfig, llamaConfigFromMetadata, metadataGetter } from "./config.js";
+
+const FORMAT_OF: Partial<Record<GGMLType, WeightFormat>> = {
+  [GGMLType.F32]: "F32",
+  [GGMLType.F16]: "F16",
+  [GGMLType.BF16]: "BF16",
+  [GGMLType.Q4_0]: "Q4_0",
+  [GGMLType.Q4_1]: "Q4_1",
+  [GGMLType.Q5_0]: "Q5_0",
+  [GGMLType.Q5_1]: "Q5_1",
+  [GGMLType.Q8_0]: "Q8_0",
+  [GGMLType.Q4_K]: "Q4_K",
+  [GGMLType.Q5_K]: "Q5_K",
+  [GGMLType.Q6_K]: "Q6_K",
+};
+
+export interface LlamaLoadOptions {
+  /** Compute threads, the calling thread included; default: all cores. */
+  threads?: number;
+  /** KV cache length in tokens; default: the model's context length, at most 4096. */
+  contextSize?: number;
+  /** Independent sequences with their own KV cache (for serving several clients). Default 1. */
+  sequences?: number;
+  /** Most tokens evaluated in one forward pass (prefill chunk). Default 128. */
+  batchSize?: number;
+  /** Keep logits for every token of a batch, not only the last (for evaluation). */
+  logitsAll?: boolean;
+  /** Largest memory shard in bytes (wasm32 stops at 4 GiB); smaller values spread layers wider. */
+  maxShardBytes?: number;
+}
+
+interface LayerWeights {
+  shard: number;
+  attnNorm: Buf;
+  wq: Weight;
+  wk: Weight;
+  wv: Weight;
+  wo: Weight;
+  ffnNorm: Buf;
+  gate: Weight;
+  up: Weight;
+  down: Weight;
+  /** K and V caches, one per sequence: contextSize rows of kvHeads·headDim floats. */
+  k: Buf[];
+  v: Buf[];
+}
+
+/** Activation buffers of one shard. */
+interface Activations {
+  x: Buf;
+  xb: Buf;
+  q: Buf;
+  att: Buf;
+  hb: Buf;
+  hb2: Buf;
+  xq: Buf;
+  scratch: Buf;
+  logits?: Buf;
+}
+
+interface Group {
+  tensors: string[];
+  extraBytes: number;
+  layer?: number;
+}
+
+/** A Llama-family model held in WebAssembly memory shards, with KV caches and a forward pass. */
+export class LlamaModel {
+  readonly config: LlamaConfig;
+  readonly contextSize: number;
+  readonly batchSize: number;
+  readonly sequences: number;
+  readonly logitsAll: boolean;
+  readonly header: GgufHeader;
+  readonly tiedOutput: boolean;
+  readonly shardCount: number;
+  private readonly backend: Backend;
+  private readonly layers: LayerWeights[];
+  private readonly embedding: Weight;
+  private readonly outputNorm: Buf;
+  private readonly output: Weight;
+  private readonly headShard: number;
+  private readonly act: Activations[];
+
+  private constructor(init: {
+    config: LlamaConfig;
+    header: GgufHeader;
+    rt: Runtime;
+    contextSize: number;
+    batchSize: number;
+    sequences: number;
+    logitsAll: boolean;
+    tiedOutput: boolean;
+    layers: LayerWeights[];
+    embedding: Weight;
+    outputNorm: Buf;
+    output: Weight;
+    headShard: number;
+    act: Activations[];
+  }) {
+    this.config = init.config;
+    this.header = init.header;
+    this.rt = init.rt;
+    this.backend = new WasmBackend(init.rt);
+    this.contextSize = init.contextSize;
+    this.batchSize = init.batchSize;
+    this.sequences = init.sequences;
+    this.logitsAll = init.logitsAll;
+    this.tiedOutput = init.tiedOutput;
+    this.layers = init.layers;
+    this.embedding = init.embedding;
+    this.outputNorm = init.outputNorm;
+    this.output = init.output;
+    this.headShard = init.headShard;
+    this.act = init.act;
+    this.shardCount = init.rt.memories.length;
+  }
+
+  readonly rt: Runtime;
+
+  get threads(): number {
+    return this.rt.threads;
+  }
+
+  /** Reads a GGUF file into memory shards and starts the thread pool. */
+  static async load(path: string, options: LlamaLoadOptions = {}): Promise<LlamaModel> {
+    const header = readGgufHeader(path);
+    const tensors = new Map(header.tensors.map((t) => [t.name, t]));
+    const need = (name: string): GgufTensorInfo => {
+      const t = tensors.get(name);
+      if (!t) throw new UserError(`${path}: tensor ${name} is missing`);
+      return t;
+    };
+    const embd = need("token_embd.weight");
+    const vocab = embd.dims[1] ?? 1;
+    const config = llamaConfigFromMetadata(metadataGetter(header), path, vocab);
+    const c = config;
+    const qDim = c.heads * c.headDim;
+    const kvDim = c.kvHeads * c.headDim;
+    const tiedOutput = !tensors.has("output.weight");
+
+    // Check every tensor's shape and type before allocating anything.
+    const expect = (name: string, dims: number[], matrix: boolean) => {
+      const t = need(name);
+      const got = t.dims.length === 1 ? [t.dims[0]] : t.dims;
+      if (got.length !== dims.length || got.some((d, i) => d !== dims[i])) {
+        throw new UserError(`${path}: tensor ${name} has shape [${t.dims}], expected [${dims}]`);
+      }
+      if (!matrix && t.type !== GGMLType.F32) {
+        throw new UserError(`${path}: tensor ${name} is ${ggmlTypeName(t.type)}; norm weights must be f32`);
+      }
+      if (matrix && FORMAT_OF[t.type as GGMLType] === undefined) {
+        throw new UserError(
+          `${path}: tensor ${name} has type ${ggmlTypeName(t.type)}, which smallhammer cannot run`,
+        );
+      }
+    };
+    expect("token_embd.weight", [c.dim, vocab], true);
+    expect("output_norm.weight", [c.dim], false);
+    if (!tiedOutput) expect("output.weight", [c.dim, vocab], true);
+    for (let l = 0; l < c.layers; l++) {
+      const p = `blk.${l}.`;
+      expect(`${p}attn_norm.weight`, [c.dim], false);
+      expect(`${p}attn_q.weight`, [c.dim, qDim], true);
+      expect(`${p}attn_k.weight`, [c.dim, kvDim], true);
+      expect(`${p}attn_v.weight`, [c.dim, kvDim], true);
+      expect(`${p}attn_output.weight`, [qDim, c.dim], true);
+      expect(`${p}ffn_norm.weight`, [c.dim], false);
+      expect(`${p}ffn_gate.weight`, [c.dim, c.ffn], true);
+      expect(`${p}ffn_up.weight`, [c.dim, c.ffn], true);
+      expect(`${p}ffn_down.weight`, [c.ffn, c.dim], true);
+    }
+
+    const threads = Math.max(
+      1,
+      Math.floor(options.threads ?? (await import("node:os")).availableParallelism()),
+    );
+    const contextSize = Math.max(1, Math.floor(options.contextSize ?? Math.min(c.contextLength, 4096)));
+    const sequences = Math.max(1, Math.floor(options.sequences ?? 1));
+    const batchSize = Math.max(1, Math.min(Math.floor(options.batchSize ?? 128), contextSize));
+    const logitsAll = options.logitsAll ?? false;
+    const maxShard = Math.min(options.maxShardBytes ?? MAX_SHARD_BYTES, MAX_SHARD_BYTES) - SHARD_BASE;
+
+    // Plan: layers in order, then the embedding and output head; a new shard when one is full.
+    const align = (n: number) => Math.ceil(n / 64) * 64;
+    const widest = Math.max(c.dim, qDim, c.ffn);
+    const actBytes = (head: boolean) => {
+      const nb = batchSize;
+      let b = 0;
+      b += align(nb * c.dim * 4) * 2 + align(nb * qDim * 4) * 2 + align(nb * c.ffn * 4) * 2;
+      b += align(2 * activationBytes("Q4_K", widest, nb) + 2 * activationBytes("Q4_1", widest, nb));
+      b += align(threads * contextSize * 4);
+      if (head) b += align((logitsAll ? nb : 1) * vocab * 4);
+      return b + 64 * 16;
+    };
+    const groups: Group[] = [];
+    for (let l = 0; l < c.layers; l++) {
+      const names = [
+        "attn_norm",
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_norm",
+        "ffn_gate",
+        "ffn_up",
+      ];
+      names.push("ffn_down");
+      groups.push({
+        tensors: names.map((n) => `blk.${l}.${n}.weight`),
+        extraBytes: 2 * sequences * align(contextSize * kvDim * 4),
+        layer: l,
+      });
+    }
+    groups.push({
+      tensors: ["token_embd.weight", "output_norm.weight", ...(tiedOutput ? [] : ["output.weight"])],
+      extraBytes: 0,
+    });
+    const shardOf: number[] = [];
+    const shardBytes: number[] = [];
+    let used = -1;
+    for (let g = 0; g < groups.length; g++) {
+      const grp = groups[g]!;
+      const head = grp.layer === undefined;
+      const bytes = grp.tensors.reduce((s, n) => s + align(need(n).byteSize), 0) + grp.extraBytes;
+      const cur = shardBytes.length - 1;
+      // Activations are counted once per shard; the head's logits when the head lands in it.
+      if (cur >= 0 && used + bytes + (head ? actBytes(true) - actBytes(false) : 0) <= maxShard) {
+        used += bytes + (head ? actBytes(true) - actBytes(false) : 0);
+        shardBytes[cur] = used;
+      } else {
+        used = actBytes(head) + bytes;
+        if (used > maxShard) {
+          throw new UserError(
+            `${path}: ${grp.tensors[0]} and its layer need ${used} bytes, more than one memory shard`,
+          );
+        }
+        shardBytes.push(used);
+      }
+      shardOf.push(shardBytes.length - 1);
+    }
+
+    const rt = await Runtime.create({ threads, shardBytes: shardBytes.map((b) => b + 4096) });
+    try {
+      const fd = openSync(path, "r");
+      const loadTensor = (name: string, shard: number): number => {
+        const t = need(name);
+        const off = rt.alloc(shard, t.byteSize);
+        readTensorInto(fd, t, rt.u8(shard, off, t.byteSize), path);
+        return off;
+      };
+      const weight = (name: string, shard: number): Weight => {
+        const t = need(name);
+        return {
+          shard,
+          offset: loadTensor(name, shard),
+          format: FORMAT_OF[t.type as GGMLType]!,
+          rows: t.dims[1] ?? 1,
+          cols: t.dims[0]!,
+        };
+      };
+      let layers: LayerWeights[];
+      let embedding: Weight;
+      let outputNorm: Buf;
+      let output: Weight;
+      const headShard = shardOf[groups.length - 1]!;
+      try {
+        layers = [];
+        for (let l = 0; l < c.layers; l++) {
+          const s = shardOf[l]!;
+          const p = `blk.${l}.`;
+          const kvBytes = contextSize * kvDim * 4;
+          const k: Buf[] = [];
+          const v: Buf[] = [];
+          for (let q = 0; q < sequences; q++) {
+            k.push({ shard: s, offset: rt.alloc(s, kvBytes) });
+            v.push({ shard: s, offset: rt.alloc(s, kvBytes) });
+          }
+          layers.push({
+            shard: s,
+            attnNorm: { shard: s, offset: loadTensor(`${p}attn_norm.weight`, s) },
+            wq: weight(`${p}attn_q.weight`, s),
+            wk: weight(`${p}attn_k.weight`, s),
+            wv: weight(`${p}attn_v.weight`, s),
+            wo: weight(`${p}attn_output.weight`, s),
+            ffnNorm: { shard: s, offset: loadTensor(`${p}ffn_norm.weight`, s) },
+            gate: weight(`${p}ffn_gate.weight`, s),
+            up: weight(`${p}ffn_up.weight`, s),
+            down: weight(`${p}ffn_down.weight`, s),
+            k,
+            v,
+          });
+        }
+        embedding = weight("token_embd.weight", headShard);
+        outputNorm = { shard: headShard, offset: loadTensor("output_norm.weight", headShard) };
+        output = tiedOutput ? embedding : weight("output.weight", headShard);
+      } finally {
+        closeSync(fd);
+      }
+      if (embedding.format !== "F32" && !rt.has(`dequantize${embedding.format}`)) {
+        throw new UserError(`${path}: token_embd.weight type ${embedding.format} cannot be looked up`);
+      }
+      const act: Activations[] = [];
+      for (let s = 0; s < shardBytes.length; s++) {
+        const nb = batchSize;
+        const buf = (bytes: number): Buf => ({ shard: s, offset: rt.alloc(s, bytes) });
+        act.push({
+          x: buf(nb * c.dim * 4),
+          xb: buf(nb * c.dim * 4),
+          q: buf(nb * qDim * 4),
+          att: buf(nb * qDim * 4),
+          hb: buf(nb * c.ffn * 4),
+          hb2: buf(nb * c.ffn * 4),
+          xq: buf(2 * activationBytes("Q4_K", widest, nb) + 2 * activationBytes("Q4_1", widest, nb)),
+          scratch: buf(threads * contextSize * 4),
+          logits: s === headShard ? buf((logitsAll ? nb : 1) * vocab * 4) : undefined,
+        });
+      }
+      return new LlamaModel({
+        config,
+        header,
+        rt,
+        contextSize,
+        batchSize,
+        sequences,
+        logitsAll,
+        tiedOutput,
+        layers,
+        embedding,
+        outputNorm,
+        output,
+        headShard,
+        act,
+      });
+    } catch (e) {
+      await rt.dispose();
+      throw e;
+    }
+  }
+
+  /**
+   * Evaluates `tokens` (at most batchSize) of sequence `seq` at positions pos0.., filling its KV
+   * cache, and returns the logits of the last token (or of every token when logitsAll).
+   * The returned array is a view that the next call overwrites.
+   */
+  forward(tokens: ArrayLike<number>, pos0: number, seq = 0): Float32Array {
+    const c = this.config;
+    const n = tokens.length;
+    if (n === 0 || n > this.batchSize)
+      throw new Error(`forward: ${n} tokens, batch size is ${this.batchSize}`);
+    if (pos0 < 0 || pos0 + n > this.contextSize) {
+      throw new UserError(`${pos0 + n} tokens do not fit the context of ${this.contextSize} tokens`);
+    }
+    if (seq < 0 || seq >= this.sequences) throw new Error(`forward: sequence ${seq} does not exist`);
+    for (let i = 0; i < n; i++) {
+      const id = tokens[i]!;
+      if (!Number.isInteger(id) || id < 0 || id >= c.vocab)
+        throw new UserError(`token id ${id} is outside the vocabulary`);
+    }
+    const b = this.backend;
+    const qDim = c.heads * c.headDim;
+    const kvDim = c.kvHeads * c.headDim;
+    const shape: AttentionShape = {
+      nHeads: c.heads,
+      nKvHeads: c.kvHeads,
+      headDim: c.headDim,
+      scratchStride: this.contextSize,
+    };
+    let cur = this.headShard;
+    b.getRows(this.act[cur]!.x, this.embedding, tokens);
+    for (const L of this.layers) {
+      const A = this.act[L.shard]!;
+      if (L.shard !== cur) {
+        b.copy(A.x, this.act[cur]!.x, n * c.dim * 4);
+        cur = L.shard;
+      }
+      const kAt: Buf = { shard: L.shard, offset: L.k[seq]!.offset + pos0 * kvDim * 4 };
+      const vAt: Buf = { shard: L.shard, offset: L.v[seq]!.offset + pos0 * kvDim * 4 };
+      b.rmsNorm(A.xb, A.x, L.attnNorm, n, c.dim, c.normEps);
+      b.matmul(
+        A.xb,
+        n,
+        c.dim,
+        [
+          { w: L.wq, out: A.q },
+          { w: L.wk, out: kAt },
+          { w: L.wv, out: vAt },
+        ],
+        A.xq,
+      );
+      b.phase(() => {
+        b.rope(A.q, n, c.heads, c.headDim, c.rope, pos0);
+        b.rope(kAt, n, c.kvHeads, c.headDim, c.rope, pos0);
+      });
+      b.attention(A.att, A.q, L.k[seq]!, L.v[seq]!, n, pos0, shape, A.scratch);
+      b.matmul(A.att, n, qDim, [{ w: L.wo, out: A.x, acc: true }], A.xq);
+      b.rmsNorm(A.xb, A.x, L.ffnNorm, n, c.dim, c.normEps);
+      b.matmul(
+        A.xb,
+        n,
+        c.dim,
+        [
+          { w: L.gate, out: A.hb },
+          { w: L.up, out: A.hb2 },
+        ],
+        A.xq,
+      );
+      b.siluMul(A.hb, A.hb, A.hb2, n * c.ffn);
+      b.matmul(A.hb, n, c.ffn, [{ w: L.down, out: A.x, acc: true }], A.xq);
+    }
+    const H = this.act[this.headShard]!;
+    const rows = this.logitsAll ? n : 1;
+    const from = this.act[cur]!.x;
+    const last: Buf = { shard: cur, offset: from.offset + (n - rows) * c.dim * 4 };
+    if (cur !== this.headShard) b.copy(H.x, last, rows * c.dim * 4);
+    const src = cur !== this.headShard ? H.x : last;
+    b.rmsNorm(H.xb, src, this.outputNorm, rows, c.dim, c.normEps);
+    b.matmul(H.xb, rows, c.dim, [{ w: this.output, out: H.logits! }], H.xq);
+    b.flush();
+    return this.rt.f32(this.headShard, H.logits!.offset, rows * c.vocab);
+  }
+
+  /** Bytes of the weights as stored in the file. */
+  get weightBytes(): number {
+    return this.header.tensors.reduce((s, t) => s + t.byteSize, 0);
+  }
+
+  /** Bytes of all KV caches. */
+  get kvCacheBytes(): number {
+    const c = this.config;
+    return 2 * c.layers * this.sequences * this.contextSize * c.kvHeads * c.headDim * 4;
+  }
+
+  async dispose(): Promise<void> {
+    await this.rt.dispose();
+  }
+}
+
+export { rowBytes };

@@ -1,0 +1,258 @@
+import type { Runtime } from "./runtime.js";
+
+/** A region of f32 activations (or scratch bytes) in one memory shard. */
+export interface Buf {
+  shard: number;
+  offset: number;
+}
+
+/** A weight matrix in ggml layout: `rows` output features × `cols` input features, in `kernel`'s format. */
+export interface Weight {
+  shard: number;
+  offset: number;
+  /** Kernel suffix of the weight format: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K. */
+  format: WeightFormat;
+  rows: number;
+  cols: number;
+}
+
+export type WeightFormat =
+  | "F32"
+  | "F16"
+  | "BF16"
+  | "Q4_0"
+  | "Q4_1"
+  | "Q5_0"
+  | "Q5_1"
+  | "Q8_0"
+  | "Q4_K"
+  | "Q5_K"
+  | "Q6_K";
+
+/** The 8-bit activation format each weight format's dot product consumes (none for float weights). */
+export const ACTIVATION_FORMAT: Record<WeightFormat, "Q8_0" | "Q8_1" | "Q8_K" | null> = {
+  F32: null,
+  F16: null,
+  BF16: null,
+  Q4_0: "Q8_0",
+  Q5_0: "Q8_0",
+  Q8_0: "Q8_0",
+  Q4_1: "Q8_1",
+  Q5_1: "Q8_1",
+  Q4_K: "Q8_K",
+  Q5_K: "Q8_K",
+  Q6_K: "Q8_K",
+};
+
+/** Block geometry of each weight format: elements per block and bytes per block. */
+export const BLOCK: Record<WeightFormat | "Q8_1" | "Q8_K", { size: number; bytes: number }> = {
+  F32: { size: 1, bytes: 4 },
+  F16: { size: 1, bytes: 2 },
+  BF16: { size: 1, bytes: 2 },
+  Q4_0: { size: 32, bytes: 18 },
+  Q4_1: { size: 32, bytes: 20 },
+  Q5_0: { size: 32, bytes: 22 },
+  Q5_1: { size: 32, bytes: 24 },
+  Q8_0: { size: 32, bytes: 34 },
+  Q8_1: { size: 32, bytes: 36 },
+  Q4_K: { size: 256, bytes: 144 },
+  Q5_K: { size: 256, bytes: 176 },
+  Q6_K: { size: 256, bytes: 210 },
+  Q8_K: { size: 256, bytes: 292 },
+};
+
+/** Bytes of `n` rows of `cols` activations quantized for `format`'s dot product (0 for float weights). */
+export function activationBytes(format: WeightFormat, cols: number, n: number): number {
+  const a = ACTIVATION_FORMAT[format];
+  if (!a) return 0;
+  const b = BLOCK[a];
+  return (cols / b.size) * b.bytes * n;
+}
+
+export function rowBytes(format: WeightFormat, cols: number): number {
+  const b = BLOCK[format];
+  return (cols / b.size) * b.bytes;
+}
+
+export interface MatmulTarget {
+  w: Weight;
+  out: Buf;
+  /** Add into `out` instead of overwriting it. */
+  acc?: boolean;
+}
+
+/**
+ * The narrow set of ops model code runs. Every call records work; `flush` executes it. Calls made
+ * inside `phase` run concurrently (they must not depend on each other); other calls run in order.
+ * A second implementation (a native addon, WebGPU) implements this interface without touching
+ * the model code.
+ */
+export interface Backend {
+  readonly threads: number;
+  /** out[t] (+)= W · x[t] for each target, all reading the same `n` rows of `cols` inputs. */
+  matmul(x: Buf, n: number, cols: number, targets: MatmulTarget[], xq: Buf): void;
+  rmsNorm(out: Buf, x: Buf, weight: Buf, n: number, dim: number, eps: number): void;
+  /** Rotates `n` tokens of `nHeads` heads in place; token t is at position pos0 + t. */
+  rope(x: Buf, n: number, nHeads: number, headDim: number, rope: RopeParams, pos0: number): void;
+  /** Causal attention of `n` queries at positions pos0.. over the cache rows 0..pos0+n-1. */
+  attention(
+    out: Buf,
+    q: Buf,
+    k: Buf,
+    v: Buf,
+    n: number,
+    pos0: number,
+    shape: AttentionShape,
+    scratch: Buf,
+  ): void;
+  siluMul(out: Buf, gate: Buf, up: Buf, length: number): void;
+  add(out: Buf, a: Buf, b: Buf, length: number): void;
+  /** Copies rows `ids` of an embedding table into consecutive f32 rows of `out`. */
+  getRows(out: Buf, table: Weight, ids: ArrayLike<number>): void;
+  copy(dst: Buf, src: Buf, bytes: number): void;
+  phase(record: () => void): void;
+  flush(): void;
+}
+
+export interface RopeParams {
+  dim: number;
+  freqBase: number;
+  freqScale: number;
+  neox: boolean;
+}
+
+export interface AttentionShape {
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  /** Floats of score scratch per thread (at least the context length). */
+  scratchStride: number;
+}
+
+/** The WebAssembly SIMD128 backend: kernels from build/kernels.wasm on the runtime's thread pool. */
+export class WasmBackend implements Backend {
+  readonly threads: number;
+  private grouped = false;
+
+  constructor(readonly rt: Runtime) {
+    this.threads = rt.threads;
+  }
+
+  private op(kernel: string, shard: number, rows: number, args: number[], align = 1) {
+    this.rt.op(kernel, shard, rows, args, align, !this.grouped);
+  }
+
+  phase(record: () => void): void {
+    const was = this.grouped;
+    this.grouped = true;
+    try {
+      record();
+    } finally {
+      this.grouped = was;
+    }
+    if (!was) this.rt.barrier();
+  }
+
+  matmul(x: Buf, n: number, cols: number, targets: MatmulTarget[], xq: Buf): void {
+    // Quantize the input once per activation format the targets need, then run all products.
+    const formats = new Map<string, number>();
+    let xqTop = xq.offset;
+    this.phase(() => {
+      for (const { w } of targets) {
+        const a = ACTIVATION_FORMAT[w.format];
+        if (!a || formats.has(a)) continue;
+        formats.set(a, xqTop);
+        this.op(`quantize${a}`, x.shard, n, [x.offset, xqTop, cols, n]);
+        xqTop += activationBytes(w.format, cols, n);
+      }
+    });
+    this.phase(() => {
+      for (const { w, out, acc } of targets) {
+        if (w.cols !== cols) throw new Error(`matmul: weight has ${w.cols} columns, input ${cols}`);
+        const a = ACTIVATION_FORMAT[w.format];
+        const input = a ? formats.get(a)! : x.offset;
+        this.op(
+          `matmul${w.format}`,
+          w.shard,
+          w.rows,
+          [w.offset, input, out.offset, w.rows, cols, n, acc ? 1 : 0],
+          4,
+        );
+      }
+    });
+  }
+
+  rmsNorm(out: Buf, x: Buf, weight: Buf, n: number, dim: number, eps: number): void {
+    this.op("rmsNorm", x.shard, n, [x.offset, weight.offset, out.offset, dim, eps]);
+  }
+
+  rope(x: Buf, n: number, nHeads: number, headDim: number, rope: RopeParams, pos0: number): void {
+    this.op("rope", x.shard, n * nHeads, [
+      x.offset,
+      nHeads,
+      headDim,
+      rope.dim,
+      pos0,
+      rope.freqBase,
+      rope.freqScale,
+      rope.neox ? 1 : 0,
+    ]);
+  }
+
+  attention(
+    out: Buf,
+    q: Buf,
+    k: Buf,
+    v: Buf,
+    n: number,
+    pos0: number,
+    s: AttentionShape,
+    scratch: Buf,
+  ): void {
+    this.op("attention", q.shard, n * s.nHeads, [
+      q.offset,
+      k.offset,
+      v.offset,
+      out.offset,
+      n,
+      pos0,
+      s.nHeads,
+      s.nKvHeads,
+      s.headDim,
+      scratch.offset,
+      s.scratchStride * 4,
+    ]);
+  }
+
+  siluMul(out: Buf, gate: Buf, up: Buf, length: number): void {
+    this.op("siluMul", out.shard, length, [gate.offset, up.offset, out.offset], 1024);
+  }
+
+  add(out: Buf, a: Buf, b: Buf, length: number): void {
+    this.op("add", out.shard, length, [a.offset, b.offset, out.offset], 1024);
+  }
+
+  getRows(out: Buf, table: Weight, ids: ArrayLike<number>): void {
+    const bytes = rowBytes(table.format, table.cols);
+    this.phase(() => {
+      for (let t = 0; t < ids.length; t++) {
+        const src = table.offset + ids[t]! * bytes;
+        const dst = out.offset + t * table.cols * 4;
+        if (table.format === "F32") {
+          this.rt.copy(out.shard, dst, table.shard, src, bytes, false);
+        } else {
+          const blocks = table.cols / BLOCK[table.format].size;
+          this.op(`dequantize${table.format}`, table.shard, blocks, [src, dst, blocks], 64);
+        }
+      }
+    });
+  }
+
+  copy(dst: Buf, src: Buf, bytes: number): void {
+    this.rt.copy(dst.shard, dst.offset, src.shard, src.offset, bytes, !this.grouped);
+  }
+
+  flush(): void {
+    this.rt.flush();
+  }
+}
