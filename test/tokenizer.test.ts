@@ -168,6 +168,7 @@ describe("llama (SentencePiece BPE) tokenizer", () => {
     expect(tok.decode(ids, { skipSpecial: true })).toBe(" hello wörld");
     expect(tok.decode(ids.slice(1))).toBe("hello wörld");
     expect(tok.decode([tok.tokenId("<0xF0>")!, tok.tokenId("<0x9F>")!])).toBe("\uFFFD");
+    expect(tok.decode(tok.encode("\uFEFFhello", { addSpecial: false }))).toBe("\uFEFFhello");
     expect(Array.from(tok.tokenToPiece(tok.tokenId("▁hello")!))).toEqual(Array.from(Buffer.from(" hello")));
     expect(Array.from(tok.tokenToPiece(1, { skipSpecial: true }))).toEqual([]);
   });

@@ -514,7 +514,7 @@ export class Tokenizer {
       bytes.set(part, offset);
       offset += part.length;
     }
-    const text = new TextDecoder().decode(bytes);
+    const text = new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes);
     return this.cleansSpaces ? cleanSpaces(text) : text;
   }
 
@@ -655,7 +655,7 @@ function decodeByteLevel(text: string): Uint8Array {
  */
 export class StreamDecoder {
   private readonly special: boolean;
-  private readonly utf8 = new TextDecoder();
+  private readonly utf8 = new TextDecoder("utf-8", { ignoreBOM: true });
   private first = true;
   /** Decoded text held back because a later token may still change how its spaces clean up. */
   private held = "";

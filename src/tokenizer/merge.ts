@@ -8,45 +8,61 @@
 /** Priority of merging `left` + `right` (lower merges first), or undefined when they don't merge. */
 export type PairPriority = (left: string, right: string) => number | undefined;
 
+// Scratch space reused across calls (the loop is synchronous and not re-entered).
+let prev = new Int32Array(64);
+let next = new Int32Array(64);
+// Heap of pairs in parallel arrays: priority, left index, right index, combined length.
+let hp = new Float64Array(192);
+let hl = new Int32Array(192);
+let hr = new Int32Array(192);
+let hs = new Int32Array(192);
+
+function reserve(n: number): void {
+  if (prev.length >= n) return;
+  const size = Math.max(n, prev.length * 2);
+  prev = new Int32Array(size);
+  next = new Int32Array(size);
+  // At most n - 1 initial pairs plus two per merge (at most n - 1 merges) are ever queued.
+  hp = new Float64Array(3 * size);
+  hl = new Int32Array(3 * size);
+  hr = new Int32Array(3 * size);
+  hs = new Int32Array(3 * size);
+}
+
+function less(a: number, b: number): boolean {
+  return hp[a]! < hp[b]! || (hp[a] === hp[b] && hl[a]! < hl[b]!);
+}
+
+function swap(a: number, b: number): void {
+  let t = hp[a]!;
+  hp[a] = hp[b]!;
+  hp[b] = t;
+  t = hl[a]!;
+  hl[a] = hl[b]!;
+  hl[b] = t;
+  t = hr[a]!;
+  hr[a] = hr[b]!;
+  hr[b] = t;
+  t = hs[a]!;
+  hs[a] = hs[b]!;
+  hs[b] = t;
+}
+
 /**
- * Merge `symbols` (each a non-empty string, in order) and return the surviving symbols.
+ * Merge `symbols` (each a non-empty string, in order) in place and return the surviving symbols.
  * Ties on priority go to the leftmost pair, as llama.cpp's comparators do.
  */
 export function mergeSymbols(symbols: string[], priority: PairPriority): string[] {
   const n = symbols.length;
   if (n < 2) return symbols;
-  const text = symbols.slice();
-  const prev = new Int32Array(n);
-  const next = new Int32Array(n);
+  reserve(n);
+  const text = symbols;
   for (let i = 0; i < n; i++) {
     prev[i] = i - 1;
     next[i] = i + 1 < n ? i + 1 : -1;
   }
-
-  // Heap of pairs in parallel arrays: priority, left index, right index, combined length.
-  // At most n - 1 initial pairs plus two per merge (at most n - 1 merges) are ever queued.
-  const capacity = 3 * n;
-  const hp = new Float64Array(capacity);
-  const hl = new Int32Array(capacity);
-  const hr = new Int32Array(capacity);
-  const hs = new Int32Array(capacity);
   let size = 0;
 
-  const less = (a: number, b: number): boolean => hp[a] < hp[b] || (hp[a] === hp[b] && hl[a] < hl[b]);
-  const swap = (a: number, b: number): void => {
-    let t = hp[a];
-    hp[a] = hp[b];
-    hp[b] = t;
-    t = hl[a];
-    hl[a] = hl[b];
-    hl[b] = t;
-    t = hr[a];
-    hr[a] = hr[b];
-    hr[b] = t;
-    t = hs[a];
-    hs[a] = hs[b];
-    hs[b] = t;
-  };
   const push = (left: number, right: number): void => {
     if (left < 0 || right < 0) return;
     const p = priority(text[left]!, text[right]!);
@@ -63,7 +79,14 @@ export function mergeSymbols(symbols: string[], priority: PairPriority): string[
       i = parent;
     }
   };
-  const pop = (): void => {
+
+  for (let i = 1; i < n; i++) push(i - 1, i);
+
+  while (size > 0) {
+    const left = hl[0]!;
+    const right = hr[0]!;
+    const pairSize = hs[0]!;
+    // pop
     size--;
     if (size > 0) {
       swap(0, size);
@@ -79,15 +102,6 @@ export function mergeSymbols(symbols: string[], priority: PairPriority): string[
         i = m;
       }
     }
-  };
-
-  for (let i = 1; i < n; i++) push(i - 1, i);
-
-  while (size > 0) {
-    const left = hl[0]!;
-    const right = hr[0]!;
-    const pairSize = hs[0]!;
-    pop();
     const lt = text[left]!;
     const rt = text[right]!;
     // A side that was merged away is empty; a side that grew no longer adds up to the queued size.

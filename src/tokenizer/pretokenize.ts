@@ -112,8 +112,16 @@ export function supportedPreTokenizers(): string[] {
   return Object.keys(PRE_TOKENIZERS);
 }
 
+/** Regexes that match at every position, so that their matches alone partition the text. */
+const COVERING = new Set([GPT2, LLAMA3, QWEN2]);
+
 /** Split one segment by `regex`: matches and the gaps between them, in order, none empty. */
 function splitSegment(segment: string, regex: RegExp, out: string[]): void {
+  if (COVERING.has(regex)) {
+    const matches = segment.match(regex);
+    if (matches) for (const m of matches) out.push(m);
+    return;
+  }
   regex.lastIndex = 0;
   let last = 0;
   for (let m = regex.exec(segment); m !== null; m = regex.exec(segment)) {

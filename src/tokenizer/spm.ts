@@ -19,8 +19,15 @@ function pairKey(a: number, b: number): number {
   return a * 0x110000 + b;
 }
 
+/** Code points 0-254 and U+2581 (the escaped space) get a bit matrix; the rest use a Set. */
+function smallIndex(cp: number): number {
+  return cp < 255 ? cp : cp === 0x2581 ? 255 : -1;
+}
+
 export class SpmEncoder {
+  /** Pairs of neighbouring code points found inside some token. */
   private readonly pairs = new Set<number>();
+  private readonly smallPairs = new Uint8Array(8192);
   private readonly cache = new Map<string, number[]>();
   private readonly byteIds = new Int32Array(256).fill(-1);
   private readonly utf8 = new TextEncoder();
@@ -34,7 +41,7 @@ export class SpmEncoder {
       let prev = -1;
       for (const ch of piece) {
         const cp = ch.codePointAt(0)!;
-        if (prev >= 0) this.pairs.add(pairKey(prev, cp));
+        if (prev >= 0) this.addPair(prev, cp);
         prev = cp;
       }
     }
@@ -48,13 +55,34 @@ export class SpmEncoder {
     }
   }
 
+  private addPair(a: number, b: number): void {
+    const ia = smallIndex(a);
+    const ib = smallIndex(b);
+    if (ia >= 0 && ib >= 0) {
+      const k = (ia << 8) | ib;
+      this.smallPairs[k >> 3] |= 1 << (k & 7);
+    } else {
+      this.pairs.add(pairKey(a, b));
+    }
+  }
+
+  private hasPair(a: number, b: number): boolean {
+    const ia = smallIndex(a);
+    const ib = smallIndex(b);
+    if (ia >= 0 && ib >= 0) {
+      const k = (ia << 8) | ib;
+      return (this.smallPairs[k >> 3]! & (1 << (k & 7))) !== 0;
+    }
+    return this.pairs.has(pairKey(a, b));
+  }
+
   /** Tokenize already-escaped text (spaces as U+2581, any space prefix already added). */
   encode(text: string, out: number[]): void {
     let chunkStart = 0;
     let prev = -1;
     for (let i = 0; i < text.length; ) {
       const cp = text.codePointAt(i)!;
-      if (prev >= 0 && !this.pairs.has(pairKey(prev, cp))) {
+      if (prev >= 0 && !this.hasPair(prev, cp)) {
         this.encodeChunk(text.slice(chunkStart, i), out);
         chunkStart = i;
       }
