@@ -1,1 +1,1168 @@
 // Quantized kernels: activation quantizers, block-format matrix products, dequantizers.
+//
+// ABI (../README.md): byte-offset pointers into the imported memory, i32 sizes, then the
+// half-open row range [r0, r1) this thread owns. Block layouts are ggml's (ggml-common.h):
+//
+//   Q4_0 {d: f16, qs[16]}              18 B    Q8_0 {d: f16, qs[32] i8}               34 B
+//   Q4_1 {d, m: f16, qs[16]}           20 B    Q8_1 {d, s: f16, qs[32] i8}             36 B
+//   Q5_0 {d, qh: u32, qs[16]}          22 B    Q8_K {d: f32, qs[256] i8, bsums[16] i16} 292 B
+//   Q5_1 {d, m, qh, qs[16]}            24 B
+//   Q4_K {d, dmin: f16, scales[12], qs[128]}            144 B
+//   Q5_K {d, dmin: f16, scales[12], qh[32], qs[128]}    176 B
+//   Q6_K {ql[128], qh[64], scales[16] i8, d: f16}       210 B
+//
+// The pure TypeScript twin of every kernel is src/quant/reference.ts.
+//
+// How the matrix products work. A weight row block is unpacked into 16-bit lanes in an
+// "even/odd" arrangement: viewing 16 packed bytes as eight i16 lanes, `and 0x0f` gives the low
+// nibbles of the even bytes, `shr_u 8; and 0x0f` those of the odd bytes, `shr_u 4; and 0x0f` and
+// `shr_u 12` the high nibbles. The int8 activations are split the same way (`shl 8; shr_s 8` and
+// `shr_s 8`), once per block for four weight rows. `i32x4.dot_i16x8_s` then multiplies and adds
+// pairs, so no 8 -> 16 bit widening of the weights is needed. Four weight rows are processed
+// together: their four i32x4 partial sums are reduced by one transpose-add (`hsum4`) to one vector
+// holding the four rows' block sums, which is converted to f32 once, scaled by the four rows'
+// block scales (converted from f16 four at a time) and added to one f32x4 accumulator. Tokens are
+// processed in chunks so that the four rows' weights stay in cache while the chunk's tokens use them.
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/** Tokens computed per pass over a group of four weight rows (keeps the x chunk in L2). */
+const TOKEN_CHUNK: i32 = 16;
+
+/** 2^112: scales an f16 bit pattern placed in f32 bits 27..13 to its value. */
+// @ts-ignore: decorator
+@inline const F16_MAGIC: f32 = reinterpret<f32>(0x77800000);
+
+/**
+ * f16 values held in the high half of each i32 lane (the low halves are ignored) to f32.
+ * Exact for zero, subnormal and normal halves; infinities and NaNs (never scales) come out finite.
+ */
+// @ts-ignore: decorator
+@inline function halfHighToF32(v: v128): v128 {
+  const bits = v128.and(i32x4.shr_s(v, 3), i32x4.splat(0x8fffe000));
+  return f32x4.mul(bits, f32x4.splat(F16_MAGIC));
+}
+
+/** One f16 (low 16 bits of `h`) to f32, exact except for infinities and NaNs. */
+// @ts-ignore: decorator
+@inline function halfToF32(h: u32): f32 {
+  const bits = ((<i32>(h << 16)) >> 3) & 0x8fffe000;
+  return reinterpret<f32>(bits) * F16_MAGIC;
+}
+
+/** f32 -> f16 bits, round to nearest even; NaN -> quiet NaN with the sign (ggml). */
+function f32ToHalf(x: f32): u32 {
+  const u = reinterpret<u32>(x);
+  const sign = (u >> 16) & 0x8000;
+  const a = u & 0x7fffffff;
+  if (a > 0x7f800000) return sign | 0x7e00;
+  if (a >= 0x477ff000) return sign | 0x7c00;
+  if (a >= 0x38800000) return sign | ((a - 0x38000000 + 0xfff + ((a >> 13) & 1)) >> 13);
+  if (a < 0x33000000) return sign;
+  const e = a >> 23;
+  const m = (a & 0x7fffff) | 0x800000;
+  const shift = 126 - e;
+  const r = m >> shift;
+  const rest = m - (r << shift);
+  const half = <u32>1 << (shift - 1);
+  return sign | (rest > half || (rest == half && (r & 1) != 0) ? r + 1 : r);
+}
+
+/** [Σa, Σb, Σc, Σd] of four i32x4 vectors (a transpose-add). */
+// @ts-ignore: decorator
+@inline function hsum4(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = i32x4.add(i32x4.shuffle(a, b, 0, 4, 1, 5), i32x4.shuffle(a, b, 2, 6, 3, 7));
+  const cd = i32x4.add(i32x4.shuffle(c, d, 0, 4, 1, 5), i32x4.shuffle(c, d, 2, 6, 3, 7));
+  return i32x4.add(i32x4.shuffle(ab, cd, 0, 1, 4, 5), i32x4.shuffle(ab, cd, 2, 3, 6, 7));
+}
+
+/** Σ of the four i32 lanes. */
+// @ts-ignore: decorator
+@inline function hsumI32(a: v128): i32 {
+  const b = i32x4.add(a, i32x4.shuffle(a, a, 2, 3, 0, 1));
+  return i32x4.extract_lane(b, 0) + i32x4.extract_lane(b, 1);
+}
+
+/** Even bytes of 16 int8 as eight i16 lanes. */
+// @ts-ignore: decorator
+@inline function evenI8(v: v128): v128 {
+  return i16x8.shr_s(i16x8.shl(v, 8), 8);
+}
+
+/** Odd bytes of 16 int8 as eight i16 lanes. */
+// @ts-ignore: decorator
+@inline function oddI8(v: v128): v128 {
+  return i16x8.shr_s(v, 8);
+}
+
+/** Shift of every i16 lane left by `s` (right by -s when negative); `s` is a constant after inlining. */
+// @ts-ignore: decorator
+@inline function shiftI16(v: v128, s: i32): v128 {
+  if (s > 0) return i16x8.shl(v, s);
+  if (s < 0) return i16x8.shr_u(v, -s);
+  return v;
+}
+
+/** Writes the first `nr` lanes of four row results to dst (adding to what is there when acc != 0). */
+// @ts-ignore: decorator
+@inline function storeRows(dst: usize, v: v128, nr: i32, acc: i32): void {
+  if (nr == 4) {
+    if (acc != 0) v = f32x4.add(v, v128.load(dst));
+    v128.store(dst, v);
+    return;
+  }
+  const a = acc != 0;
+  store<f32>(dst, (a ? load<f32>(dst) : 0) + f32x4.extract_lane(v, 0));
+  if (nr > 1) store<f32>(dst, (a ? load<f32>(dst, 4) : 0) + f32x4.extract_lane(v, 1), 4);
+  if (nr > 2) store<f32>(dst, (a ? load<f32>(dst, 8) : 0) + f32x4.extract_lane(v, 2), 8);
+}
+
+/** Four f16 at p0..p3 (same offset) as an f32x4. */
+// @ts-ignore: decorator
+@inline function loadHalf4(p0: usize, p1: usize, p2: usize, p3: usize): v128 {
+  let v = v128.load16_lane(p0, i32x4.splat(0), 1);
+  v = v128.load16_lane(p1, v, 3);
+  v = v128.load16_lane(p2, v, 5);
+  v = v128.load16_lane(p3, v, 7);
+  return halfHighToF32(v);
+}
+
+/** Four u32 at p0..p3 as an i32x4. */
+// @ts-ignore: decorator
+@inline function loadU32x4(p0: usize, p1: usize, p2: usize, p3: usize): v128 {
+  let v = v128.load32_zero(p0);
+  v = v128.load32_lane(p1, v, 1);
+  v = v128.load32_lane(p2, v, 2);
+  return v128.load32_lane(p3, v, 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation quantizers (rows = tokens). Bit-identical to ggml's quantize_row_q8_*_ref.
+// ---------------------------------------------------------------------------------------------
+
+/** C roundf (ties away from zero) of each f32 lane, for |v| < 2^23. */
+// @ts-ignore: decorator
+@inline function roundHalfAway(v: v128): v128 {
+  const t = f32x4.trunc(v);
+  const frac = f32x4.abs(f32x4.sub(v, t));
+  const step = v128.or(v128.and(v, i32x4.splat(0x80000000)), f32x4.splat(1));
+  return f32x4.add(t, v128.and(step, f32x4.ge(frac, f32x4.splat(0.5))));
+}
+
+/** Quantizes 32 floats at x to Q8_0-style d (returned) and qs at q; *sum gets Σq. */
+// @ts-ignore: decorator
+@inline function quantize32(x: usize, q: usize): v128 {
+  const v0 = v128.load(x);
+  const v1 = v128.load(x, 16);
+  const v2 = v128.load(x, 32);
+  const v3 = v128.load(x, 48);
+  const v4 = v128.load(x, 64);
+  const v5 = v128.load(x, 80);
+  const v6 = v128.load(x, 96);
+  const v7 = v128.load(x, 112);
+  let m = f32x4.max(
+    f32x4.max(f32x4.max(f32x4.abs(v0), f32x4.abs(v1)), f32x4.max(f32x4.abs(v2), f32x4.abs(v3))),
+    f32x4.max(f32x4.max(f32x4.abs(v4), f32x4.abs(v5)), f32x4.max(f32x4.abs(v6), f32x4.abs(v7))),
+  );
+  m = f32x4.max(m, v128.shuffle<f32>(m, m, 2, 3, 0, 1));
+  const amax = max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1));
+  const d: f32 = amax / <f32>127;
+  const id: f32 = d != 0 ? <f32>1 / d : 0;
+  const idv = f32x4.splat(id);
+  const i0 = i32x4.trunc_sat_f32x4_s(roundHalfAway(f32x4.mul(v0, idv)));
+  const i1 = i32x4.trunc_sat_f32x4_s(roundHalfAway(f32x4.mul(v1, idv)));
+  const i2 = i32x4.trunc_sat_f32x4_s(roundHalfAway(f32x4.mul(v2, idv)));
+  const i3 = i32x4.trunc_sat_f32x4_s(roundHalfAway(f32x4.mul(v3, idv)));
+  const i4 = i32x4.trunc_sat_f32x4_s(roundHalfAway(f32x4.mul(v4, idv)));
+  const i5 = i32x4.trunc_sat_f32x4_s(roundHalfAway(f32x4.mul(v5, idv)));
+  const i6 = i32x4.trunc_sat_f32x4_s(roundHalfAway(f32x4.mul(v6, idv)));
+  const i7 = i32x4.trunc_sat_f32x4_s(roundHalfAway(f32x4.mul(v7, idv)));
+  v128.store(q, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(i0, i1), i16x8.narrow_i32x4_s(i2, i3)));
+  v128.store(q, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(i4, i5), i16x8.narrow_i32x4_s(i6, i7)), 16);
+  const s = i32x4.add(i32x4.add(i32x4.add(i0, i1), i32x4.add(i2, i3)), i32x4.add(i32x4.add(i4, i5), i32x4.add(i6, i7)));
+  // lane 0: d, lane 1: Σq
+  return i32x4.replace_lane(f32x4.splat(d), 1, hsumI32(s));
+}
+
+/** Q8_0 blocks of tokens [r0, r1): x is n × cols f32, xq is n × (cols/32 · 34) bytes. */
+export function quantizeQ8_0(x: usize, xq: usize, cols: i32, n: i32, r0: i32, r1: i32): void {
+  const nb = cols >> 5;
+  for (let t = r0; t < r1; t++) {
+    let px = x + <usize>t * <usize>cols * 4;
+    let pq = xq + <usize>t * <usize>nb * 34;
+    for (let b = 0; b < nb; b++) {
+      const r = quantize32(px, pq + 2);
+      store<u16>(pq, <u16>f32ToHalf(f32x4.extract_lane(r, 0)));
+      px += 128;
+      pq += 34;
+    }
+  }
+}
+
+/** Q8_1 blocks (d, s = d·Σq, qs) of tokens [r0, r1). */
+export function quantizeQ8_1(x: usize, xq: usize, cols: i32, n: i32, r0: i32, r1: i32): void {
+  const nb = cols >> 5;
+  for (let t = r0; t < r1; t++) {
+    let px = x + <usize>t * <usize>cols * 4;
+    let pq = xq + <usize>t * <usize>nb * 36;
+    for (let b = 0; b < nb; b++) {
+      const r = quantize32(px, pq + 4);
+      const d = f32x4.extract_lane(r, 0);
+      store<u16>(pq, <u16>f32ToHalf(d));
+      store<u16>(pq, <u16>f32ToHalf(<f32>i32x4.extract_lane(r, 1) * d), 2);
+      px += 128;
+      pq += 36;
+    }
+  }
+}
+
+/** Q8_K blocks of tokens [r0, r1): d = max/-127 (f32), qs = nearest(x·(-127/max)), bsums. */
+export function quantizeQ8_K(x: usize, xq: usize, cols: i32, n: i32, r0: i32, r1: i32): void {
+  const nb = cols >> 8;
+  for (let t = r0; t < r1; t++) {
+    let px = x + <usize>t * <usize>cols * 4;
+    let pq = xq + <usize>t * <usize>nb * 292;
+    for (let b = 0; b < nb; b++) {
+      // amax, then the first element with that magnitude (its sign decides the scale's sign)
+      let m = f32x4.splat(0);
+      for (let j = 0; j < 1024; j += 64) {
+        m = f32x4.max(
+          m,
+          f32x4.max(
+            f32x4.max(f32x4.abs(v128.load(px + j)), f32x4.abs(v128.load(px + j, 16))),
+            f32x4.max(f32x4.abs(v128.load(px + j, 32)), f32x4.abs(v128.load(px + j, 48))),
+          ),
+        );
+      }
+      m = f32x4.max(m, v128.shuffle<f32>(m, m, 2, 3, 0, 1));
+      const amax = max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1));
+      if (amax == 0) {
+        memory.fill(pq, 0, 292);
+        px += 1024;
+        pq += 292;
+        continue;
+      }
+      const av = f32x4.splat(amax);
+      let j = 0;
+      while (true) {
+        const mask = i32x4.bitmask(f32x4.eq(f32x4.abs(v128.load(px + (<usize>j << 2))), av));
+        if (mask != 0) {
+          j += ctz(mask);
+          break;
+        }
+        j += 4;
+      }
+      const iscale: f32 = <f32>-127 / load<f32>(px + (<usize>j << 2));
+      const sv = f32x4.splat(iscale);
+      const lim = i32x4.splat(127);
+      for (let g = 0; g < 16; g++) {
+        const p = px + (<usize>g << 6);
+        const i0 = i32x4.min_s(i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p), sv))), lim);
+        const i1 = i32x4.min_s(i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 16), sv))), lim);
+        const i2 = i32x4.min_s(i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 32), sv))), lim);
+        const i3 = i32x4.min_s(i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 48), sv))), lim);
+        v128.store(pq + 4 + (<usize>g << 4), i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(i0, i1), i16x8.narrow_i32x4_s(i2, i3)));
+        store<i16>(pq + 260 + (<usize>g << 1), <i16>hsumI32(i32x4.add(i32x4.add(i0, i1), i32x4.add(i2, i3))));
+      }
+      store<f32>(pq, <f32>1 / iscale);
+      px += 1024;
+      pq += 292;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix products: out[t*rows + r] (+)= Σ_k W[r, k] · x[t, k] for weight rows [r0, r1)
+// ---------------------------------------------------------------------------------------------
+//
+// Code shape matters for V8: its scheduler orders the independent work of a basic block breadth
+// first (all loads, then all shifts, ...), which for four rows at once needs more than the 16
+// vector registers and spills. So each weight row's work is its own basic block, behind a branch
+// on `p >= w` (always true, but not provably so), and the rows' partial sums are combined pairwise
+// inside those blocks. Vector constants used in the row blocks are loaded once per call from the
+// static table below (a constant written inline is rematerialized in every block that uses it).
+
+/** Static vector constants (16 bytes each), offsets CONST_*. */
+const CONSTS: usize = memory.data<u16>(
+  [
+    0x0f, 0x0f, 0x0f, 0x0f, 0x0f, 0x0f, 0x0f, 0x0f, // nibble mask
+    0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, // bit 4
+    0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x30, // bits 4..5
+    8, 8, 8, 8, 8, 8, 8, 8, // Q4_0 offset
+    0xfff0, 0xfff0, 0xfff0, 0xfff0, 0xfff0, 0xfff0, 0xfff0, 0xfff0, // -16: Q5_0 offset
+    1, 4, 16, 64, 256, 1024, 4096, 16384, // even bits of a lane
+    2, 8, 32, 128, 512, 2048, 8192, 32768, // odd bits of a lane
+  ],
+  16,
+);
+const CONST_0F: usize = 0;
+const CONST_10: usize = 16;
+const CONST_30: usize = 32;
+const CONST_8: usize = 48;
+const CONST_NEG16: usize = 64;
+const CONST_EVEN_BITS: usize = 80;
+const CONST_ODD_BITS: usize = 96;
+
+/** A vector constant from the static table, loaded (once per call when used outside loops). */
+// @ts-ignore: decorator
+@inline function constant(offset: usize): v128 {
+  return v128.load(CONSTS + offset);
+}
+
+/** [a0+a2, b0+b2, a1+a3, b1+b3]: the first half of the transpose-add of four rows. */
+// @ts-ignore: decorator
+@inline function pairAdd(a: v128, b: v128): v128 {
+  return i32x4.add(i32x4.shuffle(a, b, 0, 4, 1, 5), i32x4.shuffle(a, b, 2, 6, 3, 7));
+}
+
+/** [Σa, Σb, Σc, Σd] from pairAdd(a, b) and pairAdd(c, d). */
+// @ts-ignore: decorator
+@inline function quadAdd(ab: v128, cd: v128): v128 {
+  return i32x4.add(i32x4.shuffle(ab, cd, 0, 1, 4, 5), i32x4.shuffle(ab, cd, 2, 3, 6, 7));
+}
+
+/** Σ_j w[j]·x[j] partial sums (i32x4) of a 32-block with 4-bit weights `b` (qs[16]), x split e/o. */
+// @ts-ignore: decorator
+@inline function dotNibbles(b: v128, m: v128, xae: v128, xao: v128, xbe: v128, xbo: v128): v128 {
+  const lo = i32x4.add(
+    i32x4.dot_i16x8_s(v128.and(b, m), xae),
+    i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(b, 8), m), xao),
+  );
+  const hi = i32x4.add(
+    i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(b, 4), m), xbe),
+    i32x4.dot_i16x8_s(i16x8.shr_u(b, 12), xbo),
+  );
+  return i32x4.add(lo, hi);
+}
+
+/**
+ * Partial sums of a 32-block with 5-bit weights: low nibbles in `b`, bit 4 of element j in bit j of
+ * `qh`. `eb`/`ob` select bits 0,2,..,14 / 1,3,..,15 of a lane. `hb` is or-ed into lanes whose high
+ * bit is set (Q5_1: 16), or, with `clear`, into lanes whose bit is clear (Q5_0: -16, the offset).
+ */
+// @ts-ignore: decorator
+@inline function dotFiveBit(
+  b: v128,
+  qh: u32,
+  m: v128,
+  eb: v128,
+  ob: v128,
+  hb: v128,
+  clear: bool,
+  xae: v128,
+  xao: v128,
+  xbe: v128,
+  xbo: v128,
+): v128 {
+  const zero = i32x4.splat(0);
+  const lo16 = i16x8.splat(<i16>qh);
+  const hi16 = i16x8.splat(<i16>(qh >> 16));
+  let we: v128, wo: v128, whe: v128, who: v128;
+  if (clear) {
+    we = v128.and(i16x8.eq(v128.and(lo16, eb), zero), hb);
+    wo = v128.and(i16x8.eq(v128.and(lo16, ob), zero), hb);
+    whe = v128.and(i16x8.eq(v128.and(hi16, eb), zero), hb);
+    who = v128.and(i16x8.eq(v128.and(hi16, ob), zero), hb);
+  } else {
+    we = v128.andnot(hb, i16x8.eq(v128.and(lo16, eb), zero));
+    wo = v128.andnot(hb, i16x8.eq(v128.and(lo16, ob), zero));
+    whe = v128.andnot(hb, i16x8.eq(v128.and(hi16, eb), zero));
+    who = v128.andnot(hb, i16x8.eq(v128.and(hi16, ob), zero));
+  }
+  we = v128.or(we, v128.and(b, m));
+  wo = v128.or(wo, v128.and(i16x8.shr_u(b, 8), m));
+  whe = v128.or(whe, v128.and(i16x8.shr_u(b, 4), m));
+  who = v128.or(who, i16x8.shr_u(b, 12));
+  return i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(we, xae), i32x4.dot_i16x8_s(wo, xao)),
+    i32x4.add(i32x4.dot_i16x8_s(whe, xbe), i32x4.dot_i16x8_s(who, xbo)),
+  );
+}
+
+/** Partial sums of a 32-block of int8 weights at p (32 bytes) with x split e/o. */
+// @ts-ignore: decorator
+@inline function dotInt8(p: usize, xae: v128, xao: v128, xbe: v128, xbo: v128): v128 {
+  const a = v128.load(p);
+  const b = v128.load(p, 16);
+  return i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(evenI8(a), xae), i32x4.dot_i16x8_s(oddI8(a), xao)),
+    i32x4.add(i32x4.dot_i16x8_s(evenI8(b), xbe), i32x4.dot_i16x8_s(oddI8(b), xbo)),
+  );
+}
+
+// Legacy 32-blocks. `kind` selects the weight format (a constant after inlining).
+const K_Q4_0: i32 = 0;
+const K_Q4_1: i32 = 1;
+const K_Q5_0: i32 = 2;
+const K_Q5_1: i32 = 3;
+const K_Q8_0: i32 = 4;
+
+/** One row's partial sums (i32x4) for a 32-block at p. */
+// @ts-ignore: decorator
+@inline function row32(
+  kind: i32,
+  p: usize,
+  m: v128,
+  eb: v128,
+  ob: v128,
+  hb: v128,
+  corr: v128,
+  xae: v128,
+  xao: v128,
+  xbe: v128,
+  xbo: v128,
+): v128 {
+  if (kind == K_Q4_0) return i32x4.sub(dotNibbles(v128.load(p, 2), m, xae, xao, xbe, xbo), corr);
+  if (kind == K_Q4_1) return dotNibbles(v128.load(p, 4), m, xae, xao, xbe, xbo);
+  if (kind == K_Q5_0) return dotFiveBit(v128.load(p, 6), load<u32>(p, 2), m, eb, ob, hb, true, xae, xao, xbe, xbo);
+  if (kind == K_Q5_1) return dotFiveBit(v128.load(p, 8), load<u32>(p, 4), m, eb, ob, hb, false, xae, xao, xbe, xbo);
+  return dotInt8(p + 2, xae, xao, xbe, xbo);
+}
+
+/** Four weight rows (p0..p3, clamped copies for a short group) · one token's x blocks, as f32x4. */
+// @ts-ignore: decorator
+@inline function dotRows32(
+  kind: i32,
+  w: usize,
+  p0: usize,
+  p1: usize,
+  p2: usize,
+  p3: usize,
+  x: usize,
+  nb: i32,
+  wBytes: usize,
+  xBytes: usize,
+): v128 {
+  const m = constant(CONST_0F);
+  const eb = constant(CONST_EVEN_BITS);
+  const ob = constant(CONST_ODD_BITS);
+  const hb = constant(kind == K_Q5_0 ? CONST_NEG16 : CONST_10);
+  const eight = constant(CONST_8);
+  let acc = f32x4.splat(0);
+  const xqs: usize = kind == K_Q4_1 || kind == K_Q5_1 ? 4 : 2;
+  for (let b = 0; b < nb; b++) {
+    const xa = v128.load(x + xqs);
+    const xb = v128.load(x + xqs + 16);
+    const xae = evenI8(xa);
+    const xao = oddI8(xa);
+    const xbe = evenI8(xb);
+    const xbo = oddI8(xb);
+    // Q4_0: Σ(q-8)x = Σqx - 8Σx; the lanes of corr add up to 8Σx
+    let corr = i32x4.splat(0);
+    if (kind == K_Q4_0) corr = i32x4.dot_i16x8_s(i16x8.add(i16x8.add(xae, xao), i16x8.add(xbe, xbo)), eight);
+    let s0 = corr;
+    let ab = corr;
+    let s2 = corr;
+    let cd = corr;
+    if (p0 >= w) s0 = row32(kind, p0, m, eb, ob, hb, corr, xae, xao, xbe, xbo);
+    if (p1 >= w) ab = pairAdd(s0, row32(kind, p1, m, eb, ob, hb, corr, xae, xao, xbe, xbo));
+    if (p2 >= w) s2 = row32(kind, p2, m, eb, ob, hb, corr, xae, xao, xbe, xbo);
+    if (p3 >= w) cd = pairAdd(s2, row32(kind, p3, m, eb, ob, hb, corr, xae, xao, xbe, xbo));
+    const sumi = f32x4.convert_i32x4_s(quadAdd(ab, cd));
+    const dx = f32x4.splat(halfToF32(load<u16>(x)));
+    if (kind == K_Q4_1 || kind == K_Q5_1) {
+      // d and m are adjacent: one u32 per row
+      const dm = loadU32x4(p0, p1, p2, p3);
+      const dw = halfHighToF32(i32x4.shl(dm, 16));
+      const mw = halfHighToF32(dm);
+      const sx = f32x4.splat(halfToF32(load<u16>(x, 2)));
+      acc = f32x4.add(acc, f32x4.mul(sumi, f32x4.mul(dw, dx)));
+      acc = f32x4.add(acc, f32x4.mul(mw, sx));
+    } else {
+      acc = f32x4.add(acc, f32x4.mul(sumi, f32x4.mul(loadHalf4(p0, p1, p2, p3), dx)));
+    }
+    p0 += wBytes;
+    p1 += wBytes;
+    p2 += wBytes;
+    p3 += wBytes;
+    x += xBytes;
+  }
+  return acc;
+}
+
+/** The shared loop of the 32-block matrix products. */
+// @ts-ignore: decorator
+@inline function matmul32(
+  kind: i32,
+  wBytes: usize,
+  xBytes: usize,
+  w: usize,
+  xq: usize,
+  out: usize,
+  rows: i32,
+  cols: i32,
+  n: i32,
+  acc: i32,
+  r0: i32,
+  r1: i32,
+): void {
+  const nb = cols >> 5;
+  const wRow = <usize>nb * wBytes;
+  const xRow = <usize>nb * xBytes;
+  for (let t0 = 0; t0 < n; t0 += TOKEN_CHUNK) {
+    const t1 = min(n, t0 + TOKEN_CHUNK);
+    for (let r = r0; r < r1; r += 4) {
+      const nr = min(4, r1 - r);
+      const p0 = w + <usize>r * wRow;
+      const p1 = nr > 1 ? p0 + wRow : p0;
+      const p2 = nr > 2 ? p0 + 2 * wRow : p0;
+      const p3 = nr > 3 ? p0 + 3 * wRow : p0;
+      for (let t = t0; t < t1; t++) {
+        const v = dotRows32(kind, w, p0, p1, p2, p3, xq + <usize>t * xRow, nb, wBytes, xBytes);
+        storeRows(out + ((<usize>t * <usize>rows + <usize>r) << 2), v, nr, acc);
+      }
+    }
+  }
+}
+
+export function matmulQ4_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmul32(K_Q4_0, 18, 34, w, xq, out, rows, cols, n, acc, r0, r1);
+}
+
+export function matmulQ4_1(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmul32(K_Q4_1, 20, 36, w, xq, out, rows, cols, n, acc, r0, r1);
+}
+
+export function matmulQ5_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmul32(K_Q5_0, 22, 34, w, xq, out, rows, cols, n, acc, r0, r1);
+}
+
+export function matmulQ5_1(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmul32(K_Q5_1, 24, 36, w, xq, out, rows, cols, n, acc, r0, r1);
+}
+
+export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmul32(K_Q8_0, 34, 34, w, xq, out, rows, cols, n, acc, r0, r1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// K-quants (256-element super-blocks, Q8_K activations)
+// ---------------------------------------------------------------------------------------------
+
+/** Q4_K/Q5_K 6-bit scales and mins of the block at p as bytes [sc0..sc7, m0..m7]. */
+// @ts-ignore: decorator
+@inline function scalesMinsK4(p: usize): v128 {
+  const u0 = load<u32>(p, 4);
+  const u1 = load<u32>(p, 8);
+  const u2 = load<u32>(p, 12);
+  let v = i32x4.splat(u0 & 0x3f3f3f3f);
+  v = i32x4.replace_lane(v, 1, (u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4));
+  v = i32x4.replace_lane(v, 2, u1 & 0x3f3f3f3f);
+  return i32x4.replace_lane(v, 3, ((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4));
+}
+
+/** Bytes 0..7 of four rows interleaved by 16-bit pairs: byte 4j + r of the result is row r's byte j, j < 4. */
+// @ts-ignore: decorator
+@inline function transpose4Low(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = i8x16.shuffle(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const cd = i8x16.shuffle(c, d, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  return i16x8.shuffle(ab, cd, 0, 8, 1, 9, 2, 10, 3, 11);
+}
+
+/** As transpose4Low for bytes 4..7: byte 4(j-4) + r is row r's byte j. */
+// @ts-ignore: decorator
+@inline function transpose4High(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = i8x16.shuffle(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const cd = i8x16.shuffle(c, d, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  return i16x8.shuffle(ab, cd, 4, 12, 5, 13, 6, 14, 7, 15);
+}
+
+/** Unsigned bytes 4q..4q+3 of v as an i32x4 (q constant after inlining). */
+// @ts-ignore: decorator
+@inline function u8Quad(v: v128, q: i32): v128 {
+  if (q == 0) return i32x4.extend_low_i16x8_u(i16x8.extend_low_i8x16_u(v));
+  if (q == 1) return i32x4.extend_high_i16x8_u(i16x8.extend_low_i8x16_u(v));
+  if (q == 2) return i32x4.extend_low_i16x8_u(i16x8.extend_high_i8x16_u(v));
+  return i32x4.extend_high_i16x8_u(i16x8.extend_high_i8x16_u(v));
+}
+
+/** Signed bytes 4q..4q+3 of v as an i32x4 (q constant after inlining). */
+// @ts-ignore: decorator
+@inline function i8Quad(v: v128, q: i32): v128 {
+  if (q == 0) return i32x4.extend_low_i16x8_s(i16x8.extend_low_i8x16_s(v));
+  if (q == 1) return i32x4.extend_high_i16x8_s(i16x8.extend_low_i8x16_s(v));
+  if (q == 2) return i32x4.extend_low_i16x8_s(i16x8.extend_high_i8x16_s(v));
+  return i32x4.extend_high_i16x8_s(i16x8.extend_high_i8x16_s(v));
+}
+
+/**
+ * One row's partial sums for chunk c (64 elements) of a Q4_K/Q5_K block at p: `hi` false gives
+ * sub-block 2c (low nibbles), true sub-block 2c+1 (high nibbles). Q5_K takes bit 2c (2c+1) of qh[l].
+ */
+// @ts-ignore: decorator
+@inline function rowK45(
+  five: bool,
+  hi: bool,
+  c: i32,
+  p: usize,
+  m: v128,
+  hb: v128,
+  xe0: v128,
+  xo0: v128,
+  xe1: v128,
+  xo1: v128,
+): v128 {
+  const q = p + (five ? 48 : 16) + 32 * c;
+  const b0 = v128.load(q);
+  const b1 = v128.load(q, 16);
+  let w0e: v128, w0o: v128, w1e: v128, w1o: v128;
+  if (!hi) {
+    w0e = v128.and(b0, m);
+    w0o = v128.and(i16x8.shr_u(b0, 8), m);
+    w1e = v128.and(b1, m);
+    w1o = v128.and(i16x8.shr_u(b1, 8), m);
+  } else {
+    w0e = v128.and(i16x8.shr_u(b0, 4), m);
+    w0o = i16x8.shr_u(b0, 12);
+    w1e = v128.and(i16x8.shr_u(b1, 4), m);
+    w1o = i16x8.shr_u(b1, 12);
+  }
+  if (five) {
+    // bit k of the even byte of a lane -> bit 4: shift by 4 - k; of the odd byte (lane bit 8 + k): 4 + k
+    const k = 2 * c + (hi ? 1 : 0);
+    const h0 = v128.load(p, 16);
+    const h1 = v128.load(p, 32);
+    w0e = v128.or(w0e, v128.and(shiftI16(h0, 4 - k), hb));
+    w0o = v128.or(w0o, v128.and(i16x8.shr_u(h0, 4 + k), hb));
+    w1e = v128.or(w1e, v128.and(shiftI16(h1, 4 - k), hb));
+    w1o = v128.or(w1o, v128.and(i16x8.shr_u(h1, 4 + k), hb));
+  }
+  return i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(w0e, xe0), i32x4.dot_i16x8_s(w0o, xo0)),
+    i32x4.add(i32x4.dot_i16x8_s(w1e, xe1), i32x4.dot_i16x8_s(w1o, xo1)),
+  );
+}
+
+/** Σ over chunk c of sc_j·Σ q·x for four rows (lanes), sub-block scales sLo (2c) and sHi (2c+1). */
+// @ts-ignore: decorator
+@inline function chunkK45(
+  five: bool,
+  c: i32,
+  w: usize,
+  p0: usize,
+  p1: usize,
+  p2: usize,
+  p3: usize,
+  x: usize,
+  sLo: v128,
+  sHi: v128,
+  m: v128,
+  hb: v128,
+): v128 {
+  const xp = x + 4 + 64 * c;
+  const xa = v128.load(xp);
+  const xb = v128.load(xp, 16);
+  const xc = v128.load(xp, 32);
+  const xd = v128.load(xp, 48);
+  const x0e = evenI8(xa);
+  const x0o = oddI8(xa);
+  const x1e = evenI8(xb);
+  const x1o = oddI8(xb);
+  const x2e = evenI8(xc);
+  const x2o = oddI8(xc);
+  const x3e = evenI8(xd);
+  const x3o = oddI8(xd);
+  const z = i32x4.splat(0);
+  let lo0 = z, hi0 = z, lo01 = z, hi01 = z, lo2 = z, hi2 = z, lo23 = z, hi23 = z;
+  if (p0 >= w) {
+    lo0 = rowK45(five, false, c, p0, m, hb, x0e, x0o, x1e, x1o);
+    hi0 = rowK45(five, true, c, p0, m, hb, x2e, x2o, x3e, x3o);
+  }
+  if (p1 >= w) {
+    lo01 = pairAdd(lo0, rowK45(five, false, c, p1, m, hb, x0e, x0o, x1e, x1o));
+    hi01 = pairAdd(hi0, rowK45(five, true, c, p1, m, hb, x2e, x2o, x3e, x3o));
+  }
+  if (p2 >= w) {
+    lo2 = rowK45(five, false, c, p2, m, hb, x0e, x0o, x1e, x1o);
+    hi2 = rowK45(five, true, c, p2, m, hb, x2e, x2o, x3e, x3o);
+  }
+  if (p3 >= w) {
+    lo23 = pairAdd(lo2, rowK45(five, false, c, p3, m, hb, x0e, x0o, x1e, x1o));
+    hi23 = pairAdd(hi2, rowK45(five, true, c, p3, m, hb, x2e, x2o, x3e, x3o));
+  }
+  return i32x4.add(i32x4.mul(quadAdd(lo01, lo23), sLo), i32x4.mul(quadAdd(hi01, hi23), sHi));
+}
+
+/** Four Q4_K/Q5_K weight rows · one token's Q8_K blocks, as f32x4. */
+// @ts-ignore: decorator
+@inline function dotRowsK45(
+  five: bool,
+  w: usize,
+  p0: usize,
+  p1: usize,
+  p2: usize,
+  p3: usize,
+  x: usize,
+  nb: i32,
+  wBytes: usize,
+): v128 {
+  const m = constant(CONST_0F);
+  const hb = constant(CONST_10);
+  let acc = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const r0 = scalesMinsK4(p0);
+    const r1 = scalesMinsK4(p1);
+    const r2 = scalesMinsK4(p2);
+    const r3 = scalesMinsK4(p3);
+    // mins · bsums: pair the 16-sums into 32-sums, dot with each row's mins, reduce
+    const bs = i16x8.narrow_i32x4_s(
+      i32x4.extadd_pairwise_i16x8_s(v128.load(x, 260)),
+      i32x4.extadd_pairwise_i16x8_s(v128.load(x, 276)),
+    );
+    const summ = quadAdd(
+      pairAdd(
+        i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(r0), bs),
+        i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(r1), bs),
+      ),
+      pairAdd(
+        i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(r2), bs),
+        i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(r3), bs),
+      ),
+    );
+    // scales: byte 4j + r of t0 (j < 4) / t1 (j >= 4) is row r's scale j
+    const t0 = transpose4Low(r0, r1, r2, r3);
+    const t1 = transpose4High(r0, r1, r2, r3);
+    let sumi = chunkK45(five, 0, w, p0, p1, p2, p3, x, u8Quad(t0, 0), u8Quad(t0, 1), m, hb);
+    sumi = i32x4.add(sumi, chunkK45(five, 1, w, p0, p1, p2, p3, x, u8Quad(t0, 2), u8Quad(t0, 3), m, hb));
+    sumi = i32x4.add(sumi, chunkK45(five, 2, w, p0, p1, p2, p3, x, u8Quad(t1, 0), u8Quad(t1, 1), m, hb));
+    sumi = i32x4.add(sumi, chunkK45(five, 3, w, p0, p1, p2, p3, x, u8Quad(t1, 2), u8Quad(t1, 3), m, hb));
+    const dm = loadU32x4(p0, p1, p2, p3);
+    const dx = f32x4.splat(load<f32>(x));
+    const dw = f32x4.mul(halfHighToF32(i32x4.shl(dm, 16)), dx);
+    const dmin = f32x4.mul(halfHighToF32(dm), dx);
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(sumi), dw));
+    acc = f32x4.sub(acc, f32x4.mul(f32x4.convert_i32x4_s(summ), dmin));
+    p0 += wBytes;
+    p1 += wBytes;
+    p2 += wBytes;
+    p3 += wBytes;
+    x += 292;
+  }
+  return acc;
+}
+
+/**
+ * One row's Q6_K partial sums for sub-block k (`hi` false: low nibbles of ql[l], qh bits sh..sh+1)
+ * or k + 4 (`hi` true: high nibbles, qh bits sh+4..sh+5) of half h, as unsigned 6-bit values.
+ */
+// @ts-ignore: decorator
+@inline function rowQ6(
+  hi: bool,
+  h: i32,
+  k: i32,
+  p: usize,
+  m: v128,
+  m2: v128,
+  xe: v128,
+  xo: v128,
+): v128 {
+  const l = v128.load(p + 64 * h + 16 * k);
+  const hq = v128.load(p + 128 + 32 * h + 16 * (k & 1));
+  const sh = 2 * (k >> 1) + (hi ? 4 : 0);
+  let we: v128, wo: v128;
+  if (!hi) {
+    we = v128.and(l, m);
+    wo = v128.and(i16x8.shr_u(l, 8), m);
+  } else {
+    we = v128.and(i16x8.shr_u(l, 4), m);
+    wo = i16x8.shr_u(l, 12);
+  }
+  // bits sh..sh+1 of the even byte of a lane -> bits 4..5: shift by 4 - sh; of the odd byte: 4 + sh
+  we = v128.or(we, v128.and(shiftI16(hq, 4 - sh), m2));
+  wo = v128.or(wo, v128.and(i16x8.shr_u(hq, 4 + sh), m2));
+  return i32x4.add(i32x4.dot_i16x8_s(we, xe), i32x4.dot_i16x8_s(wo, xo));
+}
+
+/** Q6_K sub-blocks k and k+4 of half h for four rows, times their scales sA and sB (i32x4 per row). */
+// @ts-ignore: decorator
+@inline function quarterQ6(
+  h: i32,
+  k: i32,
+  w: usize,
+  p0: usize,
+  p1: usize,
+  p2: usize,
+  p3: usize,
+  x: usize,
+  sA: v128,
+  sB: v128,
+  m: v128,
+  m2: v128,
+): v128 {
+  const xp = x + 4 + 128 * h + 16 * k;
+  const xa = v128.load(xp);
+  const xb = v128.load(xp, 64);
+  const xae = evenI8(xa);
+  const xao = oddI8(xa);
+  const xbe = evenI8(xb);
+  const xbo = oddI8(xb);
+  const z = i32x4.splat(0);
+  let a0 = z, b0 = z, a01 = z, b01 = z, a2 = z, b2 = z, a23 = z, b23 = z;
+  if (p0 >= w) {
+    a0 = rowQ6(false, h, k, p0, m, m2, xae, xao);
+    b0 = rowQ6(true, h, k, p0, m, m2, xbe, xbo);
+  }
+  if (p1 >= w) {
+    a01 = pairAdd(a0, rowQ6(false, h, k, p1, m, m2, xae, xao));
+    b01 = pairAdd(b0, rowQ6(true, h, k, p1, m, m2, xbe, xbo));
+  }
+  if (p2 >= w) {
+    a2 = rowQ6(false, h, k, p2, m, m2, xae, xao);
+    b2 = rowQ6(true, h, k, p2, m, m2, xbe, xbo);
+  }
+  if (p3 >= w) {
+    a23 = pairAdd(a2, rowQ6(false, h, k, p3, m, m2, xae, xao));
+    b23 = pairAdd(b2, rowQ6(true, h, k, p3, m, m2, xbe, xbo));
+  }
+  return i32x4.add(i32x4.mul(quadAdd(a01, a23), sA), i32x4.mul(quadAdd(b01, b23), sB));
+}
+
+/** 32·Σ_j sc_j·bsum_j of one row (lanes add up to it): removes the +32 offset of the 6-bit weights. */
+// @ts-ignore: decorator
+@inline function offsetQ6(sc: v128, bs0: v128, bs1: v128): v128 {
+  return i32x4.add(
+    i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(sc), bs0),
+    i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(sc), bs1),
+  );
+}
+
+/** Four Q6_K weight rows · one token's Q8_K blocks, as f32x4. */
+// @ts-ignore: decorator
+@inline function dotRowsQ6(
+  w: usize,
+  p0: usize,
+  p1: usize,
+  p2: usize,
+  p3: usize,
+  x: usize,
+  nb: i32,
+): v128 {
+  const m = constant(CONST_0F);
+  const m2 = constant(CONST_30);
+  let acc = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const r0 = v128.load(p0, 192);
+    const r1 = v128.load(p1, 192);
+    const r2 = v128.load(p2, 192);
+    const r3 = v128.load(p3, 192);
+    const bs0 = v128.load(x, 260);
+    const bs1 = v128.load(x, 276);
+    const corr = quadAdd(
+      pairAdd(offsetQ6(r0, bs0, bs1), offsetQ6(r1, bs0, bs1)),
+      pairAdd(offsetQ6(r2, bs0, bs1), offsetQ6(r3, bs0, bs1)),
+    );
+    // byte 4j + r of tq: row r's scale 4q + j
+    const ab = i8x16.shuffle(r0, r1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const cd = i8x16.shuffle(r2, r3, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const abH = i8x16.shuffle(r0, r1, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const cdH = i8x16.shuffle(r2, r3, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const t0 = i16x8.shuffle(ab, cd, 0, 8, 1, 9, 2, 10, 3, 11);
+    const t1 = i16x8.shuffle(ab, cd, 4, 12, 5, 13, 6, 14, 7, 15);
+    const t2 = i16x8.shuffle(abH, cdH, 0, 8, 1, 9, 2, 10, 3, 11);
+    const t3 = i16x8.shuffle(abH, cdH, 4, 12, 5, 13, 6, 14, 7, 15);
+    // half 0: sub-blocks 0..7, half 1: 8..15; quarter k pairs sub-blocks k and k + 4
+    let sumi = quarterQ6(0, 0, w, p0, p1, p2, p3, x, i8Quad(t0, 0), i8Quad(t1, 0), m, m2);
+    sumi = i32x4.add(sumi, quarterQ6(0, 1, w, p0, p1, p2, p3, x, i8Quad(t0, 1), i8Quad(t1, 1), m, m2));
+    sumi = i32x4.add(sumi, quarterQ6(0, 2, w, p0, p1, p2, p3, x, i8Quad(t0, 2), i8Quad(t1, 2), m, m2));
+    sumi = i32x4.add(sumi, quarterQ6(0, 3, w, p0, p1, p2, p3, x, i8Quad(t0, 3), i8Quad(t1, 3), m, m2));
+    sumi = i32x4.add(sumi, quarterQ6(1, 0, w, p0, p1, p2, p3, x, i8Quad(t2, 0), i8Quad(t3, 0), m, m2));
+    sumi = i32x4.add(sumi, quarterQ6(1, 1, w, p0, p1, p2, p3, x, i8Quad(t2, 1), i8Quad(t3, 1), m, m2));
+    sumi = i32x4.add(sumi, quarterQ6(1, 2, w, p0, p1, p2, p3, x, i8Quad(t2, 2), i8Quad(t3, 2), m, m2));
+    sumi = i32x4.add(sumi, quarterQ6(1, 3, w, p0, p1, p2, p3, x, i8Quad(t2, 3), i8Quad(t3, 3), m, m2));
+    sumi = i32x4.sub(sumi, i32x4.shl(corr, 5));
+    const dw = f32x4.mul(loadHalf4(p0 + 208, p1 + 208, p2 + 208, p3 + 208), f32x4.splat(load<f32>(x)));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(sumi), dw));
+    p0 += 210;
+    p1 += 210;
+    p2 += 210;
+    p3 += 210;
+    x += 292;
+  }
+  return acc;
+}
+
+const K_Q4_K: i32 = 0;
+const K_Q5_K: i32 = 1;
+const K_Q6_K: i32 = 2;
+
+// @ts-ignore: decorator
+@inline function matmulK(
+  kind: i32,
+  wBytes: usize,
+  w: usize,
+  xq: usize,
+  out: usize,
+  rows: i32,
+  cols: i32,
+  n: i32,
+  acc: i32,
+  r0: i32,
+  r1: i32,
+): void {
+  const nb = cols >> 8;
+  const wRow = <usize>nb * wBytes;
+  const xRow = <usize>nb * 292;
+  for (let t0 = 0; t0 < n; t0 += TOKEN_CHUNK) {
+    const t1 = min(n, t0 + TOKEN_CHUNK);
+    for (let r = r0; r < r1; r += 4) {
+      const nr = min(4, r1 - r);
+      const p0 = w + <usize>r * wRow;
+      const p1 = nr > 1 ? p0 + wRow : p0;
+      const p2 = nr > 2 ? p0 + 2 * wRow : p0;
+      const p3 = nr > 3 ? p0 + 3 * wRow : p0;
+      for (let t = t0; t < t1; t++) {
+        const x = xq + <usize>t * xRow;
+        let v: v128;
+        if (kind == K_Q6_K) v = dotRowsQ6(w, p0, p1, p2, p3, x, nb);
+        else v = dotRowsK45(kind == K_Q5_K, w, p0, p1, p2, p3, x, nb, wBytes);
+        storeRows(out + ((<usize>t * <usize>rows + <usize>r) << 2), v, nr, acc);
+      }
+    }
+  }
+}
+
+export function matmulQ4_K(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmulK(K_Q4_K, 144, w, xq, out, rows, cols, n, acc, r0, r1);
+}
+
+export function matmulQ5_K(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmulK(K_Q5_K, 176, w, xq, out, rows, cols, n, acc, r0, r1);
+}
+
+export function matmulQ6_K(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmulK(K_Q6_K, 210, w, xq, out, rows, cols, n, acc, r0, r1);
+}
+// ---------------------------------------------------------------------------------------------
+// Dequantizers (rows = blocks; F16/BF16 blocks are single elements): dst gets nBlocks·blockSize
+// f32, block b at dst + b·blockSize·4. Bit-identical to src/quant/reference.ts dequantizeRow.
+// ---------------------------------------------------------------------------------------------
+
+/** Exact f16 -> f32 of the low halves of four i32 lanes (infinities and NaNs included). */
+// @ts-ignore: decorator
+@inline function halfToF32x4Exact(h: v128): v128 {
+  const finite = halfHighToF32(i32x4.shl(h, 16));
+  const special = v128.or(
+    v128.or(i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16), i32x4.splat(0x7f800000)),
+    i32x4.shl(v128.and(h, i32x4.splat(0x3ff)), 13),
+  );
+  const isSpecial = i32x4.eq(v128.and(h, i32x4.splat(0x7c00)), i32x4.splat(0x7c00));
+  return v128.bitselect(special, finite, isSpecial);
+}
+
+export function dequantizeF16(src: usize, dst: usize, nBlocks: i32, r0: i32, r1: i32): void {
+  let i = r0;
+  for (; i + 8 <= r1; i += 8) {
+    const h = v128.load(src + (<usize>i << 1));
+    const d = dst + (<usize>i << 2);
+    v128.store(d, halfToF32x4Exact(i32x4.extend_low_i16x8_u(h)));
+    v128.store(d, halfToF32x4Exact(i32x4.extend_high_i16x8_u(h)), 16);
+  }
+  for (; i < r1; i++) {
+    const h = i32x4.splat(<i32>load<u16>(src + (<usize>i << 1)));
+    store<f32>(dst + (<usize>i << 2), f32x4.extract_lane(halfToF32x4Exact(h), 0));
+  }
+}
+
+export function dequantizeBF16(src: usize, dst: usize, nBlocks: i32, r0: i32, r1: i32): void {
+  let i = r0;
+  const zero = i32x4.splat(0);
+  for (; i + 8 <= r1; i += 8) {
+    const h = v128.load(src + (<usize>i << 1));
+    const d = dst + (<usize>i << 2);
+    v128.store(d, i16x8.shuffle(zero, h, 0, 8, 0, 9, 0, 10, 0, 11));
+    v128.store(d, i16x8.shuffle(zero, h, 0, 12, 0, 13, 0, 14, 0, 15), 16);
+  }
+  for (; i < r1; i++) store<u32>(dst + (<usize>i << 2), <u32>load<u16>(src + (<usize>i << 1)) << 16);
+}
+
+/** Stores 16 i16 values (a: elements 0..7, b: 8..15) as f32 times d, plus m when given. */
+// @ts-ignore: decorator
+@inline function storeScaled16(dst: usize, a: v128, b: v128, d: v128, m: v128, withMin: bool, subMin: bool): void {
+  let v0 = f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(a)), d);
+  let v1 = f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(a)), d);
+  let v2 = f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(b)), d);
+  let v3 = f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(b)), d);
+  if (withMin) {
+    if (subMin) {
+      v0 = f32x4.sub(v0, m);
+      v1 = f32x4.sub(v1, m);
+      v2 = f32x4.sub(v2, m);
+      v3 = f32x4.sub(v3, m);
+    } else {
+      v0 = f32x4.add(v0, m);
+      v1 = f32x4.add(v1, m);
+      v2 = f32x4.add(v2, m);
+      v3 = f32x4.add(v3, m);
+    }
+  }
+  v128.store(dst, v0);
+  v128.store(dst, v1, 16);
+  v128.store(dst, v2, 32);
+  v128.store(dst, v3, 48);
+}
+
+/** 16 packed nibble bytes to the low (0..15) and high (16..31) element groups as bytes. */
+// @ts-ignore: decorator
+@inline function nibblesLow(q: v128): v128 {
+  return v128.and(q, i8x16.splat(0x0f));
+}
+
+// @ts-ignore: decorator
+@inline function nibblesHigh(q: v128): v128 {
+  return i8x16.shr_u(q, 4);
+}
+
+/** Bit j of qh (j < 16 from `bits`) as byte j = 0x10 or 0, for the 16 bytes of one half. */
+// @ts-ignore: decorator
+@inline function highBits16(bits: u32): v128 {
+  const v = i16x8.splat(<i16>bits);
+  // byte j takes bit j: spread the 16 bits over bytes (low byte to bytes 0..7, high to 8..15)
+  const spread = i8x16.swizzle(v, i8x16(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+  const sel = v128.and(spread, i8x16(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128));
+  return v128.andnot(i8x16.splat(0x10), i8x16.eq(sel, i8x16.splat(0)));
+}
+
+// @ts-ignore: decorator
+@inline function dequant32(kind: i32, src: usize, dst: usize, nBlocks: i32, r0: i32, r1: i32, bytes: usize): void {
+  for (let b = r0; b < r1; b++) {
+    const p = src + <usize>b * bytes;
+    const o = dst + (<usize>b << 7);
+    const d = f32x4.splat(halfToF32(load<u16>(p)));
+    let lo: v128, hi: v128;
+    let m = f32x4.splat(0);
+    if (kind == K_Q8_0) {
+      lo = v128.load(p, 2);
+      hi = v128.load(p, 18);
+    } else {
+      const qo: usize = kind == K_Q4_0 ? 2 : kind == K_Q4_1 ? 4 : kind == K_Q5_0 ? 6 : 8;
+      const q = v128.load(p + qo);
+      lo = nibblesLow(q);
+      hi = nibblesHigh(q);
+      if (kind == K_Q5_0 || kind == K_Q5_1) {
+        const qh = load<u32>(p + (kind == K_Q5_0 ? 2 : 4));
+        lo = v128.or(lo, highBits16(qh));
+        hi = v128.or(hi, highBits16(qh >> 16));
+      }
+      if (kind == K_Q4_0) {
+        lo = i8x16.sub(lo, i8x16.splat(8));
+        hi = i8x16.sub(hi, i8x16.splat(8));
+      } else if (kind == K_Q5_0) {
+        lo = i8x16.sub(lo, i8x16.splat(16));
+        hi = i8x16.sub(hi, i8x16.splat(16));
+      } else {
+        m = f32x4.splat(halfToF32(load<u16>(p, 2)));
+      }
+    }
+    const withMin = kind == K_Q4_1 || kind == K_Q5_1;
+    storeScaled16(o, i16x8.extend_low_i8x16_s(lo), i16x8.extend_high_i8x16_s(lo), d, m, withMin, false);
+    storeScaled16(o + 64, i16x8.extend_low_i8x16_s(hi), i16x8.extend_high_i8x16_s(hi), d, m, withMin, false);
+  }
+}
+
+export function dequantizeQ4_0(src: usize, dst: usize, nBlocks: i32, r0: i32, r1: i32): void {
+  dequant32(K_Q4_0, src, dst, nBlocks, r0, r1, 18);
+}
+
+export function dequantizeQ4_1(src: usize, dst: usize, nBlocks: i32, r0: i32, r1: i32): void {
+  dequant32(K_Q4_1, src, dst, nBlocks, r0, r1, 20);
+}
+
+export function dequantizeQ5_0(src: usize, dst: usize, nBlocks: i32, r0: i32, r1: i32): void {
+  dequant32(K_Q5_0, src, dst, nBlocks, r0, r1, 22);
+}
+
+export function dequantizeQ5_1(src: usize, dst: usize, nBlocks: i32, r0: i32, r1: i32): void {
+  dequant32(K_Q5_1, src, dst, nBlocks, r0, r1, 24);
+}
+
+export function dequantizeQ8_0(src: usize, dst: usize, nBlocks: i32, r0: i32, r1: i32): void {
+  dequant32(K_Q8_0, src, dst, nBlocks, r0, r1, 34);
+}
+
+/** Q4_K / Q5_K: y = (d·sc)·q − dmin·m per 32-element sub-block. */
+// @ts-ignore: decorator
+@inline function dequantK45(five: bool, src: usize, dst: usize, r0: i32, r1: i32, bytes: usize): void {
+  for (let b = r0; b < r1; b++) {
+    const p = src + <usize>b * bytes;
+    const o = dst + (<usize>b << 10);
+    const d = halfToF32(load<u16>(p));
+    const dmin = halfToF32(load<u16>(p, 2));
+    const sm = scalesMinsK4(p);
+    const qs = p + (five ? 48 : 16);
+    const h0 = v128.load(p, 16);
+    const h1 = v128.load(p, 32);
+    for (let c = 0; c < 4; c++) {
+      const q0 = v128.load(qs + (<usize>c << 5));
+      const q1 = v128.load(qs + (<usize>c << 5), 16);
+      let lo0 = nibblesLow(q0);
+      let lo1 = nibblesLow(q1);
+      let hi0 = nibblesHigh(q0);
+      let hi1 = nibblesHigh(q1);
+      if (five) {
+        const bl: i32 = 1 << (2 * c);
+        const bitLo = i8x16.splat(<i8>bl);
+        const bitHi = i8x16.splat(<i8>(bl << 1));
+        const s16 = i8x16.splat(0x10);
+        const zero = i8x16.splat(0);
+        lo0 = v128.or(lo0, v128.andnot(s16, i8x16.eq(v128.and(h0, bitLo), zero)));
+        lo1 = v128.or(lo1, v128.andnot(s16, i8x16.eq(v128.and(h1, bitLo), zero)));
+        hi0 = v128.or(hi0, v128.andnot(s16, i8x16.eq(v128.and(h0, bitHi), zero)));
+        hi1 = v128.or(hi1, v128.andnot(s16, i8x16.eq(v128.and(h1, bitHi), zero)));
+      }
+      const j = 2 * c;
+      const scLo = <f32>i8x16.extract_lane_u(i8x16.swizzle(sm, i8x16.splat(<i8>j)), 0);
+      const scHi = <f32>i8x16.extract_lane_u(i8x16.swizzle(sm, i8x16.splat(<i8>(j + 1))), 0);
+      const mLo = <f32>i8x16.extract_lane_u(i8x16.swizzle(sm, i8x16.splat(<i8>(j + 8))), 0);
+      const mHi = <f32>i8x16.extract_lane_u(i8x16.swizzle(sm, i8x16.splat(<i8>(j + 9))), 0);
+      const oc = o + (<usize>c << 8);
+      const dLo = f32x4.splat(d * scLo);
+      const mLoV = f32x4.splat(dmin * mLo);
+      const dHi = f32x4.splat(d * scHi);
+      const mHiV = f32x4.splat(dmin * mHi);
+      storeScaled16(oc, i16x8.extend_low_i8x16_u(lo0), i16x8.extend_high_i8x16_u(lo0), dLo, mLoV, true, true);
+      storeScaled16(oc + 64, i16x8.extend_low_i8x16_u(lo1), i16x8.extend_high_i8x16_u(lo1), dLo, mLoV, true, true);
+      storeScaled16(oc + 128, i16x8.extend_low_i8x16_u(hi0), i16x8.extend_high_i8x16_u(hi0), dHi, mHiV, true, true);
+      storeScaled16(oc + 192, i16x8.extend_low_i8x16_u(hi1), i16x8.extend_high_i8x16_u(hi1), dHi, mHiV, true, true);
+    }
+  }
+}
+
+export function dequantizeQ4_K(src: usize, dst: usize, nBlocks: i32, r0: i32, r1: i32): void {
+  dequantK45(false, src, dst, r0, r1, 144);
+}
+
+export function dequantizeQ5_K(src: usize, dst: usize, nBlocks: i32, r0: i32, r1: i32): void {
+  dequantK45(true, src, dst, r0, r1, 176);
+}
+
+/** Q6_K: y = (d·sc)·(q − 32) per 16-element sub-block. */
+export function dequantizeQ6_K(src: usize, dst: usize, nBlocks: i32, r0: i32, r1: i32): void {
+  const m4 = i8x16.splat(0x0f);
+  const m2 = i8x16.splat(0x30);
+  const off = i8x16.splat(32);
+  for (let b = r0; b < r1; b++) {
+    const p = src + <usize>b * 210;
+    const o = dst + (<usize>b << 10);
+    const d = halfToF32(load<u16>(p, 208));
+    for (let h = 0; h < 2; h++) {
+      const ql = p + (<usize>h << 6);
+      const qh = p + 128 + (<usize>h << 5);
+      const sc = p + 192 + (<usize>h << 3);
+      const oh = o + (<usize>h << 9);
+      for (let k = 0; k < 4; k++) {
+        // sub-block k: low nibbles of ql[16k..] with qh bits sh..sh+1; sub-block k+4: high nibbles, bits sh+4..
+        const l = v128.load(ql + (<usize>k << 4));
+        const hq = v128.load(qh + (<usize>(k & 1) << 4));
+        const sh = 2 * (k >> 1);
+        const qa = i8x16.sub(v128.or(v128.and(l, m4), v128.and(i8x16.shl(i8x16.shr_u(hq, sh), 4), m2)), off);
+        const qb = i8x16.sub(v128.or(i8x16.shr_u(l, 4), v128.and(i8x16.shl(i8x16.shr_u(hq, sh + 4), 4), m2)), off);
+        const da = f32x4.splat(d * <f32>load<i8>(sc + k));
+        const db = f32x4.splat(d * <f32>load<i8>(sc + k + 4));
+        storeScaled16(oh + (<usize>k << 6), i16x8.extend_low_i8x16_s(qa), i16x8.extend_high_i8x16_s(qa), da, da, false, false);
+        storeScaled16(oh + 256 + (<usize>k << 6), i16x8.extend_low_i8x16_s(qb), i16x8.extend_high_i8x16_s(qb), db, db, false, false);
+      }
+    }
+  }
+}
