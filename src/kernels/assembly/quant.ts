@@ -294,6 +294,17 @@ const CONSTS: usize = memory.data<u16>(
     0xfff0, 0xfff0, 0xfff0, 0xfff0, 0xfff0, 0xfff0, 0xfff0, 0xfff0, // -16: Q5_0 offset
     1, 4, 16, 64, 256, 1024, 4096, 16384, // even bits of a lane
     2, 8, 32, 128, 512, 2048, 8192, 32768, // odd bits of a lane
+    0xe000, 0x8fff, 0xe000, 0x8fff, 0xe000, 0x8fff, 0xe000, 0x8fff, // f16 -> f32: sign and magnitude bits
+    0, 0x7780, 0, 0x7780, 0, 0x7780, 0, 0x7780, // f16 -> f32: 2^112
+    0, 0x7380, 0, 0x7380, 0, 0x7380, 0, 0x7380, // f16 -> f32 / 256: 2^104
+    0x0f00, 0x0f00, 0x0f00, 0x0f00, 0x0f00, 0x0f00, 0x0f00, 0x0f00, // low nibble of the odd byte
+    0x00f0, 0x00f0, 0x00f0, 0x00f0, 0x00f0, 0x00f0, 0x00f0, 0x00f0, // high nibble of the even byte
+    0xff00, 0xff00, 0xff00, 0xff00, 0xff00, 0xff00, 0xff00, 0xff00, // odd byte
+    2048, 2048, 2048, 2048, 2048, 2048, 2048, 2048, // 8 · 256
+    0x1000, 0x1000, 0x1000, 0x1000, 0x1000, 0x1000, 0x1000, 0x1000, // bit 12
+    0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, // bit 8
+    0x3000, 0x3000, 0x3000, 0x3000, 0x3000, 0x3000, 0x3000, 0x3000, // bits 12..13
+    0x0300, 0x0300, 0x0300, 0x0300, 0x0300, 0x0300, 0x0300, 0x0300, // bits 8..9
   ],
   16,
 );
@@ -304,6 +315,39 @@ const CONST_8: usize = 48;
 const CONST_NEG16: usize = 64;
 const CONST_EVEN_BITS: usize = 80;
 const CONST_ODD_BITS: usize = 96;
+const CONST_HALF_MASK: usize = 112;
+const CONST_HALF_MAGIC: usize = 128;
+const CONST_HALF_MAGIC_256: usize = 144;
+const CONST_0F00: usize = 160;
+const CONST_00F0: usize = 176;
+const CONST_FF00: usize = 192;
+const CONST_2048: usize = 208;
+const CONST_1000: usize = 224;
+const CONST_0100: usize = 240;
+const CONST_3000: usize = 256;
+const CONST_0300: usize = 272;
+
+/** halfHighToF32 with its two constants passed in (loaded once per call from the table). */
+// @ts-ignore: decorator
+@inline function halfHigh(v: v128, mask: v128, magic: v128): v128 {
+  return f32x4.mul(v128.and(i32x4.shr_s(v, 3), mask), magic);
+}
+
+/** Four f16 at p0..p3 (same offset) as an f32x4. */
+// @ts-ignore: decorator
+@inline function half4(p0: usize, p1: usize, p2: usize, p3: usize, mask: v128, magic: v128): v128 {
+  let v = v128.load16_lane(p0, mask, 1);
+  v = v128.load16_lane(p1, v, 3);
+  v = v128.load16_lane(p2, v, 5);
+  v = v128.load16_lane(p3, v, 7);
+  return halfHigh(v, mask, magic);
+}
+
+/** The f16 at p in all four lanes as f32. */
+// @ts-ignore: decorator
+@inline function halfSplat(p: usize, mask: v128, magic: v128): v128 {
+  return halfHigh(v128.load16_splat(p), mask, magic);
+}
 
 /** A vector constant from the static table, loaded (once per call when used outside loops). */
 // @ts-ignore: decorator
@@ -335,6 +379,28 @@ const CONST_ODD_BITS: usize = 96;
     i32x4.dot_i16x8_s(i16x8.shr_u(b, 12), xbo),
   );
   return i32x4.add(lo, hi);
+}
+
+/**
+ * 256 × the partial sums of a 32-block with 4-bit weights `b` (qs[16]), with the activations
+ * prepared by scaledX: each nibble is isolated by one `and` (or shift) in place, and its
+ * activation partner carries the missing power of 16 (products come out ×256, exactly).
+ */
+// @ts-ignore: decorator
+@inline function dotNibbles256(
+  b: v128,
+  m0f: v128,
+  m0f00: v128,
+  mf0: v128,
+  xe256: v128,
+  xo1: v128,
+  xe16: v128,
+  xo256: v128,
+): v128 {
+  return i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(v128.and(b, m0f), xe256), i32x4.dot_i16x8_s(v128.and(b, m0f00), xo1)),
+    i32x4.add(i32x4.dot_i16x8_s(v128.and(b, mf0), xe16), i32x4.dot_i16x8_s(i16x8.shr_u(b, 12), xo256)),
+  );
 }
 
 /**
@@ -399,12 +465,14 @@ const K_Q5_0: i32 = 2;
 const K_Q5_1: i32 = 3;
 const K_Q8_0: i32 = 4;
 
-/** One row's partial sums (i32x4) for a 32-block at p. */
+/** One row's partial sums (i32x4) for a 32-block at p (Q4_0, Q4_1: ×256). */
 // @ts-ignore: decorator
 @inline function row32(
   kind: i32,
   p: usize,
   m: v128,
+  m0f00: v128,
+  mf0: v128,
   eb: v128,
   ob: v128,
   hb: v128,
@@ -414,8 +482,8 @@ const K_Q8_0: i32 = 4;
   xbe: v128,
   xbo: v128,
 ): v128 {
-  if (kind == K_Q4_0) return i32x4.sub(dotNibbles(v128.load(p, 2), m, xae, xao, xbe, xbo), corr);
-  if (kind == K_Q4_1) return dotNibbles(v128.load(p, 4), m, xae, xao, xbe, xbo);
+  if (kind == K_Q4_0) return i32x4.sub(dotNibbles256(v128.load(p, 2), m, m0f00, mf0, xae, xao, xbe, xbo), corr);
+  if (kind == K_Q4_1) return dotNibbles256(v128.load(p, 4), m, m0f00, mf0, xae, xao, xbe, xbo);
   if (kind == K_Q5_0) return dotFiveBit(v128.load(p, 6), load<u32>(p, 2), m, eb, ob, hb, true, xae, xao, xbe, xbo);
   if (kind == K_Q5_1) return dotFiveBit(v128.load(p, 8), load<u32>(p, 4), m, eb, ob, hb, false, xae, xao, xbe, xbo);
   return dotInt8(p + 2, xae, xao, xbe, xbo);
@@ -431,47 +499,74 @@ const K_Q8_0: i32 = 4;
   p2: usize,
   p3: usize,
   x: usize,
+  xq: usize,
   nb: i32,
   wBytes: usize,
   xBytes: usize,
 ): v128 {
+  const nibbles = kind == K_Q4_0 || kind == K_Q4_1;
   const m = constant(CONST_0F);
+  const m0f00 = constant(CONST_0F00);
+  const mf0 = constant(CONST_00F0);
+  const mff00 = constant(CONST_FF00);
   const eb = constant(CONST_EVEN_BITS);
   const ob = constant(CONST_ODD_BITS);
   const hb = constant(kind == K_Q5_0 ? CONST_NEG16 : CONST_10);
-  const eight = constant(CONST_8);
+  const c2048 = constant(CONST_2048);
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
+  // the ×256 of the nibble sums is folded into the activation scale
+  const xmagic = constant(nibbles ? CONST_HALF_MAGIC_256 : CONST_HALF_MAGIC);
   let acc = f32x4.splat(0);
   const xqs: usize = kind == K_Q4_1 || kind == K_Q5_1 ? 4 : 2;
+  const z = i32x4.splat(0);
   for (let b = 0; b < nb; b++) {
-    const xa = v128.load(x + xqs);
-    const xb = v128.load(x + xqs + 16);
-    const xae = evenI8(xa);
-    const xao = oddI8(xa);
-    const xbe = evenI8(xb);
-    const xbo = oddI8(xb);
-    // Q4_0: Σ(q-8)x = Σqx - 8Σx; the lanes of corr add up to 8Σx
-    let corr = i32x4.splat(0);
-    if (kind == K_Q4_0) corr = i32x4.dot_i16x8_s(i16x8.add(i16x8.add(xae, xao), i16x8.add(xbe, xbo)), eight);
+    // The activation block, prepared in a block of its own so that V8 cannot copy the work into
+    // each row's block (it duplicates pure values used only in different branches).
+    let xae = z, xao = z, xbe = z, xbo = z, corr = z;
+    if (x >= xq) {
+      const xa = v128.load(x + xqs);
+      const xb = v128.load(x + xqs + 16);
+      if (nibbles) {
+        // 256·x (even elements 0..14), x (odd 1..15), 16·x (even 16..30), 256·x (odd 17..31)
+        xae = i16x8.shl(xa, 8);
+        xao = i16x8.shr_s(xa, 8);
+        xbe = i16x8.shr_s(i16x8.shl(xb, 8), 4);
+        xbo = v128.and(xb, mff00);
+        // Q4_0: Σ(q-8)x = Σqx - 8Σx; the lanes of corr add up to 256·8Σx
+        if (kind == K_Q4_0) {
+          corr = i32x4.dot_i16x8_s(
+            i16x8.add(i16x8.extadd_pairwise_i8x16_s(xa), i16x8.extadd_pairwise_i8x16_s(xb)),
+            c2048,
+          );
+        }
+      } else {
+        xae = evenI8(xa);
+        xao = oddI8(xa);
+        xbe = evenI8(xb);
+        xbo = oddI8(xb);
+      }
+    }
     let s0 = corr;
     let ab = corr;
     let s2 = corr;
     let cd = corr;
-    if (p0 >= w) s0 = row32(kind, p0, m, eb, ob, hb, corr, xae, xao, xbe, xbo);
-    if (p1 >= w) ab = pairAdd(s0, row32(kind, p1, m, eb, ob, hb, corr, xae, xao, xbe, xbo));
-    if (p2 >= w) s2 = row32(kind, p2, m, eb, ob, hb, corr, xae, xao, xbe, xbo);
-    if (p3 >= w) cd = pairAdd(s2, row32(kind, p3, m, eb, ob, hb, corr, xae, xao, xbe, xbo));
+    if (p0 >= w) s0 = row32(kind, p0, m, m0f00, mf0, eb, ob, hb, corr, xae, xao, xbe, xbo);
+    if (p1 >= w) ab = pairAdd(s0, row32(kind, p1, m, m0f00, mf0, eb, ob, hb, corr, xae, xao, xbe, xbo));
+    if (p2 >= w) s2 = row32(kind, p2, m, m0f00, mf0, eb, ob, hb, corr, xae, xao, xbe, xbo);
+    if (p3 >= w) cd = pairAdd(s2, row32(kind, p3, m, m0f00, mf0, eb, ob, hb, corr, xae, xao, xbe, xbo));
     const sumi = f32x4.convert_i32x4_s(quadAdd(ab, cd));
-    const dx = f32x4.splat(halfToF32(load<u16>(x)));
+    const dx = halfSplat(x, hmask, xmagic);
     if (kind == K_Q4_1 || kind == K_Q5_1) {
       // d and m are adjacent: one u32 per row
       const dm = loadU32x4(p0, p1, p2, p3);
-      const dw = halfHighToF32(i32x4.shl(dm, 16));
-      const mw = halfHighToF32(dm);
-      const sx = f32x4.splat(halfToF32(load<u16>(x, 2)));
+      const dw = halfHigh(i32x4.shl(dm, 16), hmask, hmagic);
+      const mw = halfHigh(dm, hmask, hmagic);
+      const sx = halfSplat(x + 2, hmask, hmagic);
       acc = f32x4.add(acc, f32x4.mul(sumi, f32x4.mul(dw, dx)));
       acc = f32x4.add(acc, f32x4.mul(mw, sx));
     } else {
-      acc = f32x4.add(acc, f32x4.mul(sumi, f32x4.mul(loadHalf4(p0, p1, p2, p3), dx)));
+      acc = f32x4.add(acc, f32x4.mul(sumi, f32x4.mul(half4(p0, p1, p2, p3, hmask, hmagic), dx)));
     }
     p0 += wBytes;
     p1 += wBytes;
@@ -510,7 +605,7 @@ const K_Q8_0: i32 = 4;
       const p2 = nr > 2 ? p0 + 2 * wRow : p0;
       const p3 = nr > 3 ? p0 + 3 * wRow : p0;
       for (let t = t0; t < t1; t++) {
-        const v = dotRows32(kind, w, p0, p1, p2, p3, xq + <usize>t * xRow, nb, wBytes, xBytes);
+        const v = dotRows32(kind, w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, wBytes, xBytes);
         storeRows(out + ((<usize>t * <usize>rows + <usize>r) << 2), v, nr, acc);
       }
     }
@@ -588,46 +683,47 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
 }
 
 /**
- * One row's partial sums for chunk c (64 elements) of a Q4_K/Q5_K block at p: `hi` false gives
- * sub-block 2c (low nibbles), true sub-block 2c+1 (high nibbles). Q5_K takes bit 2c (2c+1) of qh[l].
+ * 256 × one row's partial sums for chunk c (64 elements) of a Q4_K/Q5_K block at p: `hi` false
+ * gives sub-block 2c (low nibbles, activations prepared as 256·x even / x odd), true sub-block 2c+1
+ * (high nibbles, 16·x even / 256·x odd). Q5_K adds bit 2c (2c+1) of qh[l] as 16, at the same scale
+ * as the nibble it completes. (Constants are loaded where used: loads do not compete with the
+ * vector arithmetic, which bounds these loops.)
  */
 // @ts-ignore: decorator
-@inline function rowK45(
-  five: bool,
-  hi: bool,
-  c: i32,
-  p: usize,
-  m: v128,
-  hb: v128,
-  xe0: v128,
-  xo0: v128,
-  xe1: v128,
-  xo1: v128,
-): v128 {
+@inline function rowK45(five: bool, hi: bool, c: i32, p: usize, xe0: v128, xo0: v128, xe1: v128, xo1: v128): v128 {
   const q = p + (five ? 48 : 16) + 32 * c;
   const b0 = v128.load(q);
   const b1 = v128.load(q, 16);
   let w0e: v128, w0o: v128, w1e: v128, w1o: v128;
   if (!hi) {
-    w0e = v128.and(b0, m);
-    w0o = v128.and(i16x8.shr_u(b0, 8), m);
-    w1e = v128.and(b1, m);
-    w1o = v128.and(i16x8.shr_u(b1, 8), m);
+    w0e = v128.and(b0, constant(CONST_0F));
+    w0o = v128.and(b0, constant(CONST_0F00));
+    w1e = v128.and(b1, constant(CONST_0F));
+    w1o = v128.and(b1, constant(CONST_0F00));
   } else {
-    w0e = v128.and(i16x8.shr_u(b0, 4), m);
+    w0e = v128.and(b0, constant(CONST_00F0));
     w0o = i16x8.shr_u(b0, 12);
-    w1e = v128.and(i16x8.shr_u(b1, 4), m);
+    w1e = v128.and(b1, constant(CONST_00F0));
     w1o = i16x8.shr_u(b1, 12);
   }
   if (five) {
-    // bit k of the even byte of a lane -> bit 4: shift by 4 - k; of the odd byte (lane bit 8 + k): 4 + k
-    const k = 2 * c + (hi ? 1 : 0);
     const h0 = v128.load(p, 16);
     const h1 = v128.load(p, 32);
-    w0e = v128.or(w0e, v128.and(shiftI16(h0, 4 - k), hb));
-    w0o = v128.or(w0o, v128.and(i16x8.shr_u(h0, 4 + k), hb));
-    w1e = v128.or(w1e, v128.and(shiftI16(h1, 4 - k), hb));
-    w1o = v128.or(w1o, v128.and(i16x8.shr_u(h1, 4 + k), hb));
+    if (!hi) {
+      // bit 2c of the even byte of a lane -> bit 4, of the odd byte (lane bit 8 + 2c) -> bit 12
+      const s0 = shiftI16(h0, 4 - 2 * c);
+      const s1 = shiftI16(h1, 4 - 2 * c);
+      w0e = v128.or(w0e, v128.and(s0, constant(CONST_10)));
+      w0o = v128.or(w0o, v128.and(s0, constant(CONST_1000)));
+      w1e = v128.or(w1e, v128.and(s1, constant(CONST_10)));
+      w1o = v128.or(w1o, v128.and(s1, constant(CONST_1000)));
+    } else {
+      // bit 2c+1 of the even byte -> bit 8 (16 × 16), of the odd byte -> bit 4
+      w0e = v128.or(w0e, v128.and(shiftI16(h0, 7 - 2 * c), constant(CONST_0100)));
+      w0o = v128.or(w0o, v128.and(i16x8.shr_u(h0, 5 + 2 * c), constant(CONST_10)));
+      w1e = v128.or(w1e, v128.and(shiftI16(h1, 7 - 2 * c), constant(CONST_0100)));
+      w1o = v128.or(w1o, v128.and(i16x8.shr_u(h1, 5 + 2 * c), constant(CONST_10)));
+    }
   }
   return i32x4.add(
     i32x4.add(i32x4.dot_i16x8_s(w0e, xe0), i32x4.dot_i16x8_s(w0o, xo0)),
@@ -646,43 +742,51 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
   p2: usize,
   p3: usize,
   x: usize,
+  xq: usize,
   sLo: v128,
   sHi: v128,
-  m: v128,
-  hb: v128,
 ): v128 {
-  const xp = x + 4 + 64 * c;
-  const xa = v128.load(xp);
-  const xb = v128.load(xp, 16);
-  const xc = v128.load(xp, 32);
-  const xd = v128.load(xp, 48);
-  const x0e = evenI8(xa);
-  const x0o = oddI8(xa);
-  const x1e = evenI8(xb);
-  const x1o = oddI8(xb);
-  const x2e = evenI8(xc);
-  const x2o = oddI8(xc);
-  const x3e = evenI8(xd);
-  const x3o = oddI8(xd);
   const z = i32x4.splat(0);
+  // activations of sub-block 2c as 256·x even / x odd, of 2c+1 as 16·x even / 256·x odd,
+  // prepared in a block of their own (see the note at the top of this section)
+  let x0e = z, x0o = z, x1e = z, x1o = z, x2e = z, x2o = z, x3e = z, x3o = z;
+  if (x >= xq) {
+    const xp = x + 4 + 64 * c;
+    const xa = v128.load(xp);
+    const xb = v128.load(xp, 16);
+    const xc = v128.load(xp, 32);
+    const xd = v128.load(xp, 48);
+    const mff00 = constant(CONST_FF00);
+    x0e = i16x8.shl(xa, 8);
+    x0o = i16x8.shr_s(xa, 8);
+    x1e = i16x8.shl(xb, 8);
+    x1o = i16x8.shr_s(xb, 8);
+    x2e = i16x8.shr_s(i16x8.shl(xc, 8), 4);
+    x2o = v128.and(xc, mff00);
+    x3e = i16x8.shr_s(i16x8.shl(xd, 8), 4);
+    x3o = v128.and(xd, mff00);
+  }
   let lo0 = z, hi0 = z, lo01 = z, hi01 = z, lo2 = z, hi2 = z, lo23 = z, hi23 = z;
   if (p0 >= w) {
-    lo0 = rowK45(five, false, c, p0, m, hb, x0e, x0o, x1e, x1o);
-    hi0 = rowK45(five, true, c, p0, m, hb, x2e, x2o, x3e, x3o);
+    lo0 = rowK45(five, false, c, p0, x0e, x0o, x1e, x1o);
+    hi0 = rowK45(five, true, c, p0, x2e, x2o, x3e, x3o);
   }
   if (p1 >= w) {
-    lo01 = pairAdd(lo0, rowK45(five, false, c, p1, m, hb, x0e, x0o, x1e, x1o));
-    hi01 = pairAdd(hi0, rowK45(five, true, c, p1, m, hb, x2e, x2o, x3e, x3o));
+    lo01 = pairAdd(lo0, rowK45(five, false, c, p1, x0e, x0o, x1e, x1o));
+    hi01 = pairAdd(hi0, rowK45(five, true, c, p1, x2e, x2o, x3e, x3o));
   }
   if (p2 >= w) {
-    lo2 = rowK45(five, false, c, p2, m, hb, x0e, x0o, x1e, x1o);
-    hi2 = rowK45(five, true, c, p2, m, hb, x2e, x2o, x3e, x3o);
+    lo2 = rowK45(five, false, c, p2, x0e, x0o, x1e, x1o);
+    hi2 = rowK45(five, true, c, p2, x2e, x2o, x3e, x3o);
   }
   if (p3 >= w) {
-    lo23 = pairAdd(lo2, rowK45(five, false, c, p3, m, hb, x0e, x0o, x1e, x1o));
-    hi23 = pairAdd(hi2, rowK45(five, true, c, p3, m, hb, x2e, x2o, x3e, x3o));
+    lo23 = pairAdd(lo2, rowK45(five, false, c, p3, x0e, x0o, x1e, x1o));
+    hi23 = pairAdd(hi2, rowK45(five, true, c, p3, x2e, x2o, x3e, x3o));
   }
-  return i32x4.add(i32x4.mul(quadAdd(lo01, lo23), sLo), i32x4.mul(quadAdd(hi01, hi23), sHi));
+  // the sums are exact multiples of 256; scale them down before the 6-bit scales multiply
+  const lo = i32x4.shr_s(quadAdd(lo01, lo23), 8);
+  const hi = i32x4.shr_s(quadAdd(hi01, hi23), 8);
+  return i32x4.add(i32x4.mul(lo, sLo), i32x4.mul(hi, sHi));
 }
 
 /** Four Q4_K/Q5_K weight rows · one token's Q8_K blocks, as f32x4. */
@@ -695,11 +799,12 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
   p2: usize,
   p3: usize,
   x: usize,
+  xq: usize,
   nb: i32,
   wBytes: usize,
 ): v128 {
-  const m = constant(CONST_0F);
-  const hb = constant(CONST_10);
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
   let acc = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
     const r0 = scalesMinsK4(p0);
@@ -724,14 +829,14 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
     // scales: byte 4j + r of t0 (j < 4) / t1 (j >= 4) is row r's scale j
     const t0 = transpose4Low(r0, r1, r2, r3);
     const t1 = transpose4High(r0, r1, r2, r3);
-    let sumi = chunkK45(five, 0, w, p0, p1, p2, p3, x, u8Quad(t0, 0), u8Quad(t0, 1), m, hb);
-    sumi = i32x4.add(sumi, chunkK45(five, 1, w, p0, p1, p2, p3, x, u8Quad(t0, 2), u8Quad(t0, 3), m, hb));
-    sumi = i32x4.add(sumi, chunkK45(five, 2, w, p0, p1, p2, p3, x, u8Quad(t1, 0), u8Quad(t1, 1), m, hb));
-    sumi = i32x4.add(sumi, chunkK45(five, 3, w, p0, p1, p2, p3, x, u8Quad(t1, 2), u8Quad(t1, 3), m, hb));
+    let sumi = chunkK45(five, 0, w, p0, p1, p2, p3, x, xq, u8Quad(t0, 0), u8Quad(t0, 1));
+    sumi = i32x4.add(sumi, chunkK45(five, 1, w, p0, p1, p2, p3, x, xq, u8Quad(t0, 2), u8Quad(t0, 3)));
+    sumi = i32x4.add(sumi, chunkK45(five, 2, w, p0, p1, p2, p3, x, xq, u8Quad(t1, 0), u8Quad(t1, 1)));
+    sumi = i32x4.add(sumi, chunkK45(five, 3, w, p0, p1, p2, p3, x, xq, u8Quad(t1, 2), u8Quad(t1, 3)));
     const dm = loadU32x4(p0, p1, p2, p3);
     const dx = f32x4.splat(load<f32>(x));
-    const dw = f32x4.mul(halfHighToF32(i32x4.shl(dm, 16)), dx);
-    const dmin = f32x4.mul(halfHighToF32(dm), dx);
+    const dw = f32x4.mul(halfHigh(i32x4.shl(dm, 16), hmask, hmagic), dx);
+    const dmin = f32x4.mul(halfHigh(dm, hmask, hmagic), dx);
     acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(sumi), dw));
     acc = f32x4.sub(acc, f32x4.mul(f32x4.convert_i32x4_s(summ), dmin));
     p0 += wBytes;
@@ -744,34 +849,26 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
 }
 
 /**
- * One row's Q6_K partial sums for sub-block k (`hi` false: low nibbles of ql[l], qh bits sh..sh+1)
- * or k + 4 (`hi` true: high nibbles, qh bits sh+4..sh+5) of half h, as unsigned 6-bit values.
+ * 256 × one row's Q6_K partial sums for sub-block k (`hi` false: low nibbles of ql, qh bits
+ * sh..sh+1, activations 256·x even / x odd) or k + 4 (`hi` true: high nibbles, qh bits sh+4..sh+5,
+ * activations 16·x even / 256·x odd) of half h, weights as unsigned 6-bit values.
  */
 // @ts-ignore: decorator
-@inline function rowQ6(
-  hi: bool,
-  h: i32,
-  k: i32,
-  p: usize,
-  m: v128,
-  m2: v128,
-  xe: v128,
-  xo: v128,
-): v128 {
+@inline function rowQ6(hi: bool, h: i32, k: i32, p: usize, xe: v128, xo: v128): v128 {
   const l = v128.load(p + 64 * h + 16 * k);
   const hq = v128.load(p + 128 + 32 * h + 16 * (k & 1));
-  const sh = 2 * (k >> 1) + (hi ? 4 : 0);
+  const sh = 2 * (k >> 1);
   let we: v128, wo: v128;
   if (!hi) {
-    we = v128.and(l, m);
-    wo = v128.and(i16x8.shr_u(l, 8), m);
+    // bits sh..sh+1 of the even byte -> bits 4..5, of the odd byte (lane bits 8+sh..) -> 12..13
+    const s = shiftI16(hq, 4 - sh);
+    we = v128.or(v128.and(l, constant(CONST_0F)), v128.and(s, constant(CONST_30)));
+    wo = v128.or(v128.and(l, constant(CONST_0F00)), v128.and(s, constant(CONST_3000)));
   } else {
-    we = v128.and(i16x8.shr_u(l, 4), m);
-    wo = i16x8.shr_u(l, 12);
+    // bits sh+4..sh+5 of the even byte -> bits 8..9 (16 × 16), of the odd byte -> bits 4..5
+    we = v128.or(v128.and(l, constant(CONST_00F0)), v128.and(shiftI16(hq, 4 - sh), constant(CONST_0300)));
+    wo = v128.or(i16x8.shr_u(l, 12), v128.and(i16x8.shr_u(hq, 8 + sh), constant(CONST_30)));
   }
-  // bits sh..sh+1 of the even byte of a lane -> bits 4..5: shift by 4 - sh; of the odd byte: 4 + sh
-  we = v128.or(we, v128.and(shiftI16(hq, 4 - sh), m2));
-  wo = v128.or(wo, v128.and(i16x8.shr_u(hq, 4 + sh), m2));
   return i32x4.add(i32x4.dot_i16x8_s(we, xe), i32x4.dot_i16x8_s(wo, xo));
 }
 
@@ -786,37 +883,41 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
   p2: usize,
   p3: usize,
   x: usize,
+  xq: usize,
   sA: v128,
   sB: v128,
-  m: v128,
-  m2: v128,
 ): v128 {
-  const xp = x + 4 + 128 * h + 16 * k;
-  const xa = v128.load(xp);
-  const xb = v128.load(xp, 64);
-  const xae = evenI8(xa);
-  const xao = oddI8(xa);
-  const xbe = evenI8(xb);
-  const xbo = oddI8(xb);
   const z = i32x4.splat(0);
+  let xae = z, xao = z, xbe = z, xbo = z;
+  if (x >= xq) {
+    const xp = x + 4 + 128 * h + 16 * k;
+    const xa = v128.load(xp);
+    const xb = v128.load(xp, 64);
+    xae = i16x8.shl(xa, 8);
+    xao = i16x8.shr_s(xa, 8);
+    xbe = i16x8.shr_s(i16x8.shl(xb, 8), 4);
+    xbo = v128.and(xb, constant(CONST_FF00));
+  }
   let a0 = z, b0 = z, a01 = z, b01 = z, a2 = z, b2 = z, a23 = z, b23 = z;
   if (p0 >= w) {
-    a0 = rowQ6(false, h, k, p0, m, m2, xae, xao);
-    b0 = rowQ6(true, h, k, p0, m, m2, xbe, xbo);
+    a0 = rowQ6(false, h, k, p0, xae, xao);
+    b0 = rowQ6(true, h, k, p0, xbe, xbo);
   }
   if (p1 >= w) {
-    a01 = pairAdd(a0, rowQ6(false, h, k, p1, m, m2, xae, xao));
-    b01 = pairAdd(b0, rowQ6(true, h, k, p1, m, m2, xbe, xbo));
+    a01 = pairAdd(a0, rowQ6(false, h, k, p1, xae, xao));
+    b01 = pairAdd(b0, rowQ6(true, h, k, p1, xbe, xbo));
   }
   if (p2 >= w) {
-    a2 = rowQ6(false, h, k, p2, m, m2, xae, xao);
-    b2 = rowQ6(true, h, k, p2, m, m2, xbe, xbo);
+    a2 = rowQ6(false, h, k, p2, xae, xao);
+    b2 = rowQ6(true, h, k, p2, xbe, xbo);
   }
   if (p3 >= w) {
-    a23 = pairAdd(a2, rowQ6(false, h, k, p3, m, m2, xae, xao));
-    b23 = pairAdd(b2, rowQ6(true, h, k, p3, m, m2, xbe, xbo));
+    a23 = pairAdd(a2, rowQ6(false, h, k, p3, xae, xao));
+    b23 = pairAdd(b2, rowQ6(true, h, k, p3, xbe, xbo));
   }
-  return i32x4.add(i32x4.mul(quadAdd(a01, a23), sA), i32x4.mul(quadAdd(b01, b23), sB));
+  const a = i32x4.shr_s(quadAdd(a01, a23), 8);
+  const b = i32x4.shr_s(quadAdd(b01, b23), 8);
+  return i32x4.add(i32x4.mul(a, sA), i32x4.mul(b, sB));
 }
 
 /** 32·Σ_j sc_j·bsum_j of one row (lanes add up to it): removes the +32 offset of the 6-bit weights. */
@@ -830,17 +931,9 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
 
 /** Four Q6_K weight rows · one token's Q8_K blocks, as f32x4. */
 // @ts-ignore: decorator
-@inline function dotRowsQ6(
-  w: usize,
-  p0: usize,
-  p1: usize,
-  p2: usize,
-  p3: usize,
-  x: usize,
-  nb: i32,
-): v128 {
-  const m = constant(CONST_0F);
-  const m2 = constant(CONST_30);
+@inline function dotRowsQ6(w: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, xq: usize, nb: i32): v128 {
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
   let acc = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
     const r0 = v128.load(p0, 192);
@@ -863,16 +956,16 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
     const t2 = i16x8.shuffle(abH, cdH, 0, 8, 1, 9, 2, 10, 3, 11);
     const t3 = i16x8.shuffle(abH, cdH, 4, 12, 5, 13, 6, 14, 7, 15);
     // half 0: sub-blocks 0..7, half 1: 8..15; quarter k pairs sub-blocks k and k + 4
-    let sumi = quarterQ6(0, 0, w, p0, p1, p2, p3, x, i8Quad(t0, 0), i8Quad(t1, 0), m, m2);
-    sumi = i32x4.add(sumi, quarterQ6(0, 1, w, p0, p1, p2, p3, x, i8Quad(t0, 1), i8Quad(t1, 1), m, m2));
-    sumi = i32x4.add(sumi, quarterQ6(0, 2, w, p0, p1, p2, p3, x, i8Quad(t0, 2), i8Quad(t1, 2), m, m2));
-    sumi = i32x4.add(sumi, quarterQ6(0, 3, w, p0, p1, p2, p3, x, i8Quad(t0, 3), i8Quad(t1, 3), m, m2));
-    sumi = i32x4.add(sumi, quarterQ6(1, 0, w, p0, p1, p2, p3, x, i8Quad(t2, 0), i8Quad(t3, 0), m, m2));
-    sumi = i32x4.add(sumi, quarterQ6(1, 1, w, p0, p1, p2, p3, x, i8Quad(t2, 1), i8Quad(t3, 1), m, m2));
-    sumi = i32x4.add(sumi, quarterQ6(1, 2, w, p0, p1, p2, p3, x, i8Quad(t2, 2), i8Quad(t3, 2), m, m2));
-    sumi = i32x4.add(sumi, quarterQ6(1, 3, w, p0, p1, p2, p3, x, i8Quad(t2, 3), i8Quad(t3, 3), m, m2));
+    let sumi = quarterQ6(0, 0, w, p0, p1, p2, p3, x, xq, i8Quad(t0, 0), i8Quad(t1, 0));
+    sumi = i32x4.add(sumi, quarterQ6(0, 1, w, p0, p1, p2, p3, x, xq, i8Quad(t0, 1), i8Quad(t1, 1)));
+    sumi = i32x4.add(sumi, quarterQ6(0, 2, w, p0, p1, p2, p3, x, xq, i8Quad(t0, 2), i8Quad(t1, 2)));
+    sumi = i32x4.add(sumi, quarterQ6(0, 3, w, p0, p1, p2, p3, x, xq, i8Quad(t0, 3), i8Quad(t1, 3)));
+    sumi = i32x4.add(sumi, quarterQ6(1, 0, w, p0, p1, p2, p3, x, xq, i8Quad(t2, 0), i8Quad(t3, 0)));
+    sumi = i32x4.add(sumi, quarterQ6(1, 1, w, p0, p1, p2, p3, x, xq, i8Quad(t2, 1), i8Quad(t3, 1)));
+    sumi = i32x4.add(sumi, quarterQ6(1, 2, w, p0, p1, p2, p3, x, xq, i8Quad(t2, 2), i8Quad(t3, 2)));
+    sumi = i32x4.add(sumi, quarterQ6(1, 3, w, p0, p1, p2, p3, x, xq, i8Quad(t2, 3), i8Quad(t3, 3)));
     sumi = i32x4.sub(sumi, i32x4.shl(corr, 5));
-    const dw = f32x4.mul(loadHalf4(p0 + 208, p1 + 208, p2 + 208, p3 + 208), f32x4.splat(load<f32>(x)));
+    const dw = f32x4.mul(half4(p0 + 208, p1 + 208, p2 + 208, p3 + 208, hmask, hmagic), f32x4.splat(load<f32>(x)));
     acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(sumi), dw));
     p0 += 210;
     p1 += 210;
@@ -915,8 +1008,8 @@ const K_Q6_K: i32 = 2;
       for (let t = t0; t < t1; t++) {
         const x = xq + <usize>t * xRow;
         let v: v128;
-        if (kind == K_Q6_K) v = dotRowsQ6(w, p0, p1, p2, p3, x, nb);
-        else v = dotRowsK45(kind == K_Q5_K, w, p0, p1, p2, p3, x, nb, wBytes);
+        if (kind == K_Q6_K) v = dotRowsQ6(w, p0, p1, p2, p3, x, xq, nb);
+        else v = dotRowsK45(kind == K_Q5_K, w, p0, p1, p2, p3, x, xq, nb, wBytes);
         storeRows(out + ((<usize>t * <usize>rows + <usize>r) << 2), v, nr, acc);
       }
     }
