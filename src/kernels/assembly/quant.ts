@@ -577,6 +577,201 @@ const K_Q8_0: i32 = 4;
   return acc;
 }
 
+/** Σ w·x partial sums of a 32-block from unpacked weights and prepared activations. */
+// @ts-ignore: decorator
+@inline function dot4(
+  we: v128,
+  wo: v128,
+  whe: v128,
+  who: v128,
+  xae: v128,
+  xao: v128,
+  xbe: v128,
+  xbo: v128,
+): v128 {
+  return i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(we, xae), i32x4.dot_i16x8_s(wo, xao)),
+    i32x4.add(i32x4.dot_i16x8_s(whe, xbe), i32x4.dot_i16x8_s(who, xbo)),
+  );
+}
+
+/**
+ * Four weight rows · two tokens (x0 and x0 + xBytes·nb) for Q4_0, Q4_1 and Q8_0: each row's block
+ * is unpacked once and used for both tokens. Writes the two tokens' four outputs.
+ */
+// @ts-ignore: decorator
+@inline function dotRows32x2(
+  kind: i32,
+  w: usize,
+  p0: usize,
+  p1: usize,
+  p2: usize,
+  p3: usize,
+  x: usize,
+  xq: usize,
+  nb: i32,
+  wBytes: usize,
+  xBytes: usize,
+  out0: usize,
+  out1: usize,
+  nr: i32,
+  accumulate: i32,
+): void {
+  const nibbles = kind == K_Q4_0 || kind == K_Q4_1;
+  const m = constant(CONST_0F);
+  const m0f00 = constant(CONST_0F00);
+  const mf0 = constant(CONST_00F0);
+  const mff00 = constant(CONST_FF00);
+  const c2048 = constant(CONST_2048);
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
+  const xmagic = constant(nibbles ? CONST_HALF_MAGIC_256 : CONST_HALF_MAGIC);
+  const xqs: usize = kind == K_Q4_1 ? 4 : 2;
+  const xRow = <usize>nb * xBytes;
+  const z = i32x4.splat(0);
+  let acc0 = f32x4.splat(0);
+  let acc1 = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    let xae = z, xao = z, xbe = z, xbo = z, corr = z;
+    let yae = z, yao = z, ybe = z, ybo = z, corr1 = z;
+    if (x >= xq) {
+      const xa = v128.load(x + xqs);
+      const xb = v128.load(x + xqs + 16);
+      const ya = v128.load(x + xRow + xqs);
+      const yb = v128.load(x + xRow + xqs + 16);
+      if (nibbles) {
+        xae = i16x8.shl(xa, 8);
+        xao = i16x8.shr_s(xa, 8);
+        xbe = i16x8.shr_s(i16x8.shl(xb, 8), 4);
+        xbo = v128.and(xb, mff00);
+        yae = i16x8.shl(ya, 8);
+        yao = i16x8.shr_s(ya, 8);
+        ybe = i16x8.shr_s(i16x8.shl(yb, 8), 4);
+        ybo = v128.and(yb, mff00);
+        if (kind == K_Q4_0) {
+          corr = i32x4.dot_i16x8_s(
+            i16x8.add(i16x8.extadd_pairwise_i8x16_s(xa), i16x8.extadd_pairwise_i8x16_s(xb)),
+            c2048,
+          );
+          corr1 = i32x4.dot_i16x8_s(
+            i16x8.add(i16x8.extadd_pairwise_i8x16_s(ya), i16x8.extadd_pairwise_i8x16_s(yb)),
+            c2048,
+          );
+        }
+      } else {
+        xae = evenI8(xa);
+        xao = oddI8(xa);
+        xbe = evenI8(xb);
+        xbo = oddI8(xb);
+        yae = evenI8(ya);
+        yao = oddI8(ya);
+        ybe = evenI8(yb);
+        ybo = oddI8(yb);
+      }
+    }
+    let s0 = z, ab = z, s2 = z, cd = z;
+    let u0 = z, ab1 = z, u2 = z, cd1 = z;
+    if (p0 >= w) {
+      let we: v128, wo: v128, whe: v128, who: v128;
+      if (nibbles) {
+        const q = v128.load(p0 + xqs);
+        we = v128.and(q, m);
+        wo = v128.and(q, m0f00);
+        whe = v128.and(q, mf0);
+        who = i16x8.shr_u(q, 12);
+      } else {
+        const qa = v128.load(p0, 2);
+        const qb = v128.load(p0, 18);
+        we = evenI8(qa);
+        wo = oddI8(qa);
+        whe = evenI8(qb);
+        who = oddI8(qb);
+      }
+      s0 = i32x4.sub(dot4(we, wo, whe, who, xae, xao, xbe, xbo), corr);
+      u0 = i32x4.sub(dot4(we, wo, whe, who, yae, yao, ybe, ybo), corr1);
+    }
+    if (p1 >= w) {
+      let we: v128, wo: v128, whe: v128, who: v128;
+      if (nibbles) {
+        const q = v128.load(p1 + xqs);
+        we = v128.and(q, m);
+        wo = v128.and(q, m0f00);
+        whe = v128.and(q, mf0);
+        who = i16x8.shr_u(q, 12);
+      } else {
+        const qa = v128.load(p1, 2);
+        const qb = v128.load(p1, 18);
+        we = evenI8(qa);
+        wo = oddI8(qa);
+        whe = evenI8(qb);
+        who = oddI8(qb);
+      }
+      ab = pairAdd(s0, i32x4.sub(dot4(we, wo, whe, who, xae, xao, xbe, xbo), corr));
+      ab1 = pairAdd(u0, i32x4.sub(dot4(we, wo, whe, who, yae, yao, ybe, ybo), corr1));
+    }
+    if (p2 >= w) {
+      let we: v128, wo: v128, whe: v128, who: v128;
+      if (nibbles) {
+        const q = v128.load(p2 + xqs);
+        we = v128.and(q, m);
+        wo = v128.and(q, m0f00);
+        whe = v128.and(q, mf0);
+        who = i16x8.shr_u(q, 12);
+      } else {
+        const qa = v128.load(p2, 2);
+        const qb = v128.load(p2, 18);
+        we = evenI8(qa);
+        wo = oddI8(qa);
+        whe = evenI8(qb);
+        who = oddI8(qb);
+      }
+      s2 = i32x4.sub(dot4(we, wo, whe, who, xae, xao, xbe, xbo), corr);
+      u2 = i32x4.sub(dot4(we, wo, whe, who, yae, yao, ybe, ybo), corr1);
+    }
+    if (p3 >= w) {
+      let we: v128, wo: v128, whe: v128, who: v128;
+      if (nibbles) {
+        const q = v128.load(p3 + xqs);
+        we = v128.and(q, m);
+        wo = v128.and(q, m0f00);
+        whe = v128.and(q, mf0);
+        who = i16x8.shr_u(q, 12);
+      } else {
+        const qa = v128.load(p3, 2);
+        const qb = v128.load(p3, 18);
+        we = evenI8(qa);
+        wo = oddI8(qa);
+        whe = evenI8(qb);
+        who = oddI8(qb);
+      }
+      cd = pairAdd(s2, i32x4.sub(dot4(we, wo, whe, who, xae, xao, xbe, xbo), corr));
+      cd1 = pairAdd(u2, i32x4.sub(dot4(we, wo, whe, who, yae, yao, ybe, ybo), corr1));
+    }
+    const dx0 = halfSplat(x, hmask, xmagic);
+    const dx1 = halfSplat(x + xRow, hmask, xmagic);
+    if (kind == K_Q4_1) {
+      const dm = loadU32x4(p0, p1, p2, p3);
+      const dw = halfHigh(i32x4.shl(dm, 16), hmask, hmagic);
+      const mw = halfHigh(dm, hmask, hmagic);
+      acc0 = f32x4.add(acc0, f32x4.mul(f32x4.convert_i32x4_s(quadAdd(ab, cd)), f32x4.mul(dw, dx0)));
+      acc0 = f32x4.add(acc0, f32x4.mul(mw, halfSplat(x + 2, hmask, hmagic)));
+      acc1 = f32x4.add(acc1, f32x4.mul(f32x4.convert_i32x4_s(quadAdd(ab1, cd1)), f32x4.mul(dw, dx1)));
+      acc1 = f32x4.add(acc1, f32x4.mul(mw, halfSplat(x + xRow + 2, hmask, hmagic)));
+    } else {
+      const dw = half4(p0, p1, p2, p3, hmask, hmagic);
+      acc0 = f32x4.add(acc0, f32x4.mul(f32x4.convert_i32x4_s(quadAdd(ab, cd)), f32x4.mul(dw, dx0)));
+      acc1 = f32x4.add(acc1, f32x4.mul(f32x4.convert_i32x4_s(quadAdd(ab1, cd1)), f32x4.mul(dw, dx1)));
+    }
+    p0 += wBytes;
+    p1 += wBytes;
+    p2 += wBytes;
+    p3 += wBytes;
+    x += xBytes;
+  }
+  storeRows(out0, acc0, nr, accumulate);
+  storeRows(out1, acc1, nr, accumulate);
+}
+
 /** The shared loop of the 32-block matrix products. */
 // @ts-ignore: decorator
 @inline function matmul32(
@@ -604,7 +799,15 @@ const K_Q8_0: i32 = 4;
       const p1 = nr > 1 ? p0 + wRow : p0;
       const p2 = nr > 2 ? p0 + 2 * wRow : p0;
       const p3 = nr > 3 ? p0 + 3 * wRow : p0;
-      for (let t = t0; t < t1; t++) {
+      let t = t0;
+      if (kind == K_Q4_0 || kind == K_Q4_1 || kind == K_Q8_0) {
+        // pairs of tokens share each unpacked weight block
+        for (; t + 2 <= t1; t += 2) {
+          const o = out + ((<usize>t * <usize>rows + <usize>r) << 2);
+          dotRows32x2(kind, w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, wBytes, xBytes, o, o + (<usize>rows << 2), nr, acc);
+        }
+      }
+      for (; t < t1; t++) {
         const v = dotRows32(kind, w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, wBytes, xBytes);
         storeRows(out + ((<usize>t * <usize>rows + <usize>r) << 2), v, nr, acc);
       }
@@ -976,6 +1179,392 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
   return acc;
 }
 
+// ---- two tokens at a time (prefill): each unpacked weight block serves both tokens ----
+
+/** The second token's result of the x2 row helpers (a module global: one per instance and thread). */
+let second: v128 = i32x4.splat(0);
+
+/** rowK45 for two tokens' activations (x..: token 0, y..: token 1); token 1's sums go to `second`. */
+// @ts-ignore: decorator
+@inline function rowK45x2(
+  five: bool,
+  hi: bool,
+  c: i32,
+  p: usize,
+  xe0: v128,
+  xo0: v128,
+  xe1: v128,
+  xo1: v128,
+  ye0: v128,
+  yo0: v128,
+  ye1: v128,
+  yo1: v128,
+): v128 {
+  const q = p + (five ? 48 : 16) + 32 * c;
+  const b0 = v128.load(q);
+  const b1 = v128.load(q, 16);
+  let w0e: v128, w0o: v128, w1e: v128, w1o: v128;
+  if (!hi) {
+    w0e = v128.and(b0, constant(CONST_0F));
+    w0o = v128.and(b0, constant(CONST_0F00));
+    w1e = v128.and(b1, constant(CONST_0F));
+    w1o = v128.and(b1, constant(CONST_0F00));
+  } else {
+    w0e = v128.and(b0, constant(CONST_00F0));
+    w0o = i16x8.shr_u(b0, 12);
+    w1e = v128.and(b1, constant(CONST_00F0));
+    w1o = i16x8.shr_u(b1, 12);
+  }
+  if (five) {
+    const h0 = v128.load(p, 16);
+    const h1 = v128.load(p, 32);
+    if (!hi) {
+      const s0 = shiftI16(h0, 4 - 2 * c);
+      const s1 = shiftI16(h1, 4 - 2 * c);
+      w0e = v128.or(w0e, v128.and(s0, constant(CONST_10)));
+      w0o = v128.or(w0o, v128.and(s0, constant(CONST_1000)));
+      w1e = v128.or(w1e, v128.and(s1, constant(CONST_10)));
+      w1o = v128.or(w1o, v128.and(s1, constant(CONST_1000)));
+    } else {
+      w0e = v128.or(w0e, v128.and(shiftI16(h0, 7 - 2 * c), constant(CONST_0100)));
+      w0o = v128.or(w0o, v128.and(i16x8.shr_u(h0, 5 + 2 * c), constant(CONST_10)));
+      w1e = v128.or(w1e, v128.and(shiftI16(h1, 7 - 2 * c), constant(CONST_0100)));
+      w1o = v128.or(w1o, v128.and(i16x8.shr_u(h1, 5 + 2 * c), constant(CONST_10)));
+    }
+  }
+  second = dot4(w0e, w0o, w1e, w1o, ye0, yo0, ye1, yo1);
+  return dot4(w0e, w0o, w1e, w1o, xe0, xo0, xe1, xo1);
+}
+
+/** chunkK45 for two tokens (x and x + 292·nb); token 1's result goes to `second`. */
+// @ts-ignore: decorator
+@inline function chunkK45x2(
+  five: bool,
+  c: i32,
+  w: usize,
+  p0: usize,
+  p1: usize,
+  p2: usize,
+  p3: usize,
+  x: usize,
+  y: usize,
+  xq: usize,
+  sLo: v128,
+  sHi: v128,
+): v128 {
+  const z = i32x4.splat(0);
+  let x0e = z, x0o = z, x1e = z, x1o = z, x2e = z, x2o = z, x3e = z, x3o = z;
+  let y0e = z, y0o = z, y1e = z, y1o = z, y2e = z, y2o = z, y3e = z, y3o = z;
+  if (x >= xq) {
+    const mff00 = constant(CONST_FF00);
+    const xp = x + 4 + 64 * c;
+    let a = v128.load(xp);
+    x0e = i16x8.shl(a, 8);
+    x0o = i16x8.shr_s(a, 8);
+    a = v128.load(xp, 16);
+    x1e = i16x8.shl(a, 8);
+    x1o = i16x8.shr_s(a, 8);
+    a = v128.load(xp, 32);
+    x2e = i16x8.shr_s(i16x8.shl(a, 8), 4);
+    x2o = v128.and(a, mff00);
+    a = v128.load(xp, 48);
+    x3e = i16x8.shr_s(i16x8.shl(a, 8), 4);
+    x3o = v128.and(a, mff00);
+    const yp = y + 4 + 64 * c;
+    a = v128.load(yp);
+    y0e = i16x8.shl(a, 8);
+    y0o = i16x8.shr_s(a, 8);
+    a = v128.load(yp, 16);
+    y1e = i16x8.shl(a, 8);
+    y1o = i16x8.shr_s(a, 8);
+    a = v128.load(yp, 32);
+    y2e = i16x8.shr_s(i16x8.shl(a, 8), 4);
+    y2o = v128.and(a, mff00);
+    a = v128.load(yp, 48);
+    y3e = i16x8.shr_s(i16x8.shl(a, 8), 4);
+    y3o = v128.and(a, mff00);
+  }
+  let lo0 = z, hi0 = z, lo01 = z, hi01 = z, lo2 = z, hi2 = z, lo23 = z, hi23 = z;
+  let ml0 = z, mh0 = z, ml01 = z, mh01 = z, ml2 = z, mh2 = z, ml23 = z, mh23 = z;
+  if (p0 >= w) {
+    lo0 = rowK45x2(five, false, c, p0, x0e, x0o, x1e, x1o, y0e, y0o, y1e, y1o);
+    ml0 = second;
+    hi0 = rowK45x2(five, true, c, p0, x2e, x2o, x3e, x3o, y2e, y2o, y3e, y3o);
+    mh0 = second;
+  }
+  if (p1 >= w) {
+    lo01 = pairAdd(lo0, rowK45x2(five, false, c, p1, x0e, x0o, x1e, x1o, y0e, y0o, y1e, y1o));
+    ml01 = pairAdd(ml0, second);
+    hi01 = pairAdd(hi0, rowK45x2(five, true, c, p1, x2e, x2o, x3e, x3o, y2e, y2o, y3e, y3o));
+    mh01 = pairAdd(mh0, second);
+  }
+  if (p2 >= w) {
+    lo2 = rowK45x2(five, false, c, p2, x0e, x0o, x1e, x1o, y0e, y0o, y1e, y1o);
+    ml2 = second;
+    hi2 = rowK45x2(five, true, c, p2, x2e, x2o, x3e, x3o, y2e, y2o, y3e, y3o);
+    mh2 = second;
+  }
+  if (p3 >= w) {
+    lo23 = pairAdd(lo2, rowK45x2(five, false, c, p3, x0e, x0o, x1e, x1o, y0e, y0o, y1e, y1o));
+    ml23 = pairAdd(ml2, second);
+    hi23 = pairAdd(hi2, rowK45x2(five, true, c, p3, x2e, x2o, x3e, x3o, y2e, y2o, y3e, y3o));
+    mh23 = pairAdd(mh2, second);
+  }
+  second = i32x4.add(
+    i32x4.mul(i32x4.shr_s(quadAdd(ml01, ml23), 8), sLo),
+    i32x4.mul(i32x4.shr_s(quadAdd(mh01, mh23), 8), sHi),
+  );
+  return i32x4.add(
+    i32x4.mul(i32x4.shr_s(quadAdd(lo01, lo23), 8), sLo),
+    i32x4.mul(i32x4.shr_s(quadAdd(hi01, hi23), 8), sHi),
+  );
+}
+
+/** Four Q4_K/Q5_K rows · two tokens; writes both tokens' four outputs. */
+// @ts-ignore: decorator
+@inline function dotRowsK45x2(
+  five: bool,
+  w: usize,
+  p0: usize,
+  p1: usize,
+  p2: usize,
+  p3: usize,
+  x: usize,
+  xq: usize,
+  nb: i32,
+  wBytes: usize,
+  out0: usize,
+  out1: usize,
+  nr: i32,
+  accumulate: i32,
+): void {
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
+  const xRow = <usize>nb * 292;
+  let acc0 = f32x4.splat(0);
+  let acc1 = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const y = x + xRow;
+    const r0 = scalesMinsK4(p0);
+    const r1 = scalesMinsK4(p1);
+    const r2 = scalesMinsK4(p2);
+    const r3 = scalesMinsK4(p3);
+    const m0 = i16x8.extend_high_i8x16_u(r0);
+    const m1 = i16x8.extend_high_i8x16_u(r1);
+    const m2 = i16x8.extend_high_i8x16_u(r2);
+    const m3 = i16x8.extend_high_i8x16_u(r3);
+    const bx = i16x8.narrow_i32x4_s(
+      i32x4.extadd_pairwise_i16x8_s(v128.load(x, 260)),
+      i32x4.extadd_pairwise_i16x8_s(v128.load(x, 276)),
+    );
+    const by = i16x8.narrow_i32x4_s(
+      i32x4.extadd_pairwise_i16x8_s(v128.load(y, 260)),
+      i32x4.extadd_pairwise_i16x8_s(v128.load(y, 276)),
+    );
+    const summ0 = quadAdd(
+      pairAdd(i32x4.dot_i16x8_s(m0, bx), i32x4.dot_i16x8_s(m1, bx)),
+      pairAdd(i32x4.dot_i16x8_s(m2, bx), i32x4.dot_i16x8_s(m3, bx)),
+    );
+    const summ1 = quadAdd(
+      pairAdd(i32x4.dot_i16x8_s(m0, by), i32x4.dot_i16x8_s(m1, by)),
+      pairAdd(i32x4.dot_i16x8_s(m2, by), i32x4.dot_i16x8_s(m3, by)),
+    );
+    const t0 = transpose4Low(r0, r1, r2, r3);
+    const t1 = transpose4High(r0, r1, r2, r3);
+    let sumi0 = chunkK45x2(five, 0, w, p0, p1, p2, p3, x, y, xq, u8Quad(t0, 0), u8Quad(t0, 1));
+    let sumi1 = second;
+    sumi0 = i32x4.add(sumi0, chunkK45x2(five, 1, w, p0, p1, p2, p3, x, y, xq, u8Quad(t0, 2), u8Quad(t0, 3)));
+    sumi1 = i32x4.add(sumi1, second);
+    sumi0 = i32x4.add(sumi0, chunkK45x2(five, 2, w, p0, p1, p2, p3, x, y, xq, u8Quad(t1, 0), u8Quad(t1, 1)));
+    sumi1 = i32x4.add(sumi1, second);
+    sumi0 = i32x4.add(sumi0, chunkK45x2(five, 3, w, p0, p1, p2, p3, x, y, xq, u8Quad(t1, 2), u8Quad(t1, 3)));
+    sumi1 = i32x4.add(sumi1, second);
+    const dm = loadU32x4(p0, p1, p2, p3);
+    const dw = halfHigh(i32x4.shl(dm, 16), hmask, hmagic);
+    const dmin = halfHigh(dm, hmask, hmagic);
+    const dx = f32x4.splat(load<f32>(x));
+    const dy = f32x4.splat(load<f32>(y));
+    acc0 = f32x4.add(acc0, f32x4.mul(f32x4.convert_i32x4_s(sumi0), f32x4.mul(dw, dx)));
+    acc0 = f32x4.sub(acc0, f32x4.mul(f32x4.convert_i32x4_s(summ0), f32x4.mul(dmin, dx)));
+    acc1 = f32x4.add(acc1, f32x4.mul(f32x4.convert_i32x4_s(sumi1), f32x4.mul(dw, dy)));
+    acc1 = f32x4.sub(acc1, f32x4.mul(f32x4.convert_i32x4_s(summ1), f32x4.mul(dmin, dy)));
+    p0 += wBytes;
+    p1 += wBytes;
+    p2 += wBytes;
+    p3 += wBytes;
+    x += 292;
+  }
+  storeRows(out0, acc0, nr, accumulate);
+  storeRows(out1, acc1, nr, accumulate);
+}
+
+/** rowQ6 for two tokens' activations; token 1's sums go to `second`. */
+// @ts-ignore: decorator
+@inline function rowQ6x2(hi: bool, h: i32, k: i32, p: usize, xe: v128, xo: v128, ye: v128, yo: v128): v128 {
+  const l = v128.load(p + 64 * h + 16 * k);
+  const hq = v128.load(p + 128 + 32 * h + 16 * (k & 1));
+  const sh = 2 * (k >> 1);
+  let we: v128, wo: v128;
+  if (!hi) {
+    const s = shiftI16(hq, 4 - sh);
+    we = v128.or(v128.and(l, constant(CONST_0F)), v128.and(s, constant(CONST_30)));
+    wo = v128.or(v128.and(l, constant(CONST_0F00)), v128.and(s, constant(CONST_3000)));
+  } else {
+    we = v128.or(v128.and(l, constant(CONST_00F0)), v128.and(shiftI16(hq, 4 - sh), constant(CONST_0300)));
+    wo = v128.or(i16x8.shr_u(l, 12), v128.and(i16x8.shr_u(hq, 8 + sh), constant(CONST_30)));
+  }
+  second = i32x4.add(i32x4.dot_i16x8_s(we, ye), i32x4.dot_i16x8_s(wo, yo));
+  return i32x4.add(i32x4.dot_i16x8_s(we, xe), i32x4.dot_i16x8_s(wo, xo));
+}
+
+/** quarterQ6 for two tokens (x, y); token 1's result goes to `second`. */
+// @ts-ignore: decorator
+@inline function quarterQ6x2(
+  h: i32,
+  k: i32,
+  w: usize,
+  p0: usize,
+  p1: usize,
+  p2: usize,
+  p3: usize,
+  x: usize,
+  y: usize,
+  xq: usize,
+  sA: v128,
+  sB: v128,
+): v128 {
+  const z = i32x4.splat(0);
+  let xae = z, xao = z, xbe = z, xbo = z, yae = z, yao = z, ybe = z, ybo = z;
+  if (x >= xq) {
+    const mff00 = constant(CONST_FF00);
+    const o: usize = 4 + 128 * h + 16 * k;
+    let a = v128.load(x + o);
+    xae = i16x8.shl(a, 8);
+    xao = i16x8.shr_s(a, 8);
+    a = v128.load(x + o, 64);
+    xbe = i16x8.shr_s(i16x8.shl(a, 8), 4);
+    xbo = v128.and(a, mff00);
+    a = v128.load(y + o);
+    yae = i16x8.shl(a, 8);
+    yao = i16x8.shr_s(a, 8);
+    a = v128.load(y + o, 64);
+    ybe = i16x8.shr_s(i16x8.shl(a, 8), 4);
+    ybo = v128.and(a, mff00);
+  }
+  let a0 = z, b0 = z, a01 = z, b01 = z, a2 = z, b2 = z, a23 = z, b23 = z;
+  let c0 = z, d0 = z, c01 = z, d01 = z, c2 = z, d2 = z, c23 = z, d23 = z;
+  if (p0 >= w) {
+    a0 = rowQ6x2(false, h, k, p0, xae, xao, yae, yao);
+    c0 = second;
+    b0 = rowQ6x2(true, h, k, p0, xbe, xbo, ybe, ybo);
+    d0 = second;
+  }
+  if (p1 >= w) {
+    a01 = pairAdd(a0, rowQ6x2(false, h, k, p1, xae, xao, yae, yao));
+    c01 = pairAdd(c0, second);
+    b01 = pairAdd(b0, rowQ6x2(true, h, k, p1, xbe, xbo, ybe, ybo));
+    d01 = pairAdd(d0, second);
+  }
+  if (p2 >= w) {
+    a2 = rowQ6x2(false, h, k, p2, xae, xao, yae, yao);
+    c2 = second;
+    b2 = rowQ6x2(true, h, k, p2, xbe, xbo, ybe, ybo);
+    d2 = second;
+  }
+  if (p3 >= w) {
+    a23 = pairAdd(a2, rowQ6x2(false, h, k, p3, xae, xao, yae, yao));
+    c23 = pairAdd(c2, second);
+    b23 = pairAdd(b2, rowQ6x2(true, h, k, p3, xbe, xbo, ybe, ybo));
+    d23 = pairAdd(d2, second);
+  }
+  second = i32x4.add(
+    i32x4.mul(i32x4.shr_s(quadAdd(c01, c23), 8), sA),
+    i32x4.mul(i32x4.shr_s(quadAdd(d01, d23), 8), sB),
+  );
+  return i32x4.add(
+    i32x4.mul(i32x4.shr_s(quadAdd(a01, a23), 8), sA),
+    i32x4.mul(i32x4.shr_s(quadAdd(b01, b23), 8), sB),
+  );
+}
+
+/** Four Q6_K rows · two tokens; writes both tokens' four outputs. */
+// @ts-ignore: decorator
+@inline function dotRowsQ6x2(
+  w: usize,
+  p0: usize,
+  p1: usize,
+  p2: usize,
+  p3: usize,
+  x: usize,
+  xq: usize,
+  nb: i32,
+  out0: usize,
+  out1: usize,
+  nr: i32,
+  accumulate: i32,
+): void {
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
+  const xRow = <usize>nb * 292;
+  let acc0 = f32x4.splat(0);
+  let acc1 = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const y = x + xRow;
+    const r0 = v128.load(p0, 192);
+    const r1 = v128.load(p1, 192);
+    const r2 = v128.load(p2, 192);
+    const r3 = v128.load(p3, 192);
+    let bs0 = v128.load(x, 260);
+    let bs1 = v128.load(x, 276);
+    const corr0 = quadAdd(
+      pairAdd(offsetQ6(r0, bs0, bs1), offsetQ6(r1, bs0, bs1)),
+      pairAdd(offsetQ6(r2, bs0, bs1), offsetQ6(r3, bs0, bs1)),
+    );
+    bs0 = v128.load(y, 260);
+    bs1 = v128.load(y, 276);
+    const corr1 = quadAdd(
+      pairAdd(offsetQ6(r0, bs0, bs1), offsetQ6(r1, bs0, bs1)),
+      pairAdd(offsetQ6(r2, bs0, bs1), offsetQ6(r3, bs0, bs1)),
+    );
+    const ab = i8x16.shuffle(r0, r1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const cd = i8x16.shuffle(r2, r3, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const abH = i8x16.shuffle(r0, r1, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const cdH = i8x16.shuffle(r2, r3, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const t0 = i16x8.shuffle(ab, cd, 0, 8, 1, 9, 2, 10, 3, 11);
+    const t1 = i16x8.shuffle(ab, cd, 4, 12, 5, 13, 6, 14, 7, 15);
+    const t2 = i16x8.shuffle(abH, cdH, 0, 8, 1, 9, 2, 10, 3, 11);
+    const t3 = i16x8.shuffle(abH, cdH, 4, 12, 5, 13, 6, 14, 7, 15);
+    let s0 = quarterQ6x2(0, 0, w, p0, p1, p2, p3, x, y, xq, i8Quad(t0, 0), i8Quad(t1, 0));
+    let s1 = second;
+    s0 = i32x4.add(s0, quarterQ6x2(0, 1, w, p0, p1, p2, p3, x, y, xq, i8Quad(t0, 1), i8Quad(t1, 1)));
+    s1 = i32x4.add(s1, second);
+    s0 = i32x4.add(s0, quarterQ6x2(0, 2, w, p0, p1, p2, p3, x, y, xq, i8Quad(t0, 2), i8Quad(t1, 2)));
+    s1 = i32x4.add(s1, second);
+    s0 = i32x4.add(s0, quarterQ6x2(0, 3, w, p0, p1, p2, p3, x, y, xq, i8Quad(t0, 3), i8Quad(t1, 3)));
+    s1 = i32x4.add(s1, second);
+    s0 = i32x4.add(s0, quarterQ6x2(1, 0, w, p0, p1, p2, p3, x, y, xq, i8Quad(t2, 0), i8Quad(t3, 0)));
+    s1 = i32x4.add(s1, second);
+    s0 = i32x4.add(s0, quarterQ6x2(1, 1, w, p0, p1, p2, p3, x, y, xq, i8Quad(t2, 1), i8Quad(t3, 1)));
+    s1 = i32x4.add(s1, second);
+    s0 = i32x4.add(s0, quarterQ6x2(1, 2, w, p0, p1, p2, p3, x, y, xq, i8Quad(t2, 2), i8Quad(t3, 2)));
+    s1 = i32x4.add(s1, second);
+    s0 = i32x4.add(s0, quarterQ6x2(1, 3, w, p0, p1, p2, p3, x, y, xq, i8Quad(t2, 3), i8Quad(t3, 3)));
+    s1 = i32x4.add(s1, second);
+    s0 = i32x4.sub(s0, i32x4.shl(corr0, 5));
+    s1 = i32x4.sub(s1, i32x4.shl(corr1, 5));
+    const dw = half4(p0 + 208, p1 + 208, p2 + 208, p3 + 208, hmask, hmagic);
+    acc0 = f32x4.add(acc0, f32x4.mul(f32x4.convert_i32x4_s(s0), f32x4.mul(dw, f32x4.splat(load<f32>(x)))));
+    acc1 = f32x4.add(acc1, f32x4.mul(f32x4.convert_i32x4_s(s1), f32x4.mul(dw, f32x4.splat(load<f32>(y)))));
+    p0 += 210;
+    p1 += 210;
+    p2 += 210;
+    p3 += 210;
+    x += 292;
+  }
+  storeRows(out0, acc0, nr, accumulate);
+  storeRows(out1, acc1, nr, accumulate);
+}
+
 const K_Q4_K: i32 = 0;
 const K_Q5_K: i32 = 1;
 const K_Q6_K: i32 = 2;
@@ -1005,7 +1594,15 @@ const K_Q6_K: i32 = 2;
       const p1 = nr > 1 ? p0 + wRow : p0;
       const p2 = nr > 2 ? p0 + 2 * wRow : p0;
       const p3 = nr > 3 ? p0 + 3 * wRow : p0;
-      for (let t = t0; t < t1; t++) {
+      let t = t0;
+      for (; t + 2 <= t1; t += 2) {
+        const x = xq + <usize>t * xRow;
+        const o = out + ((<usize>t * <usize>rows + <usize>r) << 2);
+        const o1 = o + (<usize>rows << 2);
+        if (kind == K_Q6_K) dotRowsQ6x2(w, p0, p1, p2, p3, x, xq, nb, o, o1, nr, acc);
+        else dotRowsK45x2(kind == K_Q5_K, w, p0, p1, p2, p3, x, xq, nb, wBytes, o, o1, nr, acc);
+      }
+      for (; t < t1; t++) {
         const x = xq + <usize>t * xRow;
         let v: v128;
         if (kind == K_Q6_K) v = dotRowsQ6(w, p0, p1, p2, p3, x, xq, nb);
