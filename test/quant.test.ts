@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import {
   bf16ToF32,
@@ -164,6 +165,62 @@ describe("fp16", () => {
 
 const LEGACY = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0];
 
+// Known answers from ggml itself (libggml-base of node-llama-cpp 3.21: quantize_row_*_ref and
+// dequantize_row_*) for the exactly representable input ((73i mod 97) - 48) · 2^(i mod 7 - 10):
+// [type, quantized bytes, sha256 of the dequantized f32 row]. The K-quant bytes come from ggml's
+// K-quant quantizers, so they also check dequantizeRow on blocks this project did not make.
+const GGML_KNOWN: [number, string, string?][] = [
+  [
+    T.Q4_0,
+    "603578988867068a888878989857848d88888034068c8a8878a8a867848f888867c9c987",
+    "997160a013c7e1472ae11c1d488f3f501f19ef5d075395aa0576e9d04b1f9aa8",
+  ],
+  [
+    T.Q4_1,
+    "bc3460c199a99978079c9a9989b9a958949f9999bc3480c0058b8a7877a89857748f887867c9b886",
+    "8bf71f451ba7da33bfe1fb99b70ac30cf389ef83e068ba62e08c524744ecab9b",
+  ],
+  [
+    T.Q5_0,
+    "6031e7e6e676f01000cf0c050100ef3110ae080a00f080306e6e6eef0c070400ef4131ce081f0000cf92710d",
+    "0fb37f7170e3fb3a4db410efed761da436c5e65b8af927af5a9331e859cea4ae",
+  ],
+  [
+    T.Q5_1,
+    "953060c1efefe7f7224333f20e383423026443b0293f3323953080c06e6e66e60b0704f0ef4130bef70f00f0cf82710d",
+    "421a33b48e48fce8dc58c4a5e32091b0df02362b3e31b88d84abd8e555d1a5b6",
+  ],
+  [
+    T.Q8_0,
+    "6b25fe0200f8dd2606fffc0501f0be5300fef80b04e4810101fdf0170acefe0301fa8924dd3a20fffc0704f4bd7b01fff8100beb810201fef12219ddfe0403fce3473800",
+    "097820d9bc3ce389065740e01d093b9ba6b57ca1258bdce7444170c4d85c0ea3",
+  ],
+  [
+    T.Q8_1,
+    "6b25d4c3fe0200f8dd2606fffc0501f0be5300fef80b04e4810101fdf0170acefe0301fa8924063edd3a20fffc0704f4bd7b01fff8100beb810201fef12219ddfe0403fce3473800",
+  ],
+  [
+    T.Q8_K,
+    "0683c13cfe0200f8e12205fffc0401f2c44a00fef90a03e78e0100fdf21509d3fe0301fbe62c18fffd0603f7ce5d00fffa0c08f0a10201fef41913e6ff0302fdea352a00fd0706fbd76f0100fb0e0df9b30202fff71e1cf8ff0404ffef3e3d00fe080800e0810100fcf01103c6fe0200f9e2250bfffc0502f3c74f00fff90a05ea940101fdf3160cd8fe0302fbe72e1dfffd0604f8d06201fffa0d09f3a60201fff51a15ebff0303feeb383000fe0706fdda740100fb0f0efcb9020200f71f1efdff040400f0c04200fef80901e3860100fdf11305cbfe0201fae42810fffd0502f5ca5500fff90b06ec990101fef3170fdefe0302fce8312200fd0605f9d36701fffb0dfeff59ff4e00f2ff1100a70033ff92ff2000f9ff980009005dfffeff86ff7c00",
+    "69c3627ba72cae8ae1af8a7afed600922998e000f4b1ffd08db6981134b5a79e",
+  ],
+  [
+    T.Q4_K,
+    "441dfa29f8fdfaffb8afe7ffc95ade3f59a99978777c7a6939e97978748f8969087a797760998959787b7a7559b9a97976079796938fa696569797969076c6a6959898958656f696959bab9676179796476669686447a7a767656b696737f76766537f775707686866508787676669697978748e8969087a797760998959788a797569b9a978778c8a7949f97978758f",
+    "fd550ba50d9e940a132a89d81387985b1ea63f8ada200642c8e31d045206396e",
+  ],
+  [
+    T.Q5_K,
+    "43191f2af9f7f8ffb8aee6ffd727cd4dc1c31bd9c84f7bf9c18b1bd9c843fbd9c90f5fc8c8c31bd9c94f6fe8c1c31bdbb27342f1fd1803e272f302f0f92e12d2010403fee04232b2f00604fbc2837301ec0e3e3c260f5d3dac2f3f3c20ed8d4d2b22313b1caded3d2a27473dfc3e3e3d8fbdc3c1b98f5030bebbd7d4bf5ff0c0beb7efefbf0ec1c1bda01f1fbfbdc4c30200f92c12d20104030ee03222b2000503fac2735201fe1815f292f30301fa2f",
+    "eecef30fa97ee47c31c177730176e53397153f46f6c4008acfb8ef183c6a6b5b",
+  ],
+  [
+    T.Q6_K,
+    "11efe013cd020e0012cec02669f100015e13214911e0e00f9c06130410c1c00f89110800f1ce4f1321011000e29c9d3501f0100fcc08760700e1311fa9110e0002c901180c01ee2f0391100c00f2cc5de34f10f00022bc1da40d1fe0f04457090600ef3f21a5110300f1ce7e416a0110f01e77165e0011e1f02cee0e0f0022c26a1596aa6a45a5aa6e919aaa7b54a6aaa15a9aa5645adaa5a94a8aa5661e9aa9aa9a55b5ab6a15a5aa5b44a4aa5a91a95ab6a85a66a2a9595aa7a91a96aab9494b8d5da06c3d80932d6075ba855298653392",
+    "05b76b146ca59cddb6fe016f77a6f6772abc3c57c3036c057762352bbf20f121",
+  ],
+];
+
 describe("reference quantizers", () => {
   it("match hand-computed blocks", () => {
     const block = (f: (j: number) => number) => Float32Array.from({ length: 32 }, (_, j) => f(j));
@@ -252,6 +309,22 @@ describe("reference quantizers", () => {
     const s = quantizeRow(T.Q8_K, x8k);
     expect(new DataView(s.buffer).getFloat32(0, true)).toBe(Math.fround(1 / Math.fround(127 / 3)));
     expect(new Int8Array(s.buffer, 4, 6)[0]).toBe(-127);
+  });
+
+  it("match ggml's own quantizers and dequantizers (known answers)", () => {
+    for (const [type, bytes, digest] of GGML_KNOWN) {
+      const k = blockSize(type) === 256 ? 256 : 64;
+      const x = Float32Array.from({ length: k }, (_, i) => (((i * 73) % 97) - 48) * 2 ** ((i % 7) - 10));
+      const q = Uint8Array.from(Buffer.from(bytes, "hex"));
+      if (type !== T.Q4_K && type !== T.Q5_K && type !== T.Q6_K) {
+        expect(hex(quantizeRow(type, x)), typeName(type)).toBe(bytes);
+      }
+      if (digest) {
+        const y = dequantizeRow(type, q, k);
+        const h = createHash("sha256").update(new Uint8Array(y.buffer)).digest("hex");
+        expect(h, typeName(type)).toBe(digest);
+      }
+    }
   });
 
   // max |x - dequant(quant(x))| / block amax
