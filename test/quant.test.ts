@@ -464,6 +464,33 @@ describe("wasm activation quantizers", () => {
   }
 });
 
+describe("wasm activation quantizers on bad input", () => {
+  it("end on NaN and infinite activations, leaving the other blocks exact", () => {
+    const h = new WasmHarness();
+    const rng = new Rng(77);
+    const cols = 512;
+    const x = rng.fillNormal(new Float32Array(cols));
+    x[3] = Number.NaN; // block 0 (all three formats)
+    x[300] = Number.POSITIVE_INFINITY; // block 1 of Q8_K, block 9 of Q8_0/Q8_1
+    const px = h.putF32(x);
+    for (const type of [T.Q8_0, T.Q8_1, T.Q8_K]) {
+      const rb = rowBytes(type, cols);
+      const pq = h.alloc(rb);
+      h.k[QUANT_KERNEL[type]!]!(px, pq, cols, 1, 0, 1);
+      const got = h.u8(pq, rb);
+      const want = quantizeRow(type, x);
+      const bs = typeSize(type);
+      const bad = type === T.Q8_K ? [0, 1] : [0, 9];
+      for (let b = 0; b < rb / bs; b++) {
+        if (bad.includes(b)) continue;
+        expect(hex(got.subarray(b * bs, (b + 1) * bs)), `${typeName(type)} block ${b}`).toBe(
+          hex(want.subarray(b * bs, (b + 1) * bs)),
+        );
+      }
+    }
+  });
+});
+
 describe("wasm dequantizers", () => {
   const h = new WasmHarness();
   for (const typeKey of Object.keys(DEQUANT_KERNEL)) {

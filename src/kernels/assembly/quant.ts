@@ -151,7 +151,7 @@ function f32ToHalf(x: f32): u32 {
   return f32x4.add(t, v128.and(step, f32x4.ge(frac, f32x4.splat(0.5))));
 }
 
-/** Quantizes 32 floats at x to Q8_0-style d (returned) and qs at q; *sum gets Σq. */
+/** Quantizes 32 floats at x to Q8_0 qs at q; returns [d (f32), Σq (i32), -, -]. */
 // @ts-ignore: decorator
 @inline function quantize32(x: usize, q: usize): v128 {
   const v0 = v128.load(x);
@@ -244,17 +244,18 @@ export function quantizeQ8_K(x: usize, xq: usize, cols: i32, n: i32, r0: i32, r1
         pq += 292;
         continue;
       }
+      // (bounded: with a NaN in the block amax is NaN and nothing matches; the result is then
+      // unspecified but the kernel still ends)
       const av = f32x4.splat(amax);
-      let j = 0;
-      while (true) {
+      let first = 0;
+      for (let j = 0; j < 256; j += 4) {
         const mask = i32x4.bitmask(f32x4.eq(f32x4.abs(v128.load(px + (<usize>j << 2))), av));
         if (mask != 0) {
-          j += ctz(mask);
+          first = j + ctz(mask);
           break;
         }
-        j += 4;
       }
-      const iscale: f32 = <f32>-127 / load<f32>(px + (<usize>j << 2));
+      const iscale: f32 = <f32>-127 / load<f32>(px + (<usize>first << 2));
       const sv = f32x4.splat(iscale);
       const lim = i32x4.splat(127);
       for (let g = 0; g < 16; g++) {
