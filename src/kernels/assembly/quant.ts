@@ -13,16 +13,22 @@
 //
 // The pure TypeScript twin of every kernel is src/quant/reference.ts.
 //
-// How the matrix products work. A weight row block is unpacked into 16-bit lanes in an
-// "even/odd" arrangement: viewing 16 packed bytes as eight i16 lanes, `and 0x0f` gives the low
-// nibbles of the even bytes, `shr_u 8; and 0x0f` those of the odd bytes, `shr_u 4; and 0x0f` and
-// `shr_u 12` the high nibbles. The int8 activations are split the same way (`shl 8; shr_s 8` and
-// `shr_s 8`), once per block for four weight rows. `i32x4.dot_i16x8_s` then multiplies and adds
-// pairs, so no 8 -> 16 bit widening of the weights is needed. Four weight rows are processed
-// together: their four i32x4 partial sums are reduced by one transpose-add (`hsum4`) to one vector
-// holding the four rows' block sums, which is converted to f32 once, scaled by the four rows'
-// block scales (converted from f16 four at a time) and added to one f32x4 accumulator. Tokens are
-// processed in chunks so that the four rows' weights stay in cache while the chunk's tokens use them.
+// How the matrix products work. Weights are unpacked into 16-bit lanes without widening: 16
+// packed bytes are viewed as eight i16 lanes (even byte low, odd byte high), and each 4-bit field
+// is isolated in place by one `and` (0x000f, 0x0f00, 0x00f0) or `shr_u 12`. The int8 activations
+// are prepared to match, once per block for four weight rows: 256·x for the even bytes (`shl 8`),
+// x for the odd ones (`shr_s 8`), 16·x (`shl 8; shr_s 4`) and 256·x (`and 0xff00`), so that every
+// product comes out as exactly 256·q·x. `i32x4.dot_i16x8_s` multiplies and adds lane pairs; the
+// 1/256 is folded into the activation scale (or a shift, for the K-quants' integer sub-block
+// scales). Q8_0, Q5_0 and Q5_1 use plain sign-extended even/odd halves instead. Offsets (-8 of
+// Q4_0, -32 of Q6_K) are removed through the activation sums, mins (Q4_K, Q5_K) through bsums.
+//
+// Four weight rows are processed together: their i32x4 partial sums are reduced by a
+// transpose-add (pairAdd, quadAdd) to one vector holding the four rows' block sums, converted to
+// f32 once, scaled by the four rows' block scales (f16 converted four at a time) and added to one
+// f32x4 accumulator. For prefill, pairs of tokens share each unpacked weight block, and tokens are
+// processed in chunks so that the four rows' weights stay in cache while the chunk uses them.
+// See the note at the top of the matrix-product section on how the code is shaped for V8.
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -70,14 +76,6 @@ function f32ToHalf(x: f32): u32 {
   return sign | (rest > half || (rest == half && (r & 1) != 0) ? r + 1 : r);
 }
 
-/** [Σa, Σb, Σc, Σd] of four i32x4 vectors (a transpose-add). */
-// @ts-ignore: decorator
-@inline function hsum4(a: v128, b: v128, c: v128, d: v128): v128 {
-  const ab = i32x4.add(i32x4.shuffle(a, b, 0, 4, 1, 5), i32x4.shuffle(a, b, 2, 6, 3, 7));
-  const cd = i32x4.add(i32x4.shuffle(c, d, 0, 4, 1, 5), i32x4.shuffle(c, d, 2, 6, 3, 7));
-  return i32x4.add(i32x4.shuffle(ab, cd, 0, 1, 4, 5), i32x4.shuffle(ab, cd, 2, 3, 6, 7));
-}
-
 /** Σ of the four i32 lanes. */
 // @ts-ignore: decorator
 @inline function hsumI32(a: v128): i32 {
@@ -117,16 +115,6 @@ function f32ToHalf(x: f32): u32 {
   store<f32>(dst, (a ? load<f32>(dst) : 0) + f32x4.extract_lane(v, 0));
   if (nr > 1) store<f32>(dst, (a ? load<f32>(dst, 4) : 0) + f32x4.extract_lane(v, 1), 4);
   if (nr > 2) store<f32>(dst, (a ? load<f32>(dst, 8) : 0) + f32x4.extract_lane(v, 2), 8);
-}
-
-/** Four f16 at p0..p3 (same offset) as an f32x4. */
-// @ts-ignore: decorator
-@inline function loadHalf4(p0: usize, p1: usize, p2: usize, p3: usize): v128 {
-  let v = v128.load16_lane(p0, i32x4.splat(0), 1);
-  v = v128.load16_lane(p1, v, 3);
-  v = v128.load16_lane(p2, v, 5);
-  v = v128.load16_lane(p3, v, 7);
-  return halfHighToF32(v);
 }
 
 /** Four u32 at p0..p3 as an i32x4. */
@@ -366,20 +354,6 @@ const CONST_0300: usize = 272;
 // @ts-ignore: decorator
 @inline function quadAdd(ab: v128, cd: v128): v128 {
   return i32x4.add(i32x4.shuffle(ab, cd, 0, 1, 4, 5), i32x4.shuffle(ab, cd, 2, 3, 6, 7));
-}
-
-/** Σ_j w[j]·x[j] partial sums (i32x4) of a 32-block with 4-bit weights `b` (qs[16]), x split e/o. */
-// @ts-ignore: decorator
-@inline function dotNibbles(b: v128, m: v128, xae: v128, xao: v128, xbe: v128, xbo: v128): v128 {
-  const lo = i32x4.add(
-    i32x4.dot_i16x8_s(v128.and(b, m), xae),
-    i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(b, 8), m), xao),
-  );
-  const hi = i32x4.add(
-    i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(b, 4), m), xbe),
-    i32x4.dot_i16x8_s(i16x8.shr_u(b, 12), xbo),
-  );
-  return i32x4.add(lo, hi);
 }
 
 /**
