@@ -923,6 +923,7 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
   xq: usize,
   sLo: v128,
   sHi: v128,
+  sumi: v128,
 ): v128 {
   const z = i32x4.splat(0);
   // activations of sub-block 2c as 256·x even / x odd, of 2c+1 as 16·x even / 256·x odd,
@@ -960,11 +961,13 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
   if (p3 >= w) {
     lo23 = pairAdd(lo2, rowK45(five, false, c, p3, x0e, x0o, x1e, x1o));
     hi23 = pairAdd(hi2, rowK45(five, true, c, p3, x2e, x2o, x3e, x3o));
+    // (inside the block, so that V8 does not defer it and keep every chunk's sums alive) the sums
+    // are exact multiples of 256; scale them down before the 6-bit scales multiply
+    const lo = i32x4.shr_s(quadAdd(lo01, lo23), 8);
+    const hi = i32x4.shr_s(quadAdd(hi01, hi23), 8);
+    sumi = i32x4.add(sumi, i32x4.add(i32x4.mul(lo, sLo), i32x4.mul(hi, sHi)));
   }
-  // the sums are exact multiples of 256; scale them down before the 6-bit scales multiply
-  const lo = i32x4.shr_s(quadAdd(lo01, lo23), 8);
-  const hi = i32x4.shr_s(quadAdd(hi01, hi23), 8);
-  return i32x4.add(i32x4.mul(lo, sLo), i32x4.mul(hi, sHi));
+  return sumi;
 }
 
 /** Four Q4_K/Q5_K weight rows · one token's Q8_K blocks, as f32x4. */
@@ -983,34 +986,39 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
 ): v128 {
   const hmask = constant(CONST_HALF_MASK);
   const hmagic = constant(CONST_HALF_MAGIC);
+  const z = i32x4.splat(0);
   let acc = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
     const r0 = scalesMinsK4(p0);
     const r1 = scalesMinsK4(p1);
     const r2 = scalesMinsK4(p2);
     const r3 = scalesMinsK4(p3);
-    // mins · bsums: pair the 16-sums into 32-sums, dot with each row's mins, reduce
-    const bs = i16x8.narrow_i32x4_s(
-      i32x4.extadd_pairwise_i16x8_s(v128.load(x, 260)),
-      i32x4.extadd_pairwise_i16x8_s(v128.load(x, 276)),
-    );
-    const summ = quadAdd(
-      pairAdd(
-        i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(r0), bs),
-        i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(r1), bs),
-      ),
-      pairAdd(
-        i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(r2), bs),
-        i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(r3), bs),
-      ),
-    );
-    // scales: byte 4j + r of t0 (j < 4) / t1 (j >= 4) is row r's scale j
-    const t0 = transpose4Low(r0, r1, r2, r3);
-    const t1 = transpose4High(r0, r1, r2, r3);
-    let sumi = chunkK45(five, 0, w, p0, p1, p2, p3, x, xq, u8Quad(t0, 0), u8Quad(t0, 1));
-    sumi = i32x4.add(sumi, chunkK45(five, 1, w, p0, p1, p2, p3, x, xq, u8Quad(t0, 2), u8Quad(t0, 3)));
-    sumi = i32x4.add(sumi, chunkK45(five, 2, w, p0, p1, p2, p3, x, xq, u8Quad(t1, 0), u8Quad(t1, 1)));
-    sumi = i32x4.add(sumi, chunkK45(five, 3, w, p0, p1, p2, p3, x, xq, u8Quad(t1, 2), u8Quad(t1, 3)));
+    // (in a block of its own, so that V8 computes it here instead of keeping r0..r3 alive)
+    let summ = z, t0 = z, t1 = z;
+    if (x >= xq) {
+      // mins · bsums: pair the 16-sums into 32-sums, dot with each row's mins, reduce
+      const bs = i16x8.narrow_i32x4_s(
+        i32x4.extadd_pairwise_i16x8_s(v128.load(x, 260)),
+        i32x4.extadd_pairwise_i16x8_s(v128.load(x, 276)),
+      );
+      summ = quadAdd(
+        pairAdd(
+          i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(r0), bs),
+          i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(r1), bs),
+        ),
+        pairAdd(
+          i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(r2), bs),
+          i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(r3), bs),
+        ),
+      );
+      // scales: byte 4j + r of t0 (j < 4) / t1 (j >= 4) is row r's scale j
+      t0 = transpose4Low(r0, r1, r2, r3);
+      t1 = transpose4High(r0, r1, r2, r3);
+    }
+    let sumi = chunkK45(five, 0, w, p0, p1, p2, p3, x, xq, u8Quad(t0, 0), u8Quad(t0, 1), z);
+    sumi = chunkK45(five, 1, w, p0, p1, p2, p3, x, xq, u8Quad(t0, 2), u8Quad(t0, 3), sumi);
+    sumi = chunkK45(five, 2, w, p0, p1, p2, p3, x, xq, u8Quad(t1, 0), u8Quad(t1, 1), sumi);
+    sumi = chunkK45(five, 3, w, p0, p1, p2, p3, x, xq, u8Quad(t1, 2), u8Quad(t1, 3), sumi);
     const dm = loadU32x4(p0, p1, p2, p3);
     const dx = f32x4.splat(load<f32>(x));
     const dw = f32x4.mul(halfHigh(i32x4.shl(dm, 16), hmask, hmagic), dx);
@@ -1064,6 +1072,7 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
   xq: usize,
   sA: v128,
   sB: v128,
+  sumi: v128,
 ): v128 {
   const z = i32x4.splat(0);
   let xae = z, xao = z, xbe = z, xbo = z;
@@ -1092,10 +1101,11 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
   if (p3 >= w) {
     a23 = pairAdd(a2, rowQ6(false, h, k, p3, xae, xao));
     b23 = pairAdd(b2, rowQ6(true, h, k, p3, xbe, xbo));
+    const a = i32x4.shr_s(quadAdd(a01, a23), 8);
+    const b = i32x4.shr_s(quadAdd(b01, b23), 8);
+    sumi = i32x4.add(sumi, i32x4.add(i32x4.mul(a, sA), i32x4.mul(b, sB)));
   }
-  const a = i32x4.shr_s(quadAdd(a01, a23), 8);
-  const b = i32x4.shr_s(quadAdd(b01, b23), 8);
-  return i32x4.add(i32x4.mul(a, sA), i32x4.mul(b, sB));
+  return sumi;
 }
 
 /** 32·Σ_j sc_j·bsum_j of one row (lanes add up to it): removes the +32 offset of the 6-bit weights. */
@@ -1112,37 +1122,42 @@ export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32
 @inline function dotRowsQ6(w: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, xq: usize, nb: i32): v128 {
   const hmask = constant(CONST_HALF_MASK);
   const hmagic = constant(CONST_HALF_MAGIC);
+  const z = i32x4.splat(0);
   let acc = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
-    const r0 = v128.load(p0, 192);
-    const r1 = v128.load(p1, 192);
-    const r2 = v128.load(p2, 192);
-    const r3 = v128.load(p3, 192);
-    const bs0 = v128.load(x, 260);
-    const bs1 = v128.load(x, 276);
-    const corr = quadAdd(
-      pairAdd(offsetQ6(r0, bs0, bs1), offsetQ6(r1, bs0, bs1)),
-      pairAdd(offsetQ6(r2, bs0, bs1), offsetQ6(r3, bs0, bs1)),
-    );
-    // byte 4j + r of tq: row r's scale 4q + j
-    const ab = i8x16.shuffle(r0, r1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const cd = i8x16.shuffle(r2, r3, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const abH = i8x16.shuffle(r0, r1, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    const cdH = i8x16.shuffle(r2, r3, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    const t0 = i16x8.shuffle(ab, cd, 0, 8, 1, 9, 2, 10, 3, 11);
-    const t1 = i16x8.shuffle(ab, cd, 4, 12, 5, 13, 6, 14, 7, 15);
-    const t2 = i16x8.shuffle(abH, cdH, 0, 8, 1, 9, 2, 10, 3, 11);
-    const t3 = i16x8.shuffle(abH, cdH, 4, 12, 5, 13, 6, 14, 7, 15);
+    // scale setup in a block of its own (see dotRowsK45)
+    let corr = z, t0 = z, t1 = z, t2 = z, t3 = z;
+    if (x >= xq) {
+      const r0 = v128.load(p0, 192);
+      const r1 = v128.load(p1, 192);
+      const r2 = v128.load(p2, 192);
+      const r3 = v128.load(p3, 192);
+      const bs0 = v128.load(x, 260);
+      const bs1 = v128.load(x, 276);
+      corr = quadAdd(
+        pairAdd(offsetQ6(r0, bs0, bs1), offsetQ6(r1, bs0, bs1)),
+        pairAdd(offsetQ6(r2, bs0, bs1), offsetQ6(r3, bs0, bs1)),
+      );
+      // byte 4j + r of tq: row r's scale 4q + j
+      const ab = i8x16.shuffle(r0, r1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+      const cd = i8x16.shuffle(r2, r3, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+      const abH = i8x16.shuffle(r0, r1, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+      const cdH = i8x16.shuffle(r2, r3, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+      t0 = i16x8.shuffle(ab, cd, 0, 8, 1, 9, 2, 10, 3, 11);
+      t1 = i16x8.shuffle(ab, cd, 4, 12, 5, 13, 6, 14, 7, 15);
+      t2 = i16x8.shuffle(abH, cdH, 0, 8, 1, 9, 2, 10, 3, 11);
+      t3 = i16x8.shuffle(abH, cdH, 4, 12, 5, 13, 6, 14, 7, 15);
+    }
     // half 0: sub-blocks 0..7, half 1: 8..15; quarter k pairs sub-blocks k and k + 4
-    let sumi = quarterQ6(0, 0, w, p0, p1, p2, p3, x, xq, i8Quad(t0, 0), i8Quad(t1, 0));
-    sumi = i32x4.add(sumi, quarterQ6(0, 1, w, p0, p1, p2, p3, x, xq, i8Quad(t0, 1), i8Quad(t1, 1)));
-    sumi = i32x4.add(sumi, quarterQ6(0, 2, w, p0, p1, p2, p3, x, xq, i8Quad(t0, 2), i8Quad(t1, 2)));
-    sumi = i32x4.add(sumi, quarterQ6(0, 3, w, p0, p1, p2, p3, x, xq, i8Quad(t0, 3), i8Quad(t1, 3)));
-    sumi = i32x4.add(sumi, quarterQ6(1, 0, w, p0, p1, p2, p3, x, xq, i8Quad(t2, 0), i8Quad(t3, 0)));
-    sumi = i32x4.add(sumi, quarterQ6(1, 1, w, p0, p1, p2, p3, x, xq, i8Quad(t2, 1), i8Quad(t3, 1)));
-    sumi = i32x4.add(sumi, quarterQ6(1, 2, w, p0, p1, p2, p3, x, xq, i8Quad(t2, 2), i8Quad(t3, 2)));
-    sumi = i32x4.add(sumi, quarterQ6(1, 3, w, p0, p1, p2, p3, x, xq, i8Quad(t2, 3), i8Quad(t3, 3)));
-    sumi = i32x4.sub(sumi, i32x4.shl(corr, 5));
+    let sumi = i32x4.mul(corr, i32x4.splat(-32));
+    sumi = quarterQ6(0, 0, w, p0, p1, p2, p3, x, xq, i8Quad(t0, 0), i8Quad(t1, 0), sumi);
+    sumi = quarterQ6(0, 1, w, p0, p1, p2, p3, x, xq, i8Quad(t0, 1), i8Quad(t1, 1), sumi);
+    sumi = quarterQ6(0, 2, w, p0, p1, p2, p3, x, xq, i8Quad(t0, 2), i8Quad(t1, 2), sumi);
+    sumi = quarterQ6(0, 3, w, p0, p1, p2, p3, x, xq, i8Quad(t0, 3), i8Quad(t1, 3), sumi);
+    sumi = quarterQ6(1, 0, w, p0, p1, p2, p3, x, xq, i8Quad(t2, 0), i8Quad(t3, 0), sumi);
+    sumi = quarterQ6(1, 1, w, p0, p1, p2, p3, x, xq, i8Quad(t2, 1), i8Quad(t3, 1), sumi);
+    sumi = quarterQ6(1, 2, w, p0, p1, p2, p3, x, xq, i8Quad(t2, 2), i8Quad(t3, 2), sumi);
+    sumi = quarterQ6(1, 3, w, p0, p1, p2, p3, x, xq, i8Quad(t2, 3), i8Quad(t3, 3), sumi);
     const dw = f32x4.mul(half4(p0 + 208, p1 + 208, p2 + 208, p3 + 208, hmask, hmagic), f32x4.splat(load<f32>(x)));
     acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(sumi), dw));
     p0 += 210;
@@ -1226,6 +1241,8 @@ let second: v128 = i32x4.splat(0);
   xq: usize,
   sLo: v128,
   sHi: v128,
+  sumi0: v128,
+  sumi1: v128,
 ): v128 {
   const z = i32x4.splat(0);
   let x0e = z, x0o = z, x1e = z, x1o = z, x2e = z, x2o = z, x3e = z, x3o = z;
@@ -1284,15 +1301,23 @@ let second: v128 = i32x4.splat(0);
     ml23 = pairAdd(ml2, second);
     hi23 = pairAdd(hi2, rowK45x2(five, true, c, p3, x2e, x2o, x3e, x3o, y2e, y2o, y3e, y3o));
     mh23 = pairAdd(mh2, second);
+    sumi1 = i32x4.add(
+      sumi1,
+      i32x4.add(
+        i32x4.mul(i32x4.shr_s(quadAdd(ml01, ml23), 8), sLo),
+        i32x4.mul(i32x4.shr_s(quadAdd(mh01, mh23), 8), sHi),
+      ),
+    );
+    sumi0 = i32x4.add(
+      sumi0,
+      i32x4.add(
+        i32x4.mul(i32x4.shr_s(quadAdd(lo01, lo23), 8), sLo),
+        i32x4.mul(i32x4.shr_s(quadAdd(hi01, hi23), 8), sHi),
+      ),
+    );
   }
-  second = i32x4.add(
-    i32x4.mul(i32x4.shr_s(quadAdd(ml01, ml23), 8), sLo),
-    i32x4.mul(i32x4.shr_s(quadAdd(mh01, mh23), 8), sHi),
-  );
-  return i32x4.add(
-    i32x4.mul(i32x4.shr_s(quadAdd(lo01, lo23), 8), sLo),
-    i32x4.mul(i32x4.shr_s(quadAdd(hi01, hi23), 8), sHi),
-  );
+  second = sumi1;
+  return sumi0;
 }
 
 /** Four Q4_K/Q5_K rows · two tokens; writes both tokens' four outputs. */
@@ -1346,14 +1371,15 @@ let second: v128 = i32x4.splat(0);
     );
     const t0 = transpose4Low(r0, r1, r2, r3);
     const t1 = transpose4High(r0, r1, r2, r3);
-    let sumi0 = chunkK45x2(five, 0, w, p0, p1, p2, p3, x, y, xq, u8Quad(t0, 0), u8Quad(t0, 1));
+    const z = i32x4.splat(0);
+    let sumi0 = chunkK45x2(five, 0, w, p0, p1, p2, p3, x, y, xq, u8Quad(t0, 0), u8Quad(t0, 1), z, z);
     let sumi1 = second;
-    sumi0 = i32x4.add(sumi0, chunkK45x2(five, 1, w, p0, p1, p2, p3, x, y, xq, u8Quad(t0, 2), u8Quad(t0, 3)));
-    sumi1 = i32x4.add(sumi1, second);
-    sumi0 = i32x4.add(sumi0, chunkK45x2(five, 2, w, p0, p1, p2, p3, x, y, xq, u8Quad(t1, 0), u8Quad(t1, 1)));
-    sumi1 = i32x4.add(sumi1, second);
-    sumi0 = i32x4.add(sumi0, chunkK45x2(five, 3, w, p0, p1, p2, p3, x, y, xq, u8Quad(t1, 2), u8Quad(t1, 3)));
-    sumi1 = i32x4.add(sumi1, second);
+    sumi0 = chunkK45x2(five, 1, w, p0, p1, p2, p3, x, y, xq, u8Quad(t0, 2), u8Quad(t0, 3), sumi0, sumi1);
+    sumi1 = second;
+    sumi0 = chunkK45x2(five, 2, w, p0, p1, p2, p3, x, y, xq, u8Quad(t1, 0), u8Quad(t1, 1), sumi0, sumi1);
+    sumi1 = second;
+    sumi0 = chunkK45x2(five, 3, w, p0, p1, p2, p3, x, y, xq, u8Quad(t1, 2), u8Quad(t1, 3), sumi0, sumi1);
+    sumi1 = second;
     const dm = loadU32x4(p0, p1, p2, p3);
     const dw = halfHigh(i32x4.shl(dm, 16), hmask, hmagic);
     const dmin = halfHigh(dm, hmask, hmagic);
@@ -1407,6 +1433,8 @@ let second: v128 = i32x4.splat(0);
   xq: usize,
   sA: v128,
   sB: v128,
+  sumi0: v128,
+  sumi1: v128,
 ): v128 {
   const z = i32x4.splat(0);
   let xae = z, xao = z, xbe = z, xbo = z, yae = z, yao = z, ybe = z, ybo = z;
@@ -1451,15 +1479,23 @@ let second: v128 = i32x4.splat(0);
     c23 = pairAdd(c2, second);
     b23 = pairAdd(b2, rowQ6x2(true, h, k, p3, xbe, xbo, ybe, ybo));
     d23 = pairAdd(d2, second);
+    sumi1 = i32x4.add(
+      sumi1,
+      i32x4.add(
+        i32x4.mul(i32x4.shr_s(quadAdd(c01, c23), 8), sA),
+        i32x4.mul(i32x4.shr_s(quadAdd(d01, d23), 8), sB),
+      ),
+    );
+    sumi0 = i32x4.add(
+      sumi0,
+      i32x4.add(
+        i32x4.mul(i32x4.shr_s(quadAdd(a01, a23), 8), sA),
+        i32x4.mul(i32x4.shr_s(quadAdd(b01, b23), 8), sB),
+      ),
+    );
   }
-  second = i32x4.add(
-    i32x4.mul(i32x4.shr_s(quadAdd(c01, c23), 8), sA),
-    i32x4.mul(i32x4.shr_s(quadAdd(d01, d23), 8), sB),
-  );
-  return i32x4.add(
-    i32x4.mul(i32x4.shr_s(quadAdd(a01, a23), 8), sA),
-    i32x4.mul(i32x4.shr_s(quadAdd(b01, b23), 8), sB),
-  );
+  second = sumi1;
+  return sumi0;
 }
 
 /** Four Q6_K rows · two tokens; writes both tokens' four outputs. */
@@ -1509,24 +1545,24 @@ let second: v128 = i32x4.splat(0);
     const t1 = i16x8.shuffle(ab, cd, 4, 12, 5, 13, 6, 14, 7, 15);
     const t2 = i16x8.shuffle(abH, cdH, 0, 8, 1, 9, 2, 10, 3, 11);
     const t3 = i16x8.shuffle(abH, cdH, 4, 12, 5, 13, 6, 14, 7, 15);
-    let s0 = quarterQ6x2(0, 0, w, p0, p1, p2, p3, x, y, xq, i8Quad(t0, 0), i8Quad(t1, 0));
-    let s1 = second;
-    s0 = i32x4.add(s0, quarterQ6x2(0, 1, w, p0, p1, p2, p3, x, y, xq, i8Quad(t0, 1), i8Quad(t1, 1)));
-    s1 = i32x4.add(s1, second);
-    s0 = i32x4.add(s0, quarterQ6x2(0, 2, w, p0, p1, p2, p3, x, y, xq, i8Quad(t0, 2), i8Quad(t1, 2)));
-    s1 = i32x4.add(s1, second);
-    s0 = i32x4.add(s0, quarterQ6x2(0, 3, w, p0, p1, p2, p3, x, y, xq, i8Quad(t0, 3), i8Quad(t1, 3)));
-    s1 = i32x4.add(s1, second);
-    s0 = i32x4.add(s0, quarterQ6x2(1, 0, w, p0, p1, p2, p3, x, y, xq, i8Quad(t2, 0), i8Quad(t3, 0)));
-    s1 = i32x4.add(s1, second);
-    s0 = i32x4.add(s0, quarterQ6x2(1, 1, w, p0, p1, p2, p3, x, y, xq, i8Quad(t2, 1), i8Quad(t3, 1)));
-    s1 = i32x4.add(s1, second);
-    s0 = i32x4.add(s0, quarterQ6x2(1, 2, w, p0, p1, p2, p3, x, y, xq, i8Quad(t2, 2), i8Quad(t3, 2)));
-    s1 = i32x4.add(s1, second);
-    s0 = i32x4.add(s0, quarterQ6x2(1, 3, w, p0, p1, p2, p3, x, y, xq, i8Quad(t2, 3), i8Quad(t3, 3)));
-    s1 = i32x4.add(s1, second);
-    s0 = i32x4.sub(s0, i32x4.shl(corr0, 5));
-    s1 = i32x4.sub(s1, i32x4.shl(corr1, 5));
+    let s0 = i32x4.mul(corr0, i32x4.splat(-32));
+    let s1 = i32x4.mul(corr1, i32x4.splat(-32));
+    s0 = quarterQ6x2(0, 0, w, p0, p1, p2, p3, x, y, xq, i8Quad(t0, 0), i8Quad(t1, 0), s0, s1);
+    s1 = second;
+    s0 = quarterQ6x2(0, 1, w, p0, p1, p2, p3, x, y, xq, i8Quad(t0, 1), i8Quad(t1, 1), s0, s1);
+    s1 = second;
+    s0 = quarterQ6x2(0, 2, w, p0, p1, p2, p3, x, y, xq, i8Quad(t0, 2), i8Quad(t1, 2), s0, s1);
+    s1 = second;
+    s0 = quarterQ6x2(0, 3, w, p0, p1, p2, p3, x, y, xq, i8Quad(t0, 3), i8Quad(t1, 3), s0, s1);
+    s1 = second;
+    s0 = quarterQ6x2(1, 0, w, p0, p1, p2, p3, x, y, xq, i8Quad(t2, 0), i8Quad(t3, 0), s0, s1);
+    s1 = second;
+    s0 = quarterQ6x2(1, 1, w, p0, p1, p2, p3, x, y, xq, i8Quad(t2, 1), i8Quad(t3, 1), s0, s1);
+    s1 = second;
+    s0 = quarterQ6x2(1, 2, w, p0, p1, p2, p3, x, y, xq, i8Quad(t2, 2), i8Quad(t3, 2), s0, s1);
+    s1 = second;
+    s0 = quarterQ6x2(1, 3, w, p0, p1, p2, p3, x, y, xq, i8Quad(t2, 3), i8Quad(t3, 3), s0, s1);
+    s1 = second;
     const dw = half4(p0 + 208, p1 + 208, p2 + 208, p3 + 208, hmask, hmagic);
     acc0 = f32x4.add(acc0, f32x4.mul(f32x4.convert_i32x4_s(s0), f32x4.mul(dw, f32x4.splat(load<f32>(x)))));
     acc1 = f32x4.add(acc1, f32x4.mul(f32x4.convert_i32x4_s(s1), f32x4.mul(dw, f32x4.splat(load<f32>(y)))));
