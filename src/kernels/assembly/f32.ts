@@ -118,8 +118,9 @@ const EXP_P5: f32 = 5.0000001201e-1;
 // @ts-ignore: decorator
 @inline function loadW4<T>(p: usize): v128 {
   if (isFloat<T>()) return v128.load(p);
-  // bfloat16 is the top half of an f32: zero-extend each half to 32 bits and shift it up.
-  if (isSigned<T>()) return i32x4.shl(v128.load16x4_u(p), 16);
+  // bfloat16 is the top half of an f32: interleave 16 zero bits below each half (one
+  // punpcklwd; measured faster in decode than a zero-extending load and a shift).
+  if (isSigned<T>()) return v128.shuffle<i16>(v128.splat<i32>(0), v128.load64_zero(p), 0, 8, 1, 9, 2, 10, 3, 11);
   return f16x4ToF32(p);
 }
 
@@ -452,16 +453,22 @@ export function attention(
   const hb = <usize>headDim << 2;
   const kvRow = <usize>nKvHeads * hb;
   const scale = <f32>(1.0 / Math.sqrt(<f64>headDim));
-  for (let row = r0; row < r1; row++) {
-    const t = row / nHeads;
-    const h = row - t * nHeads;
-    const len = pos0 + t + 1;
-    const qp = q + <usize>row * hb;
+  if (r0 >= r1) return;
+  // Head-major order over the rows in [r0, r1): consecutive rows then read the same kv head,
+  // whose keys and values stay in cache (token-major order cycles through every head's cache).
+  const t0 = r0 / nHeads;
+  const t1 = (r1 - 1) / nHeads;
+  for (let h = 0; h < nHeads; h++) {
     const kp = k + <usize>(h / group) * hb;
     const vp = v + <usize>(h / group) * hb;
-    attentionScores(qp, kp, kvRow, hb, len, scale, sc);
-    const inv = softmaxScores(sc, len);
-    attentionValues(vp, kvRow, hb, len, inv, sc, out + <usize>row * hb);
+    for (let t = t0; t <= t1; t++) {
+      const row = t * nHeads + h;
+      if (row < r0 || row >= r1) continue;
+      const len = pos0 + t + 1;
+      attentionScores(q + <usize>row * hb, kp, kvRow, hb, len, scale, sc);
+      const inv = softmaxScores(sc, len);
+      attentionValues(vp, kvRow, hb, len, inv, sc, out + <usize>row * hb);
+    }
   }
 }
 
