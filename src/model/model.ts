@@ -118,10 +118,10 @@ export class Model {
     const prompt = this.formatChat(messages);
     const stop = [...(options.stop ?? []), ...this.template().stopStrings];
     // The template already holds BOS where the model wants it; special tokens in it are parsed.
-    return this.generateFromTokens(this.tokenizer.encode(prompt, { addSpecial: false, parseSpecial: true }), {
-      ...options,
-      stop,
-    });
+    const ids = this.tokenizer.encode(prompt, { addSpecial: false, parseSpecial: true });
+    const bos = this.tokenizer.bosId;
+    if (this.tokenizer.addBos && bos !== undefined && ids[0] !== bos) ids.unshift(bos);
+    return this.generateFromTokens(ids, { ...options, stop });
   }
 
   /** Streams a continuation of `prompt`. */
@@ -158,7 +158,7 @@ export class Model {
     this.busy = true;
     const maxTokens = Math.min(options.maxTokens ?? 256, ctx - ids.length);
     const sampler = new Sampler(options);
-    const decoder = new StreamDecoder(this.tokenizer);
+    const decoder = new StreamDecoder(this.tokenizer, { continuation: true });
     const stop = (options.stop ?? []).filter((s) => s.length > 0);
     const history = [...ids];
     let pending = ""; // text held back because it may be the start of a stop string

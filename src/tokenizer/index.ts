@@ -64,6 +64,8 @@ export interface EncodeOptions {
 export interface DecodeOptions {
   /** Leave out control and unknown tokens (BOS, EOS, ...) instead of writing their text. Default false. */
   skipSpecial?: boolean;
+  /** The text continues earlier text (a prompt): keep the leading space of the first piece. */
+  continuation?: boolean;
 }
 
 /** Looks a GGUF metadata key up; undefined when absent. */
@@ -665,6 +667,7 @@ export class StreamDecoder {
     options: DecodeOptions = {},
   ) {
     this.special = !(options.skipSpecial ?? false);
+    this.first = !(options.continuation ?? false);
   }
 
   /** Add one token; returns the text that became complete (possibly ""). */
