@@ -2,6 +2,7 @@
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { isUserError } from "../errors.js";
 import { registerChat } from "./chat.js";
+import { registerDemo } from "./demo.js";
 import { registerGenerate } from "./generate.js";
 import { registerInspect } from "./inspect.js";
 import { registerQuantize } from "./quantize.js";
@@ -16,6 +17,7 @@ registerInspect(program);
 registerGenerate(program);
 registerChat(program);
 registerQuantize(program);
+registerDemo(program);
 
 /** Prints a user error as one line and exits 2; anything else is a bug and keeps its stack. */
 function fail(e: unknown): never {
