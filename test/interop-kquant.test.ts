@@ -1,0 +1,102 @@
+// A Q4_K_M-style file (Q4_K matrices, Q6_K for attn_v, ffn_down and the output, as llama.cpp's
+// mix does, plus Q5_K) run by smallhammer and llama.cpp along llama.cpp's greedy continuation.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { getLlama, type Llama } from "node-llama-cpp";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { GGMLType } from "../src/formats/ggml-types.js";
+import { GgufWriter, readGgufHeader } from "../src/formats/gguf.js";
+import { loadModel } from "../src/model/model.js";
+import { f32ToF16 } from "../src/quant/fp16.js";
+import { randomKQuantBlocks } from "../src/quant/reference.js";
+import { Rng } from "../src/util/random.js";
+import { writeTinyLlama } from "./helpers/tiny-llama.js";
+
+let dir: string;
+let llama: Llama;
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "sh-kquant-"));
+  llama = await getLlama({ gpu: false, build: "never" });
+});
+afterAll(async () => {
+  await llama?.dispose();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Rescales random K-quant blocks to weights of LLM-like size (|w| mostly below 0.1). */
+function tame(type: GGMLType, blocks: Uint8Array, rng: Rng): Uint8Array {
+  const bytes = type === GGMLType.Q6_K ? 210 : type === GGMLType.Q5_K ? 176 : 144;
+  const view = new DataView(blocks.buffer, blocks.byteOffset, blocks.byteLength);
+  for (let o = 0; o < blocks.length; o += bytes) {
+    if (type === GGMLType.Q6_K) view.setUint16(o + 208, f32ToF16(0.0005 * (1 + rng.nextFloat())), true);
+    else {
+      view.setUint16(o, f32ToF16(0.0002 * (1 + rng.nextFloat())), true);
+      view.setUint16(o + 2, f32ToF16(0.0002 * (1 + rng.nextFloat())), true);
+    }
+  }
+  return blocks;
+}
+
+function kTypeFor(name: string, layer: number): GGMLType {
+  if (name.includes("attn_v") || name.includes("ffn_down") || name === "output.weight") return GGMLType.Q6_K;
+  if (name.includes("ffn_up") && layer % 2 === 1) return GGMLType.Q5_K;
+  return GGMLType.Q4_K;
+}
+
+it("K-quant mix: every step picks llama.cpp's token or one within rounding of it", async () => {
+  const base = join(dir, "base.gguf");
+  writeTinyLlama(base, { dim: 256, layers: 2, heads: 4, kvHeads: 2, ffn: 512, seed: 3 });
+  const h = readGgufHeader(base);
+  const w = new GgufWriter();
+  w.copyMetadataFrom(h);
+  w.setU32("general.file_type", 15);
+  w.setU32("general.quantization_version", 2);
+  const rng = new Rng(9);
+  for (const t of h.tensors) {
+    if (t.dims.length === 1) {
+      w.addTensor(t.name, t.dims, GGMLType.F32, new Uint8Array(new Float32Array(t.dims[0]!).fill(1).buffer));
+      continue;
+    }
+    const type = kTypeFor(t.name, Number(t.name.split(".")[1] ?? 0));
+    w.addTensor(t.name, t.dims, type, tame(type, randomKQuantBlocks(type, t.elementCount / 256, rng), rng));
+  }
+  const path = join(dir, "kmix.gguf");
+  w.write(path);
+
+  const ours = await loadModel(path, { threads: 2, contextSize: 128 });
+  const prompt = ours.tokenize("hello world");
+  const model = await llama.loadModel({ modelPath: path });
+  const ctx = await model.createContext({
+    contextSize: 128,
+    threads: 2,
+    experimentalKvCacheKeyType: "F32",
+    experimentalKvCacheValueType: "F32",
+  });
+  const ref: number[] = [];
+  for await (const t of ctx.getSequence().evaluate(prompt as never, { temperature: 0 })) {
+    ref.push(t as number);
+    if (ref.length >= 32) break;
+  }
+  await ctx.dispose();
+  await model.dispose();
+  expect(ref.length).toBe(32);
+  let same = 0;
+  let logits = ours.llama.forward(prompt, 0);
+  try {
+    for (let i = 0; i < ref.length; i++) {
+      let best = 0;
+      let scale = 0;
+      for (let v = 0; v < logits.length; v++) {
+        if (logits[v]! > logits[best]!) best = v;
+        scale = Math.max(scale, Math.abs(logits[v]!));
+      }
+      if (best === ref[i]) same++;
+      expect(logits[best]! - logits[ref[i]!]!, `step ${i}`).toBeLessThanOrEqual(0.03 * scale);
+      logits = ours.llama.forward([ref[i]!], prompt.length + i);
+    }
+  } finally {
+    await ours.dispose();
+  }
+  expect(same / ref.length).toBeGreaterThanOrEqual(0.8);
+});
