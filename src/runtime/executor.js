@@ -25,6 +25,8 @@ export const FLAG_BARRIER = 1;
 
 const SPIN_BARRIER = 20000;
 const SPIN_IDLE = 200000;
+/** 100 ms naps before the main thread gives up on a barrier (5 minutes). */
+const STALL_NAPS = 3000;
 
 /**
  * @param {{ module: WebAssembly.Module, memories: WebAssembly.Memory[], kernelNames: string[],
@@ -61,10 +63,13 @@ export function createExecutor(o) {
       return;
     }
     for (let s = 0; s < SPIN_BARRIER; s++) if (Atomics.load(ctrl, CTRL.BGEN) !== g) return;
+    let naps = 0;
     while (Atomics.load(ctrl, CTRL.BGEN) === g) {
       Atomics.add(ctrl, CTRL.SLEEPERS, 1);
       Atomics.wait(ctrl, CTRL.BGEN, g, 100);
       Atomics.sub(ctrl, CTRL.SLEEPERS, 1);
+      // No op takes minutes; a thread that never arrives has died. Fail instead of hanging.
+      if (tid === 0 && ++naps > STALL_NAPS) throw new Error("a compute thread stopped responding");
     }
   }
 
@@ -111,9 +116,12 @@ export function createExecutor(o) {
 
   let lastError = "";
 
-  /** Worker loop: wait for a new generation, run it, repeat until QUIT. */
-  function serve() {
-    let seen = Atomics.load(ctrl, CTRL.GEN);
+  /**
+   * Worker loop: wait for a new generation, run it, repeat until QUIT. `seen` must be the
+   * generation at the time the worker was created, not one read later: the main thread may
+   * already have published the first op list by the time this thread gets to run.
+   */
+  function serve(seen = 0) {
     for (;;) {
       let spins = 0;
       while (Atomics.load(ctrl, CTRL.GEN) === seen) {

@@ -98,7 +98,7 @@ export class Runtime {
     const ready: Promise<void>[] = [];
     for (let tid = 1; tid < threads; tid++) {
       const w = new Worker(new URL("./worker.js", import.meta.url), {
-        workerData: { module, memories, kernelNames, ctrl, ops, tid, threads },
+        workerData: { module, memories, kernelNames, ctrl, ops, tid, threads, startGen: 0 },
       });
       w.unref();
       ready.push(
