@@ -1,4 +1,4 @@
-import { createInterface } from "node:readline";
+import { createInterface, type Interface } from "node:readline";
 import type { Command } from "commander";
 import { UserError } from "../errors.js";
 import { type ChatMessage, loadModel, type Model } from "../model/model.js";
@@ -62,29 +62,67 @@ export function registerChat(program: Command) {
   });
 }
 
+/**
+ * Lines of input one at a time, from a terminal or a pipe. readline emits piped lines as fast as
+ * they arrive, also while a reply streams, and closes at the end of input; lines are queued so
+ * that none is lost and the ones read before the end are still answered.
+ */
+class LineQueue {
+  private readonly lines: string[] = [];
+  private waiting: ((line: string | undefined) => void) | undefined;
+  private ended = false;
+
+  constructor(private readonly rl: Interface) {
+    rl.on("line", (line) => {
+      const w = this.waiting;
+      this.waiting = undefined;
+      if (w) w(line);
+      else this.lines.push(line);
+    });
+    rl.on("close", () => {
+      this.ended = true;
+      const w = this.waiting;
+      this.waiting = undefined;
+      w?.(undefined);
+    });
+  }
+
+  /** Shows `prompt` and resolves with the next line, or undefined once the input has ended. */
+  next(prompt: string): Promise<string | undefined> {
+    const queued = this.lines.shift();
+    if (queued !== undefined) {
+      process.stdout.write(prompt);
+      return Promise.resolve(queued);
+    }
+    if (this.ended) return Promise.resolve(undefined);
+    this.rl.setPrompt(prompt);
+    this.rl.prompt();
+    return new Promise((resolve) => {
+      this.waiting = resolve;
+    });
+  }
+}
+
 async function runChat(model: Model, flags: ChatFlags) {
   const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
+  const input = new LineQueue(rl);
   let system = flags.system;
   let history: ChatMessage[] = [];
   let current: AbortController | undefined;
-  rl.on("SIGINT", () => {
+  // Ctrl-C stops the reply being streamed; with no reply, it ends the chat. On a terminal readline
+  // reads Ctrl-C as a key and emits SIGINT on the interface; otherwise (input from a pipe, or a
+  // signal sent with kill) the process receives the signal itself.
+  const interrupt = () => {
     if (current) current.abort();
     else rl.close();
-  });
+  };
+  rl.on("SIGINT", interrupt);
+  process.on("SIGINT", interrupt);
   const out = process.stdout;
   out.write(`${model.name} · context ${model.contextSize} · template ${model.template().label}\n${HELP}\n`);
-  const prompt = () =>
-    new Promise<string | undefined>((resolve) => {
-      const onClose = () => resolve(undefined);
-      rl.once("close", onClose);
-      rl.question("> ", (line) => {
-        rl.off("close", onClose);
-        resolve(line);
-      });
-    });
   try {
     for (;;) {
-      const line = await prompt();
+      const line = await input.next("> ");
       if (line === undefined) break;
       const text = line.trim();
       if (!text) continue;
@@ -137,6 +175,7 @@ async function runChat(model: Model, flags: ChatFlags) {
       history.push({ role: "assistant", content: reply.trim() });
     }
   } finally {
+    process.off("SIGINT", interrupt);
     rl.close();
     await model.dispose();
   }

@@ -28,7 +28,12 @@ export function registerGenerate(program: Command) {
   addModelOptions(cmd);
   addSamplingOptions(cmd);
   cmd.action(async (flags: GenerateFlags & { nPredict: number }) => {
-    const model = await loadModel(flags.model, { threads: flags.threads, contextSize: flags.ctx });
+    // --template does not change a plain continuation, but a bad name is still an error.
+    const model = await loadModel(flags.model, {
+      threads: flags.threads,
+      contextSize: flags.ctx,
+      template: flags.template,
+    });
     try {
       const controller = new AbortController();
       const onSigint = () => controller.abort();

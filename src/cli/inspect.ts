@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { inspectGguf } from "../model/inspect.js";
+import { intArg } from "./options.js";
 
 export function registerInspect(program: Command) {
   program
@@ -7,9 +8,13 @@ export function registerInspect(program: Command) {
     .description("show a GGUF file's architecture, metadata, tensors and the memory needed to run it")
     .argument("<file>", "GGUF file")
     .option("--json", "print the report as JSON")
-    .option("-c, --ctx <n>", "context size for the memory estimate (default: the model's, at most 4096)")
-    .action((file: string, flags: { json?: boolean; ctx?: string }) => {
-      const report = inspectGguf(file, { contextSize: flags.ctx ? Number(flags.ctx) : undefined });
+    .option(
+      "-c, --ctx <n>",
+      "context size for the memory estimate (default: the model's, at most 4096)",
+      intArg("--ctx", 1),
+    )
+    .action((file: string, flags: { json?: boolean; ctx?: number }) => {
+      const report = inspectGguf(file, { contextSize: flags.ctx });
       if (flags.json) process.stdout.write(`${JSON.stringify(report.json, null, 2)}\n`);
       else process.stdout.write(report.text);
     });

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { Command, CommanderError, InvalidArgumentError } from "commander";
+import { Command, CommanderError } from "commander";
 import { isUserError } from "../errors.js";
 import { registerChat } from "./chat.js";
 import { registerDemo } from "./demo.js";
@@ -10,8 +10,10 @@ import { registerQuantize } from "./quantize.js";
 const program = new Command("smallhammer")
   .description("Build, tune, shrink and run Llama-family language models on CPU")
   .version("0.1.0")
-  .showHelpAfterError()
-  .exitOverride();
+  .exitOverride()
+  // Commander's own errors (unknown command or option, bad or missing flag value) are printed by
+  // fail() as one line, like every other user error; help and --version still print as usual.
+  .configureOutput({ outputError: () => {} });
 
 registerInspect(program);
 registerGenerate(program);
@@ -26,10 +28,12 @@ function fail(e: unknown): never {
     process.exit(2);
   }
   if (e instanceof CommanderError) {
-    process.exit(e.exitCode === 0 ? 0 : 2);
-  }
-  if (e instanceof InvalidArgumentError) {
-    process.stderr.write(`smallhammer: ${e.message}\n`);
+    // Help and version output (also the help shown for a bare `smallhammer`) are already printed.
+    if (e.exitCode === 0 || e.code === "commander.help" || e.code === "commander.helpDisplayed") {
+      process.exit(e.exitCode === 0 ? 0 : 2);
+    }
+    const message = e.message.replace(/^error: /, "");
+    process.stderr.write(`smallhammer: ${message} (see --help)\n`);
     process.exit(2);
   }
   throw e;

@@ -1,0 +1,298 @@
+// Inputs a user can get wrong: broken or unsupported model files, bad flags, prompts too long for
+// the context. Each must end in one line on stderr that names the file or flag, and exit code 2.
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { UserError } from "../src/errors.js";
+import { GGMLType } from "../src/formats/ggml-types.js";
+import { GgufFile, GgufWriter, readGgufHeader } from "../src/formats/gguf.js";
+import { loadModel } from "../src/model/model.js";
+import { Rng } from "../src/util/random.js";
+import { type CliResult, ensureBuilt, runCli } from "./helpers/cli.js";
+import { writeTinyLlama } from "./helpers/tiny-llama.js";
+
+let dir: string;
+let tiny: string;
+
+beforeAll(() => {
+  ensureBuilt();
+  dir = mkdtempSync(join(tmpdir(), "smallhammer-bad-"));
+  tiny = join(dir, "tiny.gguf");
+  writeTinyLlama(tiny, { dim: 32, layers: 1, heads: 2, ffn: 64 });
+});
+
+afterAll(() => {
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+/** Exit 2 with exactly one line on stderr that starts "smallhammer:" and names `mention`. */
+function expectUserError(r: CliResult, mention: string, says?: RegExp) {
+  expect(r.signal).toBeNull();
+  expect(r.stderr).not.toContain("    at ");
+  const lines = r.stderr.replace(/\n$/, "").split("\n");
+  expect(lines, r.stderr).toHaveLength(1);
+  expect(lines[0]).toMatch(/^smallhammer: /);
+  expect(lines[0]).toContain(mention);
+  if (says) expect(lines[0]).toMatch(says);
+  expect(r.status).toBe(2);
+}
+
+/** Writes `bytes` to a new file in the test directory and returns its path. */
+function file(name: string, bytes: Uint8Array): string {
+  const path = join(dir, name);
+  writeFileSync(path, bytes);
+  return path;
+}
+
+/** A copy of `src` whose metadata and tensors pass through `edit`. */
+function rewrite(
+  src: string,
+  name: string,
+  edit: {
+    metadata?: (w: GgufWriter) => void;
+    tensor?: (name: string, dims: readonly number[]) => { type: GGMLType; data: Uint8Array } | undefined;
+  },
+): string {
+  const f = GgufFile.open(src);
+  try {
+    const w = new GgufWriter();
+    w.copyMetadataFrom(f.header);
+    edit.metadata?.(w);
+    for (const t of f.header.tensors) {
+      const replaced = edit.tensor?.(t.name, t.dims);
+      if (replaced) w.addTensor(t.name, t.dims, replaced.type, replaced.data);
+      else w.addTensor(t.name, t.dims, t.type, f.readTensor(t));
+    }
+    const path = join(dir, name);
+    w.write(path);
+    return path;
+  } finally {
+    f.close();
+  }
+}
+
+/** Byte position of the offset field of tensor `name`'s info in the header of `bytes`. */
+function tensorOffsetField(bytes: Uint8Array, name: string): number {
+  const at = Buffer.from(bytes).lastIndexOf(Buffer.from(name, "utf8"));
+  expect(at).toBeGreaterThan(0);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let p = at + name.length;
+  const nDims = view.getUint32(p, true);
+  p += 4 + 8 * nDims + 4; // dimensions, then the type
+  return p;
+}
+
+/** Runs the commands that read a model file and expects each to fail naming the file. */
+function expectFileRejected(path: string, says: RegExp, commands: ("inspect" | "generate" | "quantize")[]) {
+  for (const command of commands) {
+    const out = join(dir, "never-written.gguf");
+    const args =
+      command === "inspect"
+        ? ["inspect", path]
+        : command === "generate"
+          ? ["generate", "-m", path, "-p", "hello", "-n", "2", "-t", "1"]
+          : ["quantize", path, out, "--type", "q8_0"];
+    const r = runCli(args);
+    expectUserError(r, path, says);
+    expect(r.stdout).toBe("");
+    if (command === "quantize") expect(() => readFileSync(out)).toThrow();
+  }
+}
+
+const ALL = ["inspect", "generate", "quantize"] as const;
+
+describe("broken model files", () => {
+  it("a file cut in the middle of the tensor data", () => {
+    const bytes = readFileSync(tiny);
+    const path = file("cut-data.gguf", bytes.subarray(0, bytes.length >> 1));
+    expectFileRejected(path, /outside the file .*truncated/, [...ALL]);
+  });
+
+  it("a file cut inside the header", () => {
+    const bytes = readFileSync(tiny);
+    const dataOffset = readGgufHeader(tiny).dataOffset;
+    for (const at of [0, 3, 10, 20, 100, 2000, dataOffset - 40]) {
+      const path = file(`cut-header-${at}.gguf`, bytes.subarray(0, at));
+      expectFileRejected(path, /truncated|too short|past the end of the file|cannot fit/i, [
+        "inspect",
+        "generate",
+      ]);
+    }
+  });
+
+  it("wrong magic", () => {
+    const bytes = readFileSync(tiny);
+    bytes.write("GGUX", 0, "latin1");
+    expectFileRejected(file("magic.gguf", bytes), /GGUF/, [...ALL]);
+    expectFileRejected(file("text.gguf", Buffer.from("just some text, not a model\n".repeat(10))), /GGUF/, [
+      "inspect",
+    ]);
+  });
+
+  it("an unknown version", () => {
+    const bytes = readFileSync(tiny);
+    bytes.writeUInt32LE(99, 4);
+    expectFileRejected(file("version.gguf", bytes), /version 99/, [...ALL]);
+  });
+
+  it("a weight in a tensor type smallhammer cannot run (q2_K)", () => {
+    // q2_K rows hold 256 weights, so this model is 256 wide.
+    const wide = join(dir, "wide.gguf");
+    writeTinyLlama(wide, { dim: 256, layers: 1, heads: 4, ffn: 256 });
+    const path = rewrite(wide, "q2k.gguf", {
+      tensor: (name, dims) =>
+        name === "blk.0.attn_q.weight"
+          ? { type: GGMLType.Q2_K, data: new Uint8Array((dims[0]! / 256) * 84 * dims[1]!) }
+          : undefined,
+    });
+    // inspect shows it; running or converting it fails, naming the tensor and its type.
+    const r = runCli(["inspect", path, "--json"]);
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout).tensors).toContainEqual(
+      expect.objectContaining({ name: "blk.0.attn_q.weight", type: "q2_K" }),
+    );
+    expectFileRejected(path, /blk\.0\.attn_q\.weight .*q2_K/, ["generate", "quantize"]);
+  });
+
+  it("an unknown tensor type id", () => {
+    const bytes = readFileSync(tiny);
+    const field = tensorOffsetField(bytes, "output.weight");
+    bytes.writeUInt32LE(1000, field - 4);
+    expectFileRejected(file("type-1000.gguf", bytes), /output\.weight.*type/, [...ALL]);
+  });
+
+  for (const arch of ["gpt2", "mamba"]) {
+    it(`an unsupported architecture (${arch})`, () => {
+      const path = rewrite(tiny, `${arch}.gguf`, {
+        metadata: (w) => w.setString("general.architecture", arch),
+      });
+      // inspect reports it as not runnable; generate refuses it.
+      const r = runCli(["inspect", path]);
+      expect(r.status).toBe(0);
+      expect(r.stdout).toMatch(new RegExp(`^runnable +no: .*"${arch}" is not supported`, "m"));
+      expectFileRejected(path, new RegExp(`architecture "${arch}" is not supported`), ["generate"]);
+    });
+  }
+
+  it("tensor data outside the file", () => {
+    const bytes = readFileSync(tiny);
+    const field = tensorOffsetField(bytes, "output.weight");
+    bytes.writeBigUInt64LE(1n << 30n, field);
+    expectFileRejected(file("outside.gguf", bytes), /output\.weight.* outside the file/, [...ALL]);
+  });
+
+  it("a missing file, a directory, an empty file", () => {
+    expectFileRejected(join(dir, "missing.gguf"), /cannot open \(ENOENT\)/, [...ALL]);
+    const sub = join(dir, "a-directory.gguf");
+    mkdirSync(sub);
+    expectFileRejected(sub, /not a regular file/, [...ALL]);
+    expectFileRejected(file("empty.gguf", new Uint8Array(0)), /./, [...ALL]);
+  });
+
+  it("quantize onto an output that cannot be written leaves the input alone", () => {
+    const copy = join(dir, "copy.gguf");
+    copyFileSync(tiny, copy);
+    const r = runCli(["quantize", copy, join(dir, "no-such-dir", "out.gguf"), "--type", "q4_0"]);
+    expectUserError(r, join(dir, "no-such-dir", "out.gguf"));
+    expect(readFileSync(copy).equals(readFileSync(tiny))).toBe(true);
+  });
+});
+
+describe("bad flags and prompts", () => {
+  it("a prompt longer than the context", () => {
+    const r = runCli(["generate", "-m", tiny, "--ctx", "16", "-p", "the world is hello ".repeat(20)]);
+    expectUserError(r, "context of 16 tokens", /the prompt is \d+ tokens/);
+  });
+
+  const flags: [string, string[], string][] = [
+    ["--threads 0", ["generate", "-m", "MODEL", "-p", "hi", "--threads", "0"], "--threads"],
+    ["--temp abc", ["generate", "-m", "MODEL", "-p", "hi", "--temp", "abc"], "--temp"],
+    ["-n -5", ["generate", "-m", "MODEL", "-p", "hi", "-n", "-5"], "-n"],
+    ["--ctx 0", ["generate", "-m", "MODEL", "-p", "hi", "--ctx", "0"], "--ctx"],
+    ["--top-p 2", ["generate", "-m", "MODEL", "-p", "hi", "--top-p", "2"], "--top-p"],
+    ["--seed -1", ["chat", "-m", "MODEL", "--seed", "-1"], "--seed"],
+    ["an unknown option", ["generate", "-m", "MODEL", "-p", "hi", "--frobnicate"], "--frobnicate"],
+    ["a missing -m", ["generate", "-p", "hi"], "--model"],
+    ["a missing --type", ["quantize", "MODEL", "out.gguf"], "--type"],
+    ["an unknown --template", ["generate", "-m", "MODEL", "-p", "hi", "--template", "nope"], "nope"],
+    ["an unknown command", ["frobnicate", "x"], "frobnicate"],
+  ];
+  for (const [what, args, mention] of flags) {
+    it(what, () => {
+      const r = runCli(args.map((a) => (a === "MODEL" ? tiny : a)));
+      expectUserError(r, mention);
+      expect(r.stdout).toBe("");
+    });
+  }
+
+  it("--help and --version still print and exit 0", () => {
+    const help = runCli(["generate", "--help"]);
+    expect(help.status).toBe(0);
+    expect(help.stdout).toContain("Usage: smallhammer generate");
+    const version = runCli(["--version"]);
+    expect(version.status).toBe(0);
+    expect(version.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+});
+
+describe("fuzzed model headers", () => {
+  it("every mutation of the header either loads or fails with a UserError", async () => {
+    const original = readFileSync(tiny);
+    const header = readGgufHeader(tiny);
+    const region = header.dataOffset; // magic, version, counts, metadata and the tensor infos
+    const path = join(dir, "fuzzed.gguf");
+    const rng = new Rng(20240611);
+    const below = (n: number) => Math.floor(rng.nextFloat() * n);
+    const interesting32 = [0, 1, 2, 3, 31, 32, 33, 255, 0x7fff, 0xffff, 0x7fffffff, 0x80000000, 0xffffffff];
+    const interesting64 = [0n, 1n, 32n, 1n << 31n, 1n << 32n, 1n << 53n, 1n << 62n, (1n << 64n) - 1n];
+    const counts = { loaded: 0, rejected: 0 };
+    const failures: string[] = [];
+    const MUTATIONS = 1500;
+    for (let i = 0; i < MUTATIONS; i++) {
+      let bytes = Buffer.from(original);
+      const kind = below(6);
+      const edits = 1 + below(4);
+      for (let e = 0; e < edits; e++) {
+        const p = below(region - 8);
+        if (kind === 0) bytes[p] = bytes[p]! ^ (1 << below(8));
+        else if (kind === 1) bytes[p] = below(256);
+        else if (kind === 2) bytes.writeUInt32LE(interesting32[below(interesting32.length)]!, p);
+        else if (kind === 3) bytes.writeBigUInt64LE(interesting64[below(interesting64.length)]!, p);
+        else if (kind === 4) {
+          // Insert or delete a few bytes: everything after shifts.
+          const n = 1 + below(8);
+          bytes =
+            rng.nextFloat() < 0.5
+              ? Buffer.concat([bytes.subarray(0, p), Buffer.alloc(n, below(256)), bytes.subarray(p)])
+              : Buffer.concat([bytes.subarray(0, p), bytes.subarray(p + n)]);
+        } else bytes = bytes.subarray(0, p);
+      }
+      writeFileSync(path, bytes);
+      try {
+        const model = await loadModel(path, { threads: 1 });
+        try {
+          // A file that loads also runs a few tokens (or refuses as a user error).
+          for await (const _ of model.generate("hello world", { maxTokens: 2, temperature: 0 })) {
+            // drain
+          }
+        } finally {
+          await model.dispose();
+        }
+        counts.loaded++;
+      } catch (e) {
+        if (e instanceof UserError) {
+          counts.rejected++;
+          expect(e.message).not.toContain("\n");
+        } else {
+          failures.push(`mutation ${i} (kind ${kind}): ${(e as Error)?.stack ?? String(e)}`);
+        }
+      }
+    }
+    expect(failures.slice(0, 5)).toEqual([]);
+    expect(counts.loaded + counts.rejected).toBe(MUTATIONS);
+    // Both outcomes occur: the mutations reach past the first checks.
+    expect(counts.loaded).toBeGreaterThan(50);
+    expect(counts.rejected).toBeGreaterThan(500);
+  });
+});
