@@ -1,10 +1,15 @@
-import { existsSync, mkdirSync, renameSync } from "node:fs";
-import { dirname } from "node:path";
-import { GGMLType } from "../formats/ggml-types.js";
-import { GgufWriter } from "../formats/gguf.js";
+// Random-weight Llama GGUF files for benchmarks: any shape, F32, Q8_0 or Q4_0, written block by
+// block from a fast PRNG (no float weights are ever materialised, so a 1.1B or 7B file takes
+// seconds and bounded memory), with a SentencePiece ('llama') vocabulary that llama.cpp and
+// smallhammer both load. Files are cached by shape and type and rewritten only when stale.
+import { existsSync, mkdirSync, statfsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { UserError } from "../errors.js";
+import { GGMLType, tensorBytes } from "../formats/ggml-types.js";
+import { GgufValueType, GgufWriter, readGgufHeader } from "../formats/gguf.js";
 import { f32ToF16 } from "../quant/fp16.js";
 
-export interface BenchShape {
+export interface LlamaShape {
   name: string;
   dim: number;
   layers: number;
@@ -12,113 +17,273 @@ export interface BenchShape {
   kvHeads: number;
   ffn: number;
   vocab: number;
+  contextLength: number;
 }
 
-export const SHAPES: Record<string, BenchShape> = {
-  "15M": { name: "15M", dim: 288, layers: 6, heads: 6, kvHeads: 6, ffn: 768, vocab: 32000 },
-  "110M": { name: "110M", dim: 768, layers: 12, heads: 12, kvHeads: 12, ffn: 2048, vocab: 32000 },
-  "1.1B": { name: "1.1B", dim: 2048, layers: 22, heads: 32, kvHeads: 4, ffn: 5632, vocab: 32000 },
-  "7B": { name: "7B", dim: 4096, layers: 32, heads: 32, kvHeads: 32, ffn: 11008, vocab: 32000 },
+const shape = (
+  name: string,
+  dim: number,
+  layers: number,
+  heads: number,
+  kvHeads: number,
+  ffn: number,
+): LlamaShape => ({ name, dim, layers, heads, kvHeads, ffn, vocab: 32000, contextLength: 2048 });
+
+/** The benchmark shapes: llama2.c's stories15M and stories110M, TinyLlama 1.1B, Llama 2 7B. */
+export const SHAPES: Record<string, LlamaShape> = {
+  "15M": shape("15M", 288, 6, 6, 6, 768),
+  "110M": shape("110M", 768, 12, 12, 12, 2048),
+  "1.1B": shape("1.1B", 2048, 22, 32, 4, 5632),
+  "7B": shape("7B", 4096, 32, 32, 32, 11008),
 };
 
-export type BenchType = "f32" | "q8_0" | "q4_0";
+export type RandomModelType = "f32" | "q8_0" | "q4_0";
+export const RANDOM_MODEL_TYPES: readonly RandomModelType[] = ["f32", "q8_0", "q4_0"];
 
-/** xorshift32 filling whole 32-bit words: fast enough to write gigabytes of random blocks. */
-function fillRandom(dst: Uint8Array, seed: number): number {
-  const words = new Uint32Array(dst.buffer, dst.byteOffset, dst.byteLength >>> 2);
-  let s = seed | 0 || 1;
-  for (let i = 0; i < words.length; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    words[i] = s;
+const GGML_OF: Record<RandomModelType, GGMLType> = {
+  f32: GGMLType.F32,
+  q8_0: GGMLType.Q8_0,
+  q4_0: GGMLType.Q4_0,
+};
+/** general.file_type (llama_ftype): ALL_F32 = 0, MOSTLY_Q4_0 = 2, MOSTLY_Q8_0 = 7. */
+const FILE_TYPE_OF: Record<RandomModelType, number> = { f32: 0, q8_0: 7, q4_0: 2 };
+
+/** Bumped whenever the bytes this module writes change, so cached files are rewritten. */
+const GENERATOR_VERSION = 1;
+const VERSION_KEY = "smallhammer.bench.generator_version";
+
+/** Standard deviation the random weights imitate (typical of trained Llama matrices). */
+const WEIGHT_STD = 0.02;
+
+/** Every tensor of a Llama of `s`, in file order: name, ggml dims (row length first), matrix or norm. */
+function tensorList(s: LlamaShape): [name: string, dims: number[], matrix: boolean][] {
+  const headDim = s.dim / s.heads;
+  const kvDim = s.kvHeads * headDim;
+  const list: [string, number[], boolean][] = [["token_embd.weight", [s.dim, s.vocab], true]];
+  for (let l = 0; l < s.layers; l++) {
+    const p = `blk.${l}.`;
+    list.push(
+      [`${p}attn_norm.weight`, [s.dim], false],
+      [`${p}attn_q.weight`, [s.dim, s.dim], true],
+      [`${p}attn_k.weight`, [s.dim, kvDim], true],
+      [`${p}attn_v.weight`, [s.dim, kvDim], true],
+      [`${p}attn_output.weight`, [s.dim, s.dim], true],
+      [`${p}ffn_norm.weight`, [s.dim], false],
+      [`${p}ffn_gate.weight`, [s.dim, s.ffn], true],
+      [`${p}ffn_up.weight`, [s.dim, s.ffn], true],
+      [`${p}ffn_down.weight`, [s.ffn, s.dim], true],
+    );
   }
-  for (let i = words.length * 4; i < dst.length; i++) dst[i] = i * 131;
-  return s;
+  list.push(["output_norm.weight", [s.dim], false], ["output.weight", [s.dim, s.vocab], true]);
+  return list;
+}
+
+/** Parameters of a Llama of shape `s` (untied embedding and output head). */
+export function parameterCountOf(s: LlamaShape): number {
+  return tensorList(s).reduce((n, [, dims]) => n + dims.reduce((a, b) => a * b, 1), 0);
+}
+
+/** Bytes of tensor data a random Llama of `s` in `type` takes (the header adds about 1 MB). */
+export function tensorDataBytes(s: LlamaShape, type: RandomModelType): number {
+  return tensorList(s).reduce(
+    (n, [, dims, matrix]) => n + tensorBytes(matrix ? GGML_OF[type] : GGMLType.F32, dims),
+    0,
+  );
 }
 
 /**
- * Random blocks whose values spread like N(0, 0.02) weights: random quants with a fixed scale.
- * Q4_0 quants (q - 8) have std ≈ 4.6, Q8_0 quants (uniform int8) ≈ 73.
+ * Fills `dst` with xorshift32 words from `seed`, then evens out the quants of a block format so
+ * their values are symmetric around zero: for Q8_0 no byte is 0x80 (it becomes 0x81, so quants stay
+ * in [-127, 127], the range ggml's quantizer produces and its dot products assume); for Q4_0 no
+ * nibble is 0 (it becomes 8, value q - 8 = 0), so the values -7..7 have mean 0.
  */
-function randomTensor(type: BenchType, dst: Uint8Array, seed: number) {
-  fillRandom(dst, seed);
-  if (type === "f32") {
-    const f = new Float32Array(dst.buffer, dst.byteOffset, dst.byteLength >>> 2);
-    const u = new Int32Array(dst.buffer, dst.byteOffset, dst.byteLength >>> 2);
-    for (let i = 0; i < f.length; i++) f[i] = (u[i]! / 2147483648) * 0.035;
-    return;
-  }
-  const blockBytes = type === "q8_0" ? 34 : 18;
-  const d = f32ToF16(type === "q8_0" ? 0.02 / 73 : 0.02 / 4.6);
-  for (let o = 0; o < dst.length; o += blockBytes) {
-    dst[o] = d & 0xff;
-    dst[o + 1] = d >>> 8;
+function fillRandomWords(dst: Uint8Array, seed: number, type: RandomModelType): void {
+  const n = dst.byteLength >>> 2;
+  const words = new Uint32Array(dst.buffer, dst.byteOffset, n);
+  let s = seed >>> 0 || 0x9e3779b9;
+  if (type === "q8_0") {
+    for (let i = 0; i < n; i++) {
+      s ^= s << 13;
+      s ^= s >>> 17;
+      s ^= s << 5;
+      // Adding 0x7f to each byte's low seven bits carries into its bit 7 exactly when they are not
+      // all zero (and never into the next byte); a byte is 0x80 when bit 7 is set and that carry is not.
+      const lowNonZero = ((s & 0x7f7f7f7f) + 0x7f7f7f7f) & 0x80808080;
+      words[i] = s | ((s & 0x80808080 & ~lowNonZero) >>> 7);
+    }
+  } else if (type === "q4_0") {
+    for (let i = 0; i < n; i++) {
+      s ^= s << 13;
+      s ^= s >>> 17;
+      s ^= s << 5;
+      // The same per nibble: bit 3 of ((low three bits) + 7) | bit 3 is set when the nibble is not 0.
+      const nonZero = (((s & 0x77777777) + 0x77777777) | s) & 0x88888888;
+      words[i] = s | (~nonZero & 0x88888888);
+    }
+  } else {
+    for (let i = 0; i < n; i++) {
+      s ^= s << 13;
+      s ^= s >>> 17;
+      s ^= s << 5;
+      words[i] = s;
+    }
   }
 }
 
-/** Writes (or reuses) a random-weight Llama GGUF of `shape` in `type`, with a 32000-token vocabulary. */
-export function writeBenchModel(path: string, shape: BenchShape, type: BenchType): string {
-  if (existsSync(path)) return path;
-  mkdirSync(dirname(path), { recursive: true });
-  const ggml = type === "f32" ? GGMLType.F32 : type === "q8_0" ? GGMLType.Q8_0 : GGMLType.Q4_0;
+/**
+ * Random weights of `type` in `dst` whose values spread like N(0, WEIGHT_STD) weights: for the
+ * block formats, random quants under one fixed f16 scale per block (Q8_0 quants uniform in
+ * [-127, 127] have std ≈ 73.6; Q4_0 values q - 8 in -7..7, 0 twice as likely, have std ≈ 4.18).
+ * The scale bytes are written over the random ones; a tensor's few bytes past its last whole
+ * word stay zero (GgufWriter hands over a zeroed buffer), which only ever touches quants.
+ */
+function fillRandomWeights(type: RandomModelType, dst: Uint8Array, seed: number): void {
+  fillRandomWords(dst, seed, type);
+  if (type === "f32") {
+    const n = dst.byteLength >>> 2;
+    const f = new Float32Array(dst.buffer, dst.byteOffset, n);
+    const u = new Int32Array(dst.buffer, dst.byteOffset, n);
+    // Uniform in [-a, a) has std a / √3.
+    const a = (WEIGHT_STD * Math.sqrt(3)) / 2147483648;
+    for (let i = 0; i < n; i++) f[i] = u[i]! * a;
+    return;
+  }
+  const blockBytes = type === "q8_0" ? 34 : 18;
+  const d = f32ToF16(WEIGHT_STD / (type === "q8_0" ? 73.6 : 4.18));
+  const lo = d & 0xff;
+  const hi = d >>> 8;
+  for (let o = 0; o < dst.length; o += blockBytes) {
+    dst[o] = lo;
+    dst[o + 1] = hi;
+  }
+}
+
+/** The vocabulary: <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, then "▁w<i>" pieces. */
+function vocabulary(size: number): { tokens: string[]; scores: Float32Array; types: Int32Array } {
   const tokens = ["<unk>", "<s>", "</s>"];
+  // SentencePiece token types: 1 normal, 2 unknown, 3 control, 6 byte.
   const types = [2, 3, 3];
   for (let b = 0; b < 256; b++) {
     tokens.push(`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`);
     types.push(6);
   }
-  for (let i = tokens.length; i < shape.vocab; i++) {
+  const first = tokens.length;
+  for (let i = first; i < size; i++) {
     tokens.push(`▁w${i}`);
     types.push(1);
   }
+  // Scores rank the normal pieces in order (higher merges first); special and byte tokens score 0.
+  const scores = Float32Array.from(tokens, (_, i) => (i < first ? 0 : -(i - first)));
+  return { tokens, scores, types: Int32Array.from(types) };
+}
+
+/**
+ * Writes a random-weight Llama GGUF of shape `s` with every matrix in `type` (norm weights are f32
+ * ones) to `path` (through a temporary name and a rename). Memory stays bounded by the largest
+ * tensor: GgufWriter asks for each tensor's bytes as it reaches it.
+ */
+export function writeRandomLlama(path: string, s: LlamaShape, type: RandomModelType): void {
+  if (s.dim % s.heads !== 0 || s.heads % s.kvHeads !== 0) {
+    throw new UserError(`shape ${s.name}: heads must divide dim and kvHeads must divide heads`);
+  }
+  const ggml = GGML_OF[type];
+  const headDim = s.dim / s.heads;
   const w = new GgufWriter();
   w.setString("general.architecture", "llama");
-  w.setString("general.name", `bench-${shape.name}-${type}`);
-  w.setU32("general.file_type", type === "f32" ? 0 : type === "q8_0" ? 7 : 2);
+  w.setString("general.name", `random-llama-${s.name}-${type}`);
+  w.setU32("general.file_type", FILE_TYPE_OF[type]);
   w.setU32("general.quantization_version", 2);
-  w.setU32("llama.context_length", 2048);
-  w.setU32("llama.embedding_length", shape.dim);
-  w.setU32("llama.block_count", shape.layers);
-  w.setU32("llama.feed_forward_length", shape.ffn);
-  w.setU32("llama.rope.dimension_count", shape.dim / shape.heads);
-  w.setU32("llama.attention.head_count", shape.heads);
-  w.setU32("llama.attention.head_count_kv", shape.kvHeads);
+  w.setU32(VERSION_KEY, GENERATOR_VERSION);
+  w.setU32("llama.context_length", s.contextLength);
+  w.setU32("llama.embedding_length", s.dim);
+  w.setU32("llama.block_count", s.layers);
+  w.setU32("llama.feed_forward_length", s.ffn);
+  w.setU32("llama.rope.dimension_count", headDim);
+  w.setU32("llama.attention.head_count", s.heads);
+  w.setU32("llama.attention.head_count_kv", s.kvHeads);
   w.setF32("llama.attention.layer_norm_rms_epsilon", 1e-5);
+  w.setF32("llama.rope.freq_base", 10000);
+  w.setU32("llama.vocab_size", s.vocab);
+  const vocab = vocabulary(s.vocab);
   w.setString("tokenizer.ggml.model", "llama");
-  w.setStringArray("tokenizer.ggml.tokens", tokens);
-  w.setF32Array(
-    "tokenizer.ggml.scores",
-    Float32Array.from(tokens, (_, i) => -i),
-  );
-  w.setI32Array("tokenizer.ggml.token_type", Int32Array.from(types));
+  w.setStringArray("tokenizer.ggml.tokens", vocab.tokens);
+  w.setF32Array("tokenizer.ggml.scores", vocab.scores);
+  w.setI32Array("tokenizer.ggml.token_type", vocab.types);
   w.setU32("tokenizer.ggml.bos_token_id", 1);
   w.setU32("tokenizer.ggml.eos_token_id", 2);
   w.setU32("tokenizer.ggml.unknown_token_id", 0);
-  let seed = 12345;
-  const matrix = (name: string, cols: number, rows: number) =>
-    w.addTensor(name, [cols, rows], ggml, (dst) => randomTensor(type, dst, seed++));
-  const ones = (name: string) =>
-    w.addTensor(name, [shape.dim], GGMLType.F32, (dst) =>
-      new Float32Array(dst.buffer, dst.byteOffset, shape.dim).fill(1),
-    );
-  const hd = shape.dim / shape.heads;
-  matrix("token_embd.weight", shape.dim, shape.vocab);
-  for (let l = 0; l < shape.layers; l++) {
-    ones(`blk.${l}.attn_norm.weight`);
-    matrix(`blk.${l}.attn_q.weight`, shape.dim, shape.dim);
-    matrix(`blk.${l}.attn_k.weight`, shape.dim, shape.kvHeads * hd);
-    matrix(`blk.${l}.attn_v.weight`, shape.dim, shape.kvHeads * hd);
-    matrix(`blk.${l}.attn_output.weight`, shape.dim, shape.dim);
-    ones(`blk.${l}.ffn_norm.weight`);
-    matrix(`blk.${l}.ffn_gate.weight`, shape.dim, shape.ffn);
-    matrix(`blk.${l}.ffn_up.weight`, shape.dim, shape.ffn);
-    matrix(`blk.${l}.ffn_down.weight`, shape.ffn, shape.dim);
+  w.setBool("tokenizer.ggml.add_bos_token", true);
+  w.setBool("tokenizer.ggml.add_eos_token", false);
+  let seed = 0x2545f491;
+  for (const [name, dims, matrix] of tensorList(s)) {
+    if (matrix) {
+      const tensorSeed = seed;
+      seed = (Math.imul(seed, 0x9e3779b1) + 0x7f4a7c15) >>> 0;
+      w.addTensor(name, dims, ggml, (dst) => fillRandomWeights(type, dst, tensorSeed));
+    } else {
+      w.addTensor(name, dims, GGMLType.F32, (dst) =>
+        new Float32Array(dst.buffer, dst.byteOffset, dims[0]!).fill(1),
+      );
+    }
   }
-  ones("output_norm.weight");
-  matrix("output.weight", shape.dim, shape.vocab);
-  const tmp = `${path}.partial`;
-  w.write(tmp);
-  renameSync(tmp, path);
+  w.write(path);
+}
+
+/** Whether `path` is a complete file this module wrote for `s` and `type` (same generator version). */
+function isCurrent(path: string, s: LlamaShape, type: RandomModelType): boolean {
+  try {
+    const h = readGgufHeader(path);
+    const u32 = (key: string) => {
+      const kv = h.get(key);
+      return kv?.type === GgufValueType.UINT32 ? kv.value : undefined;
+    };
+    const want = tensorList(s);
+    return (
+      u32(VERSION_KEY) === GENERATOR_VERSION &&
+      u32("llama.embedding_length") === s.dim &&
+      u32("llama.block_count") === s.layers &&
+      u32("llama.attention.head_count") === s.heads &&
+      u32("llama.attention.head_count_kv") === s.kvHeads &&
+      u32("llama.feed_forward_length") === s.ffn &&
+      h.tensors.length === want.length &&
+      h.tensors.every(
+        (t, i) => t.name === want[i]![0] && t.type === (want[i]![2] ? GGML_OF[type] : GGMLType.F32),
+      )
+    );
+  } catch {
+    return false;
+  }
+}
+
+/** Free bytes on the file system holding `dir` (or its nearest existing parent). */
+export function freeDiskBytes(dir: string): number {
+  let d = dir;
+  while (!existsSync(d) && dirname(d) !== d) d = dirname(d);
+  const st = statfsSync(d);
+  return st.bavail * st.bsize;
+}
+
+/**
+ * The cached random Llama `<dir>/<shape>-<type>.gguf`, written first when missing or stale.
+ * Throws a UserError when the disk lacks room for it (with 1 GiB to spare).
+ */
+export function randomLlamaFile(
+  dir: string,
+  s: LlamaShape,
+  type: RandomModelType,
+  onWrite?: (path: string, bytes: number) => void,
+): string {
+  const path = join(dir, `${s.name}-${type}.gguf`);
+  if (existsSync(path) && isCurrent(path, s, type)) return path;
+  const bytes = tensorDataBytes(s, type) + (2 << 20);
+  const free = freeDiskBytes(dir);
+  if (free < bytes + (1 << 30)) {
+    throw new UserError(
+      `${path}: writing it needs ${(bytes / 1e9).toFixed(2)} GB plus 1 GiB to spare, but only ${(free / 1e9).toFixed(2)} GB are free there`,
+    );
+  }
+  mkdirSync(dir, { recursive: true });
+  onWrite?.(path, bytes);
+  writeRandomLlama(path, s, type);
   return path;
 }
