@@ -3,7 +3,7 @@
 // process of its own (so peak RSS is per engine). See inferUsage for the flags.
 import { execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -33,6 +33,7 @@ Prefill and greedy decode tokens/s of smallhammer and llama.cpp on random-weight
   --dir PATH         model cache (default .tmp/bench-models)
   --quiet-wait S     seconds to wait for an idle machine before each repetition (default 120)
   --json             machine-readable results on stdout
+  --save PATH        also write the machine-readable results to PATH
 `;
 
 /** Foreign CPU load (in cores) above which a measurement is marked disturbed. */
@@ -150,6 +151,8 @@ export interface EngineFigures {
   loadSeconds: number;
   /** The most foreign load (cores) during a counted repetition. */
   foreignCoresDuring: number;
+  /** llama.cpp: the threads it reports using. */
+  threadsUsed?: number;
   disturbed: boolean;
   result: WorkerResult;
 }
@@ -185,6 +188,7 @@ function figures(result: WorkerResult, quietCores: number): EngineFigures {
     peakRssBytes: result.peakRssBytes,
     loadSeconds: result.loadSeconds,
     foreignCoresDuring: Math.max(...counted.map((r) => r.foreignCores)),
+    threadsUsed: result.threadsUsed,
     disturbed: clean.length === 0,
     result,
   };
@@ -246,6 +250,7 @@ export async function runInferBench(argv: string[]): Promise<void> {
         dir: { type: "string" },
         "quiet-wait": { type: "string" },
         json: { type: "boolean" },
+        save: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -377,7 +382,8 @@ export async function runInferBench(argv: string[]): Promise<void> {
     if (!json) process.stdout.write(`${tableRow(row)}\n`);
   }
   const systemInfo = rows.find((r) => r.llamaCpp)?.llamaCpp?.result.systemInfo;
-  if (json) {
+  const save = str("save");
+  if (json || save !== undefined) {
     const out = {
       started,
       ...prov,
@@ -402,8 +408,11 @@ export async function runInferBench(argv: string[]): Promise<void> {
         },
       })),
     };
-    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
-  } else {
+    const text = `${JSON.stringify(out, null, 2)}\n`;
+    if (json) process.stdout.write(text);
+    if (save !== undefined) writeFileSync(save, text);
+  }
+  if (!json) {
     process.stdout.write(
       `\nratio = smallhammer / llama.cpp (higher is better for us). budget = file + our f32 KV cache for ${CONTEXT_SIZE} positions + 200 MiB.\n` +
         `agree = leading greedy tokens both engines produced alike (random weights leave near-ties in the logits, so small ` +
