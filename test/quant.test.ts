@@ -540,7 +540,7 @@ describe("wasm matrix products", () => {
   const rows = 11;
   const cols = 512;
   for (const type of QUANTIZED_WEIGHT_TYPES) {
-    for (const n of [1, 5, 17]) {
+    for (const n of [1, 5, 7, 17]) {
       it(`${MATMUL_KERNEL[type]} n=${n} equals vecDotRef and the float64 dot within bounds`, () => {
         const rng = new Rng(1000 * type + n);
         const w = randomWeights(type, rows, cols, rng);
@@ -629,5 +629,62 @@ describe("wasm matrix products", () => {
         }
       });
     }
+  }
+});
+
+describe("wasm Q4_0 and Q8_0 matrix products at the extremes", () => {
+  // the four-token tile keeps 4096·(n - 8)·x (Q4_0) and 256·w·x (Q8_0) products in i32 lanes:
+  // weights and activations at the ends of their ranges must still give the exact integer sums
+  const h = new WasmHarness();
+  const rows = 6;
+  const cols = 256;
+  const n = 7;
+  for (const type of [T.Q4_0, T.Q8_0]) {
+    it(`${MATMUL_KERNEL[type]} with extreme weights and activations equals vecDotQuantizedRef`, () => {
+      const rng = new Rng(4242 + type);
+      const w = randomWeights(type, rows, cols, rng);
+      const bs = typeSize(type);
+      const fill: number[][] =
+        type === T.Q4_0
+          ? [[0x00], [0xff], [0x0f, 0xf0], [0x80, 0x08]]
+          : [[0x80], [0x7f], [0x80, 0x7f], [0x81, 0x00]];
+      for (let r = 0; r < fill.length; r++) {
+        for (let b = 0; b < cols / 32; b++) {
+          const o = r * rowBytes(type, cols) + b * bs;
+          for (let j = 2; j < bs; j++) w[o + j] = fill[r]![(j - 2) % fill[r]!.length]!;
+        }
+      }
+      const x = rng.fillNormal(new Float32Array(n * cols));
+      for (let j = 0; j < cols; j++) {
+        x[j] = 1;
+        x[cols + j] = -1;
+        x[2 * cols + j] = j % 2 ? -1 : 1;
+        x[3 * cols + j] = j % 3 ? 0.5 : -1;
+      }
+      const xb = rowBytes(T.Q8_0, cols);
+      const pw = h.putU8(w);
+      const px = h.putF32(x);
+      const pq = h.alloc(n * xb);
+      h.k.quantizeQ8_0!(px, pq, cols, n, 0, n);
+      const xq = h.u8(pq, n * xb);
+      const po = h.alloc(n * rows * 4);
+      h.k[MATMUL_KERNEL[type]!]!(pw, pq, po, rows, cols, n, 0, 0, rows);
+      const got = h.f32(po, n * rows);
+      const rb = rowBytes(type, cols);
+      for (let t = 0; t < n; t++) {
+        for (let r = 0; r < rows; r++) {
+          const stats: DotStats = { magnitude: 0 };
+          const ref = vecDotQuantizedRef(
+            type,
+            w.subarray(r * rb, (r + 1) * rb),
+            xq.subarray(t * xb, (t + 1) * xb),
+            cols,
+            stats,
+          );
+          const tight = 1e-4 * Math.abs(ref) + 1e-6 * stats.magnitude;
+          expect(Math.abs(got[t * rows + r]! - ref), `t=${t} r=${r}`).toBeLessThanOrEqual(tight);
+        }
+      }
+    });
   }
 });
