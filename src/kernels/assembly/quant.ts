@@ -26,7 +26,7 @@
 // Four weight rows are processed together: their i32x4 partial sums are reduced by a
 // transpose-add (pairAdd, quadAdd) to one vector holding the four rows' block sums, converted to
 // f32 once, scaled by the four rows' block scales (f16 converted four at a time) and added to one
-// f32x4 accumulator. For prefill, four tokens (Q4_0, Q8_0; see dotRows32x4) or pairs of tokens share
+// f32x4 accumulator. For prefill, four tokens (Q8_0; see dotRows32x4) or pairs of tokens share
 // each unpacked weight block, and tokens are processed in chunks so that the four rows' weights
 // stay in cache while the chunk uses them.
 // See the note at the top of the matrix-product section on how the code is shaped for V8.
@@ -295,10 +295,6 @@ const CONSTS: usize = memory.data<u16>(
     0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, // bit 8
     0x3000, 0x3000, 0x3000, 0x3000, 0x3000, 0x3000, 0x3000, 0x3000, // bits 12..13
     0x0300, 0x0300, 0x0300, 0x0300, 0x0300, 0x0300, 0x0300, 0x0300, // bits 8..9
-    0x8888, 0x8888, 0x8888, 0x8888, 0x8888, 0x8888, 0x8888, 0x8888, // top bit of every nibble
-    0xf000, 0xf000, 0xf000, 0xf000, 0xf000, 0xf000, 0xf000, 0xf000, // high nibble of the odd byte
-    0x0080, 0x0080, 0x0080, 0x0080, 0x0080, 0x0080, 0x0080, 0x0080, // 8 · 16
-    0, 0x7180, 0, 0x7180, 0, 0x7180, 0, 0x7180, // f16 -> f32 / 4096: 2^100
   ],
   16,
 );
@@ -320,10 +316,6 @@ const CONST_1000: usize = 224;
 const CONST_0100: usize = 240;
 const CONST_3000: usize = 256;
 const CONST_0300: usize = 272;
-const CONST_8888: usize = 288;
-const CONST_F000: usize = 304;
-const CONST_0080: usize = 320;
-const CONST_HALF_MAGIC_4096: usize = 336;
 
 /** halfHighToF32 with its two constants passed in (loaded once per call from the table). */
 // @ts-ignore: decorator
@@ -757,28 +749,19 @@ const K_Q8_0: i32 = 4;
 }
 
 /**
- * Prefill tile for Q4_0 and Q8_0: four weight rows (p0..p3) · four tokens (x and the next three
- * token rows, xRow bytes apart). Each row's block is unpacked once and used for the four tokens;
- * the four tokens' prepared activations are computed once per block (in a block of their own, see
- * dotRows32) and used by the four rows. Per row, the four tokens' partial sums are reduced by the
- * transpose-add to one vector (lanes = tokens) and scaled by dw(row) · dx(tokens) in one multiply.
- * (The f16 scale conversions are left where V8 copies them into each row's block: computing them
- * once in the activation block measured slower, as it adds values live across the row blocks.)
- *
- * Q4_0 needs no activation-sum correction: `xor 0x8888` turns every nibble n of the 16 packed bytes
- * (seen as eight i16 lanes, nibbles at lane bits 0..3: element 2j, 4..7: 2j+16, 8..11: 2j+1,
- * 12..15: 2j+17) into the 4-bit two's complement of n - 8. A nibble moved to the top of its lane is
- * then 4096·(n - 8): bits 12..15 by `and 0xf000`, 0..3 by `shl 12`, 8..11 by `shl 4; and 0xf000`.
- * Bits 4..7 are taken unsigned from the original bytes, `and 0x00f0` less 16·8 = 16·(n - 8). The
- * activation partners are x (even bytes of qs[0..15], sign-extended), x (odd bytes, `shr_s 8`),
- * 256·x (even bytes of qs[16..31], `shl 8`) and x (odd bytes), so every product is
- * 4096·(n - 8)·x (at most 2^22 in magnitude, 2^27 for a block) and the 1/4096 goes into the
- * activation scale. Q8_0 weights are 256·w (even bytes by `shl 8`, odd ones by `and 0xff00`) with
- * sign-extended x halves, ×256 like the nibble products elsewhere.
+ * Q8_0 prefill tile: four weight rows (p0..p3) · four tokens (x and the next three token rows, xRow
+ * bytes apart). Each row's block is unpacked once and used for the four tokens; the four tokens'
+ * prepared activations are computed once per block (in a block of their own, see dotRows32) and
+ * used by the four rows. Per row, the four tokens' partial sums are reduced by the transpose-add to
+ * one vector (lanes = tokens) and scaled by dw(row) · dx(tokens) in one multiply. Weights are
+ * 256·w (even bytes by `shl 8`, odd ones by `and 0xff00`), activations sign-extended halves; the
+ * 1/256 is in the activation scale. (The f16 scale conversions are left where V8 copies them into
+ * each row's block: converting once in the activation block measured slower, as it adds values
+ * live across the row blocks. The same tile for Q4_0, with the -8 folded into the weights, measured
+ * no faster than the two-token path.)
  */
 // @ts-ignore: decorator
 @inline function dotRows32x4(
-  kind: i32,
   w: usize,
   p0: usize,
   p1: usize,
@@ -787,21 +770,15 @@ const K_Q8_0: i32 = 4;
   x: usize,
   xq: usize,
   nb: i32,
-  wBytes: usize,
   out: usize,
   rows: i32,
   nr: i32,
   accumulate: i32,
 ): void {
-  const q4 = kind == K_Q4_0;
-  const cxor = constant(CONST_8888);
-  const cf000 = constant(CONST_F000);
-  const cf0 = constant(CONST_00F0);
-  const c80 = constant(CONST_0080);
   const cff00 = constant(CONST_FF00);
   const hmask = constant(CONST_HALF_MASK);
   const hmagic = constant(CONST_HALF_MAGIC);
-  const xmagic = constant(q4 ? CONST_HALF_MAGIC_4096 : CONST_HALF_MAGIC_256);
+  const xmagic = constant(CONST_HALF_MAGIC_256);
   const xRow = <usize>nb * 34;
   const z = i32x4.splat(0);
   let a0 = f32x4.splat(0);
@@ -822,48 +799,48 @@ const K_Q8_0: i32 = 4;
       let va = v128.load(x, 2);
       let vb = v128.load(x, 18);
       x00 = evenI8(va);
-      x01 = i16x8.shr_s(va, 8);
-      x02 = q4 ? i16x8.shl(vb, 8) : evenI8(vb);
-      x03 = i16x8.shr_s(vb, 8);
+      x01 = oddI8(va);
+      x02 = evenI8(vb);
+      x03 = oddI8(vb);
       va = v128.load(y1, 2);
       vb = v128.load(y1, 18);
       x10 = evenI8(va);
-      x11 = i16x8.shr_s(va, 8);
-      x12 = q4 ? i16x8.shl(vb, 8) : evenI8(vb);
-      x13 = i16x8.shr_s(vb, 8);
+      x11 = oddI8(va);
+      x12 = evenI8(vb);
+      x13 = oddI8(vb);
       va = v128.load(y2, 2);
       vb = v128.load(y2, 18);
       x20 = evenI8(va);
-      x21 = i16x8.shr_s(va, 8);
-      x22 = q4 ? i16x8.shl(vb, 8) : evenI8(vb);
-      x23 = i16x8.shr_s(vb, 8);
+      x21 = oddI8(va);
+      x22 = evenI8(vb);
+      x23 = oddI8(vb);
       va = v128.load(y3, 2);
       vb = v128.load(y3, 18);
       x30 = evenI8(va);
-      x31 = i16x8.shr_s(va, 8);
-      x32 = q4 ? i16x8.shl(vb, 8) : evenI8(vb);
-      x33 = i16x8.shr_s(vb, 8);
+      x31 = oddI8(va);
+      x32 = evenI8(vb);
+      x33 = oddI8(vb);
     }
     if (p0 >= w) {
-      const s = tileRow(q4, p0, cxor, cf000, cf0, c80, cff00, x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33);
+      const s = tileRowQ8(p0, cff00, x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33);
       a0 = f32x4.add(a0, f32x4.mul(f32x4.convert_i32x4_s(s), f32x4.mul(i32x4.shuffle(dw, dw, 0, 0, 0, 0), dx)));
     }
     if (p1 >= w) {
-      const s = tileRow(q4, p1, cxor, cf000, cf0, c80, cff00, x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33);
+      const s = tileRowQ8(p1, cff00, x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33);
       a1 = f32x4.add(a1, f32x4.mul(f32x4.convert_i32x4_s(s), f32x4.mul(i32x4.shuffle(dw, dw, 1, 1, 1, 1), dx)));
     }
     if (p2 >= w) {
-      const s = tileRow(q4, p2, cxor, cf000, cf0, c80, cff00, x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33);
+      const s = tileRowQ8(p2, cff00, x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33);
       a2 = f32x4.add(a2, f32x4.mul(f32x4.convert_i32x4_s(s), f32x4.mul(i32x4.shuffle(dw, dw, 2, 2, 2, 2), dx)));
     }
     if (p3 >= w) {
-      const s = tileRow(q4, p3, cxor, cf000, cf0, c80, cff00, x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33);
+      const s = tileRowQ8(p3, cff00, x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33);
       a3 = f32x4.add(a3, f32x4.mul(f32x4.convert_i32x4_s(s), f32x4.mul(i32x4.shuffle(dw, dw, 3, 3, 3, 3), dx)));
     }
-    p0 += wBytes;
-    p1 += wBytes;
-    p2 += wBytes;
-    p3 += wBytes;
+    p0 += 34;
+    p1 += 34;
+    p2 += 34;
+    p3 += 34;
     x += 34;
   }
   // lanes are tokens: transpose to one vector of the four rows per token
@@ -878,37 +855,22 @@ const K_Q8_0: i32 = 4;
   storeRows(out + 3 * step, i64x2.shuffle(t01h, t23h, 1, 3), nr, accumulate);
 }
 
-/** One weight row's block (Q4_0 or Q8_0) · four tokens' prepared activations: [t0, t1, t2, t3] sums. */
+/** One Q8_0 weight row's block at p · four tokens' prepared activations: [t0, t1, t2, t3] sums ×256. */
 // @ts-ignore: decorator
-@inline function tileRow(
-  q4: bool,
+@inline function tileRowQ8(
   p: usize,
-  cxor: v128,
-  cf000: v128,
-  cf0: v128,
-  c80: v128,
   cff00: v128,
   x00: v128, x01: v128, x02: v128, x03: v128,
   x10: v128, x11: v128, x12: v128, x13: v128,
   x20: v128, x21: v128, x22: v128, x23: v128,
   x30: v128, x31: v128, x32: v128, x33: v128,
 ): v128 {
-  let w0: v128, w1: v128, w2: v128, w3: v128;
-  if (q4) {
-    const q = v128.load(p, 2);
-    const s = v128.xor(q, cxor);
-    w0 = i16x8.shl(s, 12);
-    w1 = v128.and(i16x8.shl(s, 4), cf000);
-    w2 = i16x8.sub(v128.and(q, cf0), c80);
-    w3 = v128.and(s, cf000);
-  } else {
-    const qa = v128.load(p, 2);
-    const qb = v128.load(p, 18);
-    w0 = i16x8.shl(qa, 8);
-    w1 = v128.and(qa, cff00);
-    w2 = i16x8.shl(qb, 8);
-    w3 = v128.and(qb, cff00);
-  }
+  const qa = v128.load(p, 2);
+  const qb = v128.load(p, 18);
+  const w0 = i16x8.shl(qa, 8);
+  const w1 = v128.and(qa, cff00);
+  const w2 = i16x8.shl(qb, 8);
+  const w3 = v128.and(qb, cff00);
   return quadAdd(
     pairAdd(dot4(w0, w1, w2, w3, x00, x01, x02, x03), dot4(w0, w1, w2, w3, x10, x11, x12, x13)),
     pairAdd(dot4(w0, w1, w2, w3, x20, x21, x22, x23), dot4(w0, w1, w2, w3, x30, x31, x32, x33)),
@@ -943,11 +905,11 @@ const K_Q8_0: i32 = 4;
       const p2 = nr > 2 ? p0 + 2 * wRow : p0;
       const p3 = nr > 3 ? p0 + 3 * wRow : p0;
       let t = t0;
-      if (kind == K_Q4_0 || kind == K_Q8_0) {
+      if (kind == K_Q8_0) {
         // four tokens share each unpacked weight block
         for (; t + 4 <= t1; t += 4) {
           const o = out + ((<usize>t * <usize>rows + <usize>r) << 2);
-          dotRows32x4(kind, w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, wBytes, o, rows, nr, acc);
+          dotRows32x4(w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, o, rows, nr, acc);
         }
       }
       if (kind == K_Q4_0 || kind == K_Q4_1 || kind == K_Q8_0) {
