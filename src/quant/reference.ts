@@ -19,6 +19,7 @@
  * In 32-blocks byte qs[j] holds element j (low nibble) and element j + 16 (high nibble).
  */
 
+import { UserError } from "../errors.js";
 import type { Rng } from "../util/random.js";
 import { f16ToF32, f32Bits, f32FromBits, f32ToBf16, f32ToF16 } from "./fp16.js";
 import { blockSize, GGMLType, QK_K, rowBytes, typeName, typeSize, vecDotType } from "./types.js";
@@ -422,7 +423,9 @@ export function quantizeRow(type: number, x: Float32Array, dst?: Uint8Array): Ui
         quantizeQ8_KBlock(x, xo, out, o);
         break;
       default:
-        throw new Error(`quantizeRow: quantizing to ${typeName(type)} is not implemented`);
+        throw new UserError(
+          `quantizing to ${typeName(type)} is not supported (supported: ${QUANTIZABLE_TYPES.map(typeName).join(", ")})`,
+        );
     }
   }
   return out;
