@@ -8,14 +8,14 @@ import { loadavg } from "node:os";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { isUserError, UserError } from "../errors.js";
-import type { WorkerRequest, WorkerResult } from "./infer-worker.js";
 import {
   type LlamaShape,
   RANDOM_MODEL_TYPES,
   type RandomModelType,
   randomLlamaFile,
   SHAPES,
-} from "./random-model.js";
+} from "../model/random-llama.js";
+import type { WorkerRequest, WorkerResult } from "./infer-worker.js";
 
 export const inferUsage = `usage: npm run bench -- infer [options]
 
