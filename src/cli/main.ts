@@ -2,6 +2,7 @@
 import { Command, CommanderError } from "commander";
 import { isUserError } from "../errors.js";
 import { registerChat } from "./chat.js";
+import { registerData } from "./data.js";
 import { registerDemo } from "./demo.js";
 import { registerGenerate } from "./generate.js";
 import { registerInspect } from "./inspect.js";
@@ -20,6 +21,7 @@ registerGenerate(program);
 registerChat(program);
 registerQuantize(program);
 registerDemo(program);
+registerData(program);
 
 /** Prints a user error as one line and exits 2; anything else is a bug and keeps its stack. */
 function fail(e: unknown): never {

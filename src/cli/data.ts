@@ -1,0 +1,9 @@
+import type { Command } from "commander";
+
+/** `smallhammer data ...`: the dataset commands, one file per subcommand. */
+export function registerData(program: Command): void {
+  const data = program.command("data").description("make, check, convert and tokenize datasets");
+  for (const register of DATA_COMMANDS) register(data);
+}
+
+const DATA_COMMANDS: ((data: Command) => void)[] = [];
