@@ -4,6 +4,7 @@ import { isUserError } from "../errors.js";
 import { registerChat } from "./chat.js";
 import { registerData } from "./data.js";
 import { registerDemo } from "./demo.js";
+import { registerEval } from "./eval.js";
 import { registerGenerate } from "./generate.js";
 import { registerInspect } from "./inspect.js";
 import { registerQuantize } from "./quantize.js";
@@ -22,6 +23,7 @@ registerChat(program);
 registerQuantize(program);
 registerDemo(program);
 registerData(program);
+registerEval(program);
 
 /** Prints a user error as one line and exits 2; anything else is a bug and keeps its stack. */
 function fail(e: unknown): never {
