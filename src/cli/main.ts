@@ -7,6 +7,7 @@ import { registerDemo } from "./demo.js";
 import { registerEval } from "./eval.js";
 import { registerGenerate } from "./generate.js";
 import { registerInspect } from "./inspect.js";
+import { registerMerge } from "./merge.js";
 import { registerQuantize } from "./quantize.js";
 
 const program = new Command("smallhammer")
@@ -21,6 +22,7 @@ registerInspect(program);
 registerGenerate(program);
 registerChat(program);
 registerQuantize(program);
+registerMerge(program);
 registerDemo(program);
 registerData(program);
 registerEval(program);
