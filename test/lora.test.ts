@@ -83,8 +83,13 @@ async function llamaCppGreedy(path: string, prompt: number[], n: number, lora?: 
   }
 }
 
-async function ourGreedy(path: string, prompt: number[], n: number): Promise<number[]> {
-  const model = await loadModel(path, { threads: 2, contextSize: 256 });
+async function ourGreedy(
+  path: string,
+  prompt: number[],
+  n: number,
+  lora?: { adapter: LoraAdapter | string; scale?: number }[],
+): Promise<number[]> {
+  const model = await loadModel(path, { threads: 2, contextSize: 256, lora });
   try {
     const out: number[] = [];
     let logits = model.llama.forward(prompt, 0);
@@ -163,6 +168,40 @@ describe("GGUF LoRA adapter", () => {
     expect(withAdapter).not.toEqual(base);
     expect(await llamaCppGreedy(merged, prompt, 24)).toEqual(withAdapter);
     expect(await ourGreedy(merged, prompt, 24)).toEqual(withAdapter);
+    expect(await ourGreedy(tiny.path, prompt, 24, [{ adapter: adapterPath }])).toEqual(withAdapter);
+  });
+
+  it("applied at run time, gives the merged model's logits; with B = 0, the base's exactly", async () => {
+    const adapter = randomAdapter(3); // rank 3: padded to the kernels' granule of 4
+    const merged = join(dir, "merged3.gguf");
+    mergeLora(tiny.path, adapter, merged, { scale: 0.5 });
+    const prompt = [tiny.bos, 300, 301, 302, 310, 320, 330];
+    const logitsOf = async (path: string, lora?: { adapter: LoraAdapter; scale?: number }[]) => {
+      const m = await loadModel(path, { threads: 2, contextSize: 64, lora, logitsAll: true });
+      try {
+        return Float32Array.from(m.llama.forward(prompt, 0));
+      } finally {
+        await m.dispose();
+      }
+    };
+    const runtime = await logitsOf(tiny.path, [{ adapter, scale: 0.5 }]);
+    const fromMerged = await logitsOf(merged);
+    const base = await logitsOf(tiny.path);
+    let maxDiff = 0;
+    let maxChange = 0;
+    for (let i = 0; i < runtime.length; i++) {
+      maxDiff = Math.max(maxDiff, Math.abs(runtime[i] - fromMerged[i]));
+      maxChange = Math.max(maxChange, Math.abs(runtime[i] - base[i]));
+    }
+    expect(maxChange).toBeGreaterThan(0.05);
+    expect(maxDiff).toBeLessThan(1e-4 * Math.max(1, maxChange));
+    // Two adapters stack: this one and a zero one change nothing further.
+    const zero = {
+      ...adapter,
+      tensors: adapter.tensors.map((t) => ({ ...t, b: new Float32Array(t.b.length) })),
+    };
+    expect(await logitsOf(tiny.path, [{ adapter: zero }])).toEqual(base);
+    expect(await logitsOf(tiny.path, [{ adapter, scale: 0.5 }, { adapter: zero }])).toEqual(runtime);
   });
 
   it("refuses a file that is not an adapter, and an adapter for missing tensors", () => {
@@ -289,6 +328,23 @@ describe("smallhammer merge", () => {
     expect(b.status).toBe(0);
     expect(JSON.parse(b.stdout)).toEqual({ merged: adapter.tensors.length, widened: [] });
     expect(readFileSync(join(dir, "m1.gguf")).equals(readFileSync(join(dir, "m2.gguf")))).toBe(true);
+  });
+
+  it("generate --lora continues as the merged model does", () => {
+    const adapter = randomAdapter();
+    const path = join(dir, "gen-adapter.gguf");
+    writeLoraGguf(path, adapter);
+    mergeLora(tiny.path, adapter, join(dir, "gen-merged.gguf"));
+    const args = ["-p", "hello world", "-n", "12", "--temp", "0", "--json"];
+    const viaLora = runCli(["generate", "-m", tiny.path, "--lora", path, ...args]);
+    expect(viaLora.stderr).toBe("");
+    const merged = runCli(["generate", "-m", join(dir, "gen-merged.gguf"), ...args]);
+    const plain = runCli(["generate", "-m", tiny.path, ...args]);
+    expect(JSON.parse(viaLora.stdout).text).toBe(JSON.parse(merged.stdout).text);
+    expect(JSON.parse(viaLora.stdout).text).not.toBe(JSON.parse(plain.stdout).text);
+    const bad = runCli(["generate", "-m", tiny.path, "--lora", tiny.path, ...args]);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toMatch(/not a LoRA adapter/);
   });
 
   it("names a file that is not an adapter in one line, exit 2", () => {
