@@ -370,8 +370,12 @@ function jsonError(e: unknown): string {
  * is collected on its own (strings and nesting tracked character by character) and parsed with
  * JSON.parse, so only one element is in memory at a time.
  */
-async function* rawItems(path: string, onBytes: (n: number) => void): AsyncGenerator<RawItem> {
-  const stream = createReadStream(path, { highWaterMark: CHUNK_BYTES });
+async function* rawItems(
+  path: string,
+  chunkBytes: number,
+  onBytes: (n: number) => void,
+): AsyncGenerator<RawItem> {
+  const stream = createReadStream(path, { highWaterMark: chunkBytes });
   const decoder = new TextDecoder("utf-8");
   let mode: "start" | "jsonl" | "array" = "start";
   let line = 1;
@@ -552,6 +556,8 @@ export interface ReadRecordsOptions {
   skipInvalid?: boolean;
   /** Called for every skipped record (only with skipInvalid). */
   onSkip?: (issue: RecordIssue) => void;
+  /** Bytes read from the file at a time (default 1 MiB). */
+  chunkBytes?: number;
 }
 
 /**
@@ -592,7 +598,7 @@ export class RecordReader implements AsyncIterable<DatasetRecord> {
     }
     let reader: RecordReader | undefined;
     let bytes = 0;
-    const items = rawItems(path, (n) => {
+    const items = rawItems(path, options.chunkBytes ?? CHUNK_BYTES, (n) => {
       bytes += n;
       if (reader) reader.bytesRead = bytes;
     });
