@@ -507,23 +507,30 @@ describe("training kernels match the references", () => {
     expectClose(wasm.f32(pu, n), want.dup, bound, "dup");
   });
 
-  it("cross-entropy losses and gradients, with masked targets and a vocabulary not a multiple of 4", () => {
+  it("cross-entropy losses and gradients, with masked targets and padded rows (vocabulary 37, stride 40)", () => {
     const vocab = 37;
+    const stride = 40;
     const targets = [3, -1, 36, 0, 17];
     const logits = f32Values(rng, targets.length * vocab, 8);
+    const padded = new Float32Array(targets.length * stride).fill(7);
+    for (let t = 0; t < targets.length; t++)
+      padded.set(logits.subarray(t * vocab, (t + 1) * vocab), t * stride);
     const dscale = 0.25;
     const want = crossEntropyRef(logits, targets, vocab, dscale);
+    const wantPadded = new Float64Array(padded.length);
+    for (let t = 0; t < targets.length; t++)
+      wantPadded.set(want.dlogits.subarray(t * vocab, (t + 1) * vocab), t * stride);
     const got = splitRuns(targets.length, [2], (wasm) => {
-      const pl = wasm.putF32(Float32Array.from(logits));
+      const pl = wasm.putF32(padded);
       const pt = putI32(wasm, targets);
       const ploss = wasm.alloc(targets.length * 4);
       return {
-        call: (r0, r1) => wasm.k.crossEntropy!(pl, pt, ploss, vocab, dscale, r0, r1),
-        read: () => Float32Array.from([...wasm.f32(ploss, targets.length), ...wasm.f32(pl, logits.length)]),
+        call: (r0, r1) => wasm.k.crossEntropy!(pl, pt, ploss, vocab, stride, dscale, r0, r1),
+        read: () => Float32Array.from([...wasm.f32(ploss, targets.length), ...wasm.f32(pl, padded.length)]),
       };
     });
     expectClose(got.subarray(0, targets.length), want.losses, () => 1e-5 * 8, "losses");
-    expectClose(got.subarray(targets.length), want.dlogits, () => 1e-6 * dscale, "dlogits");
+    expectClose(got.subarray(targets.length), wantPadded, () => 1e-6 * dscale, "dlogits");
   });
 
   it("adamw updates, zeroes the gradient; sumSquares adds blocks", () => {

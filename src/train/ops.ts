@@ -219,15 +219,17 @@ export class TrainOps {
     this.op("swigluBackward", length, [gate, up, dout, dgate, dup], 1024);
   }
 
+  /** Losses and dlogits (in place) of n rows of logits, `stride` floats apart. */
   crossEntropy(
     logits: number,
     targets: number,
     losses: number,
     vocab: number,
+    stride: number,
     dscale: number,
     n: number,
   ): void {
-    this.op("crossEntropy", n, [logits, targets, losses, vocab, dscale]);
+    this.op("crossEntropy", n, [logits, targets, losses, vocab, stride, dscale]);
   }
 
   adamw(

@@ -426,3 +426,73 @@ export function sumSquaresRef(x: Values): number {
   for (let i = 0; i < x.length; i++) s += x[i]! ** 2;
   return s;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A whole Llama forward pass and its loss
+// ---------------------------------------------------------------------------------------------
+
+/** The shape fields of a Llama config the reference model reads. */
+export interface LlamaShapeRef {
+  dim: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  ffn: number;
+  vocab: number;
+  normEps: number;
+  rope: { dim: number; freqBase: number; freqScale: number };
+}
+
+/**
+ * The mean next-token loss of a Llama over n tokens (targets −1 excluded), in float64, built from
+ * the references above. `weights` maps GGUF tensor names to values (output.weight missing: the
+ * head reuses token_embd.weight). segStart gives each token's first visible token.
+ */
+export function llamaLossRef(
+  c: LlamaShapeRef,
+  weights: Map<string, Values>,
+  batch: { tokens: Values; targets: Values; positions: Values; segStart: Values },
+): number {
+  const n = batch.tokens.length;
+  const w = (name: string) => {
+    const v = weights.get(name);
+    if (!v) throw new Error(`llamaLossRef: no ${name}`);
+    return v;
+  };
+  const q = c.heads * c.headDim;
+  const kv = c.kvHeads * c.headDim;
+  const shape = { n, nHeads: c.heads, nKvHeads: c.kvHeads, headDim: c.headDim };
+  const rope = (x: Values, heads: number) =>
+    ropeRotateRef(x, batch.positions, heads, c.headDim, c.rope.dim, c.rope.freqBase, c.rope.freqScale, false);
+  let x = embeddingForwardRef(w("token_embd.weight"), batch.tokens, c.dim);
+  for (let l = 0; l < c.layers; l++) {
+    const p = `blk.${l}.`;
+    const xn = rmsNormForwardRef(x, w(`${p}attn_norm.weight`), c.dim, c.normEps, n).out;
+    const qs = rope(linearRef(xn, w(`${p}attn_q.weight`), q, c.dim, n), c.heads);
+    const ks = rope(linearRef(xn, w(`${p}attn_k.weight`), kv, c.dim, n), c.kvHeads);
+    const vs = linearRef(xn, w(`${p}attn_v.weight`), kv, c.dim, n);
+    const att = attentionForwardRef(qs, ks, vs, batch.segStart, shape).out;
+    const o = linearRef(att, w(`${p}attn_output.weight`), c.dim, q, n);
+    const xmid = x.map((v, i) => v + o[i]!);
+    const xn2 = rmsNormForwardRef(xmid, w(`${p}ffn_norm.weight`), c.dim, c.normEps, n).out;
+    const h = swigluForwardRef(
+      linearRef(xn2, w(`${p}ffn_gate.weight`), c.ffn, c.dim, n),
+      linearRef(xn2, w(`${p}ffn_up.weight`), c.ffn, c.dim, n),
+    );
+    const d = linearRef(h, w(`${p}ffn_down.weight`), c.dim, c.ffn, n);
+    x = xmid.map((v, i) => v + d[i]!);
+  }
+  const xf = rmsNormForwardRef(x, w("output_norm.weight"), c.dim, c.normEps, n).out;
+  const head = weights.get("output.weight") ?? w("token_embd.weight");
+  const logits = linearRef(xf, head, c.vocab, c.dim, n);
+  const { losses } = crossEntropyRef(logits, batch.targets, c.vocab, 1);
+  let sum = 0;
+  let count = 0;
+  for (let t = 0; t < n; t++) {
+    if (batch.targets[t]! < 0) continue;
+    sum += losses[t]!;
+    count++;
+  }
+  return sum / count;
+}

@@ -553,18 +553,22 @@ export function swigluBackward(gate: usize, up: usize, dout: usize, dgate: usize
 // ---------------------------------------------------------------------------------------------
 
 /**
- * For each token row of vocab logits (rows = tokens): losses[t] = logsumexp(row) − row[target]
- * and the row is overwritten with its gradient dscale·(softmax(row) − onehot(target)).
+ * For each token row of vocab logits (rows = tokens, `stride` floats apart, stride >= vocab):
+ * losses[t] = logsumexp(row) − row[target], and the row is overwritten with its gradient
+ * dscale·(softmax(row) − onehot(target)); floats vocab..stride of the row are set to 0.
  * A target below 0 means no loss: losses[t] = 0 and a zero gradient row.
  */
-export function crossEntropy(logits: usize, targets: usize, losses: usize, vocab: i32, dscale: f32, r0: i32, r1: i32): void {
+export function crossEntropy(
+  logits: usize, targets: usize, losses: usize, vocab: i32, stride: i32, dscale: f32, r0: i32, r1: i32,
+): void {
   const rb = <usize>vocab << 2;
+  const sb = <usize>stride << 2;
   for (let t = r0; t < r1; t++) {
-    const row = logits + <usize>t * rb;
+    const row = logits + <usize>t * sb;
     const target = load<i32>(targets + (<usize>t << 2));
     if (target < 0) {
       store<f32>(losses + (<usize>t << 2), 0);
-      memory.fill(row, 0, rb);
+      memory.fill(row, 0, sb);
       continue;
     }
     const xt = load<f32>(row + (<usize>target << 2));
@@ -580,6 +584,7 @@ export function crossEntropy(logits: usize, targets: usize, losses: usize, vocab
     for (; o < rb; o += 4) store<f32>(row + o, load<f32>(row + o) * s);
     const tp = row + (<usize>target << 2);
     store<f32>(tp, load<f32>(tp) - dscale);
+    if (sb > rb) memory.fill(row + rb, 0, sb - rb);
   }
 }
 
