@@ -87,7 +87,7 @@ export class RandomWindows implements BatchSource {
 
   restore(state: unknown): void {
     const s = state as Partial<WindowState> | null;
-    if (!s || s.kind !== "random-windows" || !s.rng)
+    if (s?.kind !== "random-windows" || !s.rng)
       throw new UserError("checkpoint: the data position is not a random-window state");
     if (s.tokens !== this.data.tokens) {
       throw new UserError(
