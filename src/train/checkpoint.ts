@@ -78,19 +78,32 @@ export function copyTokenizerMetadata(w: GgufWriter, from: GgufHeader): void {
   w.copyMetadataFrom(from, (key) => !key.startsWith("tokenizer."));
 }
 
-/** A 32-bit hash of byte regions in order (FNV-1a over 32-bit words, then the tail bytes). */
-export function checksum(parts: Iterable<Uint8Array>): number {
-  let h = 0x811c9dc5;
-  for (const bytes of parts) {
+/** A 32-bit hash of byte regions in order: FNV-1a over each region's 32-bit words, then its tail bytes. */
+export class Checksum {
+  private h = 0x811c9dc5;
+
+  update(bytes: Uint8Array): this {
     const words = bytes.length >>> 2;
-    const aligned = bytes.byteOffset % 4 === 0;
-    const u32 = aligned
-      ? new Uint32Array(bytes.buffer, bytes.byteOffset, words)
-      : new Uint32Array(bytes.slice(0, words * 4).buffer);
+    const u32 =
+      bytes.byteOffset % 4 === 0
+        ? new Uint32Array(bytes.buffer, bytes.byteOffset, words)
+        : new Uint32Array(bytes.slice(0, words * 4).buffer);
+    let h = this.h;
     for (let i = 0; i < words; i++) h = Math.imul(h ^ u32[i]!, 0x01000193);
     for (let i = words * 4; i < bytes.length; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
+    this.h = h;
+    return this;
   }
-  return h >>> 0;
+
+  digest(): number {
+    return this.h >>> 0;
+  }
+}
+
+function checksum(parts: Iterable<Uint8Array>): number {
+  const c = new Checksum();
+  for (const p of parts) c.update(p);
+  return c.digest();
 }
 
 /** The tensors of a checkpoint in file order: name, dims, type and the model bytes they hold. */
@@ -196,6 +209,11 @@ export function readCheckpoint(path: string): { header: GgufHeader; info: Checkp
       run: jsonKey(h, `${KEY}run`),
     },
   };
+}
+
+/** The checksum stored in a checkpoint's header. */
+export function storedChecksum(header: GgufHeader): number {
+  return header.getNumber(`${KEY}checksum`);
 }
 
 /**
