@@ -355,6 +355,9 @@ describe("training kernels match the references", () => {
       { n: 9, nHeads: 4, nKvHeads: 2, headDim: 8, segments: [0, 0, 0, 0, 1, 1, 2, 2, 2] },
       { n: 13, nHeads: 2, nKvHeads: 1, headDim: 36, segments: undefined },
       { n: 6, nHeads: 3, nKvHeads: 3, headDim: 4, segments: [5, 5, 5, 5, 5, 5] },
+      { n: 7, nHeads: 2, nKvHeads: 1, headDim: 16, segments: undefined },
+      { n: 5, nHeads: 2, nKvHeads: 2, headDim: 28, segments: [1, 1, 2, 2, 2] },
+      { n: 6, nHeads: 4, nKvHeads: 2, headDim: 48, segments: undefined },
     ]) {
       const hd = s.headDim;
       const segStart = segmentStarts(s.n, s.segments);

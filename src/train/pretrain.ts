@@ -86,7 +86,10 @@ export interface RunOptions {
 export interface PretrainSummary {
   run: string;
   checkpoint: string;
+  /** Steps of the whole run. */
   steps: number;
+  /** Steps done when this call returned. */
+  step: number;
   /** Steps this call ran (fewer than steps - fromStep when interrupted). */
   ranSteps: number;
   loss: number;
@@ -238,7 +241,7 @@ export async function resumePretraining(
   data: PretrainData,
   options: RunOptions = {},
 ): Promise<PretrainSummary> {
-  const { info, header, settings: s } = readRun(run);
+  const { info, header, settings: s, data: dataSource } = readRun(run);
   const tokenizer = tokenizerOf(header, join(run, CHECKPOINT));
   if (tokenizer.vocabSize !== info.config.vocab) {
     throw new UserError(
@@ -278,7 +281,7 @@ export async function resumePretraining(
       });
       writeAtomic(path, keep.map((l) => `${l}\n`).join(""));
     }
-    return await runLoop(s, trainer, data, tokenizer, header, run, options, readRun(run).data);
+    return await runLoop(s, trainer, data, tokenizer, header, run, options, dataSource);
   } finally {
     await model.dispose();
   }
@@ -389,6 +392,7 @@ async function runLoop(
     run: out,
     checkpoint: checkpointPath,
     steps: s.steps,
+    step: trainer.step,
     ranSteps: trainer.step - fromStep,
     loss,
     valLoss,

@@ -298,7 +298,8 @@ function dotRows(a: usize, rows: usize, rowStride: usize, hb: usize, count: i32,
 
 /**
  * out (+)= scale · Σ_i w[i] · rows[i] for i < count (rows strided by rowStride bytes, hb bytes
- * each), 32 floats at a time in 8 accumulators, summed in i order.
+ * each, hb % 16 == 0), summed in i order: 32 floats of the row at a time in 8 accumulators, then
+ * the rest (16, 8 or 4 floats) in one more pass.
  */
 function weightedRows(
   rows: usize, rowStride: usize, hb: usize, count: i32, w: usize, scale: f32, out: usize, acc: i32,
@@ -331,15 +332,50 @@ function weightedRows(
     storeScaled(o + 96, a6, sv, acc);
     storeScaled(o + 112, a7, sv, acc);
   }
-  for (; d < hb; d += 16) {
-    let a0 = zero;
-    let r = rows + d;
+  const rest = hb - d;
+  if (rest == 0) return;
+  // 1 to 7 vectors left: up to 7 accumulators in one pass (unused ones stay zero and unstored)
+  let a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero;
+  let r = rows + d;
+  if (rest == 64) {
     for (let i = 0; i < count; i++) {
-      a0 = f32x4.add(a0, f32x4.mul(v128.load32_splat(w + (<usize>i << 2)), v128.load(r)));
+      const s = v128.load32_splat(w + (<usize>i << 2));
+      a0 = f32x4.add(a0, f32x4.mul(s, v128.load(r)));
+      a1 = f32x4.add(a1, f32x4.mul(s, v128.load(r, 16)));
+      a2 = f32x4.add(a2, f32x4.mul(s, v128.load(r, 32)));
+      a3 = f32x4.add(a3, f32x4.mul(s, v128.load(r, 48)));
       r += rowStride;
     }
-    storeScaled(out + d, a0, sv, acc);
+  } else if (rest == 32) {
+    for (let i = 0; i < count; i++) {
+      const s = v128.load32_splat(w + (<usize>i << 2));
+      a0 = f32x4.add(a0, f32x4.mul(s, v128.load(r)));
+      a1 = f32x4.add(a1, f32x4.mul(s, v128.load(r, 16)));
+      r += rowStride;
+    }
+  } else {
+    const n = <i32>(rest >> 4);
+    for (let i = 0; i < count; i++) {
+      const s = v128.load32_splat(w + (<usize>i << 2));
+      a0 = f32x4.add(a0, f32x4.mul(s, v128.load(r)));
+      if (n > 1) a1 = f32x4.add(a1, f32x4.mul(s, v128.load(r, 16)));
+      if (n > 2) a2 = f32x4.add(a2, f32x4.mul(s, v128.load(r, 32)));
+      if (n > 3) a3 = f32x4.add(a3, f32x4.mul(s, v128.load(r, 48)));
+      if (n > 4) a4 = f32x4.add(a4, f32x4.mul(s, v128.load(r, 64)));
+      if (n > 5) a5 = f32x4.add(a5, f32x4.mul(s, v128.load(r, 80)));
+      if (n > 6) a6 = f32x4.add(a6, f32x4.mul(s, v128.load(r, 96)));
+      r += rowStride;
+    }
   }
+  const o = out + d;
+  const nv = <i32>(rest >> 4);
+  storeScaled(o, a0, sv, acc);
+  if (nv > 1) storeScaled(o + 16, a1, sv, acc);
+  if (nv > 2) storeScaled(o + 32, a2, sv, acc);
+  if (nv > 3) storeScaled(o + 48, a3, sv, acc);
+  if (nv > 4) storeScaled(o + 64, a4, sv, acc);
+  if (nv > 5) storeScaled(o + 80, a5, sv, acc);
+  if (nv > 6) storeScaled(o + 96, a6, sv, acc);
 }
 
 // @ts-ignore: decorator
@@ -499,11 +535,27 @@ export function attentionBackwardKeyValue(
       const gp = dout + <usize>p * qRow + <usize>h * hb;
       dotRows(kp, qp, qRow, hb, count, scale, sc);
       dotRows(vp, gp, qRow, hb, count, 1.0, dp);
-      // sc <- P, dp <- dS
+      // sc <- P, dp <- dS; lse and delta of query t are nHeads floats apart
       const lp = lse + ((<usize>(p * nHeads + h)) << 2);
       const ep = delta + ((<usize>(p * nHeads + h)) << 2);
       const stride = <usize>nHeads << 2;
-      for (let i = 0; i < count; i++) {
+      let i = 0;
+      for (; i + 4 <= count; i += 4) {
+        const o = <usize>i << 2;
+        const at = <usize>i * stride;
+        let L = v128.load32_zero(lp + at);
+        L = f32x4.replace_lane(L, 1, load<f32>(lp + at + stride));
+        L = f32x4.replace_lane(L, 2, load<f32>(lp + at + 2 * stride));
+        L = f32x4.replace_lane(L, 3, load<f32>(lp + at + 3 * stride));
+        let D = v128.load32_zero(ep + at);
+        D = f32x4.replace_lane(D, 1, load<f32>(ep + at + stride));
+        D = f32x4.replace_lane(D, 2, load<f32>(ep + at + 2 * stride));
+        D = f32x4.replace_lane(D, 3, load<f32>(ep + at + 3 * stride));
+        const P = expV(f32x4.sub(v128.load(sc + o), L));
+        v128.store(sc + o, P);
+        v128.store(dp + o, f32x4.mul(P, f32x4.sub(v128.load(dp + o), D)));
+      }
+      for (; i < count; i++) {
         const o = <usize>i << 2;
         const P = exp1(load<f32>(sc + o) - load<f32>(lp + <usize>i * stride));
         store<f32>(sc + o, P);
