@@ -1,5 +1,8 @@
 // smallhammer's library entry: load and run GGUF models, read and write GGUF, tokenize, quantize.
+
+export { evalTasks, makeTasks, makeWorld, tuningTasks, worldCorpus } from "./data/synthetic.js";
 export { isUserError, UserError } from "./errors.js";
+export { evaluateTasks } from "./eval/tasks.js";
 export { GGMLType, ggmlTypeName, parseGgmlTypeName, tensorBytes } from "./formats/ggml-types.js";
 export {
   GgufFile,
@@ -9,9 +12,20 @@ export {
   readGgufHeader,
   readTensorInto,
 } from "./formats/gguf.js";
+export { SafetensorsFile, writeSafetensors } from "./formats/safetensors.js";
 export { type LlamaConfig, parameterCount } from "./model/config.js";
 export { inspectGguf } from "./model/inspect.js";
 export { type LlamaLoadOptions, LlamaModel } from "./model/llama.js";
+export {
+  type LoraAdapter,
+  type LoraTensor,
+  loraScale,
+  mergeLora,
+  readLoraGguf,
+  readPeftAdapter,
+  writeLoraGguf,
+  writePeftAdapter,
+} from "./model/lora.js";
 export {
   type ChatMessage,
   type GenerateOptions,
