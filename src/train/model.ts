@@ -48,8 +48,12 @@ export interface TrainModelOptions {
   formatOf?: (name: string) => WeightFormat;
 }
 
-/** A micro-batch: batch·seq tokens, row-major by sequence. */
+/** A micro-batch: rows·seq tokens, row-major by sequence. */
 export interface TokenBatch {
+  /** Sequences (default: the model's batch); at most the model's batch. */
+  rows?: number;
+  /** Tokens per sequence (default: the model's seq); at most the model's seq. */
+  seq?: number;
   /** Input token ids. */
   tokens: Int32Array;
   /** Next-token targets; −1 means no loss at that token. */
@@ -538,14 +542,16 @@ export class LlamaTrainModel {
   }
 
   /**
-   * Copies a micro-batch of `rows` sequences (default: the model's batch) of `seq` tokens into
-   * memory, checking ids, targets and positions. Returns the number of tokens with a target.
+   * Copies a micro-batch into memory, checking ids, targets and positions. Returns the number of
+   * tokens with a target.
    */
-  setBatch(b: TokenBatch, rows = this.batch, seq = this.seq): number {
+  setBatch(b: TokenBatch): number {
+    const rows = b.rows ?? this.batch;
+    const seq = b.seq ?? this.seq;
     const c = this.config;
     const n = rows * seq;
-    if (rows < 1 || rows > this.batch || seq < 1 || seq > this.seq)
-      throw new Error(`setBatch: ${rows}×${seq} does not fit the model's ${this.batch}×${this.seq}`);
+    if (!(Number.isInteger(rows) && rows >= 1 && rows <= this.batch && Number.isInteger(seq) && seq >= 1 && seq <= this.seq))
+      throw new UserError(`batch: ${rows}×${seq} tokens do not fit the model's ${this.batch}×${this.seq}`);
     if (b.tokens.length !== n || b.targets.length !== n) {
       throw new UserError(
         `batch: expected ${n} tokens and targets, got ${b.tokens.length} and ${b.targets.length}`,
@@ -854,7 +860,7 @@ export class LlamaTrainModel {
     const n = tokens.length;
     if (n < 1 || n > this.seq)
       throw new Error(`nextTokenLogits: ${n} tokens, the model takes 1 to ${this.seq}`);
-    this.setBatch({ tokens: Int32Array.from(tokens), targets: new Int32Array(n).fill(-1) }, 1, n);
+    this.setBatch({ rows: 1, seq: n, tokens: Int32Array.from(tokens), targets: new Int32Array(n).fill(-1) });
     this.forwardLayers();
     const c = this.config;
     const r = this.r;
