@@ -2,7 +2,7 @@
 // checkpoint.gguf, metrics.jsonl (one line per step) and samples.jsonl. A run stops at its last
 // step or when `signal` aborts (the CLI's SIGINT), saving a checkpoint either way; `resume`
 // continues a run from its checkpoint with the same losses an uninterrupted run would have had.
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { UserError } from "../errors.js";
@@ -268,6 +268,8 @@ export async function resumePretraining(
       accumulation: info.accumulation,
     });
     trainer.restore(info.trainer);
+    // A write that a crash cut short left only its temporary file; the checkpoint is the last whole one.
+    for (const f of readdirSync(run)) if (f.startsWith(`${CHECKPOINT}.tmp-`)) rmSync(join(run, f), { force: true });
     // Lines written after the checkpoint belong to steps that will run again.
     for (const file of [METRICS, SAMPLES]) {
       const path = join(run, file);
