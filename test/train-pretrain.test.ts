@@ -154,6 +154,13 @@ describe("export", () => {
       for (let i = 0; i < want.length; i++)
         expect(Math.abs(got[i]! - want[i]!)).toBeLessThanOrEqual(1e-4 * scale);
       expect(inference.tokenize("hello")).toEqual(tokenizer.encode("hello"));
+      // and back into training memory from the exported file: the same bits
+      const again = await LlamaTrainModel.load(out, { batch: 1, seq: 32, threads: 2 });
+      try {
+        expect(again.nextTokenLogits(prompt)).toEqual(want);
+      } finally {
+        await again.dispose();
+      }
     } finally {
       await trainModel.dispose();
       await inference.dispose();
@@ -183,6 +190,24 @@ describe("export", () => {
         for (let v = 1; v < logits.length; v++) if (logits[v]! > logits[best]!) best = v;
         expect(logits[best]! - logits[theirs[i]!]!, `step ${i}`).toBeLessThanOrEqual(1e-2);
         logits = ours.llama.forward([theirs[i]!], prompt.length + i);
+      }
+      // a frozen Q8_0 base for fine-tuning: the matrices stay Q8_0, only the norms train
+      const base = await LlamaTrainModel.load(out, {
+        batch: 1,
+        seq: 32,
+        threads: 2,
+        trainable: (name) => name.endsWith("norm.weight"),
+      });
+      try {
+        expect(base.param("blk.0.attn_q.weight").weight.format).toBe("Q8_0");
+        expect(base.param("output.weight").weight.format).toBe("F32");
+        const want = ours.llama.forward(prompt, 0).slice();
+        const got = base.nextTokenLogits(prompt);
+        const scale = want.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+        for (let i = 0; i < want.length; i++)
+          expect(Math.abs(got[i]! - want[i]!)).toBeLessThanOrEqual(2e-2 * scale);
+      } finally {
+        await base.dispose();
       }
     } finally {
       await ours.dispose();

@@ -269,7 +269,8 @@ export async function resumePretraining(
     });
     trainer.restore(info.trainer);
     // A write that a crash cut short left only its temporary file; the checkpoint is the last whole one.
-    for (const f of readdirSync(run)) if (f.startsWith(`${CHECKPOINT}.tmp-`)) rmSync(join(run, f), { force: true });
+    for (const f of readdirSync(run))
+      if (f.startsWith(`${CHECKPOINT}.tmp-`)) rmSync(join(run, f), { force: true });
     // Lines written after the checkpoint belong to steps that will run again.
     for (const file of [METRICS, SAMPLES]) {
       const path = join(run, file);
