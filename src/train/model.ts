@@ -352,7 +352,7 @@ function layout(
   regions.tW = scratch(largestMatrix);
   regions.dequant = hasQuantized ? scratch(largestMatrix) : 0;
   regions.xq = hasQuantized ? take("scratch", 2 * N * widest + 64 * N) : 0;
-  regions.attScratch = take("scratch", o.threads * 2 * o.seq * 4);
+  regions.attScratch = take("scratch", o.threads * 4 * o.seq * 4);
   regions.sumSquares = take(
     "scratch",
     8 * (params.length + Math.ceil(memory.weights / 4 / SUM_SQUARES_BLOCK)),
@@ -702,7 +702,7 @@ export class LlamaTrainModel {
       segStart: this.r.segStart,
       segEnd: this.r.segEnd,
       scratch: this.r.attScratch,
-      scratchStride: 2 * this.seq * 4,
+      scratchStride: 4 * this.seq * 4,
     };
   }
 

@@ -44,7 +44,7 @@ export interface AttentionGeometry {
   segEnd: number;
   /** Per-thread scratch: threads × scratchStride bytes. */
   scratch: number;
-  /** Bytes per thread: two rows of the longest segment. */
+  /** Bytes per thread: four rows of the longest segment. */
   scratchStride: number;
 }
 
