@@ -16,10 +16,12 @@ import { readCheckpoint, restoreCheckpoint } from "../src/train/checkpoint.js";
 import { TokenArray } from "../src/train/data.js";
 import { exportCheckpoint } from "../src/train/export.js";
 import { LlamaTrainModel } from "../src/train/model.js";
+import { PRESETS } from "../src/train/presets.js";
 import {
   type PretrainData,
   type PretrainSettings,
   pretrain,
+  pretrainPlan,
   resumePretraining,
 } from "../src/train/pretrain.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
@@ -104,6 +106,22 @@ describe("pretrain", () => {
     expect(events.filter((e) => e === "checkpoint")).toHaveLength(3);
     expect(readCheckpoint(join(full, "checkpoint.gguf")).info.trainer.step).toBe(24);
     await expect(pretrain(settings, data, full)).rejects.toThrow(/already holds a run/);
+    expect(pretrainPlan(settings, tokenizer.vocabSize).parameters).toBe(summary.parameters);
+  });
+
+  it("refuses a model that does not fit in one WebAssembly memory, with the estimate", async () => {
+    const huge: PretrainSettings = { ...settings, shape: PRESETS["110m"]!, batch: 64, seq: 1024 };
+    const plan = pretrainPlan(huge, tokenizer.vocabSize);
+    expect(plan.parameters).toBeGreaterThan(80e6);
+    expect(plan.memory.total).toBeGreaterThan(4 * 2 ** 30);
+    const gib = (plan.memory.total / 2 ** 30).toFixed(2);
+    await expect(pretrain(huge, data, join(dir, "huge"))).rejects.toThrow(
+      new RegExp(`needs ${gib} GiB .*more than one WebAssembly memory holds`),
+    );
+    // the same run with recomputation and a smaller batch fits
+    expect(
+      pretrainPlan({ ...huge, batch: 4, recompute: true }, tokenizer.vocabSize).memory.total,
+    ).toBeLessThan(2 ** 31);
   });
 
   it("an interrupted run resumes to the same losses and files as an uninterrupted one", async () => {

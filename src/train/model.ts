@@ -219,6 +219,11 @@ function tensorPlan(c: LlamaConfig, tied: boolean): { name: string; dims: number
   return list;
 }
 
+/** Parameters of a model of this shape (every tensor, trainable or not). */
+export function trainParameterCount(c: LlamaConfig, tiedEmbeddings: boolean): number {
+  return tensorPlan(c, tiedEmbeddings).reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
+}
+
 /** Tokens of logits computed at a time in the output head. */
 function headChunk(n: number): number {
   return Math.min(align4(n), 512);

@@ -11,7 +11,7 @@ import { type LlamaConfig, metadataGetter } from "../model/config.js";
 import { Tokenizer } from "../tokenizer/index.js";
 import { type CheckpointInfo, readCheckpoint, restoreCheckpoint, saveCheckpoint } from "./checkpoint.js";
 import { RandomWindows, type TokenSequence } from "./data.js";
-import { LlamaTrainModel, type TrainMemory, trainMemory } from "./model.js";
+import { LlamaTrainModel, type TrainMemory, trainMemory, trainParameterCount } from "./model.js";
 import { configOfShape, type ModelShape, readModelShape } from "./presets.js";
 import { LlamaTrainer, type StepMetrics } from "./trainer.js";
 
@@ -169,11 +169,7 @@ export function pretrainPlan(
     recompute: s.recompute,
     tiedEmbeddings: tied,
   });
-  const q = config.heads * config.headDim;
-  const kv = config.kvHeads * config.headDim;
-  const layer = 2 * config.dim + config.dim * (2 * q + 2 * kv) + 3 * config.dim * config.ffn;
-  const parameters = config.vocab * config.dim * (tied ? 1 : 2) + config.layers * layer + config.dim;
-  return { config, parameters, memory };
+  return { config, parameters: trainParameterCount(config, tied), memory };
 }
 
 /** Starts a new pretraining run in `out` (which must not hold one already). */
