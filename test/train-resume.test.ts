@@ -98,16 +98,16 @@ async function killWhen(child: ChildProcess, ready: () => boolean): Promise<void
 
 const small: PretrainSettings = {
   shape: { dim: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 128, contextLength: 64 },
-  steps: 160,
+  steps: 100,
   batch: 8,
   seq: 32,
   lr: 2e-3,
   warmupSteps: 10,
   evalEvery: 20,
   evalBatches: 2,
-  sampleEvery: 50,
+  sampleEvery: 30,
   sampleTokens: 8,
-  checkpointEvery: 25,
+  checkpointEvery: 15,
   seed: 9,
 };
 
@@ -116,11 +116,11 @@ describe("resume after SIGKILL", () => {
     const whole = join(dir, "whole");
     await runToEnd(whole, small);
     const want = metrics(whole);
-    expect(want).toHaveLength(160);
+    expect(want).toHaveLength(100);
 
     const killed = join(dir, "killed");
-    // past the checkpoint of step 50, some steps before the next one
-    await killWhen(startChild(killed, small), () => metrics(killed).length >= 60);
+    // past the checkpoint of step 30, some steps before the next one
+    await killWhen(startChild(killed, small), () => metrics(killed).length >= 36);
     const before = metrics(killed);
     const at = readCheckpoint(join(killed, "checkpoint.gguf")).info.trainer.step;
     expect(before.length).toBeGreaterThan(at);
