@@ -27,4 +27,5 @@ export { dequantizeRow, quantizeRow } from "./quant/reference.js";
 export type { Backend } from "./runtime/backend.js";
 export { WasmBackend } from "./runtime/backend.js";
 export { Runtime } from "./runtime/runtime.js";
+export { type RunningServer, type ServerOptions, startServer } from "./serve/server.js";
 export { StreamDecoder, Tokenizer } from "./tokenizer/index.js";

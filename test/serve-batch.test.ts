@@ -9,9 +9,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GGMLType } from "../src/formats/ggml-types.js";
+import { metadataGetter } from "../src/model/config.js";
 import { type BatchSegment, LlamaModel } from "../src/model/llama.js";
+import type { GenerationInfo } from "../src/model/model.js";
 import { quantizeRow, randomWeights } from "../src/quant/reference.js";
 import { rowBytes, type WeightFormat } from "../src/runtime/backend.js";
+import { BatchScheduler, type GenerationJob } from "../src/serve/scheduler.js";
+import { Tokenizer } from "../src/tokenizer/index.js";
 import { Rng } from "../src/util/random.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
 import { WasmHarness } from "./helpers/wasm.js";
@@ -178,5 +182,133 @@ describe("LlamaModel.forwardBatch", () => {
     ).toThrow(/twice/);
     expect(() => model.forwardBatch([{ seq: 0, tokens: [5, 6], pos0: 63 }])).toThrow(/context of 64/);
     expect(() => model.forwardBatch([{ seq: 4, tokens: [5], pos0: 0 }])).toThrow(/does not exist/);
+  });
+});
+
+describe("BatchScheduler", () => {
+  let dir: string;
+  let llama: LlamaModel;
+  let tokenizer: Tokenizer;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "sh-sched-"));
+    const path = join(dir, "tiny.gguf");
+    writeTinyLlama(path, { dim: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 160, seed: 3, weightScale: 0.3 });
+    llama = await LlamaModel.load(path, { threads: 2, contextSize: 96, sequences: 3, batchSize: 16 });
+    tokenizer = Tokenizer.fromGgufMetadata(metadataGetter(llama.header));
+  });
+  afterAll(async () => {
+    await llama?.dispose();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  interface Outcome {
+    text: string;
+    info?: GenerationInfo;
+    started: boolean;
+  }
+
+  /** Runs `jobs` (all submitted at once, or at the steps given) to the end; returns each one's outcome. */
+  function runJobs(
+    jobs: GenerationJob[],
+    at: number[] = [],
+    onStep?: (s: BatchScheduler, step: number) => void,
+  ) {
+    const out = new Map<number, Outcome>(jobs.map((j) => [j.id, { text: "", started: false }]));
+    const scheduler = new BatchScheduler(llama, tokenizer, (events) => {
+      for (const e of events) {
+        const o = out.get(e.id)!;
+        if (e.type === "started") o.started = true;
+        else if (e.type === "text") o.text += e.text;
+        else o.info = e.info;
+      }
+    });
+    let step = 0;
+    const pending = jobs.map((j, i) => ({ j, at: at[i] ?? 0 }));
+    for (;;) {
+      for (const p of pending.filter((p) => p.at === step)) scheduler.submit(p.j);
+      onStep?.(scheduler, step);
+      const worked = scheduler.step();
+      step++;
+      if (!worked && pending.every((p) => p.at < step) && scheduler.waiting === 0) break;
+      if (step > 10_000) throw new Error("scheduler did not finish");
+    }
+    return out;
+  }
+
+  const job = (
+    id: number,
+    text: string,
+    seed: number,
+    maxTokens = 20,
+    stop: string[] = [],
+  ): GenerationJob => ({
+    id,
+    prompt: tokenizer.encode(text, { addSpecial: true }),
+    maxTokens,
+    stop,
+    sampling: { seed, temperature: 0.9 },
+  });
+
+  it("gives every generation the text it gets alone, whoever shares its steps", () => {
+    const jobs = [
+      job(1, "the cat and the dog", 1),
+      job(2, "hello world", 2, 30),
+      job(3, "is the world", 3, 7),
+      job(4, "hello world", 4),
+      job(5, "a b c d e f g h i j k l m n o p q r s t u v w x y z", 5, 12),
+      job(6, "the", 6, 25),
+    ];
+    const alone = jobs.map((j) => runJobs([j]).get(j.id)!);
+    for (const a of alone) {
+      expect(a.info?.finishReason).not.toBe("abort");
+      expect(a.text.length).toBeGreaterThan(0);
+    }
+    // Six generations on three sequences, arriving at different steps.
+    const together = runJobs(jobs, [0, 0, 1, 3, 3, 8]);
+    jobs.forEach((j, i) => {
+      expect(together.get(j.id)!.text, `job ${j.id}`).toBe(alone[i]!.text);
+      expect(together.get(j.id)!.info?.completionTokens).toBe(alone[i]!.info?.completionTokens);
+      expect(together.get(j.id)!.info?.finishReason).toBe(alone[i]!.info?.finishReason);
+    });
+  });
+
+  it("reuses a free sequence's cached prefix and gets the same text", () => {
+    const a = job(1, "the cat and the dog and the world", 7);
+    const b = { ...job(2, "the cat and the dog and the world", 7) };
+    const out = runJobs([a, b], [0, 30]);
+    expect(out.get(1)!.info?.evaluatedPromptTokens).toBe(a.prompt.length);
+    expect(out.get(2)!.info?.evaluatedPromptTokens).toBe(1);
+    expect(out.get(2)!.text).toBe(out.get(1)!.text);
+  });
+
+  it("stops at a stop string, and at max tokens", () => {
+    const base = runJobs([job(1, "hello", 11, 30)]).get(1)!;
+    const cut = base.text.slice(6, 9);
+    const stopped = runJobs([job(1, "hello", 11, 30, [cut])]).get(1)!;
+    expect(stopped.info?.finishReason).toBe("stop");
+    expect(stopped.text).toBe(base.text.slice(0, base.text.indexOf(cut)));
+    const short = runJobs([job(1, "hello", 11, 3)]).get(1)!;
+    expect(short.info).toMatchObject({ completionTokens: 3, finishReason: "length" });
+  });
+
+  it("cancels queued and running generations and frees their sequences", () => {
+    const jobs = [1, 2, 3, 4, 5].map((id) => job(id, "the world is", id, 40));
+    let scheduler: BatchScheduler | undefined;
+    const out = runJobs(jobs, [], (s, step) => {
+      scheduler = s;
+      if (step === 2) {
+        expect(s.busy).toBe(3);
+        expect(s.waiting).toBe(2);
+        s.cancel(1); // running
+        s.cancel(5); // queued
+      }
+    });
+    expect(out.get(1)!.info?.finishReason).toBe("abort");
+    expect(out.get(5)!.info).toMatchObject({ finishReason: "abort", completionTokens: 0 });
+    expect(out.get(5)!.started).toBe(false);
+    for (const id of [2, 3, 4]) expect(out.get(id)!.info?.finishReason).toBe("length");
+    expect(scheduler!.busy).toBe(0);
+    expect(scheduler!.waiting).toBe(0);
   });
 });

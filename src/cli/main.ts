@@ -7,6 +7,7 @@ import { registerDemo } from "./demo.js";
 import { registerGenerate } from "./generate.js";
 import { registerInspect } from "./inspect.js";
 import { registerQuantize } from "./quantize.js";
+import { registerServe } from "./serve.js";
 
 const program = new Command("smallhammer")
   .description("Build, tune, shrink and run Llama-family language models on CPU")
@@ -22,6 +23,7 @@ registerChat(program);
 registerQuantize(program);
 registerDemo(program);
 registerData(program);
+registerServe(program);
 
 /** Prints a user error as one line and exits 2; anything else is a bug and keeps its stack. */
 function fail(e: unknown): never {
