@@ -151,6 +151,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
   let engine: Engine | undefined;
   let closing = false;
+  /** Generations that ran to their end, and those cancelled (client gone, timeout, shutdown). */
+  const generations = { finished: 0, cancelled: 0 };
   const active = new Set<{ cancel(reason: CancelReason): void }>();
   let drained: (() => void) | undefined;
   const untrack = (a: { cancel(reason: CancelReason): void }) => {
@@ -179,8 +181,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
   app.setErrorHandler((err, _req, reply) => {
     const e = toApiError(err, bodyLimit);
-    if (e.status >= 500)
+    // An error that is neither the client's nor a known state of the server is a bug: keep its stack.
+    if (e.status === 500 && !(err instanceof ApiError)) {
       process.stderr.write(`smallhammer serve: ${err instanceof Error ? err.stack : err}\n`);
+    }
     if (e.status === 429) reply.header("retry-after", "1");
     reply.code(e.status).send(e.body());
   });
@@ -227,6 +231,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       slots: { total: parallel, busy: engine.busy },
       queue: { waiting: engine.waiting, limit: queueLimit },
       requests: active.size,
+      generations: { ...generations },
     };
   });
 
@@ -346,6 +351,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
           },
           onDone: (info: GenerationInfo) => {
             ended();
+            generations[info.finishReason === "abort" ? "cancelled" : "finished"]++;
             if (info.finishReason === "abort") return reject(cancelledError());
             const u = usage(info.promptTokens, info.completionTokens);
             const finish = info.finishReason;
@@ -380,6 +386,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       onText: (t) => send(chunk(t, null)),
       onDone: (info) => {
         ended();
+        generations[info.finishReason === "abort" ? "cancelled" : "finished"]++;
         if (info.finishReason === "abort") {
           if (cancelReason !== "client") send(cancelledError().body());
         } else {
