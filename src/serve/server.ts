@@ -106,6 +106,7 @@ const PAGES: Record<string, [file: string, type: string]> = {
   "/": ["index.html", "text/html; charset=utf-8"],
   "/chat.js": ["chat.js", "text/javascript; charset=utf-8"],
   "/chat.css": ["chat.css", "text/css; charset=utf-8"],
+  "/favicon.svg": ["favicon.svg", "image/svg+xml"],
 };
 const PAGE_HEADERS = {
   "content-security-policy":
