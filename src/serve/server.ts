@@ -219,7 +219,6 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   }
 
   app.get("/health", (_req, reply) => {
-    if (closing) return reply.code(503).send(new ApiError(503, "the server is shutting down").body());
     if (!engine || engine.state === "loading") {
       return reply.code(503).send(new ApiError(503, "the model is loading", "model_loading").body());
     }
@@ -250,7 +249,6 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     defaultMaxTokens: number | undefined,
     stop: string[],
   ) {
-    if (req.model !== modelId) throw unknownModel(req.model, modelId);
     const ctx = engine!.info!.contextSize;
     const asked = req.max_tokens ?? ("max_completion_tokens" in req ? req.max_completion_tokens : undefined);
     if (prompt.length >= ctx) {
@@ -431,7 +429,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     return respond(reply, job, "completion", req.stream === true, req.stream_options?.include_usage === true);
   });
 
-  await app.listen({ host, port: options.port ?? DEFAULTS.port });
+  try {
+    await app.listen({ host, port: options.port ?? DEFAULTS.port });
+  } catch (e) {
+    await app.close();
+    const why = (e as NodeJS.ErrnoException).code === "EADDRINUSE" ? "the port is in use" : oneLine(e);
+    throw new UserError(`cannot listen on ${host} port ${options.port ?? DEFAULTS.port}: ${why}`);
+  }
   const address = app.server.address();
   const port = typeof address === "object" && address ? address.port : (options.port ?? DEFAULTS.port);
 
