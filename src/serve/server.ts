@@ -336,10 +336,18 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     res.on("close", () => {
       if (!res.writableFinished) tracked.cancel("client");
     });
-    const cancelledError = (): ApiError =>
-      cancelReason === "timeout"
-        ? new ApiError(504, `the request took longer than ${timeoutMs / 1000} s and was stopped`, "timeout")
-        : new ApiError(503, "the server is shutting down", "shutting_down");
+    const cancelledError = (): ApiError => {
+      if (cancelReason === "timeout") {
+        return new ApiError(
+          504,
+          `the request took longer than ${timeoutMs / 1000} s and was stopped`,
+          "timeout",
+        );
+      }
+      if (cancelReason === "shutdown")
+        return new ApiError(503, "the server is shutting down", "shutting_down");
+      return new ApiError(400, "the client closed the connection", "client_closed"); // never delivered
+    };
 
     if (!stream) {
       return new Promise((resolve, reject) => {
@@ -471,8 +479,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       }
       app.server.closeAllConnections();
       await serverClosed;
-      await options.loadAfter;
-      await engine?.close();
+      await engine?.close(); // a model still waiting for loadAfter never starts loading (see ready)
     })();
     return closed;
   };
