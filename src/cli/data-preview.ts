@@ -63,10 +63,14 @@ export function renderExample(tok: Tokenizer, example: TokenizedExample, color: 
   let open = false;
   for (let i = 0; i < example.ids.length; i++) {
     const trained = example.lossMask[i] === 1;
+    if (open && !trained) {
+      out += CLOSE;
+      open = false;
+    }
     if (i > 0 && !out.endsWith("\n")) out += color ? dim(BOUNDARY) : BOUNDARY;
-    if (!color && trained !== open) {
-      out += trained ? OPEN : CLOSE;
-      open = trained;
+    if (!color && trained && !open) {
+      out += OPEN;
+      open = true;
     }
     const label = tokenLabel(tok, example.ids[i]!);
     out +=
