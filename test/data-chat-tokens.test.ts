@@ -266,6 +266,28 @@ describe("pieces and errors", () => {
     ]);
   });
 
+  it("Alpaca records: Stanford Alpaca's prompt (with and without input) plus alpaca-lora's newline, then output and EOS", () => {
+    const stanfordWithInput = (instruction: string, input: string) =>
+      "Below is an instruction that describes a task, paired with an input that provides further context. " +
+      `Write a response that appropriately completes the request.\n\n### Instruction:\n${instruction}\n\n### Input:\n${input}\n\n### Response:`;
+    const stanfordNoInput = (instruction: string) =>
+      "Below is an instruction that describes a task. " +
+      `Write a response that appropriately completes the request.\n\n### Instruction:\n${instruction}\n\n### Response:`;
+    const alpaca = records.filter((r) => r.source.file === SEEDS);
+    const withInput = alpaca.find((r) => r.messages[0]!.input !== undefined)!;
+    const noInput = alpaca.find((r) => r.messages[0]!.input === undefined)!;
+    for (const [record, prompt] of [
+      [withInput, stanfordWithInput(withInput.messages[0]!.content, withInput.messages[0]!.input!)],
+      [noInput, stanfordNoInput(noInput.messages[0]!.content)],
+    ] as const) {
+      expect(chatPieces(record.messages, spmTokenizer(), { name: "alpaca" })).toEqual([
+        { kind: "prompt", text: `${prompt}\n` },
+        { kind: "reply", text: record.messages[1]!.content },
+        { kind: "end", text: "</s>" },
+      ]);
+    }
+  });
+
   it("a template that does not render message by message is a UserError", () => {
     const tok = spmTokenizer();
     const template = "{{ messages | length }}{% for m in messages %}{{ m['content'] }}{% endfor %}";
