@@ -1,5 +1,48 @@
 // smallhammer's library entry: load and run GGUF models, read and write GGUF, tokenize, quantize.
-
+export {
+  chatPieces,
+  type PieceKind,
+  readTokenizerFile,
+  type TemplateChoice,
+  type TokenizedExample,
+  type TokenizeOptions,
+  type TokenizerFile,
+  tokenizeChat,
+  tokenizeCompletion,
+  tokenizeRecord,
+  tokenizeRecords,
+} from "./data/chat-tokens.js";
+export {
+  type BatchOptions,
+  type BatchStats,
+  emptyBatchStats,
+  type FittedExample,
+  fitExample,
+  type PackedBatch,
+  packBatches,
+  type SplitOptions,
+  shuffled,
+  splitValidation,
+} from "./data/packing.js";
+export {
+  DATASET_FORMATS,
+  type DatasetFormat,
+  type DatasetMessage,
+  type DatasetRecord,
+  describeIssue,
+  describeSource,
+  detectFormat,
+  type InvalidReason,
+  InvalidRecordError,
+  type ParsedRecord,
+  parseFormatName,
+  parseRecord,
+  type ReadRecordsOptions,
+  type RecordIssue,
+  RecordReader,
+  type RecordSource,
+  readRecords,
+} from "./data/records.js";
 export { evalTasks, makeTasks, makeWorld, tuningTasks, worldCorpus } from "./data/synthetic.js";
 export { isUserError, UserError } from "./errors.js";
 export { evaluateTasks } from "./eval/tasks.js";
