@@ -11,16 +11,38 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GGMLType } from "../src/formats/ggml-types.js";
 import { metadataGetter } from "../src/model/config.js";
 import { type BatchSegment, LlamaModel } from "../src/model/llama.js";
+import type { LoraAdapter, LoraTensor } from "../src/model/lora.js";
 import type { GenerationInfo } from "../src/model/model.js";
 import { quantizeRow, randomWeights } from "../src/quant/reference.js";
 import { rowBytes, type WeightFormat } from "../src/runtime/backend.js";
 import { BatchScheduler, type GenerationJob } from "../src/serve/scheduler.js";
 import { Tokenizer } from "../src/tokenizer/index.js";
 import { Rng } from "../src/util/random.js";
-import { writeTinyLlama } from "./helpers/tiny-llama.js";
+import { type TinyLlama, writeTinyLlama } from "./helpers/tiny-llama.js";
 import { WasmHarness } from "./helpers/wasm.js";
 
 const T = GGMLType;
+
+/** A random LoRA adapter on every projection of every layer of `tiny`. */
+function randomAdapter(tiny: TinyLlama): LoraAdapter {
+  const rng = new Rng(17);
+  const tensors: LoraTensor[] = [];
+  for (let l = 0; l < tiny.layers; l++) {
+    for (const name of ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]) {
+      const [inFeatures, outFeatures] = tiny.tensors.get(`blk.${l}.${name}.weight`)!.dims as [number, number];
+      const rank = 13;
+      tensors.push({
+        base: `blk.${l}.${name}.weight`,
+        rank,
+        inFeatures,
+        outFeatures,
+        a: rng.fillNormal(new Float32Array(rank * inFeatures), 0.3),
+        b: rng.fillNormal(new Float32Array(outFeatures * rank), 0.3),
+      });
+    }
+  }
+  return { architecture: "llama", alpha: 6, tensors };
+}
 
 /** Weight format -> [kernel, ggml type, activation quantizer or null]. */
 const PRODUCTS: [WeightFormat, string, number, string | null][] = [
@@ -86,12 +108,28 @@ describe("LlamaModel.forwardBatch", () => {
   let path: string;
   let model: LlamaModel;
   let sharded: LlamaModel;
+  let adapted: LlamaModel;
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "sh-batch-"));
     path = join(dir, "tiny.gguf");
-    writeTinyLlama(path, { dim: 64, layers: 3, heads: 4, kvHeads: 2, ffn: 160, seed: 9, weightScale: 0.2 });
+    const tiny = writeTinyLlama(path, {
+      dim: 64,
+      layers: 3,
+      heads: 4,
+      kvHeads: 2,
+      ffn: 160,
+      seed: 9,
+      weightScale: 0.2,
+    });
     model = await LlamaModel.load(path, { threads: 2, contextSize: 64, sequences: 4, batchSize: 24 });
+    adapted = await LlamaModel.load(path, {
+      threads: 2,
+      contextSize: 64,
+      sequences: 4,
+      batchSize: 24,
+      lora: [{ adapter: randomAdapter(tiny), scale: 0.7 }],
+    });
     sharded = await LlamaModel.load(path, {
       threads: 2,
       contextSize: 64,
@@ -103,6 +141,7 @@ describe("LlamaModel.forwardBatch", () => {
   afterAll(async () => {
     await model?.dispose();
     await sharded?.dispose();
+    await adapted?.dispose();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -131,7 +170,7 @@ describe("LlamaModel.forwardBatch", () => {
   }
 
   it("gives a sequence the same logits alone and in company, whatever its prefill chunks", () => {
-    for (const m of [model, sharded]) {
+    for (const m of [model, sharded, adapted]) {
       const alone = run(m, 0, [prompt.length], () => []);
       // Other sequences prefill and decode in the same passes, at other positions.
       let p1 = 0;
@@ -150,6 +189,8 @@ describe("LlamaModel.forwardBatch", () => {
       expect(alone.every((l) => l.every(Number.isFinite))).toBe(true);
     }
     expect(run(sharded, 0, [prompt.length], () => [])).toEqual(run(model, 0, [prompt.length], () => []));
+    // The adapter is applied in the batched pass too.
+    expect(run(adapted, 0, [prompt.length], () => [])).not.toEqual(run(model, 0, [prompt.length], () => []));
   });
 
   it("decodes one token of one sequence bit for bit as forward does", () => {

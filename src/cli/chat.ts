@@ -6,15 +6,13 @@ import {
   addModelOptions,
   addSamplingOptions,
   intArg,
+  type ModelFlags,
+  modelOptions,
   type SamplingFlags,
   samplerOptions,
 } from "./options.js";
 
-interface ChatFlags extends SamplingFlags {
-  model: string;
-  threads?: number;
-  ctx?: number;
-  template?: string;
+interface ChatFlags extends SamplingFlags, ModelFlags {
   system?: string;
   nPredict: number;
 }
@@ -52,11 +50,7 @@ export function registerChat(program: Command) {
   addModelOptions(cmd);
   addSamplingOptions(cmd);
   cmd.action(async (flags: ChatFlags) => {
-    const model = await loadModel(flags.model, {
-      threads: flags.threads,
-      contextSize: flags.ctx,
-      template: flags.template,
-    });
+    const model = await loadModel(flags.model, modelOptions(flags));
     model.template(); // fail now, not at the first message, when there is no template
     await runChat(model, flags);
   });

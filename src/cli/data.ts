@@ -1,4 +1,6 @@
 import type { Command } from "commander";
+import { registerDataPreview } from "./data-preview.js";
+import { registerDataStats } from "./data-stats.js";
 
 /** `smallhammer data ...`: the dataset commands, one file per subcommand. */
 export function registerData(program: Command): void {
@@ -6,4 +8,4 @@ export function registerData(program: Command): void {
   for (const register of DATA_COMMANDS) register(data);
 }
 
-const DATA_COMMANDS: ((data: Command) => void)[] = [];
+const DATA_COMMANDS: ((data: Command) => void)[] = [registerDataStats, registerDataPreview];

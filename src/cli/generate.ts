@@ -4,17 +4,15 @@ import {
   addModelOptions,
   addSamplingOptions,
   intArg,
+  type ModelFlags,
+  modelOptions,
   type SamplingFlags,
   samplerOptions,
 } from "./options.js";
 
-interface GenerateFlags extends SamplingFlags {
-  model: string;
+interface GenerateFlags extends SamplingFlags, ModelFlags {
   prompt: string;
   n: number;
-  threads?: number;
-  ctx?: number;
-  template?: string;
   json?: boolean;
 }
 
@@ -29,11 +27,7 @@ export function registerGenerate(program: Command) {
   addSamplingOptions(cmd);
   cmd.action(async (flags: GenerateFlags & { nPredict: number }) => {
     // --template does not change a plain continuation, but a bad name is still an error.
-    const model = await loadModel(flags.model, {
-      threads: flags.threads,
-      contextSize: flags.ctx,
-      template: flags.template,
-    });
+    const model = await loadModel(flags.model, modelOptions(flags));
     try {
       const controller = new AbortController();
       const onSigint = () => controller.abort();

@@ -4,8 +4,10 @@ import { isUserError } from "../errors.js";
 import { registerChat } from "./chat.js";
 import { registerData } from "./data.js";
 import { registerDemo } from "./demo.js";
+import { registerEval } from "./eval.js";
 import { registerGenerate } from "./generate.js";
 import { registerInspect } from "./inspect.js";
+import { registerMerge } from "./merge.js";
 import { registerQuantize } from "./quantize.js";
 import { registerServe } from "./serve.js";
 
@@ -21,9 +23,11 @@ registerInspect(program);
 registerGenerate(program);
 registerChat(program);
 registerQuantize(program);
+registerMerge(program);
 registerDemo(program);
 registerData(program);
 registerServe(program);
+registerEval(program);
 
 /** Prints a user error as one line and exits 2; anything else is a bug and keeps its stack. */
 function fail(e: unknown): never {

@@ -67,5 +67,30 @@ export function addModelOptions(cmd: Command): Command {
       "context size in tokens (default: the model's, at most 4096)",
       intArg("--ctx", 1),
     )
-    .option("--template <name>", "chat template: alpaca, vicuna_v1.1, llama-2, chatml (default: the file's)");
+    .option("--template <name>", "chat template: alpaca, vicuna_v1.1, llama-2, chatml (default: the file's)")
+    .option(
+      "--lora <file>",
+      "apply a GGUF LoRA adapter at run time (repeatable)",
+      (value: string, previous: string[] = []) => [...previous, value],
+    )
+    .option("--lora-scale <s>", "scale of the LoRA adapters (default 1)", numArg("--lora-scale", 0));
+}
+
+export interface ModelFlags {
+  model: string;
+  threads?: number;
+  ctx?: number;
+  template?: string;
+  lora?: string[];
+  loraScale?: number;
+}
+
+/** loadModel options from the shared model flags. */
+export function modelOptions(f: ModelFlags) {
+  return {
+    threads: f.threads,
+    contextSize: f.ctx,
+    template: f.template,
+    lora: f.lora?.map((adapter) => ({ adapter, scale: f.loraScale })),
+  };
 }

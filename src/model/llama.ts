@@ -14,6 +14,7 @@ import {
 } from "../runtime/backend.js";
 import { MAX_SHARD_BYTES, Runtime, SHARD_BASE } from "../runtime/runtime.js";
 import { type LlamaConfig, llamaConfigFromMetadata, metadataGetter } from "./config.js";
+import { type LoraAdapter, type LoraTensor, loraScale, readLoraGguf } from "./lora.js";
 
 const FORMAT_OF: Partial<Record<GGMLType, WeightFormat>> = {
   [GGMLType.F32]: "F32",
@@ -42,6 +43,46 @@ export interface LlamaLoadOptions {
   logitsAll?: boolean;
   /** Largest memory shard in bytes (wasm32 stops at 4 GiB); smaller values spread layers wider. */
   maxShardBytes?: number;
+  /**
+   * LoRA adapters applied at run time, without merging: each adds scale · alpha/rank · B·A to the
+   * projections it adapts. A path is read as a GGUF LoRA adapter.
+   */
+  lora?: { adapter: LoraAdapter | string; scale?: number }[];
+}
+
+/** The seven projections of a layer, in GGUF names. */
+const PROJECTIONS = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"] as const;
+type Projection = (typeof PROJECTIONS)[number];
+
+/** A run-time low-rank update of one projection: out += B·(A·x), the scale folded into B. */
+interface LoraWeights {
+  a: Weight;
+  b: Weight;
+}
+
+/**
+ * Stacks the adapters of one projection into a single pair: A rows and B columns concatenated,
+ * each adapter's scale folded into its B columns, the rank padded with zeros to a multiple of 4
+ * (the f32 kernels' row granule). Returns undefined when no adapter touches the projection.
+ */
+function stackLora(
+  parts: { t: LoraTensor; scale: number }[],
+): { rank: number; a: Float32Array; b: Float32Array; inFeatures: number; outFeatures: number } | undefined {
+  if (parts.length === 0) return undefined;
+  const { inFeatures, outFeatures } = parts[0].t;
+  const used = parts.reduce((s, p) => s + p.t.rank, 0);
+  const rank = Math.ceil(used / 4) * 4;
+  const a = new Float32Array(rank * inFeatures);
+  const b = new Float32Array(outFeatures * rank);
+  let r0 = 0;
+  for (const { t, scale } of parts) {
+    a.set(t.a, r0 * inFeatures);
+    for (let o = 0; o < outFeatures; o++) {
+      for (let r = 0; r < t.rank; r++) b[o * rank + r0 + r] = scale * t.b[o * t.rank + r];
+    }
+    r0 += t.rank;
+  }
+  return { rank, a, b, inFeatures, outFeatures };
 }
 
 interface LayerWeights {
@@ -58,6 +99,8 @@ interface LayerWeights {
   /** K and V caches, one per sequence: contextSize rows of kvHeads·headDim floats. */
   k: Buf[];
   v: Buf[];
+  /** Run-time LoRA updates by projection. */
+  lora: Partial<Record<Projection, LoraWeights>>;
 }
 
 /** Activation buffers of one shard. */
@@ -70,6 +113,8 @@ interface Activations {
   hb2: Buf;
   xq: Buf;
   scratch: Buf;
+  /** A·x of the LoRA updates: batchSize rows of the largest stacked rank, per projection. */
+  loraTmp: Buf[];
   /** New K and V rows of a batch of several sequences, before they go to each sequence's cache. */
   kNew?: Buf;
   vNew?: Buf;
@@ -149,6 +194,7 @@ export class LlamaModel {
 
   /** Reads a GGUF file into memory shards and starts the thread pool. */
   static async load(path: string, options: LlamaLoadOptions = {}): Promise<LlamaModel> {
+    const align = (n: number) => Math.ceil(n / 64) * 64;
     const header = readGgufHeader(path);
     const tensors = new Map(header.tensors.map((t) => [t.name, t]));
     const need = (name: string): GgufTensorInfo => {
@@ -163,6 +209,40 @@ export class LlamaModel {
     const qDim = c.heads * c.headDim;
     const kvDim = c.kvHeads * c.headDim;
     const tiedOutput = !tensors.has("output.weight");
+
+    // Run-time LoRA: group every adapter tensor by the projection it adapts.
+    const loraParts = new Map<string, { t: LoraTensor; scale: number }[]>();
+    for (const { adapter: given, scale } of options.lora ?? []) {
+      const adapter = typeof given === "string" ? readLoraGguf(given) : given;
+      const label = typeof given === "string" ? given : "LoRA adapter";
+      const arch = metadataGetter(header)("general.architecture");
+      if (adapter.architecture && adapter.architecture !== arch) {
+        throw new UserError(
+          `${label} is for architecture ${adapter.architecture}, ${path} is ${String(arch)}`,
+        );
+      }
+      for (const t of adapter.tensors) {
+        const m = /^blk\.(\d+)\.([a-z_]+)\.weight$/.exec(t.base);
+        const base = tensors.get(t.base);
+        if (!m || !(PROJECTIONS as readonly string[]).includes(m[2]) || !base) {
+          throw new UserError(`${label}: cannot apply an update to ${t.base} of ${path}`);
+        }
+        if (base.dims[0] !== t.inFeatures || base.dims[1] !== t.outFeatures) {
+          throw new UserError(
+            `${label}: ${t.base} is ${base.dims.join("x")} in ${path} but ${t.inFeatures}x${t.outFeatures} in the adapter`,
+          );
+        }
+        const list = loraParts.get(t.base) ?? [];
+        list.push({ t, scale: loraScale(adapter.alpha, t.rank, scale ?? 1) });
+        loraParts.set(t.base, list);
+      }
+    }
+    const lora = new Map([...loraParts].map(([name, parts]) => [name, stackLora(parts)!]));
+    const loraRank = Math.max(0, ...[...lora.values()].map((x) => x.rank));
+    const loraBytesOf = (name: string) => {
+      const x = lora.get(name);
+      return x ? align(x.a.length * 4) + align(x.b.length * 4) : 0;
+    };
 
     // Check every tensor's shape and type before allocating anything.
     const expect = (name: string, dims: number[], matrix: boolean) => {
@@ -209,7 +289,6 @@ export class LlamaModel {
     const logitRows = Math.max(logitsAll ? batchSize : 1, sequences);
 
     // Plan: layers in order, then the embedding and output head; a new shard when one is full.
-    const align = (n: number) => Math.ceil(n / 64) * 64;
     const widest = Math.max(c.dim, qDim, c.ffn);
     const actBytes = (head: boolean) => {
       const nb = batchSize;
@@ -217,6 +296,7 @@ export class LlamaModel {
       b += align(nb * c.dim * 4) * 2 + align(nb * qDim * 4) * 2 + align(nb * c.ffn * 4) * 2;
       b += align(2 * activationBytes("Q4_K", widest, nb) + 2 * activationBytes("Q4_1", widest, nb));
       b += align(threads * contextSize * 4);
+      b += PROJECTIONS.length * align(nb * loraRank * 4);
       if (sequences > 1) b += 2 * align(nb * kvDim * 4);
       if (head) b += align(logitRows * vocab * 4);
       return b + 64 * 16;
@@ -236,7 +316,9 @@ export class LlamaModel {
       names.push("ffn_down");
       groups.push({
         tensors: names.map((n) => `blk.${l}.${n}.weight`),
-        extraBytes: 2 * sequences * align(contextSize * kvDim * 4),
+        extraBytes:
+          2 * sequences * align(contextSize * kvDim * 4) +
+          PROJECTIONS.reduce((sum, p) => sum + loraBytesOf(`blk.${l}.${p}.weight`), 0),
         layer: l,
       });
     }
@@ -287,6 +369,23 @@ export class LlamaModel {
           cols: t.dims[0]!,
         };
       };
+      const f32Weight = (data: Float32Array, rows: number, cols: number, shard: number): Weight => {
+        const offset = rt.alloc(shard, data.length * 4);
+        rt.f32(shard, offset, data.length).set(data);
+        return { shard, offset, format: "F32", rows, cols };
+      };
+      const loraWeights = (layer: number, shard: number): LayerWeights["lora"] => {
+        const out: LayerWeights["lora"] = {};
+        for (const p of PROJECTIONS) {
+          const x = lora.get(`blk.${layer}.${p}.weight`);
+          if (!x) continue;
+          out[p] = {
+            a: f32Weight(x.a, x.rank, x.inFeatures, shard),
+            b: f32Weight(x.b, x.outFeatures, x.rank, shard),
+          };
+        }
+        return out;
+      };
       let layers: LayerWeights[];
       let embedding: Weight;
       let outputNorm: Buf;
@@ -317,6 +416,7 @@ export class LlamaModel {
             down: weight(`${p}ffn_down.weight`, s),
             k,
             v,
+            lora: loraWeights(l, s),
           });
         }
         embedding = weight("token_embd.weight", headShard);
@@ -341,6 +441,7 @@ export class LlamaModel {
           hb2: buf(nb * c.ffn * 4),
           xq: buf(2 * activationBytes("Q4_K", widest, nb) + 2 * activationBytes("Q4_1", widest, nb)),
           scratch: buf(threads * contextSize * 4),
+          loraTmp: loraRank ? PROJECTIONS.map(() => buf(nb * loraRank * 4)) : [],
           kNew: sequences > 1 ? buf(nb * kvDim * 4) : undefined,
           vNew: sequences > 1 ? buf(nb * kvDim * 4) : undefined,
           logits: s === headShard ? buf(logitRows * vocab * 4) : undefined,
@@ -418,12 +519,18 @@ export class LlamaModel {
         ],
         A.xq,
       );
+      this.addLora(L, A, A.xb, n, c.dim, [
+        ["attn_q", A.q],
+        ["attn_k", kAt],
+        ["attn_v", vAt],
+      ]);
       b.phase(() => {
         b.rope(A.q, n, c.heads, c.headDim, c.rope, pos0);
         b.rope(kAt, n, c.kvHeads, c.headDim, c.rope, pos0);
       });
       b.attention(A.att, A.q, L.k[seq]!, L.v[seq]!, n, pos0, shape, A.scratch);
       b.matmul(A.att, n, qDim, [{ w: L.wo, out: A.x, acc: true }], A.xq);
+      this.addLora(L, A, A.att, n, qDim, [["attn_output", A.x]]);
       b.rmsNorm(A.xb, A.x, L.ffnNorm, n, c.dim, c.normEps);
       b.matmul(
         A.xb,
@@ -435,8 +542,13 @@ export class LlamaModel {
         ],
         A.xq,
       );
+      this.addLora(L, A, A.xb, n, c.dim, [
+        ["ffn_gate", A.hb],
+        ["ffn_up", A.hb2],
+      ]);
       b.siluMul(A.hb, A.hb, A.hb2, n * c.ffn);
       b.matmul(A.hb, n, c.ffn, [{ w: L.down, out: A.x, acc: true }], A.xq);
+      this.addLora(L, A, A.hb, n, c.ffn, [["ffn_down", A.x]]);
     }
     const H = this.act[this.headShard]!;
     const rows = this.logitsAll ? n : 1;
@@ -530,6 +642,19 @@ export class LlamaModel {
         A.xq,
         true,
       );
+      this.addLora(
+        L,
+        A,
+        A.xb,
+        n,
+        c.dim,
+        [
+          ["attn_q", A.q],
+          ["attn_k", kOut],
+          ["attn_v", vOut],
+        ],
+        true,
+      );
       b.phase(() => {
         segments.forEach((s, i) => {
           b.rope(at(A.q, first[i]!, qDim), s.tokens.length, c.heads, c.headDim, c.rope, s.pos0);
@@ -560,6 +685,7 @@ export class LlamaModel {
         });
       });
       b.matmul(A.att, n, qDim, [{ w: L.wo, out: A.x, acc: true }], A.xq, true);
+      this.addLora(L, A, A.att, n, qDim, [["attn_output", A.x]], true);
       b.rmsNorm(A.xb, A.x, L.ffnNorm, n, c.dim, c.normEps);
       b.matmul(
         A.xb,
@@ -572,8 +698,21 @@ export class LlamaModel {
         A.xq,
         true,
       );
+      this.addLora(
+        L,
+        A,
+        A.xb,
+        n,
+        c.dim,
+        [
+          ["ffn_gate", A.hb],
+          ["ffn_up", A.hb2],
+        ],
+        true,
+      );
       b.siluMul(A.hb, A.hb, A.hb2, n * c.ffn);
       b.matmul(A.hb, n, c.ffn, [{ w: L.down, out: A.x, acc: true }], A.xq, true);
+      this.addLora(L, A, A.hb, n, c.ffn, [["ffn_down", A.x]], true);
     }
     // The output head on each segment's last token: row i of H.xb is segment i's.
     const H = this.act[this.headShard]!;
@@ -595,6 +734,37 @@ export class LlamaModel {
     b.matmul(H.xb, segments.length, c.dim, [{ w: this.output, out: H.logits! }], H.xq, true);
     b.flush();
     return segments.map((_, i) => this.rt.f32(this.headShard, H.logits!.offset + i * c.vocab * 4, c.vocab));
+  }
+
+  /**
+   * Adds the run-time LoRA updates of projections that all read `x` to their outputs; `perToken`
+   * as in Backend.matmul (forwardBatch).
+   */
+  private addLora(
+    L: LayerWeights,
+    A: Activations,
+    x: Buf,
+    n: number,
+    cols: number,
+    updates: [Projection, Buf][],
+    perToken = false,
+  ) {
+    const todo = updates.filter(([p]) => L.lora[p]);
+    if (todo.length === 0) return;
+    const b = this.backend;
+    const tmp = (p: Projection) => A.loraTmp[PROJECTIONS.indexOf(p)]!;
+    b.matmul(
+      x,
+      n,
+      cols,
+      todo.map(([p]) => ({ w: L.lora[p]!.a, out: tmp(p) })),
+      A.xq,
+      perToken,
+    );
+    for (const [p, out] of todo) {
+      const w = L.lora[p]!;
+      b.matmul(tmp(p), n, w.a.rows, [{ w: w.b, out, acc: true }], A.xq, perToken);
+    }
   }
 
   /** Bytes of the weights as stored in the file. */

@@ -200,7 +200,7 @@ const BUILTIN_STOP_STRINGS: Record<BuiltinTemplateName, readonly string[]> = {
 };
 
 /** End-of-turn markers that, when a file's template writes them literally, also end generation. */
-const KNOWN_TURN_ENDS = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
+export const KNOWN_TURN_ENDS = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
 
 const FILE_LABEL = "model file";
 

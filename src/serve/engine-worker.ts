@@ -20,6 +20,7 @@ try {
   llama = await LlamaModel.load(data.path, {
     threads: data.threads,
     contextSize: data.contextSize,
+    lora: data.lora,
     sequences: data.sequences,
     batchSize: data.batchSize,
   });

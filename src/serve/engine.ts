@@ -7,6 +7,7 @@ import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { UserError } from "../errors.js";
+import type { LlamaLoadOptions } from "../model/llama.js";
 import type { GenerationInfo } from "../model/model.js";
 import type { GenerationJob, SchedulerEvent } from "./scheduler.js";
 
@@ -14,6 +15,7 @@ export interface EngineWorkerData {
   path: string;
   threads?: number;
   contextSize?: number;
+  lora?: LlamaLoadOptions["lora"];
   sequences: number;
   batchSize: number;
 }

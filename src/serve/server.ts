@@ -17,6 +17,7 @@ import Fastify, { type FastifyReply } from "fastify";
 import { isUserError, UserError } from "../errors.js";
 import { readGgufHeader } from "../formats/gguf.js";
 import { metadataGetter } from "../model/config.js";
+import type { LlamaLoadOptions } from "../model/llama.js";
 import { chatPromptTokens, type GenerationInfo } from "../model/model.js";
 import { Sampler, type SamplerOptions } from "../model/sampler.js";
 import { type ChosenTemplate, chooseTemplate } from "../model/templates.js";
@@ -62,6 +63,8 @@ export interface ServerOptions {
   template?: string;
   /** Compute threads; default all cores. */
   threads?: number;
+  /** LoRA adapters applied at run time (GGUF adapter paths or adapters read already). */
+  lora?: LlamaLoadOptions["lora"];
   /** Largest request body in bytes; default 1 MiB. */
   bodyLimit?: number;
   /** Longest a generation request may take, queue wait included, in ms; default 10 minutes. */
@@ -454,6 +457,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       path: options.model,
       threads: options.threads,
       contextSize: options.contextSize,
+      lora: options.lora,
       sequences: parallel,
       batchSize: Math.max(DEFAULTS.batchSize, parallel),
     });

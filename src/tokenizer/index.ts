@@ -59,6 +59,13 @@ export interface EncodeOptions {
   addSpecial?: boolean;
   /** Turn the text of control and unknown tokens (e.g. "<s>") into those tokens. Default true. */
   parseSpecial?: boolean;
+  /**
+   * The text continues earlier text that did not end in a special token: no space prefix before its
+   * start ("llama" with addSpacePrefix; special tokens inside the text are still followed by one).
+   * Encoding a text in pieces this way gives the ids of the whole text wherever no token would
+   * span a cut. Default false.
+   */
+  continuation?: boolean;
 }
 
 export interface DecodeOptions {
@@ -475,7 +482,7 @@ export class Tokenizer {
     if (addSpecial && this.addBos && this.bosId !== undefined) out.push(this.bosId);
     if (this.spm) {
       // The space prefix goes before the text and after every special token.
-      let afterSpecial = true;
+      let afterSpecial = !(options.continuation ?? false);
       for (const fragment of fragments) {
         if (typeof fragment === "number") {
           out.push(fragment);

@@ -1,0 +1,362 @@
+/**
+ * A small synthetic world for the quickstart: instruction tasks whose answers can be checked
+ * exactly, and a plain-text corpus that states the same facts and skills in prose.
+ *
+ * Pretraining on the corpus teaches a small model the facts (which town has which river) and the
+ * skills (adding, reversing, sorting, counting, converting); instruction tuning on the tasks
+ * teaches it to answer them in a prompt format. Held-out tasks ask about the same facts and
+ * skills with instances the tuning set never showed, so exact-match accuracy measures whether the
+ * tuned model learned to follow instructions rather than to recall tuning examples.
+ *
+ * Everything is generated from one integer seed with the project's Rng, so the world, the corpus
+ * and the task sets are the same on every machine.
+ */
+
+import { UserError } from "../errors.js";
+import { Rng } from "../util/random.js";
+
+/** One instruction with its exact answer, in Alpaca's fields. */
+export interface SyntheticTask {
+  family: TaskFamily;
+  instruction: string;
+  input: string;
+  output: string;
+}
+
+export const TASK_FAMILIES = [
+  "add",
+  "subtract",
+  "next",
+  "reverse",
+  "sort",
+  "length",
+  "first-letter",
+  "convert",
+  "lookup",
+] as const;
+export type TaskFamily = (typeof TASK_FAMILIES)[number];
+
+/** A town of the world and its facts. */
+export interface Town {
+  name: string;
+  country: string;
+  river: string;
+  colour: string;
+  animal: string;
+}
+
+export interface World {
+  seed: number;
+  towns: Town[];
+  /** Common words used by the word tasks. */
+  words: string[];
+}
+
+const SYLLABLES = [
+  "ba",
+  "dor",
+  "el",
+  "fen",
+  "gar",
+  "hal",
+  "is",
+  "ka",
+  "lin",
+  "mor",
+  "na",
+  "or",
+  "pel",
+  "ra",
+  "sil",
+  "tor",
+  "ul",
+  "ven",
+  "wyn",
+  "zar",
+];
+const COUNTRIES = ["Avaria", "Brenland", "Castory", "Dunmark", "Estova"];
+const COLOURS = ["red", "blue", "green", "yellow", "white", "black", "orange", "purple"];
+const ANIMALS = ["fox", "owl", "bear", "wolf", "hare", "deer", "crow", "otter", "lynx", "heron"];
+const RIVERS = ["Ash", "Brook", "Clear", "Dell", "Elm", "Fall", "Glen", "Holt", "Ivy", "Jade"];
+const WORDS = [
+  "apple",
+  "river",
+  "stone",
+  "cloud",
+  "bread",
+  "garden",
+  "lamp",
+  "music",
+  "ocean",
+  "pencil",
+  "tiger",
+  "window",
+  "candle",
+  "forest",
+  "honey",
+  "island",
+  "jacket",
+  "kettle",
+  "lemon",
+  "mirror",
+  "needle",
+  "orange",
+  "pillow",
+  "rabbit",
+  "silver",
+  "table",
+  "violin",
+  "wagon",
+  "yellow",
+  "zebra",
+  "bridge",
+  "castle",
+  "dragon",
+  "feather",
+  "guitar",
+  "hammer",
+];
+
+const UNITS: { from: string; to: string; factor: number }[] = [
+  { from: "kilometers", to: "meters", factor: 1000 },
+  { from: "kilograms", to: "grams", factor: 1000 },
+  { from: "hours", to: "minutes", factor: 60 },
+  { from: "minutes", to: "seconds", factor: 60 },
+  { from: "days", to: "hours", factor: 24 },
+  { from: "weeks", to: "days", factor: 7 },
+  { from: "meters", to: "centimeters", factor: 100 },
+];
+
+/** Builds the world's table of towns: `townCount` distinct names, facts drawn from the seed. */
+export function makeWorld(seed = 1, townCount = 24): World {
+  const rng = new Rng(seed);
+  const names = new Set<string>();
+  while (names.size < townCount) {
+    const n = 2 + (rng.nextU32() % 2);
+    let name = "";
+    for (let i = 0; i < n; i++) name += pick(rng, SYLLABLES);
+    names.add(name[0].toUpperCase() + name.slice(1));
+  }
+  const towns = [...names].map((name) => ({
+    name,
+    country: pick(rng, COUNTRIES),
+    river: pick(rng, RIVERS),
+    colour: pick(rng, COLOURS),
+    animal: pick(rng, ANIMALS),
+  }));
+  return { seed, towns, words: WORDS };
+}
+
+/** One random task of `family`. */
+export function makeTask(world: World, family: TaskFamily, rng: Rng): SyntheticTask {
+  const int = (lo: number, hi: number) => lo + (rng.nextU32() % (hi - lo + 1));
+  const task = (instruction: string, input: string, output: string): SyntheticTask => ({
+    family,
+    instruction,
+    input,
+    output,
+  });
+  switch (family) {
+    case "add": {
+      const a = int(0, 50);
+      const b = int(0, 49);
+      return task(`What is ${a} + ${b}?`, "", String(a + b));
+    }
+    case "subtract": {
+      const a = int(10, 99);
+      const b = int(0, a);
+      return task(`What is ${a} - ${b}?`, "", String(a - b));
+    }
+    case "next": {
+      const a = int(0, 98);
+      return task(`What number comes after ${a}?`, "", String(a + 1));
+    }
+    case "reverse": {
+      const w = words(world, rng, int(2, 4));
+      return task("Reverse the order of these words.", w.join(" "), [...w].reverse().join(" "));
+    }
+    case "sort": {
+      const w = words(world, rng, int(2, 4));
+      return task("Sort these words alphabetically.", w.join(" "), [...w].sort().join(" "));
+    }
+    case "length": {
+      const w = pick(rng, world.words);
+      return task(`How many letters are in the word "${w}"?`, "", String(w.length));
+    }
+    case "first-letter": {
+      const w = pick(rng, world.words);
+      return task(`What is the first letter of the word "${w}"?`, "", w[0]);
+    }
+    case "convert": {
+      const u = pick(rng, UNITS);
+      const n = int(1, 9);
+      return task(`Convert ${n} ${u.from} to ${u.to}.`, "", String(n * u.factor));
+    }
+    case "lookup": {
+      const t = pick(rng, world.towns);
+      switch (rng.nextU32() % 4) {
+        case 0:
+          return task(`In which country is ${t.name}?`, "", t.country);
+        case 1:
+          return task(`Which river flows through ${t.name}?`, "", t.river);
+        case 2:
+          return task(`What colour are the roofs of ${t.name}?`, "", t.colour);
+        default:
+          return task(`What animal is the symbol of ${t.name}?`, "", t.animal);
+      }
+    }
+  }
+}
+
+export interface TaskSetOptions {
+  /** Number of tasks. */
+  count: number;
+  seed: number;
+  families?: readonly TaskFamily[];
+  /** Tasks whose key (instruction + input) is in this set are never produced. */
+  exclude?: ReadonlySet<string>;
+  /** No task twice (default true); a tuning set may repeat the small families' tasks. */
+  distinct?: boolean;
+}
+
+/** The identity of a task for deduplication and held-out checks. */
+export function taskKey(t: Pick<SyntheticTask, "instruction" | "input">): string {
+  return `${t.instruction}\n${t.input}`;
+}
+
+/**
+ * `count` tasks cycling through the families in order, so every family gets the same share.
+ * A user error when the families cannot supply that many distinct tasks.
+ */
+export function makeTasks(world: World, options: TaskSetOptions): SyntheticTask[] {
+  const families = options.families ?? TASK_FAMILIES;
+  const distinct = options.distinct ?? true;
+  const rng = new Rng(options.seed);
+  const excluded = new Set<string>(options.exclude);
+  const tasks: SyntheticTask[] = [];
+  let misses = 0;
+  while (tasks.length < options.count) {
+    const t = makeTask(world, families[tasks.length % families.length], rng);
+    const key = taskKey(t);
+    if (excluded.has(key)) {
+      if (++misses > 100_000) {
+        throw new UserError(
+          `cannot make ${options.count} ${distinct ? "distinct " : ""}tasks from families ${families.join(", ")}`,
+        );
+      }
+      continue;
+    }
+    if (distinct) excluded.add(key);
+    tasks.push(t);
+  }
+  return tasks;
+}
+
+/** Seed of the held-out evaluation tasks; tuning sets exclude them. */
+export const EVAL_TASK_SEED = 7001;
+
+/** The held-out evaluation tasks of a world: `perFamily` distinct tasks of every family. */
+export function evalTasks(world: World, perFamily = 12): SyntheticTask[] {
+  return makeTasks(world, { count: perFamily * TASK_FAMILIES.length, seed: EVAL_TASK_SEED });
+}
+
+/** Tuning tasks of a world: never one of `evalTasks(world, evalPerFamily)`; repeats allowed. */
+export function tuningTasks(world: World, count: number, seed = 7002, evalPerFamily = 12): SyntheticTask[] {
+  const exclude = new Set(evalTasks(world, evalPerFamily).map(taskKey));
+  return makeTasks(world, { count, seed, exclude, distinct: false });
+}
+
+/**
+ * A plain-text corpus about the world, about `chars` characters long: the town facts stated in
+ * varied sentences, and the task skills worked in prose ("23 plus 45 is 68."). Paragraphs are
+ * separated by blank lines, one topic each.
+ */
+export function worldCorpus(world: World, chars: number, seed = world.seed + 1): string {
+  const rng = new Rng(seed);
+  const parts: string[] = [];
+  let length = 0;
+  const int = (lo: number, hi: number) => lo + (rng.nextU32() % (hi - lo + 1));
+  while (length < chars) {
+    let p: string;
+    switch (rng.nextU32() % 8) {
+      case 0:
+      case 1: {
+        const t = pick(rng, world.towns);
+        const facts = [
+          `${t.name} is a town in ${t.country}.`,
+          `The river ${t.river} flows through ${t.name}.`,
+          `The roofs of ${t.name} are ${t.colour}.`,
+          `The symbol of ${t.name} is the ${t.animal}.`,
+        ];
+        shuffle(rng, facts);
+        p = facts.join(" ");
+        break;
+      }
+      case 2: {
+        const a = int(0, 50);
+        const b = int(0, 49);
+        const c = int(10, 99);
+        const d = int(0, c);
+        p = `${a} plus ${b} is ${a + b}. ${c} minus ${d} is ${c - d}. After ${a} comes ${a + 1}.`;
+        break;
+      }
+      case 3: {
+        const w = words(world, rng, int(2, 4));
+        p = `The words ${w.join(" ")} in reverse order are ${[...w].reverse().join(" ")}.`;
+        break;
+      }
+      case 4: {
+        const w = words(world, rng, int(2, 4));
+        p = `Sorted alphabetically, ${w.join(" ")} becomes ${[...w].sort().join(" ")}.`;
+        break;
+      }
+      case 5: {
+        const w = pick(rng, world.words);
+        p = `The word ${w} has ${w.length} letters and starts with ${w[0]}.`;
+        break;
+      }
+      case 6: {
+        const u = pick(rng, UNITS);
+        const n = int(1, 9);
+        p = `${n} ${u.from} is ${n * u.factor} ${u.to}.`;
+        break;
+      }
+      default: {
+        const t = pick(rng, world.towns);
+        p = `In ${t.country} lies ${t.name}, a town of ${t.colour} roofs by the river ${t.river}, whose symbol is the ${t.animal}.`;
+      }
+    }
+    parts.push(p);
+    length += p.length + 2;
+  }
+  return `${parts.join("\n\n")}\n`;
+}
+
+/**
+ * Exact-match check: the reply's first line, trimmed, without a final period and case-folded,
+ * equals the answer.
+ */
+export function isCorrect(reply: string, answer: string): boolean {
+  const norm = (s: string) => s.trim().split("\n")[0].trim().replace(/\.$/, "").toLowerCase();
+  return norm(reply) === norm(answer);
+}
+
+function pick<T>(rng: Rng, items: readonly T[]): T {
+  return items[rng.nextU32() % items.length];
+}
+
+function words(world: World, rng: Rng, n: number): string[] {
+  const out: string[] = [];
+  while (out.length < n) {
+    const w = pick(rng, world.words);
+    if (!out.includes(w)) out.push(w);
+  }
+  return out;
+}
+
+function shuffle<T>(rng: Rng, items: T[]): void {
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = rng.nextU32() % (i + 1);
+    [items[i], items[j]] = [items[j], items[i]];
+  }
+}
