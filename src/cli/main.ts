@@ -10,6 +10,7 @@ import { registerInspect } from "./inspect.js";
 import { registerMerge } from "./merge.js";
 import { registerQuantize } from "./quantize.js";
 import { registerServe } from "./serve.js";
+import { registerTokenizer } from "./tokenizer.js";
 
 const program = new Command("smallhammer")
   .description("Build, tune, shrink and run Llama-family language models on CPU")
@@ -24,6 +25,7 @@ registerGenerate(program);
 registerChat(program);
 registerQuantize(program);
 registerMerge(program);
+registerTokenizer(program);
 registerDemo(program);
 registerData(program);
 registerServe(program);
