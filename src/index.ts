@@ -1,6 +1,57 @@
 // smallhammer's library entry: load and run GGUF models, read and write GGUF, tokenize, quantize.
-
+export {
+  chatPieces,
+  type PieceKind,
+  readTokenizerFile,
+  type TemplateChoice,
+  type TokenizedExample,
+  type TokenizeOptions,
+  type TokenizerFile,
+  tokenizeChat,
+  tokenizeCompletion,
+  tokenizeRecord,
+  tokenizeRecords,
+} from "./data/chat-tokens.js";
+export { type DocumentSplit, readCorpusDocuments } from "./data/corpus.js";
+export {
+  type BatchOptions,
+  type BatchStats,
+  emptyBatchStats,
+  type FittedExample,
+  fitExample,
+  type PackedBatch,
+  packBatches,
+  type SplitOptions,
+  shuffled,
+  splitValidation,
+} from "./data/packing.js";
+export {
+  DATASET_FORMATS,
+  type DatasetFormat,
+  type DatasetMessage,
+  type DatasetRecord,
+  describeIssue,
+  describeSource,
+  detectFormat,
+  type InvalidReason,
+  InvalidRecordError,
+  type ParsedRecord,
+  parseFormatName,
+  parseRecord,
+  type ReadRecordsOptions,
+  type RecordIssue,
+  RecordReader,
+  type RecordSource,
+  readRecords,
+} from "./data/records.js";
 export { evalTasks, makeTasks, makeWorld, tuningTasks, worldCorpus } from "./data/synthetic.js";
+export {
+  openTokenCache,
+  type TokenCache,
+  type TokenCacheIndex,
+  TokenCacheWriter,
+  type TokenSplit,
+} from "./data/token-cache.js";
 export { isUserError, UserError } from "./errors.js";
 export { evaluateTasks } from "./eval/tasks.js";
 export { GGMLType, ggmlTypeName, parseGgmlTypeName, tensorBytes } from "./formats/ggml-types.js";
@@ -41,7 +92,10 @@ export { dequantizeRow, quantizeRow } from "./quant/reference.js";
 export type { Backend } from "./runtime/backend.js";
 export { WasmBackend } from "./runtime/backend.js";
 export { Runtime } from "./runtime/runtime.js";
+export { type RunningServer, type ServerOptions, startServer } from "./serve/server.js";
 export { StreamDecoder, Tokenizer } from "./tokenizer/index.js";
+export { trainTokenizer, WordCounter, writeTokenizerGguf } from "./tokenizer/train.js";
+export { tokenizeCorpus, trainTokenizerOnFiles } from "./tokenizer/train-corpus.js";
 export {
   type CheckpointInfo,
   readCheckpoint,
