@@ -1,6 +1,57 @@
 // smallhammer's library entry: load and run GGUF models, read and write GGUF, tokenize, quantize.
-
+export {
+  chatPieces,
+  type PieceKind,
+  readTokenizerFile,
+  type TemplateChoice,
+  type TokenizedExample,
+  type TokenizeOptions,
+  type TokenizerFile,
+  tokenizeChat,
+  tokenizeCompletion,
+  tokenizeRecord,
+  tokenizeRecords,
+} from "./data/chat-tokens.js";
+export { type DocumentSplit, readCorpusDocuments } from "./data/corpus.js";
+export {
+  type BatchOptions,
+  type BatchStats,
+  emptyBatchStats,
+  type FittedExample,
+  fitExample,
+  type PackedBatch,
+  packBatches,
+  type SplitOptions,
+  shuffled,
+  splitValidation,
+} from "./data/packing.js";
+export {
+  DATASET_FORMATS,
+  type DatasetFormat,
+  type DatasetMessage,
+  type DatasetRecord,
+  describeIssue,
+  describeSource,
+  detectFormat,
+  type InvalidReason,
+  InvalidRecordError,
+  type ParsedRecord,
+  parseFormatName,
+  parseRecord,
+  type ReadRecordsOptions,
+  type RecordIssue,
+  RecordReader,
+  type RecordSource,
+  readRecords,
+} from "./data/records.js";
 export { evalTasks, makeTasks, makeWorld, tuningTasks, worldCorpus } from "./data/synthetic.js";
+export {
+  openTokenCache,
+  type TokenCache,
+  type TokenCacheIndex,
+  TokenCacheWriter,
+  type TokenSplit,
+} from "./data/token-cache.js";
 export { isUserError, UserError } from "./errors.js";
 export { evaluateTasks } from "./eval/tasks.js";
 export { GGMLType, ggmlTypeName, parseGgmlTypeName, tensorBytes } from "./formats/ggml-types.js";
@@ -41,4 +92,35 @@ export { dequantizeRow, quantizeRow } from "./quant/reference.js";
 export type { Backend } from "./runtime/backend.js";
 export { WasmBackend } from "./runtime/backend.js";
 export { Runtime } from "./runtime/runtime.js";
+export { type RunningServer, type ServerOptions, startServer } from "./serve/server.js";
 export { StreamDecoder, Tokenizer } from "./tokenizer/index.js";
+export { trainTokenizer, WordCounter, writeTokenizerGguf } from "./tokenizer/train.js";
+export { tokenizeCorpus, trainTokenizerOnFiles } from "./tokenizer/train-corpus.js";
+export {
+  type CheckpointInfo,
+  readCheckpoint,
+  restoreCheckpoint,
+  saveCheckpoint,
+} from "./train/checkpoint.js";
+export { type BatchSource, RandomWindows, TokenArray, type TokenSequence } from "./train/data.js";
+export { type ExportSummary, exportCheckpoint } from "./train/export.js";
+export {
+  LlamaTrainModel,
+  type ParamTensor,
+  type TokenBatch,
+  type TrainMemory,
+  type TrainModelOptions,
+  trainMemory,
+} from "./train/model.js";
+export { learningRate, type OptimizerOptions } from "./train/optimizer.js";
+export { type ModelShape, PRESETS } from "./train/presets.js";
+export {
+  type OpenedPretrainData,
+  type PretrainData,
+  type PretrainEvent,
+  type PretrainSettings,
+  type PretrainSummary,
+  pretrain,
+  resumePretraining,
+} from "./train/pretrain.js";
+export { LlamaTrainer, type StepMetrics, type TrainerOptions, type TrainerState } from "./train/trainer.js";

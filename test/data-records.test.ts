@@ -134,6 +134,15 @@ describe("streaming", () => {
       expect(reader.bytesRead).toBe(reader.size);
     }
   });
+
+  it("close() stops a reader before its end", async () => {
+    const reader = await RecordReader.open(SHAREGPT, { chunkBytes: 4096 });
+    await reader.close();
+    expect(reader.bytesRead).toBeLessThan(reader.size);
+    await expect(async () => {
+      for await (const _ of reader) break;
+    }).rejects.toThrow(/only once/);
+  });
 });
 
 describe("formats", () => {

@@ -370,7 +370,7 @@ describe("training kernels match the references", () => {
       const dout = f32Values(rng, q.length);
       const ref = attentionForwardRef(q, k, v, segStart, s);
       const grads = attentionBackwardRef(q, k, v, dout, segStart, s);
-      const stride = 2 * s.n * 4;
+      const stride = 4 * s.n * 4;
       const setup = (wasm: WasmHarness) => {
         const [pq, pk, pv, pg] = [q, k, v, dout].map((a) => wasm.putF32(Float32Array.from(a)));
         const ps = putI32(wasm, segStart);

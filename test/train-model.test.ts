@@ -10,7 +10,9 @@
  * whose own error is ~1e-8 · f''').
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { GGMLType } from "../src/formats/ggml-types.js";
 import type { LlamaConfig } from "../src/model/config.js";
+import { dequantizeRow, quantizeRow } from "../src/quant/reference.js";
 import { LlamaTrainModel, type TokenBatch, type TrainModelOptions } from "../src/train/model.js";
 import { llamaLossRef } from "../src/train/reference.js";
 import { Rng } from "../src/util/random.js";
@@ -176,6 +178,57 @@ describe("whole-model gradient", () => {
       }
     } finally {
       await tied.dispose();
+    }
+  });
+});
+
+describe("frozen quantized matrices (the base of QLoRA)", () => {
+  it("train the norms through Q8_0 projections like through their dequantized f32 values", async () => {
+    const shape: LlamaConfig = { ...config, dim: 32, headDim: 8, ffn: 64 };
+    const quantized = (name: string) => name.startsWith("blk.") && !name.endsWith("norm.weight");
+    const options = { batch: 2, seq: 6, threads: 2, trainable: (name: string) => !quantized(name) };
+    const q8 = await LlamaTrainModel.create(shape, { ...options, formatOf: () => "Q8_0" });
+    const f32 = await LlamaTrainModel.create(shape, options);
+    try {
+      f32.initialize(8);
+      for (const p of f32.params) {
+        const w = f32.weights(p);
+        if (p.decay) for (let i = 0; i < w.length; i++) w[i] = w[i]! * 3;
+        const target = q8.param(p.name);
+        if (target.weight.format === "F32") {
+          q8.weights(target).set(w);
+          continue;
+        }
+        // quantize each row into the Q8_0 model, and give the f32 model the values Q8_0 keeps
+        const cols = p.dims[0]!;
+        const bytes = q8.storedBytes(target);
+        const rowBytes = bytes.length / (p.length / cols);
+        for (let r = 0; r < p.length / cols; r++) {
+          const row = w.subarray(r * cols, (r + 1) * cols);
+          const dst = bytes.subarray(r * rowBytes, (r + 1) * rowBytes);
+          quantizeRow(GGMLType.Q8_0, row, dst);
+          row.set(dequantizeRow(GGMLType.Q8_0, dst, cols));
+        }
+      }
+      expect(q8.params.filter((p) => p.weight.format === "Q8_0")).toHaveLength(14);
+      q8.setBatch(batch);
+      f32.setBatch(batch);
+      const lq = q8.forwardBackward(1 / count) / count;
+      const lf = f32.forwardBackward(1 / count) / count;
+      // the forward products quantize activations to 8 bits: close, not equal (measured: 1e-4
+      // of the loss, 1e-2 of the largest gradient entry)
+      expect(Math.abs(lq - lf)).toBeLessThan(1e-3 * lf);
+      for (const p of f32.params.filter((x) => x.trainable)) {
+        const gf = f32.gradient(p);
+        const gq = q8.gradient(q8.param(p.name));
+        const largest = gf.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+        for (let i = 0; i < gf.length; i++) {
+          expect(Math.abs(gq[i]! - gf[i]!), `${p.name}[${i}]`).toBeLessThanOrEqual(3e-2 * largest);
+        }
+      }
+    } finally {
+      await q8.dispose();
+      await f32.dispose();
     }
   });
 });

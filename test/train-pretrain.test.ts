@@ -16,10 +16,12 @@ import { readCheckpoint, restoreCheckpoint } from "../src/train/checkpoint.js";
 import { TokenArray } from "../src/train/data.js";
 import { exportCheckpoint } from "../src/train/export.js";
 import { LlamaTrainModel } from "../src/train/model.js";
+import { PRESETS } from "../src/train/presets.js";
 import {
   type PretrainData,
   type PretrainSettings,
   pretrain,
+  pretrainPlan,
   resumePretraining,
 } from "../src/train/pretrain.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
@@ -104,6 +106,22 @@ describe("pretrain", () => {
     expect(events.filter((e) => e === "checkpoint")).toHaveLength(3);
     expect(readCheckpoint(join(full, "checkpoint.gguf")).info.trainer.step).toBe(24);
     await expect(pretrain(settings, data, full)).rejects.toThrow(/already holds a run/);
+    expect(pretrainPlan(settings, tokenizer.vocabSize).parameters).toBe(summary.parameters);
+  });
+
+  it("refuses a model that does not fit in one WebAssembly memory, with the estimate", async () => {
+    const huge: PretrainSettings = { ...settings, shape: PRESETS["110m"]!, batch: 64, seq: 1024 };
+    const plan = pretrainPlan(huge, tokenizer.vocabSize);
+    expect(plan.parameters).toBeGreaterThan(80e6);
+    expect(plan.memory.total).toBeGreaterThan(4 * 2 ** 30);
+    const gib = (plan.memory.total / 2 ** 30).toFixed(2);
+    await expect(pretrain(huge, data, join(dir, "huge"))).rejects.toThrow(
+      new RegExp(`needs ${gib} GiB .*more than one WebAssembly memory holds`),
+    );
+    // the same run with recomputation and a smaller batch fits
+    expect(
+      pretrainPlan({ ...huge, batch: 4, recompute: true }, tokenizer.vocabSize).memory.total,
+    ).toBeLessThan(2 ** 31);
   });
 
   it("an interrupted run resumes to the same losses and files as an uninterrupted one", async () => {
@@ -154,6 +172,13 @@ describe("export", () => {
       for (let i = 0; i < want.length; i++)
         expect(Math.abs(got[i]! - want[i]!)).toBeLessThanOrEqual(1e-4 * scale);
       expect(inference.tokenize("hello")).toEqual(tokenizer.encode("hello"));
+      // and back into training memory from the exported file: the same bits
+      const again = await LlamaTrainModel.load(out, { batch: 1, seq: 32, threads: 2 });
+      try {
+        expect(again.nextTokenLogits(prompt)).toEqual(want);
+      } finally {
+        await again.dispose();
+      }
     } finally {
       await trainModel.dispose();
       await inference.dispose();
@@ -183,6 +208,24 @@ describe("export", () => {
         for (let v = 1; v < logits.length; v++) if (logits[v]! > logits[best]!) best = v;
         expect(logits[best]! - logits[theirs[i]!]!, `step ${i}`).toBeLessThanOrEqual(1e-2);
         logits = ours.llama.forward([theirs[i]!], prompt.length + i);
+      }
+      // a frozen Q8_0 base for fine-tuning: the matrices stay Q8_0, only the norms train
+      const base = await LlamaTrainModel.load(out, {
+        batch: 1,
+        seq: 32,
+        threads: 2,
+        trainable: (name) => name.endsWith("norm.weight"),
+      });
+      try {
+        expect(base.param("blk.0.attn_q.weight").weight.format).toBe("Q8_0");
+        expect(base.param("output.weight").weight.format).toBe("F32");
+        const want = ours.llama.forward(prompt, 0).slice();
+        const got = base.nextTokenLogits(prompt);
+        const scale = want.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+        for (let i = 0; i < want.length; i++)
+          expect(Math.abs(got[i]! - want[i]!)).toBeLessThanOrEqual(2e-2 * scale);
+      } finally {
+        await base.dispose();
       }
     } finally {
       await ours.dispose();

@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { type TokenizedExample, tokenizeRecord } from "../data/chat-tokens.js";
-import { describeSource, InvalidRecordError } from "../data/records.js";
+import { describeSource, InvalidRecordError, type RecordReader } from "../data/records.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import {
   addDatasetOptions,
@@ -63,10 +63,14 @@ export function renderExample(tok: Tokenizer, example: TokenizedExample, color: 
   let open = false;
   for (let i = 0; i < example.ids.length; i++) {
     const trained = example.lossMask[i] === 1;
+    if (open && !trained) {
+      out += CLOSE;
+      open = false;
+    }
     if (i > 0 && !out.endsWith("\n")) out += color ? dim(BOUNDARY) : BOUNDARY;
-    if (!color && trained !== open) {
-      out += trained ? OPEN : CLOSE;
-      open = trained;
+    if (!color && trained && !open) {
+      out += OPEN;
+      open = true;
     }
     const label = tokenLabel(tok, example.ids[i]!);
     out +=
@@ -92,35 +96,41 @@ export function registerDataPreview(data: Command): void {
   addDatasetOptions(cmd);
   addTokenOptions(cmd, true).action(async (file: string, flags: PreviewFlags) => {
     const reader = await openDataset(file, flags);
-    const { file: tokenizerFile, template } = openTokenizer(flags.tokenizer, reader.format, flags.template);
-    const tok = tokenizerFile.tokenizer;
-    const color = process.stdout.isTTY === true && !process.env["NO_COLOR"];
-    const write = (s: string) => process.stdout.write(s);
-    const legend = color ? "trained-on tokens in green" : `${OPEN}trained-on tokens${CLOSE}`;
-    write(
-      `${reader.path}: ${reader.format}${reader.detected ? " (detected)" : ""}; tokenizer ${flags.tokenizer} ` +
-        `(${tok.model}, ${tok.vocabSize} tokens); template ${template?.label ?? "none (plain text)"}\n`,
-    );
-    write(`${legend}, ${BOUNDARY} between tokens, ↵ newline\n`);
-    let shown = 0;
-    for await (const record of reader) {
-      let example: TokenizedExample;
-      try {
-        example = tokenizeRecord(record, { tokenizer: tok, template, trainOnPrompt: flags.trainOnPrompt });
-      } catch (e) {
-        if (!(e instanceof InvalidRecordError)) throw e;
-        reader.reject(e.issue);
-        continue;
-      }
-      let trained = 0;
-      for (const m of example.lossMask) trained += m;
-      write(
-        `\n── ${describeSource(record.source)}: ${example.ids.length} tokens, ${trained} trained on ──\n`,
-      );
-      write(renderExample(tok, example, color));
-      if (++shown === flags.n) break;
+    try {
+      await preview(reader, flags);
+    } finally {
+      await reader.close();
     }
-    if (reader.skippedCount > 0)
-      write(`\nskipped ${reader.skippedCount}: ${describeSkipped(reader.skipped)}\n`);
   });
+}
+
+async function preview(reader: RecordReader, flags: PreviewFlags): Promise<void> {
+  const { file: tokenizerFile, template } = openTokenizer(flags.tokenizer, reader.format, flags.template);
+  const tok = tokenizerFile.tokenizer;
+  const color = process.stdout.isTTY === true && !process.env["NO_COLOR"];
+  const write = (s: string) => process.stdout.write(s);
+  const legend = color ? "trained-on tokens in green" : `${OPEN}trained-on tokens${CLOSE}`;
+  write(
+    `${reader.path}: ${reader.format}${reader.detected ? " (detected)" : ""}; tokenizer ${flags.tokenizer} ` +
+      `(${tok.model}, ${tok.vocabSize} tokens); template ${template?.label ?? "none (plain text)"}\n`,
+  );
+  write(`${legend}, ${BOUNDARY} between tokens, ↵ newline\n`);
+  let shown = 0;
+  for await (const record of reader) {
+    let example: TokenizedExample;
+    try {
+      example = tokenizeRecord(record, { tokenizer: tok, template, trainOnPrompt: flags.trainOnPrompt });
+    } catch (e) {
+      if (!(e instanceof InvalidRecordError)) throw e;
+      reader.reject(e.issue);
+      continue;
+    }
+    let trained = 0;
+    for (const m of example.lossMask) trained += m;
+    write(`\n── ${describeSource(record.source)}: ${example.ids.length} tokens, ${trained} trained on ──\n`);
+    write(renderExample(tok, example, color));
+    if (++shown === flags.n) break;
+  }
+  if (reader.skippedCount > 0)
+    write(`\nskipped ${reader.skippedCount}: ${describeSkipped(reader.skipped)}\n`);
 }

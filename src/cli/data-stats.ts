@@ -77,7 +77,12 @@ export function registerDataStats(data: Command): void {
         }
       }
       const reader = await openDataset(file, flags);
-      const stats = await datasetStats(reader, flags);
+      let stats: DatasetStats;
+      try {
+        stats = await datasetStats(reader, flags);
+      } finally {
+        await reader.close();
+      }
       if (flags.json) process.stdout.write(`${JSON.stringify(stats)}\n`);
       else process.stdout.write(formatStats(stats));
     });

@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import { registerDataPreview } from "./data-preview.js";
 import { registerDataStats } from "./data-stats.js";
+import { registerDataTokenize } from "./data-tokenize.js";
 
 /** `smallhammer data ...`: the dataset commands, one file per subcommand. */
 export function registerData(program: Command): void {
@@ -8,4 +9,8 @@ export function registerData(program: Command): void {
   for (const register of DATA_COMMANDS) register(data);
 }
 
-const DATA_COMMANDS: ((data: Command) => void)[] = [registerDataStats, registerDataPreview];
+const DATA_COMMANDS: ((data: Command) => void)[] = [
+  registerDataStats,
+  registerDataPreview,
+  registerDataTokenize,
+];

@@ -4,7 +4,9 @@ import { exportCheckpoint } from "../train/export.js";
 export function registerExport(program: Command) {
   program
     .command("export")
-    .description("write the model of a training run (or checkpoint) as a GGUF that generate, chat and llama.cpp load")
+    .description(
+      "write the model of a training run (or checkpoint) as a GGUF that generate, chat and llama.cpp load",
+    )
     .argument("<run>", "run directory (or its checkpoint.gguf)")
     .requiredOption("-o, --out <file>", "output GGUF model")
     .option("--type <type>", "tensor type: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1", "f32")

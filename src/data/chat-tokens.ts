@@ -56,7 +56,7 @@ export interface TemplateChoice {
   name?: BuiltinTemplateName;
   /** Jinja source of the model file's template. */
   template?: string;
-  /** For messages: the built-in's name or "model file". */
+  /** Where the template comes from, for display: the built-in's name or "model file". */
   label?: string;
 }
 
@@ -144,7 +144,10 @@ export function chatPieces(
   tokenizer: Tokenizer,
   template: TemplateChoice,
 ): { kind: PieceKind; text: string }[] {
-  const label = template.label ?? template.name ?? "model file";
+  const label =
+    template.name !== undefined
+      ? `chat template "${template.name}"`
+      : "the model file's chat template (tokenizer.chat_template)";
   const bosToken = bosText(tokenizer);
   const eosToken = eosText(tokenizer);
   const render = (count: number, addGenerationPrompt: boolean): string => {
@@ -165,7 +168,7 @@ export function chatPieces(
   const advance = (next: string, count: number): string => {
     if (!next.startsWith(rendered)) {
       throw new UserError(
-        `chat template ${label}: the rendering of the first ${count} messages does not start with the rendering of the ones before; ` +
+        `${label}: the rendering of the first ${count} messages does not start with the rendering of the ones before; ` +
           "loss masks need a template that renders a conversation message by message (choose a built-in with --template)",
       );
     }

@@ -672,6 +672,12 @@ export class RecordReader implements AsyncIterable<DatasetRecord> {
     return [];
   }
 
+  /** Stops reading and closes the file (for a reader left before its end). */
+  async close(): Promise<void> {
+    this.started = true;
+    await this.items.return(undefined);
+  }
+
   /** Total records skipped. */
   get skippedCount(): number {
     let n = 0;

@@ -14,27 +14,12 @@ import {
   readTensorInto,
 } from "../formats/gguf.js";
 import { type LlamaConfig, llamaConfigFromMetadata, metadataGetter } from "../model/config.js";
-import type { WeightFormat } from "../runtime/backend.js";
-import type { LlamaTrainModel, ParamTensor } from "./model.js";
+import { ggmlTypeOfFormat, type LlamaTrainModel, type ParamTensor } from "./model.js";
 import type { ResolvedOptimizerOptions } from "./optimizer.js";
 import type { TrainerState } from "./trainer.js";
 
 export const CHECKPOINT_VERSION = 1;
 const KEY = "smallhammer.train.";
-
-export const GGML_TYPE_OF: Record<WeightFormat, GGMLType> = {
-  F32: GGMLType.F32,
-  F16: GGMLType.F16,
-  BF16: GGMLType.BF16,
-  Q4_0: GGMLType.Q4_0,
-  Q4_1: GGMLType.Q4_1,
-  Q5_0: GGMLType.Q5_0,
-  Q5_1: GGMLType.Q5_1,
-  Q8_0: GGMLType.Q8_0,
-  Q4_K: GGMLType.Q4_K,
-  Q5_K: GGMLType.Q5_K,
-  Q6_K: GGMLType.Q6_K,
-};
 
 /** Everything a checkpoint holds besides the tensors. */
 export interface CheckpointInfo {
@@ -116,7 +101,7 @@ function checkpointTensors(
     list.push({
       name: p.name,
       dims: p.dims,
-      type: GGML_TYPE_OF[p.weight.format],
+      type: ggmlTypeOfFormat(p.weight.format),
       bytes: model.storedBytes(p),
     });
   }

@@ -1,9 +1,13 @@
 // A Llama model laid out for training in one WebAssembly memory: weights, gradients and AdamW
 // moments of the tensors that train, the activations the backward pass needs, and an explicit
 // forward and backward pass per layer (in the manner of llm.c: no general autograd).
+import { closeSync, openSync } from "node:fs";
 import { availableParallelism, freemem, totalmem } from "node:os";
 import { UserError } from "../errors.js";
-import type { LlamaConfig } from "../model/config.js";
+import { GGMLType, ggmlTypeName } from "../formats/ggml-types.js";
+import { readGgufHeader, readTensorInto } from "../formats/gguf.js";
+import { type LlamaConfig, llamaConfigFromMetadata, metadataGetter } from "../model/config.js";
+import { dequantizeRow } from "../quant/reference.js";
 import { BLOCK, type Weight, type WeightFormat } from "../runtime/backend.js";
 import { MAX_SHARD_BYTES, Runtime, SHARD_BASE } from "../runtime/runtime.js";
 import { Rng } from "../util/random.js";
@@ -42,14 +46,19 @@ export interface TrainModelOptions {
   /** The output head reuses token_embd.weight (no output.weight). Default false. */
   tiedEmbeddings?: boolean;
   /**
-   * Storage format of a frozen matrix (default F32). Quantized frozen weights run the forward
-   * product with the quantized kernels and the input gradient through dequantized rows.
+   * Storage format of a frozen layer matrix (default F32; the embedding and output head are
+   * always f32). Quantized frozen weights run the forward product with the quantized kernels and
+   * the input gradient through dequantized rows.
    */
   formatOf?: (name: string) => WeightFormat;
 }
 
-/** A micro-batch: batch·seq tokens, row-major by sequence. */
+/** A micro-batch: rows·seq tokens, row-major by sequence. */
 export interface TokenBatch {
+  /** Sequences (default: the model's batch); at most the model's batch. */
+  rows?: number;
+  /** Tokens per sequence (default: the model's seq); at most the model's seq. */
+  seq?: number;
   /** Input token ids. */
   tokens: Int32Array;
   /** Next-token targets; −1 means no loss at that token. */
@@ -74,6 +83,26 @@ export interface TrainMemory {
 }
 
 const align4 = (n: number) => Math.ceil(n / 4) * 4;
+
+const GGML_TYPE_OF_FORMAT: Record<WeightFormat, GGMLType> = {
+  F32: GGMLType.F32,
+  F16: GGMLType.F16,
+  BF16: GGMLType.BF16,
+  Q4_0: GGMLType.Q4_0,
+  Q4_1: GGMLType.Q4_1,
+  Q5_0: GGMLType.Q5_0,
+  Q5_1: GGMLType.Q5_1,
+  Q8_0: GGMLType.Q8_0,
+  Q4_K: GGMLType.Q4_K,
+  Q5_K: GGMLType.Q5_K,
+  Q6_K: GGMLType.Q6_K,
+};
+const FORMAT_OF_TYPE = new Map(Object.entries(GGML_TYPE_OF_FORMAT).map(([f, t]) => [t, f as WeightFormat]));
+
+/** The ggml tensor type of a stored format. */
+export function ggmlTypeOfFormat(f: WeightFormat): GGMLType {
+  return GGML_TYPE_OF_FORMAT[f];
+}
 const ALIGN = 64;
 
 interface LayerParams {
@@ -190,6 +219,11 @@ function tensorPlan(c: LlamaConfig, tied: boolean): { name: string; dims: number
   return list;
 }
 
+/** Parameters of a model of this shape (every tensor, trainable or not). */
+export function trainParameterCount(c: LlamaConfig, tiedEmbeddings: boolean): number {
+  return tensorPlan(c, tiedEmbeddings).reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
+}
+
 /** Tokens of logits computed at a time in the output head. */
 function headChunk(n: number): number {
   return Math.min(align4(n), 512);
@@ -232,9 +266,9 @@ function layout(
     const vocabRows = t.name === "token_embd.weight" || t.name === "output.weight";
     const storedRows = vocabRows ? vocabPad : rows;
     const trainable = o.trainable(t.name);
-    const format: WeightFormat = t.matrix && !trainable ? o.formatOf(t.name) : "F32";
+    // The embedding and the output head stay f32 (their rows are looked up and padded).
+    const format: WeightFormat = t.matrix && !trainable && !vocabRows ? o.formatOf(t.name) : "F32";
     if (format !== "F32") {
-      if (vocabRows) throw new UserError(`${t.name}: the embedding and output head must be f32 for training`);
       if (cols % BLOCK[format].size !== 0)
         throw new UserError(`${t.name}: row length ${cols} does not divide into ${format} blocks`);
       hasQuantized = true;
@@ -323,7 +357,7 @@ function layout(
   regions.tW = scratch(largestMatrix);
   regions.dequant = hasQuantized ? scratch(largestMatrix) : 0;
   regions.xq = hasQuantized ? take("scratch", 2 * N * widest + 64 * N) : 0;
-  regions.attScratch = take("scratch", o.threads * 2 * o.seq * 4);
+  regions.attScratch = take("scratch", o.threads * 4 * o.seq * 4);
   regions.sumSquares = take(
     "scratch",
     8 * (params.length + Math.ceil(memory.weights / 4 / SUM_SQUARES_BLOCK)),
@@ -458,6 +492,70 @@ export class LlamaTrainModel {
     }
   }
 
+  /**
+   * A model with the weights of a Llama GGUF file, for fine-tuning. Trainable tensors become f32;
+   * a frozen matrix keeps its file format (f32, f16, bf16, Q4_0 ... Q6_K) unless `formatOf` says
+   * otherwise, so a quantized base stays quantized. Embedding, output head and norms are f32.
+   */
+  static async load(
+    path: string,
+    options: Omit<TrainModelOptions, "tiedEmbeddings">,
+  ): Promise<LlamaTrainModel> {
+    const header = readGgufHeader(path);
+    const embd = header.tensor("token_embd.weight");
+    if (!embd) throw new UserError(`${path}: tensor token_embd.weight is missing`);
+    const config = llamaConfigFromMetadata(metadataGetter(header), path, embd.dims[1] ?? 1);
+    const tiedEmbeddings = !header.tensor("output.weight");
+    const trainable = options.trainable ?? (() => true);
+    const formatOf = (name: string): WeightFormat => {
+      if (options.formatOf) return options.formatOf(name);
+      const t = header.tensor(name);
+      const f = t && FORMAT_OF_TYPE.get(t.type);
+      if (!f)
+        throw new UserError(
+          `${path}: tensor ${name} has type ${t ? ggmlTypeName(t.type) : "?"}, which cannot be trained from`,
+        );
+      return f;
+    };
+    const model = await LlamaTrainModel.create(config, { ...options, trainable, formatOf, tiedEmbeddings });
+    try {
+      const fd = openSync(path, "r");
+      try {
+        for (const p of model.params) {
+          const t = header.tensor(p.name);
+          if (!t) throw new UserError(`${path}: tensor ${p.name} is missing`);
+          if (t.dims.length !== p.dims.length || t.dims.some((d, i) => d !== p.dims[i])) {
+            throw new UserError(`${path}: tensor ${p.name} has shape [${t.dims}], expected [${p.dims}]`);
+          }
+          if (GGML_TYPE_OF_FORMAT[p.weight.format] === t.type) {
+            readTensorInto(fd, t, model.storedBytes(p), path);
+            continue;
+          }
+          if (p.weight.format !== "F32" || !FORMAT_OF_TYPE.has(t.type)) {
+            throw new UserError(
+              `${path}: tensor ${p.name} is ${ggmlTypeName(t.type)} and cannot be stored as ${p.weight.format}`,
+            );
+          }
+          const bytes = new Uint8Array(t.byteSize);
+          readTensorInto(fd, t, bytes, path);
+          const cols = p.dims[0]!;
+          const rows = p.length / cols;
+          const rowBytes = t.byteSize / rows;
+          const w = model.weights(p);
+          for (let r = 0; r < rows; r++) {
+            w.set(dequantizeRow(t.type, bytes.subarray(r * rowBytes, (r + 1) * rowBytes), cols), r * cols);
+          }
+        }
+      } finally {
+        closeSync(fd);
+      }
+      return model;
+    } catch (e) {
+      await model.dispose();
+      throw e;
+    }
+  }
+
   get threads(): number {
     return this.rt.threads;
   }
@@ -538,14 +636,25 @@ export class LlamaTrainModel {
   }
 
   /**
-   * Copies a micro-batch of `rows` sequences (default: the model's batch) of `seq` tokens into
-   * memory, checking ids, targets and positions. Returns the number of tokens with a target.
+   * Copies a micro-batch into memory, checking ids, targets and positions. Returns the number of
+   * tokens with a target.
    */
-  setBatch(b: TokenBatch, rows = this.batch, seq = this.seq): number {
+  setBatch(b: TokenBatch): number {
+    const rows = b.rows ?? this.batch;
+    const seq = b.seq ?? this.seq;
     const c = this.config;
     const n = rows * seq;
-    if (rows < 1 || rows > this.batch || seq < 1 || seq > this.seq)
-      throw new Error(`setBatch: ${rows}×${seq} does not fit the model's ${this.batch}×${this.seq}`);
+    if (
+      !(
+        Number.isInteger(rows) &&
+        rows >= 1 &&
+        rows <= this.batch &&
+        Number.isInteger(seq) &&
+        seq >= 1 &&
+        seq <= this.seq
+      )
+    )
+      throw new UserError(`batch: ${rows}×${seq} tokens do not fit the model's ${this.batch}×${this.seq}`);
     if (b.tokens.length !== n || b.targets.length !== n) {
       throw new UserError(
         `batch: expected ${n} tokens and targets, got ${b.tokens.length} and ${b.targets.length}`,
@@ -598,7 +707,7 @@ export class LlamaTrainModel {
       segStart: this.r.segStart,
       segEnd: this.r.segEnd,
       scratch: this.r.attScratch,
-      scratchStride: 2 * this.seq * 4,
+      scratchStride: 4 * this.seq * 4,
     };
   }
 
@@ -854,7 +963,7 @@ export class LlamaTrainModel {
     const n = tokens.length;
     if (n < 1 || n > this.seq)
       throw new Error(`nextTokenLogits: ${n} tokens, the model takes 1 to ${this.seq}`);
-    this.setBatch({ tokens: Int32Array.from(tokens), targets: new Int32Array(n).fill(-1) }, 1, n);
+    this.setBatch({ rows: 1, seq: n, tokens: Int32Array.from(tokens), targets: new Int32Array(n).fill(-1) });
     this.forwardLayers();
     const c = this.config;
     const r = this.r;

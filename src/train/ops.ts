@@ -1,4 +1,4 @@
-import { ACTIVATION_FORMAT, activationBytes, BLOCK, type Weight } from "../runtime/backend.js";
+import { ACTIVATION_FORMAT, BLOCK, type Weight } from "../runtime/backend.js";
 import type { Runtime } from "../runtime/runtime.js";
 import { ropeAngle } from "./reference.js";
 
@@ -44,7 +44,7 @@ export interface AttentionGeometry {
   segEnd: number;
   /** Per-thread scratch: threads × scratchStride bytes. */
   scratch: number;
-  /** Bytes per thread: two rows of the longest segment. */
+  /** Bytes per thread: four rows of the longest segment. */
   scratchStride: number;
 }
 
@@ -93,11 +93,6 @@ export class TrainOps {
       input = xq;
     }
     this.op(`matmul${w.format}`, w.rows, [w.offset, input, out, w.rows, w.cols, n, acc ? 1 : 0], 4);
-  }
-
-  /** Bytes of activation scratch `matmul` needs for n rows of `cols` against a weight format. */
-  static activationScratch(w: Weight, n: number): number {
-    return activationBytes(w.format, w.cols, n);
   }
 
   /** dst (rows × cols f32) = the weight decoded to f32. */

@@ -2,7 +2,7 @@
 // checkpoint.gguf, metrics.jsonl (one line per step) and samples.jsonl. A run stops at its last
 // step or when `signal` aborts (the CLI's SIGINT), saving a checkpoint either way; `resume`
 // continues a run from its checkpoint with the same losses an uninterrupted run would have had.
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { UserError } from "../errors.js";
@@ -11,7 +11,7 @@ import { type LlamaConfig, metadataGetter } from "../model/config.js";
 import { Tokenizer } from "../tokenizer/index.js";
 import { type CheckpointInfo, readCheckpoint, restoreCheckpoint, saveCheckpoint } from "./checkpoint.js";
 import { RandomWindows, type TokenSequence } from "./data.js";
-import { LlamaTrainModel, type TrainMemory, trainMemory } from "./model.js";
+import { LlamaTrainModel, type TrainMemory, trainMemory, trainParameterCount } from "./model.js";
 import { configOfShape, type ModelShape, readModelShape } from "./presets.js";
 import { LlamaTrainer, type StepMetrics } from "./trainer.js";
 
@@ -24,6 +24,13 @@ export interface PretrainData {
   val?: TokenSequence;
   /** A GGUF file with the tokenizer.* metadata (a token cache's tokenizer.gguf, or a model). */
   tokenizerPath: string;
+}
+
+/** PretrainData opened from a directory (a token cache), closed when the run ends. */
+export interface OpenedPretrainData extends PretrainData {
+  /** Tokens in the tokenizer's vocabulary. */
+  vocab: number;
+  close(): void;
 }
 
 /** The settings of a pretraining run (stored in its checkpoint; resume uses them). */
@@ -169,11 +176,7 @@ export function pretrainPlan(
     recompute: s.recompute,
     tiedEmbeddings: tied,
   });
-  const q = config.heads * config.headDim;
-  const kv = config.kvHeads * config.headDim;
-  const layer = 2 * config.dim + config.dim * (2 * q + 2 * kv) + 3 * config.dim * config.ffn;
-  const parameters = config.vocab * config.dim * (tied ? 1 : 2) + config.layers * layer + config.dim;
-  return { config, parameters, memory };
+  return { config, parameters: trainParameterCount(config, tied), memory };
 }
 
 /** Starts a new pretraining run in `out` (which must not hold one already). */
@@ -268,6 +271,9 @@ export async function resumePretraining(
       accumulation: info.accumulation,
     });
     trainer.restore(info.trainer);
+    // A write that a crash cut short left only its temporary file; the checkpoint is the last whole one.
+    for (const f of readdirSync(run))
+      if (f.startsWith(`${CHECKPOINT}.tmp-`)) rmSync(join(run, f), { force: true });
     // Lines written after the checkpoint belong to steps that will run again.
     for (const file of [METRICS, SAMPLES]) {
       const path = join(run, file);

@@ -56,6 +56,10 @@ function learnMerges(wordCounts: Map<string, number>, count: number): [string, s
  * tokens as user-defined tokens.
  */
 export function spmDescription(): TokenizerDescription {
+  return remember("spm description", learnSpm);
+}
+
+function learnSpm(): TokenizerDescription {
   const counts = new Map<string, number>();
   for (const w of TRAIN.split(/\s+/)) if (w) counts.set(`▁${w}`, (counts.get(`▁${w}`) ?? 0) + 1);
   const tokens = ["<unk>", "<s>", "</s>"];
@@ -98,6 +102,10 @@ export function spmDescription(): TokenizerDescription {
 
 /** Byte-level BPE with the given pre-tokenizer: byte characters, learned merges, special tokens. */
 export function bpeDescription(pre = "llama-bpe"): TokenizerDescription {
+  return remember(`bpe description ${pre}`, () => learnBpe(pre));
+}
+
+function learnBpe(pre: string): TokenizerDescription {
   const counts = new Map<string, number>();
   const utf8 = new TextEncoder();
   for (const w of preTokenize(TRAIN, preTokenizerFor(pre))) {
@@ -135,18 +143,22 @@ export function bpeDescription(pre = "llama-bpe"): TokenizerDescription {
   };
 }
 
-const cache = new Map<string, TokenizerDescription>();
+const cache = new Map<string, unknown>();
 
-/** The SentencePiece vocabulary, learned once per test file. */
-export function spmTokenizer(): Tokenizer {
-  if (!cache.has("spm")) cache.set("spm", spmDescription());
-  return new Tokenizer(cache.get("spm")!);
+/** Vocabularies are learned once per test file. */
+function remember<T>(key: string, make: () => T): T {
+  if (!cache.has(key)) cache.set(key, make());
+  return cache.get(key) as T;
 }
 
-/** The byte-level vocabulary, learned once per test file and pre-tokenizer. */
+/** The SentencePiece tokenizer. */
+export function spmTokenizer(): Tokenizer {
+  return remember("spm", () => new Tokenizer(spmDescription()));
+}
+
+/** The byte-level tokenizer with the given pre-tokenizer. */
 export function bpeTokenizer(pre = "llama-bpe"): Tokenizer {
-  if (!cache.has(pre)) cache.set(pre, bpeDescription(pre));
-  return new Tokenizer(cache.get(pre)!);
+  return remember(`bpe ${pre}`, () => new Tokenizer(bpeDescription(pre)));
 }
 
 /** Writes a vocabulary-only GGUF (metadata, no tensors), optionally with a chat template. */

@@ -266,9 +266,13 @@ export function ropeRotate(
 // tokens p with segStart[t] <= p <= t, where segStart[t] is the first token of t's segment (a
 // sequence, or one example of a packed sequence); segEnd[p] is one past the last token of p's
 // segment, so p is seen by the queries p <= t < segEnd[p]. Head h reads kv head h / (nHeads /
-// nKvHeads); scores are scaled by 1/sqrt(headDim). Memory is O(length) per thread: one row of
-// scores at a time in scratch + tid·scratchStride (bytes; the backward passes use two rows, the
-// second at half the stride). headDim % 4 == 0.
+// nKvHeads); scores are scaled by 1/sqrt(headDim). Memory is O(length) per thread: rows of
+// scores in scratch + tid·scratchStride (bytes), four rows of the longest segment. headDim % 4 == 0.
+//
+// Two neighbouring rows of one head (tokens t and t + 1 of one segment) go together: they share
+// every key and value but one, so each key and value row read serves both. Every score is the
+// same chain of products whichever way it is computed (one row or two, in a group of four keys or
+// alone), and every sum runs over the keys in order, so the pairing does not change a bit.
 
 /** sc[i] = scale · (a · rows[i]) for i < count, rows strided by rowStride bytes; hb = row bytes. */
 function dotRows(a: usize, rows: usize, rowStride: usize, hb: usize, count: i32, scale: f32, sc: usize): void {
@@ -296,86 +300,41 @@ function dotRows(a: usize, rows: usize, rowStride: usize, hb: usize, count: i32,
   }
 }
 
-/**
- * out (+)= scale · Σ_i w[i] · rows[i] for i < count (rows strided by rowStride bytes, hb bytes
- * each, hb % 16 == 0), summed in i order: 32 floats of the row at a time in 8 accumulators, then
- * the rest (16, 8 or 4 floats) in one more pass.
- */
-function weightedRows(
-  rows: usize, rowStride: usize, hb: usize, count: i32, w: usize, scale: f32, out: usize, acc: i32,
+/** dotRows for two vectors a0, a1 against the same rows: sc0 and sc1, with dotRows' arithmetic. */
+function dotRows2(
+  a0: usize, a1: usize, rows: usize, rowStride: usize, hb: usize, count: i32, scale: f32, sc0: usize, sc1: usize,
 ): void {
-  const zero = f32x4.splat(0);
   const sv = f32x4.splat(scale);
-  let d: usize = 0;
-  for (; d + 128 <= hb; d += 128) {
-    let a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero;
-    let r = rows + d;
-    for (let i = 0; i < count; i++) {
-      const s = v128.load32_splat(w + (<usize>i << 2));
-      a0 = f32x4.add(a0, f32x4.mul(s, v128.load(r)));
-      a1 = f32x4.add(a1, f32x4.mul(s, v128.load(r, 16)));
-      a2 = f32x4.add(a2, f32x4.mul(s, v128.load(r, 32)));
-      a3 = f32x4.add(a3, f32x4.mul(s, v128.load(r, 48)));
-      a4 = f32x4.add(a4, f32x4.mul(s, v128.load(r, 64)));
-      a5 = f32x4.add(a5, f32x4.mul(s, v128.load(r, 80)));
-      a6 = f32x4.add(a6, f32x4.mul(s, v128.load(r, 96)));
-      a7 = f32x4.add(a7, f32x4.mul(s, v128.load(r, 112)));
-      r += rowStride;
+  const zero = f32x4.splat(0);
+  let i = 0;
+  for (; i + 4 <= count; i += 4) {
+    const k0 = rows + <usize>i * rowStride;
+    const k1 = k0 + rowStride, k2 = k1 + rowStride, k3 = k2 + rowStride;
+    let c0 = zero, c1 = zero, c2 = zero, c3 = zero;
+    let d0 = zero, d1 = zero, d2 = zero, d3 = zero;
+    for (let o: usize = 0; o < hb; o += 16) {
+      const q = v128.load(a0 + o);
+      const r = v128.load(a1 + o);
+      let k = v128.load(k0 + o);
+      c0 = f32x4.add(c0, f32x4.mul(q, k));
+      d0 = f32x4.add(d0, f32x4.mul(r, k));
+      k = v128.load(k1 + o);
+      c1 = f32x4.add(c1, f32x4.mul(q, k));
+      d1 = f32x4.add(d1, f32x4.mul(r, k));
+      k = v128.load(k2 + o);
+      c2 = f32x4.add(c2, f32x4.mul(q, k));
+      d2 = f32x4.add(d2, f32x4.mul(r, k));
+      k = v128.load(k3 + o);
+      c3 = f32x4.add(c3, f32x4.mul(q, k));
+      d3 = f32x4.add(d3, f32x4.mul(r, k));
     }
-    const o = out + d;
-    storeScaled(o, a0, sv, acc);
-    storeScaled(o + 16, a1, sv, acc);
-    storeScaled(o + 32, a2, sv, acc);
-    storeScaled(o + 48, a3, sv, acc);
-    storeScaled(o + 64, a4, sv, acc);
-    storeScaled(o + 80, a5, sv, acc);
-    storeScaled(o + 96, a6, sv, acc);
-    storeScaled(o + 112, a7, sv, acc);
+    v128.store(sc0 + (<usize>i << 2), f32x4.mul(hsum4(c0, c1, c2, c3), sv));
+    v128.store(sc1 + (<usize>i << 2), f32x4.mul(hsum4(d0, d1, d2, d3), sv));
   }
-  const rest = hb - d;
-  if (rest == 0) return;
-  // 1 to 7 vectors left: up to 7 accumulators in one pass (unused ones stay zero and unstored)
-  let a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero;
-  let r = rows + d;
-  if (rest == 64) {
-    for (let i = 0; i < count; i++) {
-      const s = v128.load32_splat(w + (<usize>i << 2));
-      a0 = f32x4.add(a0, f32x4.mul(s, v128.load(r)));
-      a1 = f32x4.add(a1, f32x4.mul(s, v128.load(r, 16)));
-      a2 = f32x4.add(a2, f32x4.mul(s, v128.load(r, 32)));
-      a3 = f32x4.add(a3, f32x4.mul(s, v128.load(r, 48)));
-      r += rowStride;
-    }
-  } else if (rest == 32) {
-    for (let i = 0; i < count; i++) {
-      const s = v128.load32_splat(w + (<usize>i << 2));
-      a0 = f32x4.add(a0, f32x4.mul(s, v128.load(r)));
-      a1 = f32x4.add(a1, f32x4.mul(s, v128.load(r, 16)));
-      r += rowStride;
-    }
-  } else {
-    const n = <i32>(rest >> 4);
-    for (let i = 0; i < count; i++) {
-      const s = v128.load32_splat(w + (<usize>i << 2));
-      a0 = f32x4.add(a0, f32x4.mul(s, v128.load(r)));
-      if (n > 1) a1 = f32x4.add(a1, f32x4.mul(s, v128.load(r, 16)));
-      if (n > 2) a2 = f32x4.add(a2, f32x4.mul(s, v128.load(r, 32)));
-      if (n > 3) a3 = f32x4.add(a3, f32x4.mul(s, v128.load(r, 48)));
-      if (n > 4) a4 = f32x4.add(a4, f32x4.mul(s, v128.load(r, 64)));
-      if (n > 5) a5 = f32x4.add(a5, f32x4.mul(s, v128.load(r, 80)));
-      if (n > 6) a6 = f32x4.add(a6, f32x4.mul(s, v128.load(r, 96)));
-      r += rowStride;
-    }
+  if (i < count) {
+    dotRows(a0, rows + <usize>i * rowStride, rowStride, hb, count - i, scale, sc0 + (<usize>i << 2));
+    dotRows(a1, rows + <usize>i * rowStride, rowStride, hb, count - i, scale, sc1 + (<usize>i << 2));
   }
-  const o = out + d;
-  const nv = <i32>(rest >> 4);
-  storeScaled(o, a0, sv, acc);
-  if (nv > 1) storeScaled(o + 16, a1, sv, acc);
-  if (nv > 2) storeScaled(o + 32, a2, sv, acc);
-  if (nv > 3) storeScaled(o + 48, a3, sv, acc);
-  if (nv > 4) storeScaled(o + 64, a4, sv, acc);
-  if (nv > 5) storeScaled(o + 80, a5, sv, acc);
-  if (nv > 6) storeScaled(o + 96, a6, sv, acc);
 }
 
 // @ts-ignore: decorator
@@ -385,8 +344,129 @@ function weightedRows(
   v128.store(p, v);
 }
 
-/** sc[i] = exp(sc[i] − m) for i < len with m the maximum; returns m, and the sum in *sumOut. */
-function expShifted(sc: usize, len: i32, sumOut: usize): f32 {
+/**
+ * out (+)= scale · Σ_i w[i] · rows[i] for i < count (rows strided by rowStride bytes, hb bytes
+ * each, hb % 16 == 0), in i order, 16 floats of the row at a time.
+ */
+function weightedRows(
+  rows: usize, rowStride: usize, hb: usize, count: i32, w: usize, scale: f32, out: usize, acc: i32,
+): void {
+  const zero = f32x4.splat(0);
+  const sv = f32x4.splat(scale);
+  let d: usize = 0;
+  for (; d + 64 <= hb; d += 64) {
+    let a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+    let r = rows + d;
+    for (let i = 0; i < count; i++) {
+      const s = v128.load32_splat(w + (<usize>i << 2));
+      a0 = f32x4.add(a0, f32x4.mul(s, v128.load(r)));
+      a1 = f32x4.add(a1, f32x4.mul(s, v128.load(r, 16)));
+      a2 = f32x4.add(a2, f32x4.mul(s, v128.load(r, 32)));
+      a3 = f32x4.add(a3, f32x4.mul(s, v128.load(r, 48)));
+      r += rowStride;
+    }
+    const o = out + d;
+    storeScaled(o, a0, sv, acc);
+    storeScaled(o + 16, a1, sv, acc);
+    storeScaled(o + 32, a2, sv, acc);
+    storeScaled(o + 48, a3, sv, acc);
+  }
+  for (; d < hb; d += 16) {
+    let a0 = zero;
+    let r = rows + d;
+    for (let i = 0; i < count; i++) {
+      a0 = f32x4.add(a0, f32x4.mul(v128.load32_splat(w + (<usize>i << 2)), v128.load(r)));
+      r += rowStride;
+    }
+    storeScaled(out + d, a0, sv, acc);
+  }
+}
+
+/**
+ * Two weighted sums over shared rows, as weightedRows computes each:
+ *   extra = +1: out0 = s0·Σ_{i<count} w0[i]·rows[i],  out1 = s1·Σ_{i<=count} w1[i]·rows[i]
+ *   extra = −1: out0 = s0·Σ_{−1<=i<count} w0[i+1]·rows[i],  out1 = s1·Σ_{i<count} w1[i]·rows[i]
+ * (out1 has one more row after the shared ones, or out0 one more before them).
+ */
+function weightedRows2(
+  rows: usize, rowStride: usize, hb: usize, count: i32, w0: usize, w1: usize, s0: f32, s1: f32,
+  out0: usize, out1: usize, acc: i32, extra: i32,
+): void {
+  const zero = f32x4.splat(0);
+  const sv0 = f32x4.splat(s0);
+  const sv1 = f32x4.splat(s1);
+  const lead = extra < 0;
+  const wa = lead ? w0 + 4 : w0;
+  for (let d: usize = 0; d < hb; d += 16) {
+    let a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+    let b0 = zero, b1 = zero, b2 = zero, b3 = zero;
+    let r = rows + d;
+    // A block of 16 floats when it fits, else one vector (lanes 1..3 stay zero and unstored).
+    const wide = d + 64 <= hb;
+    if (lead) {
+      const s = v128.load32_splat(w0);
+      const p = r - rowStride;
+      a0 = f32x4.mul(s, v128.load(p));
+      if (wide) {
+        a1 = f32x4.mul(s, v128.load(p, 16));
+        a2 = f32x4.mul(s, v128.load(p, 32));
+        a3 = f32x4.mul(s, v128.load(p, 48));
+      }
+    }
+    if (wide) {
+      for (let i = 0; i < count; i++) {
+        const s = v128.load32_splat(wa + (<usize>i << 2));
+        const t = v128.load32_splat(w1 + (<usize>i << 2));
+        let v = v128.load(r);
+        a0 = f32x4.add(a0, f32x4.mul(s, v));
+        b0 = f32x4.add(b0, f32x4.mul(t, v));
+        v = v128.load(r, 16);
+        a1 = f32x4.add(a1, f32x4.mul(s, v));
+        b1 = f32x4.add(b1, f32x4.mul(t, v));
+        v = v128.load(r, 32);
+        a2 = f32x4.add(a2, f32x4.mul(s, v));
+        b2 = f32x4.add(b2, f32x4.mul(t, v));
+        v = v128.load(r, 48);
+        a3 = f32x4.add(a3, f32x4.mul(s, v));
+        b3 = f32x4.add(b3, f32x4.mul(t, v));
+        r += rowStride;
+      }
+    } else {
+      for (let i = 0; i < count; i++) {
+        const v = v128.load(r);
+        a0 = f32x4.add(a0, f32x4.mul(v128.load32_splat(wa + (<usize>i << 2)), v));
+        b0 = f32x4.add(b0, f32x4.mul(v128.load32_splat(w1 + (<usize>i << 2)), v));
+        r += rowStride;
+      }
+    }
+    if (extra > 0) {
+      const t = v128.load32_splat(w1 + (<usize>count << 2));
+      b0 = f32x4.add(b0, f32x4.mul(t, v128.load(r)));
+      if (wide) {
+        b1 = f32x4.add(b1, f32x4.mul(t, v128.load(r, 16)));
+        b2 = f32x4.add(b2, f32x4.mul(t, v128.load(r, 32)));
+        b3 = f32x4.add(b3, f32x4.mul(t, v128.load(r, 48)));
+      }
+    }
+    storeScaled(out0 + d, a0, sv0, acc);
+    storeScaled(out1 + d, b0, sv1, acc);
+    if (wide) {
+      storeScaled(out0 + d + 16, a1, sv0, acc);
+      storeScaled(out0 + d + 32, a2, sv0, acc);
+      storeScaled(out0 + d + 48, a3, sv0, acc);
+      storeScaled(out1 + d + 16, b1, sv1, acc);
+      storeScaled(out1 + d + 32, b2, sv1, acc);
+      storeScaled(out1 + d + 48, b3, sv1, acc);
+      d += 48;
+    }
+  }
+}
+
+/** The sum expShifted found (a thread's own instance global). */
+let expSum: f32 = 0;
+
+/** sc[i] = exp(sc[i] − m) for i < len with m the maximum; returns m and leaves the sum in expSum. */
+function expShifted(sc: usize, len: i32): f32 {
   const bytes = <usize>len << 2;
   const vEnd = <usize>(len & ~3) << 2;
   let mv = f32x4.splat(<f32>-Infinity);
@@ -407,8 +487,14 @@ function expShifted(sc: usize, len: i32, sumOut: usize): f32 {
     store<f32>(sc + o, e);
     s += e;
   }
-  store<f32>(sumOut, s);
+  expSum = s;
   return m;
+}
+
+/** Whether rows `row` and `row + nHeads` (tokens t and t + 1, head h) are both in [r0, r1) and one segment. */
+// @ts-ignore: decorator
+@inline function pairs(segStart: usize, t: i32, nHeads: i32, row: i32, r1: i32, last: i32): bool {
+  return t < last && row + nHeads < r1 && load<i32>(segStart + (<usize>(t + 1) << 2)) == load<i32>(segStart + (<usize>t << 2));
 }
 
 /**
@@ -420,11 +506,12 @@ export function attentionForward(
   nHeads: i32, nKvHeads: i32, headDim: i32, scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32,
 ): void {
   if (r0 >= r1) return;
-  const sc = scratch + <usize>tid * <usize>scratchStride;
-  const sumAt = sc + (<usize>scratchStride >> 1);
+  const sc0 = scratch + <usize>tid * <usize>scratchStride;
+  const sc1 = sc0 + (<usize>scratchStride >> 2);
   const group = nHeads / nKvHeads;
   const hb = <usize>headDim << 2;
   const kvRow = <usize>nKvHeads * hb;
+  const qRow = <usize>nHeads * hb;
   const scale = <f32>(1.0 / Math.sqrt(<f64>headDim));
   // Head-major over the rows of [r0, r1): consecutive rows read the same kv head.
   const t0 = r0 / nHeads;
@@ -438,13 +525,36 @@ export function attentionForward(
       const len = t - lo + 1;
       const kp = k + <usize>lo * kvRow + kvOff;
       const vp = v + <usize>lo * kvRow + kvOff;
-      dotRows(q + <usize>row * hb, kp, kvRow, hb, len, scale, sc);
-      const m = expShifted(sc, len, sumAt);
-      const sum = load<f32>(sumAt);
-      weightedRows(vp, kvRow, hb, len, sc, <f32>1.0 / sum, out + <usize>row * hb, 0);
+      const qp = q + <usize>row * hb;
+      if (pairs(segStart, t, nHeads, row, r1, t1)) {
+        dotRows2(qp, qp + qRow, kp, kvRow, hb, len, scale, sc0, sc1);
+        dotRows(qp + qRow, kp + <usize>len * kvRow, kvRow, hb, 1, scale, sc1 + (<usize>len << 2));
+        const m0 = expShifted(sc0, len);
+        const s0 = expSum;
+        const m1 = expShifted(sc1, len + 1);
+        const s1 = expSum;
+        const op = out + <usize>row * hb;
+        weightedRows2(vp, kvRow, hb, len, sc0, sc1, <f32>1.0 / s0, <f32>1.0 / s1, op, op + qRow, 0, 1);
+        store<f32>(lse + (<usize>row << 2), <f32>(<f64>m0 + Math.log(<f64>s0)));
+        store<f32>(lse + (<usize>(row + nHeads) << 2), <f32>(<f64>m1 + Math.log(<f64>s1)));
+        t++;
+        continue;
+      }
+      dotRows(qp, kp, kvRow, hb, len, scale, sc0);
+      const m = expShifted(sc0, len);
+      const sum = expSum;
+      weightedRows(vp, kvRow, hb, len, sc0, <f32>1.0 / sum, out + <usize>row * hb, 0);
       store<f32>(lse + (<usize>row << 2), <f32>(<f64>m + Math.log(<f64>sum)));
     }
   }
+}
+
+/** dout · out over one head row. */
+// @ts-ignore: decorator
+@inline function rowDot(a: usize, b: usize, hb: usize): f32 {
+  let dv = f32x4.splat(0);
+  for (let o: usize = 0; o < hb; o += 16) dv = f32x4.add(dv, f32x4.mul(v128.load(a + o), v128.load(b + o)));
+  return hsum(dv);
 }
 
 /**
@@ -457,11 +567,15 @@ export function attentionBackwardQuery(
   nHeads: i32, nKvHeads: i32, headDim: i32, scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32,
 ): void {
   if (r0 >= r1) return;
-  const sc = scratch + <usize>tid * <usize>scratchStride;
-  const dp = sc + (<usize>scratchStride >> 1);
+  const quarter = <usize>scratchStride >> 2;
+  const sc0 = scratch + <usize>tid * <usize>scratchStride;
+  const dp0 = sc0 + quarter;
+  const sc1 = dp0 + quarter;
+  const dp1 = sc1 + quarter;
   const group = nHeads / nKvHeads;
   const hb = <usize>headDim << 2;
   const kvRow = <usize>nKvHeads * hb;
+  const qRow = <usize>nHeads * hb;
   const scale = <f32>(1.0 / Math.sqrt(<f64>headDim));
   const t0 = r0 / nHeads;
   const t1 = (r1 - 1) / nHeads;
@@ -476,16 +590,26 @@ export function attentionBackwardQuery(
       const vp = v + <usize>lo * kvRow + kvOff;
       const qp = q + <usize>row * hb;
       const gp = dout + <usize>row * hb;
-      // delta = dout · out
-      let dv = f32x4.splat(0);
-      const op = out + <usize>row * hb;
-      for (let o: usize = 0; o < hb; o += 16) dv = f32x4.add(dv, f32x4.mul(v128.load(gp + o), v128.load(op + o)));
-      const D = hsum(dv);
-      store<f32>(delta + (<usize>row << 2), D);
-      dotRows(qp, kp, kvRow, hb, len, scale, sc);
-      dotRows(gp, vp, kvRow, hb, len, 1.0, dp);
-      dScores(sc, dp, len, load<f32>(lse + (<usize>row << 2)), D);
-      weightedRows(kp, kvRow, hb, len, sc, scale, dq + <usize>row * hb, 0);
+      const D0 = rowDot(gp, out + <usize>row * hb, hb);
+      store<f32>(delta + (<usize>row << 2), D0);
+      if (pairs(segStart, t, nHeads, row, r1, t1)) {
+        const D1 = rowDot(gp + qRow, out + <usize>row * hb + qRow, hb);
+        store<f32>(delta + (<usize>(row + nHeads) << 2), D1);
+        dotRows2(qp, qp + qRow, kp, kvRow, hb, len, scale, sc0, sc1);
+        dotRows(qp + qRow, kp + <usize>len * kvRow, kvRow, hb, 1, scale, sc1 + (<usize>len << 2));
+        dotRows2(gp, gp + qRow, vp, kvRow, hb, len, 1.0, dp0, dp1);
+        dotRows(gp + qRow, vp + <usize>len * kvRow, kvRow, hb, 1, 1.0, dp1 + (<usize>len << 2));
+        dScores(sc0, dp0, len, load<f32>(lse + (<usize>row << 2)), D0);
+        dScores(sc1, dp1, len + 1, load<f32>(lse + (<usize>(row + nHeads) << 2)), D1);
+        const o = dq + <usize>row * hb;
+        weightedRows2(kp, kvRow, hb, len, sc0, sc1, scale, scale, o, o + qRow, 0, 1);
+        t++;
+        continue;
+      }
+      dotRows(qp, kp, kvRow, hb, len, scale, sc0);
+      dotRows(gp, vp, kvRow, hb, len, 1.0, dp0);
+      dScores(sc0, dp0, len, load<f32>(lse + (<usize>row << 2)), D0);
+      weightedRows(kp, kvRow, hb, len, sc0, scale, dq + <usize>row * hb, 0);
     }
   }
 }
@@ -508,61 +632,95 @@ function dScores(sc: usize, dp: usize, len: i32, L: f32, D: f32): void {
 }
 
 /**
+ * sc[i] <- P_i = exp(sc[i] − lse_t) and dp[i] <- P_i·(dp[i] − delta_t) for the queries t of
+ * i < count, whose lse and delta are `stride` bytes apart from lp and ep on.
+ */
+function keyScores(sc: usize, dp: usize, count: i32, lp: usize, ep: usize, stride: usize): void {
+  let i = 0;
+  for (; i + 4 <= count; i += 4) {
+    const o = <usize>i << 2;
+    const at = <usize>i * stride;
+    let L = v128.load32_zero(lp + at);
+    L = f32x4.replace_lane(L, 1, load<f32>(lp + at + stride));
+    L = f32x4.replace_lane(L, 2, load<f32>(lp + at + 2 * stride));
+    L = f32x4.replace_lane(L, 3, load<f32>(lp + at + 3 * stride));
+    let D = v128.load32_zero(ep + at);
+    D = f32x4.replace_lane(D, 1, load<f32>(ep + at + stride));
+    D = f32x4.replace_lane(D, 2, load<f32>(ep + at + 2 * stride));
+    D = f32x4.replace_lane(D, 3, load<f32>(ep + at + 3 * stride));
+    const P = expV(f32x4.sub(v128.load(sc + o), L));
+    v128.store(sc + o, P);
+    v128.store(dp + o, f32x4.mul(P, f32x4.sub(v128.load(dp + o), D)));
+  }
+  for (; i < count; i++) {
+    const o = <usize>i << 2;
+    const P = exp1(load<f32>(sc + o) - load<f32>(lp + <usize>i * stride));
+    store<f32>(sc + o, P);
+    store<f32>(dp + o, P * (load<f32>(dp + o) - load<f32>(ep + <usize>i * stride)));
+  }
+}
+
+/**
  * Key and value side of the attention backward pass; rows = n·nKvHeads (row = p·nKvHeads + g).
  * Over the heads h of kv head g and the queries p <= t < segEnd[p]:
  *   dv_p = Σ P_tp·dout_t        dk_p = (1/√d)·Σ P_tp·(dout_t·v_p − delta_t)·q_t
- * Needs delta from attentionBackwardQuery.
+ * Needs delta from attentionBackwardQuery. Keys p and p + 1 of one segment go together: p sees
+ * one more query (t = p) before the ones they share.
  */
 export function attentionBackwardKeyValue(
   q: usize, k: usize, v: usize, dout: usize, lse: usize, delta: usize, segEnd: usize, dk: usize, dv: usize,
   nHeads: i32, nKvHeads: i32, headDim: i32, scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32,
 ): void {
-  const sc = scratch + <usize>tid * <usize>scratchStride;
-  const dp = sc + (<usize>scratchStride >> 1);
+  const quarter = <usize>scratchStride >> 2;
+  const sc0 = scratch + <usize>tid * <usize>scratchStride;
+  const dp0 = sc0 + quarter;
+  const sc1 = dp0 + quarter;
+  const dp1 = sc1 + quarter;
   const group = nHeads / nKvHeads;
   const hb = <usize>headDim << 2;
   const qRow = <usize>nHeads * hb;
+  const kvRow = <usize>nKvHeads * hb;
   const scale = <f32>(1.0 / Math.sqrt(<f64>headDim));
-  for (let row = r0; row < r1; row++) {
-    const p = row / nKvHeads;
-    const g = row - p * nKvHeads;
-    const count = load<i32>(segEnd + (<usize>p << 2)) - p;
-    const kp = k + <usize>row * hb;
-    const vp = v + <usize>row * hb;
-    for (let j = 0; j < group; j++) {
-      const h = g * group + j;
-      const qp = q + <usize>p * qRow + <usize>h * hb;
-      const gp = dout + <usize>p * qRow + <usize>h * hb;
-      dotRows(kp, qp, qRow, hb, count, scale, sc);
-      dotRows(vp, gp, qRow, hb, count, 1.0, dp);
-      // sc <- P, dp <- dS; lse and delta of query t are nHeads floats apart
-      const lp = lse + ((<usize>(p * nHeads + h)) << 2);
-      const ep = delta + ((<usize>(p * nHeads + h)) << 2);
-      const stride = <usize>nHeads << 2;
-      let i = 0;
-      for (; i + 4 <= count; i += 4) {
-        const o = <usize>i << 2;
-        const at = <usize>i * stride;
-        let L = v128.load32_zero(lp + at);
-        L = f32x4.replace_lane(L, 1, load<f32>(lp + at + stride));
-        L = f32x4.replace_lane(L, 2, load<f32>(lp + at + 2 * stride));
-        L = f32x4.replace_lane(L, 3, load<f32>(lp + at + 3 * stride));
-        let D = v128.load32_zero(ep + at);
-        D = f32x4.replace_lane(D, 1, load<f32>(ep + at + stride));
-        D = f32x4.replace_lane(D, 2, load<f32>(ep + at + 2 * stride));
-        D = f32x4.replace_lane(D, 3, load<f32>(ep + at + 3 * stride));
-        const P = expV(f32x4.sub(v128.load(sc + o), L));
-        v128.store(sc + o, P);
-        v128.store(dp + o, f32x4.mul(P, f32x4.sub(v128.load(dp + o), D)));
+  const stride = <usize>nHeads << 2;
+  if (r0 >= r1) return;
+  const p0 = r0 / nKvHeads;
+  const p1 = (r1 - 1) / nKvHeads;
+  for (let g = 0; g < nKvHeads; g++) {
+    for (let p = p0; p <= p1; p++) {
+      const row = p * nKvHeads + g;
+      if (row < r0 || row >= r1) continue;
+      const count = load<i32>(segEnd + (<usize>p << 2)) - p;
+      // key p + 1 goes along when its row is in [r0, r1) and it is in p's segment
+      const paired = p < p1 && row + nKvHeads < r1 && count > 1;
+      const kp = k + <usize>row * hb;
+      const vp = v + <usize>row * hb;
+      const dko = dk + <usize>row * hb;
+      const dvo = dv + <usize>row * hb;
+      for (let j = 0; j < group; j++) {
+        const h = g * group + j;
+        const qp = q + <usize>p * qRow + <usize>h * hb;
+        const gp = dout + <usize>p * qRow + <usize>h * hb;
+        const lp = lse + (<usize>(p * nHeads + h) << 2);
+        const ep = delta + (<usize>(p * nHeads + h) << 2);
+        if (paired) {
+          // p sees query p first, then both see the queries p + 1 .. end − 1
+          dotRows(kp, qp, qRow, hb, 1, scale, sc0);
+          dotRows2(kp, kp + kvRow, qp + qRow, qRow, hb, count - 1, scale, sc0 + 4, sc1);
+          dotRows(vp, gp, qRow, hb, 1, 1.0, dp0);
+          dotRows2(vp, vp + kvRow, gp + qRow, qRow, hb, count - 1, 1.0, dp0 + 4, dp1);
+          keyScores(sc0, dp0, count, lp, ep, stride);
+          keyScores(sc1, dp1, count - 1, lp + stride, ep + stride, stride);
+          weightedRows2(gp + qRow, qRow, hb, count - 1, sc0, sc1, 1.0, 1.0, dvo, dvo + kvRow, j, -1);
+          weightedRows2(qp + qRow, qRow, hb, count - 1, dp0, dp1, scale, scale, dko, dko + kvRow, j, -1);
+          continue;
+        }
+        dotRows(kp, qp, qRow, hb, count, scale, sc0);
+        dotRows(vp, gp, qRow, hb, count, 1.0, dp0);
+        keyScores(sc0, dp0, count, lp, ep, stride);
+        weightedRows(gp, qRow, hb, count, sc0, 1.0, dvo, j);
+        weightedRows(qp, qRow, hb, count, dp0, scale, dko, j);
       }
-      for (; i < count; i++) {
-        const o = <usize>i << 2;
-        const P = exp1(load<f32>(sc + o) - load<f32>(lp + <usize>i * stride));
-        store<f32>(sc + o, P);
-        store<f32>(dp + o, P * (load<f32>(dp + o) - load<f32>(ep + <usize>i * stride)));
-      }
-      weightedRows(gp, qRow, hb, count, sc, 1.0, dv + <usize>row * hb, j);
-      weightedRows(qp, qRow, hb, count, dp, scale, dk + <usize>row * hb, j);
+      if (paired) p++;
     }
   }
 }
@@ -624,10 +782,9 @@ export function crossEntropy(
       continue;
     }
     const xt = load<f32>(row + (<usize>target << 2));
-    const sumAt = losses + (<usize>t << 2);
-    const m = expShifted(row, vocab, sumAt);
-    const sum = load<f32>(sumAt);
-    store<f32>(sumAt, <f32>(<f64>m + Math.log(<f64>sum) - <f64>xt));
+    const m = expShifted(row, vocab);
+    const sum = expSum;
+    store<f32>(losses + (<usize>t << 2), <f32>(<f64>m + Math.log(<f64>sum) - <f64>xt));
     const s = dscale / sum;
     const sv = f32x4.splat(s);
     const vEnd = <usize>(vocab & ~3) << 2;
