@@ -7,10 +7,12 @@ import { UserError } from "../errors.js";
 import { GGMLType, ggmlTypeName } from "../formats/ggml-types.js";
 import { readGgufHeader, readTensorInto } from "../formats/gguf.js";
 import { type LlamaConfig, llamaConfigFromMetadata, metadataGetter } from "../model/config.js";
-import { dequantizeRow } from "../quant/reference.js";
-import { BLOCK, type Weight, type WeightFormat } from "../runtime/backend.js";
+import type { LoraTensor } from "../model/lora.js";
+import { dequantizeRow, quantizeRow } from "../quant/reference.js";
+import { BLOCK, rowBytes, type Weight, type WeightFormat } from "../runtime/backend.js";
 import { MAX_SHARD_BYTES, Runtime, SHARD_BASE } from "../runtime/runtime.js";
 import { Rng } from "../util/random.js";
+import { dropoutThreshold, loraDropoutSeed } from "./lora-reference.js";
 import { type AttentionGeometry, ropeTables, SUM_SQUARES_BLOCK, TrainOps } from "./ops.js";
 
 /** One parameter tensor of the model, by its GGUF name. */
@@ -26,6 +28,8 @@ export interface ParamTensor {
   trainable: boolean;
   /** Whether AdamW's weight decay applies (matrices, not norm weights). */
   decay: boolean;
+  /** For a LoRA tensor (`<base>.lora_a` or `.lora_b`): the GGUF name of the matrix it adapts. */
+  loraOf?: string;
   /** Byte offsets of the gradient and the AdamW moments (0 when frozen). */
   grad: number;
   m: number;
@@ -51,6 +55,27 @@ export interface TrainModelOptions {
    * the input gradient through dequantized rows.
    */
   formatOf?: (name: string) => WeightFormat;
+  /** LoRA adapters on frozen matrices. */
+  lora?: LoraOptions;
+}
+
+/**
+ * Low-rank adapters: each adapted frozen matrix W (out × in) gets trainable A (rank × in) and
+ * B (out × rank), named `<W>.lora_a` / `<W>.lora_b` with llama.cpp's dims, and computes
+ * y = x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ with s = alpha / rank. Dropout (inverted, a share p of the
+ * inputs of each adapted matrix) applies only in forwardBackward; its masks are hashes of
+ * (seed, pass, tensor, element), so a run is reproducible and a resumed run sets `loraPass`.
+ */
+export interface LoraOptions {
+  /** Which matrices (GGUF names) get an adapter; each must be frozen. */
+  targets: (name: string) => boolean;
+  /** Rank: a positive multiple of 4. */
+  rank: number;
+  alpha: number;
+  /** Dropout share p in [0, 1) (default 0). */
+  dropout?: number;
+  /** Seed of A's initial values and of the dropout masks (default 0). */
+  seed?: number;
 }
 
 /** A micro-batch: rows·seq tokens, row-major by sequence. */
@@ -83,6 +108,8 @@ export interface TrainMemory {
 }
 
 const align4 = (n: number) => Math.ceil(n / 4) * 4;
+/** Rows of a non-f32 frozen matrix decoded at a time for its input gradient. */
+const DEQUANT_ROWS = 256;
 
 const GGML_TYPE_OF_FORMAT: Record<WeightFormat, GGMLType> = {
   F32: GGMLType.F32,
@@ -163,8 +190,18 @@ interface Regions {
   tX: number;
   tDy: number;
   tW: number;
+  /** Row blocks of a non-f32 frozen matrix for its input gradient (see inputGradientByBlocks). */
   dequant: number;
+  dequantT: number;
+  dyBlock: number;
   xq: number;
+  /** LoRA: the scaled (dropped-out) input, dU, and transposed A, B, U; U per adapted tensor. */
+  loraX: number;
+  loraDu: number;
+  loraT: number;
+  loraAT: number;
+  loraBT: number;
+  loraU: Map<string, number>;
   attScratch: number;
   sumSquares: number;
 }
@@ -239,6 +276,7 @@ function layout(
     threads: number;
     trainable: (name: string) => boolean;
     formatOf: (name: string) => WeightFormat;
+    lora?: LoraOptions;
   },
   alloc: (bytes: number) => number,
 ): { regions: Regions; params: ParamTensor[]; memory: TrainMemory } {
@@ -259,8 +297,9 @@ function layout(
   const vocabPad = align4(c.vocab);
   const params: ParamTensor[] = [];
   let hasQuantized = false;
-  let largestMatrix = 0;
-  for (const t of tensorPlan(c, o.tiedEmbeddings)) {
+  let largestF32Matrix = 0;
+  const plan = tensorPlan(c, o.tiedEmbeddings);
+  for (const t of plan) {
     const cols = t.dims[0]!;
     const rows = t.dims[1] ?? 1;
     const vocabRows = t.name === "token_embd.weight" || t.name === "output.weight";
@@ -278,7 +317,7 @@ function layout(
       format === "F32"
         ? storedRows * cols * 4
         : (storedRows * cols * BLOCK[format].bytes) / BLOCK[format].size;
-    if (t.matrix) largestMatrix = Math.max(largestMatrix, storedRows * cols);
+    if (t.matrix && format === "F32") largestF32Matrix = Math.max(largestF32Matrix, storedRows * cols);
     const offset = take("weights", bytes);
     const tensor: ParamTensor = {
       name: t.name,
@@ -297,6 +336,37 @@ function layout(
       tensor.v = take("optimizer", length * 4);
     }
     params.push(tensor);
+  }
+  const lora = o.lora;
+  const adapted = lora ? plan.filter((t) => t.matrix && lora.targets(t.name)) : [];
+  for (const t of adapted) {
+    if (o.trainable(t.name)) throw new UserError(`${t.name}: a LoRA adapter needs a frozen matrix`);
+    const [cols, rows] = t.dims as [number, number];
+    const r = lora!.rank;
+    for (const [suffix, dims] of [
+      ["a", [cols, r]],
+      ["b", [r, rows]],
+    ] as const) {
+      const length = dims[0] * dims[1];
+      params.push({
+        name: `${t.name}.lora_${suffix}`,
+        dims: [...dims],
+        length,
+        weight: {
+          shard: 0,
+          offset: take("weights", length * 4),
+          format: "F32",
+          rows: dims[1],
+          cols: dims[0],
+        },
+        trainable: true,
+        decay: true,
+        loraOf: t.name,
+        grad: take("gradients", length * 4),
+        m: take("optimizer", length * 4),
+        v: take("optimizer", length * 4),
+      });
+    }
   }
 
   const N = o.batch * o.seq;
@@ -354,8 +424,29 @@ function layout(
   const widest = Math.max(c.dim, q, kv, c.ffn);
   regions.tX = scratch(Math.max(widest * nPad, c.dim * chunk));
   regions.tDy = scratch(Math.max(widest * nPad, vocabPad * chunk));
-  regions.tW = scratch(largestMatrix);
-  regions.dequant = hasQuantized ? scratch(largestMatrix) : 0;
+  regions.tW = scratch(largestF32Matrix);
+  regions.dequant = hasQuantized ? scratch(DEQUANT_ROWS * widest) : 0;
+  regions.dequantT = hasQuantized ? scratch(DEQUANT_ROWS * widest) : 0;
+  regions.dyBlock = hasQuantized ? scratch(nPad * DEQUANT_ROWS) : 0;
+  regions.loraU = new Map();
+  const rank = lora?.rank ?? 0;
+  const uOfSuffix = new Map<string, number>();
+  for (const t of adapted) {
+    // With recomputation one set of activations serves every layer.
+    const suffix = o.recompute ? t.name.replace(/^blk\.\d+\./, "") : t.name;
+    let u = uOfSuffix.get(suffix);
+    if (u === undefined) {
+      u = act(N * rank);
+      uOfSuffix.set(suffix, u);
+    }
+    regions.loraU.set(t.name, u);
+  }
+  const withLora = adapted.length > 0;
+  regions.loraX = withLora ? scratch(N * widest) : 0;
+  regions.loraDu = withLora ? scratch(N * rank) : 0;
+  regions.loraT = withLora ? scratch(rank * nPad) : 0;
+  regions.loraAT = withLora ? scratch(widest * rank) : 0;
+  regions.loraBT = withLora ? scratch(rank * widest) : 0;
   regions.xq = hasQuantized ? take("scratch", 2 * N * widest + 64 * N) : 0;
   regions.attScratch = take("scratch", o.threads * 4 * o.seq * 4);
   regions.sumSquares = take(
@@ -365,7 +456,17 @@ function layout(
   return { regions, params, memory };
 }
 
+function checkLoraOptions(l: LoraOptions): void {
+  if (!Number.isInteger(l.rank) || l.rank < 4 || l.rank % 4 !== 0)
+    throw new UserError(`LoRA rank must be a positive multiple of 4, got ${l.rank}`);
+  if (!(Number.isFinite(l.alpha) && l.alpha > 0))
+    throw new UserError(`LoRA alpha must be positive, got ${l.alpha}`);
+  const p = l.dropout ?? 0;
+  if (!(p >= 0 && p < 1)) throw new UserError(`LoRA dropout must be in [0, 1), got ${p}`);
+}
+
 function resolveOptions(o: TrainModelOptions) {
+  if (o.lora) checkLoraOptions(o.lora);
   return {
     batch: o.batch,
     seq: o.seq,
@@ -374,6 +475,7 @@ function resolveOptions(o: TrainModelOptions) {
     threads: Math.max(1, Math.floor(o.threads ?? availableParallelism())),
     trainable: o.trainable ?? (() => true),
     formatOf: o.formatOf ?? (() => "F32" as WeightFormat),
+    lora: o.lora,
   };
 }
 
@@ -430,6 +532,16 @@ export class LlamaTrainModel {
   private readonly vocabPad: number;
   /** Tokens in the micro-batch set by setBatch. */
   private n = 0;
+  /** LoRA: the A and B of each adapted matrix, by its name, and the settings. */
+  private readonly lora: Map<string, { a: ParamTensor; b: ParamTensor; index: number }>;
+  private readonly loraOptions?: Required<LoraOptions>;
+  /**
+   * forwardBackward passes made, the key of LoRA's dropout masks. A resumed run sets it to
+   * steps × accumulation so that it draws the masks an uninterrupted run would.
+   */
+  loraPass = 0;
+  /** Dropout is on inside forwardBackward only. */
+  private training = false;
 
   private constructor(
     config: LlamaConfig,
@@ -468,6 +580,14 @@ export class LlamaTrainModel {
       });
     }
     this.vocabPad = align4(config.vocab);
+    this.lora = new Map();
+    for (const p of l.params) {
+      if (!p.loraOf) continue;
+      const entry = this.lora.get(p.loraOf) ?? { a: p, b: p, index: this.lora.size };
+      entry[p.name.endsWith(".lora_a") ? "a" : "b"] = p;
+      this.lora.set(p.loraOf, entry);
+    }
+    if (o.lora) this.loraOptions = { dropout: 0, seed: 0, ...o.lora };
     const c = config;
     const tables = ropeTables(c.contextLength, c.rope.dim, c.rope.freqBase, c.rope.freqScale);
     this.f32(this.r.ropeCos, tables.cos.length).set(tables.cos);
@@ -495,7 +615,9 @@ export class LlamaTrainModel {
   /**
    * A model with the weights of a Llama GGUF file, for fine-tuning. Trainable tensors become f32;
    * a frozen matrix keeps its file format (f32, f16, bf16, Q4_0 ... Q6_K) unless `formatOf` says
-   * otherwise, so a quantized base stays quantized. Embedding, output head and norms are f32.
+   * otherwise (then it is converted row by row: decoded, and encoded again for a quantized
+   * format), so a quantized base stays quantized. Embedding, output head and norms are f32. LoRA
+   * tensors start as `initializeLora` makes them.
    */
   static async load(
     path: string,
@@ -522,6 +644,7 @@ export class LlamaTrainModel {
       const fd = openSync(path, "r");
       try {
         for (const p of model.params) {
+          if (p.loraOf) continue;
           const t = header.tensor(p.name);
           if (!t) throw new UserError(`${path}: tensor ${p.name} is missing`);
           if (t.dims.length !== p.dims.length || t.dims.some((d, i) => d !== p.dims[i])) {
@@ -531,7 +654,7 @@ export class LlamaTrainModel {
             readTensorInto(fd, t, model.storedBytes(p), path);
             continue;
           }
-          if (p.weight.format !== "F32" || !FORMAT_OF_TYPE.has(t.type)) {
+          if (!FORMAT_OF_TYPE.has(t.type)) {
             throw new UserError(
               `${path}: tensor ${p.name} is ${ggmlTypeName(t.type)} and cannot be stored as ${p.weight.format}`,
             );
@@ -540,15 +663,21 @@ export class LlamaTrainModel {
           readTensorInto(fd, t, bytes, path);
           const cols = p.dims[0]!;
           const rows = p.length / cols;
-          const rowBytes = t.byteSize / rows;
-          const w = model.weights(p);
+          const inRow = t.byteSize / rows;
+          const format = p.weight.format;
+          const f32 = format === "F32" ? model.weights(p) : undefined;
+          const stored = model.storedBytes(p);
+          const outRow = stored.length / rows;
           for (let r = 0; r < rows; r++) {
-            w.set(dequantizeRow(t.type, bytes.subarray(r * rowBytes, (r + 1) * rowBytes), cols), r * cols);
+            const row = dequantizeRow(t.type, bytes.subarray(r * inRow, (r + 1) * inRow), cols);
+            if (f32) f32.set(row, r * cols);
+            else quantizeRow(GGML_TYPE_OF_FORMAT[format], row, stored.subarray(r * outRow, (r + 1) * outRow));
           }
         }
       } finally {
         closeSync(fd);
       }
+      if (options.lora) model.initializeLora();
       return model;
     } catch (e) {
       await model.dispose();
@@ -627,6 +756,32 @@ export class LlamaTrainModel {
       const residual = p.name.endsWith("attn_output.weight") || p.name.endsWith("ffn_down.weight");
       rng.fillNormal(w, 0.02 * (residual ? residualScale : 1));
     }
+  }
+
+  /**
+   * LoRA's initial values, as PEFT sets them: A uniform in ±1/sqrt(in) (Kaiming-uniform with
+   * a = √5) drawn from the LoRA seed, B zero, so the adapted model starts equal to its base.
+   */
+  initializeLora(): void {
+    const rng = new Rng(this.loraOptions?.seed ?? 0);
+    for (const { a, b } of this.lora.values()) {
+      const bound = 1 / Math.sqrt(a.weight.cols);
+      const w = this.weights(a);
+      for (let i = 0; i < w.length; i++) w[i] = (2 * rng.nextFloat() - 1) * bound;
+      this.weights(b).fill(0);
+    }
+  }
+
+  /** The adapter being trained: A and B of every adapted matrix, copied out. */
+  loraTensors(): LoraTensor[] {
+    return [...this.lora].map(([base, { a, b }]) => ({
+      base,
+      rank: a.weight.rows,
+      inFeatures: a.weight.cols,
+      outFeatures: b.weight.rows,
+      a: this.weights(a).slice(),
+      b: this.weights(b).slice(),
+    }));
   }
 
   /** Clears every gradient (the optimizer also clears them after each update). */
@@ -715,9 +870,78 @@ export class LlamaTrainModel {
     return this.r.acts[this.recompute ? 0 : l]!;
   }
 
-  /** out (n × rows) (+)= x·Wᵀ for any stored format. */
+  /** out (n × rows) (+)= x·Wᵀ for any stored format, plus W's LoRA path when it has one. */
   private linear(p: ParamTensor, x: number, n: number, out: number, acc: boolean): void {
     this.ops.matmul(p.weight, x, n, out, acc, this.r.xq);
+    this.loraForward(p, x, n, out);
+  }
+
+  /** The dropout seed of an adapted matrix in the current pass, and the input's scale factor. */
+  private loraInput(index: number): { scale: number; threshold: number; seed: number } {
+    const o = this.loraOptions!;
+    const s = o.alpha / o.rank;
+    if (!this.training || o.dropout === 0) return { scale: s, threshold: 0, seed: 0 };
+    return {
+      scale: s / (1 - o.dropout),
+      threshold: dropoutThreshold(o.dropout),
+      seed: loraDropoutSeed(o.seed, this.loraPass, index),
+    };
+  }
+
+  /**
+   * LoRA forward of an adapted W: U = (s·dropout(x))·Aᵀ, kept for the backward pass, and
+   * out += U·Bᵀ when `out` is given (the recomputing backward pass needs U alone).
+   */
+  private loraForward(p: ParamTensor, x: number, n: number, out: number): void {
+    const lora = this.lora.get(p.name);
+    if (!lora) return;
+    const ops = this.ops;
+    const r = this.r;
+    const u = r.loraU.get(p.name)!;
+    const { scale, threshold, seed } = this.loraInput(lora.index);
+    ops.dropoutScale(x, r.loraX, n * p.weight.cols, scale, threshold, seed, false);
+    ops.matmul(lora.a.weight, r.loraX, n, u, false);
+    if (out) ops.matmul(lora.b.weight, u, n, out, true);
+  }
+
+  /**
+   * LoRA backward of an adapted W (n × in input x, upstream dy): dB += dyᵀ·U, dU = dy·B,
+   * dA += dUᵀ·(s·dropout(x)), and dx += dropout(dU·A)·s when dx is given. Uses tX and tDy, so it
+   * runs after the base products of a linearsBackward group.
+   */
+  private loraBackward(p: ParamTensor, x: number, n: number, dy: number, dx: number): void {
+    const lora = this.lora.get(p.name)!;
+    const ops = this.ops;
+    const r = this.r;
+    const nPad = align4(n);
+    const cols = p.weight.cols;
+    const rows = lora.b.weight.rows;
+    const rank = lora.a.weight.rows;
+    const { scale, threshold, seed } = this.loraInput(lora.index);
+    const f32 = (offset: number, rowCount: number, colCount: number): Weight => ({
+      shard: 0,
+      offset,
+      format: "F32",
+      rows: rowCount,
+      cols: colCount,
+    });
+    // dB (rows × rank) += dyᵀ·U
+    ops.transpose(r.loraU.get(p.name)!, r.loraT, n, rank, nPad);
+    ops.transpose(dy, r.tDy, n, rows, nPad);
+    ops.matmul(f32(r.loraT, rank, nPad), r.tDy, rows, lora.b.grad, true);
+    // dU (n × rank) = dy·B
+    ops.transpose(lora.b.weight.offset, r.loraBT, rows, rank, rows);
+    ops.matmul(f32(r.loraBT, rank, rows), dy, n, r.loraDu, false);
+    // dA (rank × in) += dUᵀ·(s·dropout(x))
+    ops.dropoutScale(x, r.loraX, n * cols, scale, threshold, seed, false);
+    ops.transpose(r.loraX, r.tX, n, cols, nPad);
+    ops.transpose(r.loraDu, r.loraT, n, rank, nPad);
+    ops.matmul(f32(r.tX, cols, nPad), r.loraT, rank, lora.a.grad, true);
+    if (!dx) return;
+    // dx += dropout(dU·A)·s
+    ops.transpose(lora.a.weight.offset, r.loraAT, rank, cols, rank);
+    ops.matmul(f32(r.loraAT, cols, rank), r.loraDu, n, r.loraX, false);
+    ops.dropoutScale(r.loraX, dx, n * cols, scale, threshold, seed, true);
   }
 
   /** Records the forward pass of layer l over the current micro-batch. */
@@ -746,6 +970,8 @@ export class LlamaTrainModel {
       const y = this.r.xs[l + 1]!;
       ops.copy(y, A.xmid, n * c.dim * 4);
       this.linear(L.down, A.h, n, y, true);
+    } else {
+      this.loraForward(L.down, A.h, n, 0);
     }
   }
 
@@ -761,21 +987,44 @@ export class LlamaTrainModel {
     for (let l = 0; l < this.config.layers; l++) this.layerForward(l, true);
   }
 
-  /** The weight as f32 transposed into tW (cols × rows), for input gradients. */
+  /** An f32 weight transposed into tW (cols × rows), for input gradients. */
   private transposedWeight(p: ParamTensor): number {
     const w = p.weight;
-    let src = w.offset;
-    if (w.format !== "F32") {
-      this.ops.dequantize(w, this.r.dequant);
-      src = this.r.dequant;
-    }
-    this.ops.transpose(src, this.r.tW, w.rows, w.cols, w.rows);
+    if (w.format !== "F32") throw new Error(`transposedWeight: ${p.name} is ${w.format}`);
+    this.ops.transpose(w.offset, this.r.tW, w.rows, w.cols, w.rows);
     return this.r.tW;
   }
 
   /**
-   * Backward of y_i = x·W_iᵀ for linears that share the input x (n × cols):
-   * dW_i += dy_iᵀ·x for the trainable W_i, and dx (+)= Σ_i dy_i·W_i when dx is given.
+   * dx (n × cols) (+)= dy·W for a non-f32 W (rows × cols), a block of DEQUANT_ROWS rows at a time:
+   * the block decoded to f32 and transposed, times the block's columns of dy (dy is transposed
+   * once and each block transposed back), so no f32 copy of the whole matrix is ever held.
+   */
+  private inputGradientByBlocks(w: Weight, dy: number, n: number, dx: number, acc: boolean): void {
+    const ops = this.ops;
+    const r = this.r;
+    const nPad = align4(n);
+    const bytesPerRow = rowBytes(w.format, w.cols);
+    ops.transpose(dy, r.tDy, n, w.rows, nPad);
+    for (let r0 = 0; r0 < w.rows; r0 += DEQUANT_ROWS) {
+      const m = Math.min(DEQUANT_ROWS, w.rows - r0);
+      ops.dequantize({ ...w, offset: w.offset + r0 * bytesPerRow, rows: m }, r.dequant);
+      ops.transpose(r.dequant, r.dequantT, m, w.cols, m);
+      ops.transpose(r.tDy + r0 * nPad * 4, r.dyBlock, m, nPad, m);
+      ops.matmul(
+        { shard: 0, offset: r.dequantT, format: "F32", rows: w.cols, cols: m },
+        r.dyBlock,
+        n,
+        dx,
+        acc || r0 > 0,
+      );
+    }
+  }
+
+  /**
+   * Backward of y_i = x·W_iᵀ (+ LoRA) for linears that share the input x (n × cols):
+   * dW_i += dy_iᵀ·x for the trainable W_i, LoRA gradients for the adapted ones, and
+   * dx (+)= Σ_i dy_i·W_i (+ LoRA's part) when dx is given.
    */
   private linearsBackward(
     x: number,
@@ -802,11 +1051,16 @@ export class LlamaTrainModel {
         );
       }
       if (dx) {
-        const wT = this.transposedWeight(p);
-        ops.matmul({ shard: 0, offset: wT, format: "F32", rows: cols, cols: rows }, dy, n, dx, acc);
+        if (p.weight.format === "F32") {
+          const wT = this.transposedWeight(p);
+          ops.matmul({ shard: 0, offset: wT, format: "F32", rows: cols, cols: rows }, dy, n, dx, acc);
+        } else {
+          this.inputGradientByBlocks(p.weight, dy, n, dx, acc);
+        }
         acc = true;
       }
     }
+    for (const { p, dy } of parts) if (this.lora.has(p.name)) this.loraBackward(p, x, n, dy, dx);
   }
 
   /** Records the backward pass of layer l; dres holds dLoss/d(layer output) and becomes dLoss/d(input). */
@@ -937,12 +1191,18 @@ export class LlamaTrainModel {
   forwardBackward(dscale: number): number {
     if (this.n === 0) throw new Error("forwardBackward: no batch set");
     const c = this.config;
-    this.forwardLayers();
-    this.head(0, this.n, dscale);
-    for (let l = c.layers - 1; l >= 0; l--) this.layerBackward(l);
-    if (this.embedding.trainable)
-      this.ops.embeddingBackward(this.embedding.grad, this.r.ids, this.r.dres, c.dim, this.n, c.vocab);
-    this.ops.flush();
+    this.training = true;
+    try {
+      this.forwardLayers();
+      this.head(0, this.n, dscale);
+      for (let l = c.layers - 1; l >= 0; l--) this.layerBackward(l);
+      if (this.embedding.trainable)
+        this.ops.embeddingBackward(this.embedding.grad, this.r.ids, this.r.dres, c.dim, this.n, c.vocab);
+      this.ops.flush();
+    } finally {
+      this.training = false;
+      this.loraPass++;
+    }
     return this.lossSum();
   }
 

@@ -248,6 +248,22 @@ export class TrainOps {
     );
   }
 
+  /**
+   * out (+)= x·scale where the dropout mask of `seed` keeps an element (see assembly/lora.ts);
+   * threshold = p·2³² drops a share p, 0 keeps all.
+   */
+  dropoutScale(
+    x: number,
+    out: number,
+    length: number,
+    scale: number,
+    threshold: number,
+    seed: number,
+    acc: boolean,
+  ): void {
+    this.op("dropoutScale", length, [x, out, scale, threshold, seed, acc ? 1 : 0], 1024);
+  }
+
   /** out[b] (f64) = Σ x² over blocks of SUM_SQUARES_BLOCK elements. */
   sumSquares(x: number, length: number, out: number): void {
     this.op("sumSquares", Math.ceil(length / SUM_SQUARES_BLOCK), [x, length, out]);

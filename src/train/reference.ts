@@ -444,15 +444,27 @@ export interface LlamaShapeRef {
   rope: { dim: number; freqBase: number; freqScale: number };
 }
 
+/** y (n × rows) = x·Wᵀ of the layer matrix `name` (W = weights.get(name)). */
+export type LayerLinearRef = (
+  name: string,
+  x: Values,
+  w: Values,
+  rows: number,
+  cols: number,
+  n: number,
+) => Float64Array;
+
 /**
  * The mean next-token loss of a Llama over n tokens (targets −1 excluded), in float64, built from
  * the references above. `weights` maps GGUF tensor names to values (output.weight missing: the
- * head reuses token_embd.weight). segStart gives each token's first visible token.
+ * head reuses token_embd.weight). segStart gives each token's first visible token. `linear`
+ * replaces the layer products x·Wᵀ (LoRA's reference passes its adapted layer).
  */
 export function llamaLossRef(
   c: LlamaShapeRef,
   weights: Map<string, Values>,
   batch: { tokens: Values; targets: Values; positions: Values; segStart: Values },
+  linear: LayerLinearRef = (_name, x, w, rows, cols, n) => linearRef(x, w, rows, cols, n),
 ): number {
   const n = batch.tokens.length;
   const w = (name: string) => {
@@ -469,18 +481,18 @@ export function llamaLossRef(
   for (let l = 0; l < c.layers; l++) {
     const p = `blk.${l}.`;
     const xn = rmsNormForwardRef(x, w(`${p}attn_norm.weight`), c.dim, c.normEps, n).out;
-    const qs = rope(linearRef(xn, w(`${p}attn_q.weight`), q, c.dim, n), c.heads);
-    const ks = rope(linearRef(xn, w(`${p}attn_k.weight`), kv, c.dim, n), c.kvHeads);
-    const vs = linearRef(xn, w(`${p}attn_v.weight`), kv, c.dim, n);
+    const qs = rope(linear(`${p}attn_q.weight`, xn, w(`${p}attn_q.weight`), q, c.dim, n), c.heads);
+    const ks = rope(linear(`${p}attn_k.weight`, xn, w(`${p}attn_k.weight`), kv, c.dim, n), c.kvHeads);
+    const vs = linear(`${p}attn_v.weight`, xn, w(`${p}attn_v.weight`), kv, c.dim, n);
     const att = attentionForwardRef(qs, ks, vs, batch.segStart, shape).out;
-    const o = linearRef(att, w(`${p}attn_output.weight`), c.dim, q, n);
+    const o = linear(`${p}attn_output.weight`, att, w(`${p}attn_output.weight`), c.dim, q, n);
     const xmid = x.map((v, i) => v + o[i]!);
     const xn2 = rmsNormForwardRef(xmid, w(`${p}ffn_norm.weight`), c.dim, c.normEps, n).out;
     const h = swigluForwardRef(
-      linearRef(xn2, w(`${p}ffn_gate.weight`), c.ffn, c.dim, n),
-      linearRef(xn2, w(`${p}ffn_up.weight`), c.ffn, c.dim, n),
+      linear(`${p}ffn_gate.weight`, xn2, w(`${p}ffn_gate.weight`), c.ffn, c.dim, n),
+      linear(`${p}ffn_up.weight`, xn2, w(`${p}ffn_up.weight`), c.ffn, c.dim, n),
     );
-    const d = linearRef(h, w(`${p}ffn_down.weight`), c.dim, c.ffn, n);
+    const d = linear(`${p}ffn_down.weight`, h, w(`${p}ffn_down.weight`), c.dim, c.ffn, n);
     x = xmid.map((v, i) => v + d[i]!);
   }
   const xf = rmsNormForwardRef(x, w("output_norm.weight"), c.dim, c.normEps, n).out;

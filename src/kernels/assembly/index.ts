@@ -2,3 +2,4 @@
 export * from "./f32";
 export * from "./quant";
 export * from "./train";
+export * from "./lora";
