@@ -2,18 +2,29 @@
 // checkpoint.gguf, metrics.jsonl (one line per step) and samples.jsonl. A run stops at its last
 // step or when `signal` aborts (the CLI's SIGINT), saving a checkpoint either way; `resume`
 // continues a run from its checkpoint with the same losses an uninterrupted run would have had.
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { UserError } from "../errors.js";
 import { type GgufHeader, readGgufHeader } from "../formats/gguf.js";
 import { type LlamaConfig, metadataGetter } from "../model/config.js";
 import { Tokenizer } from "../tokenizer/index.js";
 import { type CheckpointInfo, readCheckpoint, restoreCheckpoint, saveCheckpoint } from "./checkpoint.js";
 import { RandomWindows, type TokenSequence } from "./data.js";
+import {
+  CHECKPOINT,
+  METRICS,
+  type RunOptions,
+  runTrainingLoop,
+  SAMPLES,
+  type TrainEvent,
+  trimRunForResume,
+  writeAtomic,
+} from "./loop.js";
 import { LlamaTrainModel, type TrainMemory, trainMemory, trainParameterCount } from "./model.js";
 import { configOfShape, type ModelShape, readModelShape } from "./presets.js";
-import { LlamaTrainer, type StepMetrics } from "./trainer.js";
+import { LlamaTrainer } from "./trainer.js";
+
+export type { RunOptions };
 
 /** Token data to pretrain on: train and validation ids and the tokenizer that made them. */
 export interface PretrainData {
@@ -67,28 +78,7 @@ export interface PretrainSettings {
 type ResolvedSettings = Required<Omit<PretrainSettings, "tokens" | "steps">> & { steps: number };
 
 /** What happened, reported as it happens (the CLI draws progress from these). */
-export type PretrainEvent =
-  | {
-      type: "start";
-      config: LlamaConfig;
-      parameters: number;
-      memory: TrainMemory;
-      steps: number;
-      fromStep: number;
-      threads: number;
-    }
-  | { type: "step"; metrics: StepMetrics; tokensPerSecond: number; etaSeconds: number }
-  | { type: "eval"; step: number; valLoss: number }
-  | { type: "sample"; step: number; text: string }
-  | { type: "checkpoint"; step: number; path: string };
-
-export interface RunOptions {
-  /** Compute threads (default: all cores). Results do not depend on it. */
-  threads?: number;
-  /** Aborting stops after the current step and saves a checkpoint. */
-  signal?: AbortSignal;
-  onEvent?: (e: PretrainEvent) => void;
-}
+export type PretrainEvent = TrainEvent;
 
 export interface PretrainSummary {
   run: string;
@@ -106,9 +96,6 @@ export interface PretrainSummary {
   parameters: number;
 }
 
-const CHECKPOINT = "checkpoint.gguf";
-const METRICS = "metrics.jsonl";
-const SAMPLES = "samples.jsonl";
 /** The validation windows are the same at every evaluation. */
 const VAL_SEED = 0x5eed;
 
@@ -142,13 +129,6 @@ function resolveSettings(s: PretrainSettings): ResolvedSettings {
     sampleTokens: s.sampleTokens ?? 64,
     checkpointEvery: s.checkpointEvery ?? 100,
   };
-}
-
-/** Writes a small file through a temporary name and a rename. */
-function writeAtomic(path: string, text: string): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, text);
-  renameSync(tmp, path);
 }
 
 function tokenizerOf(header: GgufHeader, what: string): Tokenizer {
@@ -271,22 +251,7 @@ export async function resumePretraining(
       accumulation: info.accumulation,
     });
     trainer.restore(info.trainer);
-    // A write that a crash cut short left only its temporary file; the checkpoint is the last whole one.
-    for (const f of readdirSync(run))
-      if (f.startsWith(`${CHECKPOINT}.tmp-`)) rmSync(join(run, f), { force: true });
-    // Lines written after the checkpoint belong to steps that will run again.
-    for (const file of [METRICS, SAMPLES]) {
-      const path = join(run, file);
-      const lines = existsSync(path) ? readFileSync(path, "utf8").split("\n") : [];
-      const keep = lines.filter((line) => {
-        try {
-          return (JSON.parse(line) as { step: number }).step <= trainer.step;
-        } catch {
-          return false;
-        }
-      });
-      writeAtomic(path, keep.map((l) => `${l}\n`).join(""));
-    }
+    trimRunForResume(run, trainer.step);
     return await runLoop(s, trainer, data, tokenizer, header, run, options, dataSource);
   } finally {
     await model.dispose();
@@ -304,106 +269,54 @@ async function runLoop(
   dataSource: string,
 ): Promise<PretrainSummary> {
   const model = trainer.model;
-  const emit = options.onEvent ?? (() => {});
-  const checkpointPath = join(out, CHECKPOINT);
-  const fromStep = trainer.step;
-  emit({
-    type: "start",
-    config: model.config,
-    parameters: model.parameterCount,
-    memory: model.memory,
-    steps: s.steps,
-    fromStep,
-    threads: model.threads,
-  });
-  const save = () => {
-    const info: CheckpointInfo = {
-      config: model.config,
-      tiedEmbeddings: model.tiedEmbeddings,
-      batch: s.batch,
-      seq: s.seq,
-      accumulation: s.accumulation,
-      optimizer: trainer.optimizer,
-      trainer: trainer.state(),
-      run: { kind: "pretrain", settings: s, data: dataSource },
-    };
-    saveCheckpoint(checkpointPath, model, info, tokenizerHeader);
-    emit({ type: "checkpoint", step: trainer.step, path: checkpointPath });
-  };
-  const validate = (): number | undefined => {
-    if (!data.val || data.val.tokens < s.seq + 1) return undefined;
-    const v = trainer.evaluate(
-      new RandomWindows(data.val, s.batch, s.seq, VAL_SEED, "validation data"),
-      s.evalBatches,
-    );
-    emit({ type: "eval", step: trainer.step, valLoss: v });
-    return v;
-  };
-  const sample = () => {
-    const prompt = tokenizer.bosId !== undefined ? [tokenizer.bosId] : [];
-    const ids = trainer.generate(
-      prompt,
-      s.sampleTokens,
-      { temperature: 0.8, topK: 40, seed: s.seed + trainer.step },
-      tokenizer.eosId,
-    );
-    const text = tokenizer.decode(ids);
-    writeFileSync(join(out, SAMPLES), `${JSON.stringify({ step: trainer.step, text })}\n`, { flag: "a" });
-    emit({ type: "sample", step: trainer.step, text });
-  };
-
-  let loss = Number.NaN;
-  let valLoss: number | undefined;
-  let interrupted = false;
-  const started = performance.now();
-  let tokensRun = 0;
-  while (trainer.step < s.steps) {
-    if (options.signal?.aborted) {
-      interrupted = true;
-      break;
-    }
-    const m = trainer.trainStep();
-    loss = m.loss;
-    tokensRun += m.tokens;
-    const seconds = (performance.now() - started) / 1000;
-    const tokensPerSecond = tokensRun / seconds;
-    const line: Record<string, number> = {
-      step: m.step,
-      loss: m.loss,
-      lr: m.lr,
-      grad_norm: m.gradNorm,
-      tokens: trainer.tokensSeen,
-      tokens_per_s: Math.round(tokensPerSecond),
-      ms: Math.round(m.ms),
-    };
-    const last = trainer.step === s.steps;
-    if ((s.evalEvery > 0 && m.step % s.evalEvery === 0) || last) {
-      valLoss = validate();
-      if (valLoss !== undefined) line.val_loss = valLoss;
-    }
-    writeFileSync(join(out, METRICS), `${JSON.stringify(line)}\n`, { flag: "a" });
-    emit({
-      type: "step",
-      metrics: m,
-      tokensPerSecond,
-      etaSeconds: ((s.steps - trainer.step) * seconds) / (trainer.step - fromStep),
-    });
-    if (s.sampleEvery > 0 && m.step % s.sampleEvery === 0) sample();
-    if (!last && s.checkpointEvery > 0 && m.step % s.checkpointEvery === 0) save();
-    // Let signal handlers run between steps.
-    await yieldToEventLoop();
-  }
-  save();
+  const result = await runTrainingLoop(
+    trainer,
+    s,
+    out,
+    {
+      save: () => {
+        const info: CheckpointInfo = {
+          config: model.config,
+          tiedEmbeddings: model.tiedEmbeddings,
+          batch: s.batch,
+          seq: s.seq,
+          accumulation: s.accumulation,
+          optimizer: trainer.optimizer,
+          trainer: trainer.state(),
+          run: { kind: "pretrain", settings: s, data: dataSource },
+        };
+        saveCheckpoint(join(out, CHECKPOINT), model, info, tokenizerHeader);
+      },
+      validate: () => {
+        if (!data.val || data.val.tokens < s.seq + 1) return undefined;
+        return trainer.evaluate(
+          new RandomWindows(data.val, s.batch, s.seq, VAL_SEED, "validation data"),
+          s.evalBatches,
+        );
+      },
+      sample: () => {
+        const prompt = tokenizer.bosId !== undefined ? [tokenizer.bosId] : [];
+        const ids = trainer.generate(
+          prompt,
+          s.sampleTokens,
+          { temperature: 0.8, topK: 40, seed: s.seed + trainer.step },
+          tokenizer.eosId,
+        );
+        return tokenizer.decode(ids);
+      },
+    },
+    options,
+  );
   return {
     run: out,
-    checkpoint: checkpointPath,
+    checkpoint: join(out, CHECKPOINT),
     steps: s.steps,
     step: trainer.step,
-    ranSteps: trainer.step - fromStep,
-    loss,
-    valLoss,
+    ranSteps: trainer.step - result.fromStep,
+    loss: result.loss,
+    valLoss: result.valLoss,
     tokensSeen: trainer.tokensSeen,
-    interrupted,
+    interrupted: result.interrupted,
     parameters: model.parameterCount,
   };
 }
