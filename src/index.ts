@@ -105,7 +105,20 @@ export {
 export { type BatchSource, RandomWindows, TokenArray, type TokenSequence } from "./train/data.js";
 export { type ExportSummary, exportCheckpoint } from "./train/export.js";
 export {
+  FINETUNE_METHODS,
+  type FinetuneEvent,
+  type FinetuneMethod,
+  type FinetunePlan,
+  type FinetuneRunOptions,
+  type FinetuneSettings,
+  type FinetuneSummary,
+  finetune,
+  finetunePlan,
+  resumeFinetune,
+} from "./train/finetune.js";
+export {
   LlamaTrainModel,
+  type LoraOptions,
   type ParamTensor,
   type TokenBatch,
   type TrainMemory,

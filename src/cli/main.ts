@@ -7,6 +7,7 @@ import { registerData } from "./data.js";
 import { registerDemo } from "./demo.js";
 import { registerEval } from "./eval.js";
 import { registerExport } from "./export.js";
+import { registerFinetune } from "./finetune.js";
 import { registerGenerate } from "./generate.js";
 import { registerInspect } from "./inspect.js";
 import { registerMerge } from "./merge.js";
@@ -35,6 +36,7 @@ registerServe(program);
 registerEval(program);
 registerPretrain(program, openPretrainData);
 registerExport(program);
+registerFinetune(program);
 
 /** Prints a user error as one line and exits 2; anything else is a bug and keeps its stack. */
 function fail(e: unknown): never {

@@ -126,6 +126,11 @@ const GGML_TYPE_OF_FORMAT: Record<WeightFormat, GGMLType> = {
 };
 const FORMAT_OF_TYPE = new Map(Object.entries(GGML_TYPE_OF_FORMAT).map(([f, t]) => [t, f as WeightFormat]));
 
+/** The stored format of a ggml tensor type (undefined for a type training cannot hold). */
+export function formatOfGgmlType(t: GGMLType): WeightFormat | undefined {
+  return FORMAT_OF_TYPE.get(t);
+}
+
 /** The ggml tensor type of a stored format. */
 export function ggmlTypeOfFormat(f: WeightFormat): GGMLType {
   return GGML_TYPE_OF_FORMAT[f];
