@@ -46,6 +46,8 @@ import {
   writeAtomic,
 } from "./loop.js";
 import {
+  checkMemoryFits,
+  checkTrainConfig,
   formatOfGgmlType,
   LlamaTrainModel,
   type LoraOptions,
@@ -293,6 +295,17 @@ function modelOptions(
 export function finetunePlan(settings: FinetuneSettings, threads?: number): FinetunePlan {
   const s = resolveSettings(settings);
   const { header, config } = readBase(s.base);
+  return planOf(s, header, config, threads);
+}
+
+/** The plan of a run; checks the shape, batch and LoRA settings against the base. */
+function planOf(
+  s: ResolvedSettings,
+  header: GgufHeader,
+  config: LlamaConfig,
+  threads?: number,
+): FinetunePlan {
+  checkTrainConfig(config, s.seq);
   const tied = !header.tensor("output.weight");
   const options = modelOptions(s, (name) => header.tensor(name)?.type, threads);
   const memory = trainMemory(config, { ...options, tiedEmbeddings: tied });
@@ -492,7 +505,9 @@ export async function finetune(
     );
   }
   const s = resolveSettings(settings);
-  const { header, tokenizer } = readBase(s.base);
+  const { header, config, tokenizer } = readBase(s.base);
+  // Refuse what does not fit before reading the data.
+  checkMemoryFits(planOf(s, header, config, options.threads).memory, `fine-tuning ${s.base}`);
   const data = await prepareData(s, header, tokenizer);
   const source = newSource(s, data, tokenizer);
   let steps = s.steps;

@@ -1,0 +1,524 @@
+// `npm run bench -- finetune`: LoRA training tokens/s and peak RSS on random-weight Llamas (rank 8
+// on q,v and on every linear layer), against the same LoRA setup in PyTorch when python3 can import
+// torch; and the peak RSS of QLoRA (a Q4_0 base held quantized) against LoRA on a float base, on
+// the 1.1B shape over a few steps. Every configuration runs in a child process of its own, so peak
+// RSS is its own. See finetuneUsage for the flags.
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { UserError } from "../errors.js";
+import { readGgufHeader } from "../formats/gguf.js";
+import { llamaConfigFromMetadata, metadataGetter } from "../model/config.js";
+import { LORA_TARGETS, parseLoraTargets } from "../model/lora.js";
+import { type LlamaShape, randomLlamaFile, SHAPES } from "../model/random-llama.js";
+import type { WeightFormat } from "../runtime/backend.js";
+import { trainMemory } from "../train/model.js";
+import type { FinetuneWorkerRequest, FinetuneWorkerResult } from "./finetune-worker.js";
+import { waitForQuiet } from "./infer.js";
+
+export const finetuneUsage = `usage: npm run bench -- finetune [options]
+
+LoRA training tokens/s and peak RSS of smallhammer (and of PyTorch, when python3 can import torch)
+on random-weight Llama GGUF files, and QLoRA's peak RSS against LoRA on a float base.
+
+  --shapes LIST      LoRA throughput shapes: 15M,110M (default both)
+  --targets LIST     target sets, ';'-separated: default "q,v;all"
+  --rank N           LoRA rank (default 8); alpha is 2·rank
+  --batch N          sequences per step (default 4)
+  --seq N            tokens per sequence (default 256)
+  --steps N          timed optimizer steps (default 10)
+  --warmup N         untimed steps first (default 2)
+  --threads N        compute threads for both engines (default 2)
+  --qlora-shape S    shape of the QLoRA memory comparison (default 1.1B; "none" to skip)
+  --qlora-batch N    sequences per step there (default 1)
+  --qlora-seq N      tokens per sequence there (default 128)
+  --qlora-steps N    timed steps there (default 2, after 1 warm-up)
+  --dir PATH         model cache (default .tmp/bench-models)
+  --quiet-wait S     seconds to wait for an idle machine before timing (default 120)
+  --json             machine-readable results on stdout
+  --save PATH        also write the machine-readable results to PATH
+`;
+
+const QUIET_CORES = 0.1;
+const GiB = 2 ** 30;
+const MiB = 2 ** 20;
+
+interface Options {
+  shapes: LlamaShape[];
+  targets: string[];
+  rank: number;
+  batch: number;
+  seq: number;
+  steps: number;
+  warmup: number;
+  threads: number;
+  qloraShape?: LlamaShape;
+  qloraBatch: number;
+  qloraSeq: number;
+  qloraSteps: number;
+  dir: string;
+  quietWait: number;
+  json: boolean;
+  save?: string;
+}
+
+export interface ThroughputRow {
+  shape: string;
+  targets: string;
+  trainable?: number;
+  smallhammer?: { tokensPerSecond: number; peakRssBytes: number; foreignCores: number; disturbed: boolean };
+  pytorch?: { tokensPerSecond: number; peakRssBytes: number; torchVersion: string };
+  /** smallhammer tokens/s ÷ PyTorch tokens/s. */
+  ratio?: number;
+  note?: string;
+}
+
+export interface MemoryRow {
+  shape: string;
+  base: "q4_0" | "f16" | "f32";
+  peakRssBytes?: number;
+  /** What the training layout allocates (one WebAssembly memory). */
+  layoutBytes: number;
+  tokensPerSecond?: number;
+  note?: string;
+}
+
+export interface FinetuneBenchResult {
+  commit?: string;
+  threads: number;
+  pytorch: string;
+  throughput: ThroughputRow[];
+  memory: MemoryRow[];
+  /** QLoRA peak RSS ÷ f32-base LoRA peak RSS (measured, or estimated when f32 does not fit). */
+  qloraRssRatio?: number;
+  qloraRssRatioEstimated?: boolean;
+}
+
+function positiveInt(name: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1)
+    throw new UserError(`--${name}: expected a positive integer, got "${value}"`);
+  return n;
+}
+
+function shapeOf(name: string): LlamaShape {
+  const s = SHAPES[name] ?? Object.values(SHAPES).find((x) => x.name.toLowerCase() === name.toLowerCase());
+  if (!s) throw new UserError(`unknown shape "${name}" (known: ${Object.keys(SHAPES).join(", ")})`);
+  return s;
+}
+
+function parseOptions(argv: string[]): Options | undefined {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        shapes: { type: "string" },
+        targets: { type: "string" },
+        rank: { type: "string" },
+        batch: { type: "string" },
+        seq: { type: "string" },
+        steps: { type: "string" },
+        warmup: { type: "string" },
+        threads: { type: "string" },
+        "qlora-shape": { type: "string" },
+        "qlora-batch": { type: "string" },
+        "qlora-seq": { type: "string" },
+        "qlora-steps": { type: "string" },
+        dir: { type: "string" },
+        "quiet-wait": { type: "string" },
+        json: { type: "boolean" },
+        save: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (e) {
+    throw new UserError((e as Error).message.split("\n")[0]!);
+  }
+  if (values.help) {
+    process.stdout.write(finetuneUsage);
+    return undefined;
+  }
+  const str = (k: string) => values[k] as string | undefined;
+  const targets = (str("targets") ?? "q,v;all").split(";").map((t) => t.trim());
+  for (const t of targets) parseLoraTargets(t);
+  const rank = positiveInt("rank", str("rank"), 8);
+  if (rank % 4 !== 0) throw new UserError(`--rank must be a multiple of 4, got ${rank}`);
+  const qlora = str("qlora-shape") ?? "1.1B";
+  const quietWait = Number(str("quiet-wait") ?? 120);
+  if (!(quietWait >= 0)) throw new UserError(`--quiet-wait: expected seconds, got "${str("quiet-wait")}"`);
+  return {
+    shapes: (str("shapes") ?? "15M,110M").split(",").map((s) => shapeOf(s.trim())),
+    targets,
+    rank,
+    batch: positiveInt("batch", str("batch"), 4),
+    seq: positiveInt("seq", str("seq"), 256),
+    steps: positiveInt("steps", str("steps"), 10),
+    warmup: Number(str("warmup") ?? 2),
+    threads: positiveInt("threads", str("threads"), 2),
+    qloraShape: qlora === "none" ? undefined : shapeOf(qlora),
+    qloraBatch: positiveInt("qlora-batch", str("qlora-batch"), 1),
+    qloraSeq: positiveInt("qlora-seq", str("qlora-seq"), 128),
+    qloraSteps: positiveInt("qlora-steps", str("qlora-steps"), 2),
+    dir: resolve(str("dir") ?? ".tmp/bench-models"),
+    quietWait,
+    json: values.json === true,
+    save: str("save"),
+  };
+}
+
+/** Runs a child process that prints one "RESULT <json>" line; rejects with its stderr otherwise. */
+function runChild<T>(command: string, args: string[], timeoutSeconds: number): Promise<T> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => {
+      out += d;
+    });
+    child.stderr.setEncoding("utf8").on("data", (d: string) => {
+      err = (err + d).slice(-4000);
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutSeconds * 1000);
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      const line = out.split("\n").find((l) => l.startsWith("RESULT "));
+      if (code === 0 && line) resolvePromise(JSON.parse(line.slice(7)) as T);
+      else reject(new Error(`${signal ? `killed by ${signal}` : `exit status ${code}`}: ${err.trim()}`));
+    });
+  });
+}
+
+function runOurs(req: FinetuneWorkerRequest): Promise<FinetuneWorkerResult> {
+  const script = fileURLToPath(new URL("./finetune-worker.js", import.meta.url));
+  return runChild(process.execPath, [script, JSON.stringify(req)], 3600);
+}
+
+/** The torch version python3 imports, or undefined when it cannot. */
+function torchVersion(): string | undefined {
+  const r = spawnSync("python3", ["-c", "import torch; print(torch.__version__)"], { encoding: "utf8" });
+  return r.status === 0 ? r.stdout.trim() : undefined;
+}
+
+/**
+ * The peer: the same Llama shape and LoRA setup in PyTorch (float32, CPU), written out plainly so
+ * that it needs nothing but torch: RMS norm, adjacent-pair RoPE, causal grouped-query attention,
+ * SwiGLU, frozen random base, LoRA (A Kaiming-uniform, B zero, dropout 0.05, scale alpha/rank) on
+ * the target projections, AdamW on the adapters only. Prints "RESULT <json>".
+ */
+const PYTORCH_PEER = `
+import json, math, resource, sys, time
+import torch
+import torch.nn.functional as F
+
+req = json.loads(sys.argv[1])
+torch.set_num_threads(req["threads"])
+torch.manual_seed(0)
+dim, layers, heads, kv_heads, ffn, vocab = (req[k] for k in ("dim", "layers", "heads", "kvHeads", "ffn", "vocab"))
+head_dim = dim // heads
+rank, alpha, batch, seq = req["rank"], req["alpha"], req["batch"], req["seq"]
+targets = set(req["targets"])
+
+def frozen(rows, cols):
+    return torch.randn(rows, cols) * 0.02
+
+class Linear(torch.nn.Module):
+    def __init__(self, rows, cols, adapt):
+        super().__init__()
+        self.register_buffer("w", frozen(rows, cols))
+        self.adapt = adapt
+        if adapt:
+            self.a = torch.nn.Parameter(torch.empty(rank, cols).uniform_(-1 / math.sqrt(cols), 1 / math.sqrt(cols)))
+            self.b = torch.nn.Parameter(torch.zeros(rows, rank))
+    def forward(self, x):
+        y = x @ self.w.t()
+        if self.adapt:
+            y = y + (F.dropout(x, 0.05, self.training) @ self.a.t()) @ self.b.t() * (alpha / rank)
+        return y
+
+def rms_norm(x, eps=1e-5):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+pos = torch.arange(seq, dtype=torch.float32)
+freqs = 10000.0 ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+angles = pos[:, None] * freqs[None, :]
+cos, sin = angles.cos(), angles.sin()
+
+def rope(x):
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        kv = kv_heads * head_dim
+        self.q = Linear(dim, dim, "q" in targets)
+        self.k = Linear(kv, dim, "k" in targets)
+        self.v = Linear(kv, dim, "v" in targets)
+        self.o = Linear(dim, dim, "o" in targets)
+        self.gate = Linear(ffn, dim, "gate" in targets)
+        self.up = Linear(ffn, dim, "up" in targets)
+        self.down = Linear(dim, ffn, "down" in targets)
+    def forward(self, x):
+        h = rms_norm(x)
+        q = rope(self.q(h).view(batch, seq, heads, head_dim).transpose(1, 2))
+        k = rope(self.k(h).view(batch, seq, kv_heads, head_dim).transpose(1, 2))
+        v = self.v(h).view(batch, seq, kv_heads, head_dim).transpose(1, 2)
+        k = k.repeat_interleave(heads // kv_heads, dim=1)
+        v = v.repeat_interleave(heads // kv_heads, dim=1)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.o(a.transpose(1, 2).reshape(batch, seq, dim))
+        h = rms_norm(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("embedding", frozen(vocab, dim))
+        self.register_buffer("head", frozen(vocab, dim))
+        self.blocks = torch.nn.ModuleList(Block() for _ in range(layers))
+    def forward(self, ids):
+        x = self.embedding[ids]
+        for b in self.blocks:
+            x = b(x)
+        return rms_norm(x) @ self.head.t()
+
+model = Model()
+model.train()
+params = [p for p in model.parameters() if p.requires_grad]
+trainable = sum(p.numel() for p in params)
+opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+gen = torch.Generator().manual_seed(1)
+
+def step():
+    ids = torch.randint(3, vocab, (batch, seq + 1), generator=gen)
+    logits = model(ids[:, :-1])
+    loss = F.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+for _ in range(req["warmup"]):
+    step()
+started = time.perf_counter()
+losses = [step() for _ in range(req["steps"])]
+seconds = time.perf_counter() - started
+print("RESULT " + json.dumps({
+    "tokensPerSecond": req["steps"] * batch * seq / seconds,
+    "peakRssBytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "trainable": trainable,
+    "losses": losses,
+}))
+`;
+
+interface PeerResult {
+  tokensPerSecond: number;
+  peakRssBytes: number;
+  trainable: number;
+}
+
+async function runPeer(o: Options, shape: LlamaShape, targets: string): Promise<PeerResult> {
+  const script = join(o.dir, "finetune-peer.py");
+  writeFileSync(script, PYTORCH_PEER);
+  const req = {
+    dim: shape.dim,
+    layers: shape.layers,
+    heads: shape.heads,
+    kvHeads: shape.kvHeads,
+    ffn: shape.ffn,
+    vocab: shape.vocab,
+    rank: o.rank,
+    alpha: 2 * o.rank,
+    batch: o.batch,
+    seq: o.seq,
+    targets: parseLoraTargets(targets),
+    threads: o.threads,
+    warmup: o.warmup,
+    steps: o.steps,
+  };
+  await waitForQuiet(QUIET_CORES, o.quietWait);
+  return runChild<PeerResult>("python3", [script, JSON.stringify(req)], 3600);
+}
+
+function workerRequest(
+  o: Options,
+  path: string,
+  format: WeightFormat,
+  targets: string,
+): FinetuneWorkerRequest {
+  return {
+    path,
+    format,
+    targets,
+    rank: o.rank,
+    alpha: 2 * o.rank,
+    batch: o.batch,
+    seq: o.seq,
+    warmup: o.warmup,
+    steps: o.steps,
+    threads: o.threads,
+    quietCores: QUIET_CORES,
+    quietWaitSeconds: o.quietWait,
+  };
+}
+
+/** Bytes the training layout of a base file takes with its frozen layer matrices in `format`. */
+function layoutBytes(
+  path: string,
+  format: WeightFormat,
+  targets: string,
+  rank: number,
+  batch: number,
+  seq: number,
+  threads: number,
+): number {
+  const header = readGgufHeader(path);
+  const config = llamaConfigFromMetadata(
+    metadataGetter(header),
+    path,
+    header.tensor("token_embd.weight")!.dims[1]!,
+  );
+  const suffixes = parseLoraTargets(targets).map((t) => `.${LORA_TARGETS[t].gguf}.weight`);
+  return trainMemory(config, {
+    batch,
+    seq,
+    threads,
+    trainable: () => false,
+    tiedEmbeddings: !header.tensor("output.weight"),
+    formatOf: (name) => (name.startsWith("blk.") && !name.endsWith("_norm.weight") ? format : "F32"),
+    lora: { targets: (name) => suffixes.some((s) => name.endsWith(s)), rank, alpha: 2 * rank },
+  }).total;
+}
+
+const fmtRate = (x: number | undefined) => (x === undefined ? "-" : x.toFixed(0));
+const fmtMiB = (b: number | undefined) => (b === undefined ? "-" : `${(b / MiB).toFixed(0)} MiB`);
+
+export async function runFinetuneBench(argv: string[]): Promise<void> {
+  const o = parseOptions(argv);
+  if (!o) return;
+  const say = (s: string) => {
+    if (!o.json) process.stdout.write(`${s}\n`);
+  };
+  mkdirSync(o.dir, { recursive: true });
+  const torch = torchVersion();
+  say(
+    torch
+      ? `peer: PyTorch ${torch} (python3), ${o.threads} threads`
+      : "peer: PyTorch is not installed (python3 cannot import torch); smallhammer figures only",
+  );
+  const result: FinetuneBenchResult = {
+    threads: o.threads,
+    pytorch: torch ?? "absent",
+    throughput: [],
+    memory: [],
+  };
+  try {
+    result.commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    }).trim();
+  } catch {
+    /* not a checkout */
+  }
+
+  say(
+    `\nLoRA rank ${o.rank} (alpha ${2 * o.rank}), batch ${o.batch} × seq ${o.seq}, ${o.steps} timed steps after ${o.warmup}`,
+  );
+  say(
+    `${"shape".padEnd(6)} ${"targets".padEnd(8)} ${"trainable".padStart(10)} ${"tok/s".padStart(8)} ${"peak RSS".padStart(10)} ${"torch tok/s".padStart(12)} ${"torch RSS".padStart(10)} ${"ratio".padStart(6)}`,
+  );
+  for (const shape of o.shapes) {
+    const path = randomLlamaFile(o.dir, shape, "f32", (p) => say(`writing ${p}`));
+    for (const targets of o.targets) {
+      const row: ThroughputRow = { shape: shape.name, targets };
+      try {
+        const ours = await runOurs(workerRequest(o, path, "F32", targets));
+        row.trainable = ours.trainable;
+        row.smallhammer = {
+          tokensPerSecond: ours.tokensPerSecond,
+          peakRssBytes: ours.peakRssBytes,
+          foreignCores: ours.foreignCores,
+          disturbed: ours.foreignCores > QUIET_CORES,
+        };
+        if (torch) {
+          const peer = await runPeer(o, shape, targets);
+          if (peer.trainable !== ours.trainable)
+            throw new Error(`the peer trains ${peer.trainable} parameters, smallhammer ${ours.trainable}`);
+          row.pytorch = {
+            tokensPerSecond: peer.tokensPerSecond,
+            peakRssBytes: peer.peakRssBytes,
+            torchVersion: torch,
+          };
+          row.ratio = ours.tokensPerSecond / peer.tokensPerSecond;
+        }
+      } catch (e) {
+        row.note = (e as Error).message.split("\n")[0];
+      }
+      result.throughput.push(row);
+      say(
+        `${row.shape.padEnd(6)} ${targets.padEnd(8)} ${String(row.trainable ?? "-").padStart(10)} ${fmtRate(row.smallhammer?.tokensPerSecond).padStart(8)} ${fmtMiB(row.smallhammer?.peakRssBytes).padStart(10)} ${fmtRate(row.pytorch?.tokensPerSecond).padStart(12)} ${fmtMiB(row.pytorch?.peakRssBytes).padStart(10)} ${(row.ratio === undefined ? "-" : `${row.ratio.toFixed(2)}x`).padStart(6)}${row.smallhammer?.disturbed ? "  (machine busy)" : ""}${row.note ? `  ${row.note}` : ""}`,
+      );
+    }
+  }
+
+  if (o.qloraShape) {
+    const shape = o.qloraShape;
+    const targets = "all";
+    const q = { ...o, batch: o.qloraBatch, seq: o.qloraSeq, steps: o.qloraSteps, warmup: 1 };
+    say(
+      `\nQLoRA memory: ${shape.name}, rank ${o.rank} on all linear layers, batch ${q.batch} × seq ${q.seq}, ${q.steps} steps after 1`,
+    );
+    // The float bases are decoded from the Q4_0 file (no 4 GB f32 file is written): the memory
+    // a base takes depends on its format, not on its values.
+    const path = randomLlamaFile(o.dir, shape, "q4_0", (p) => say(`writing ${p}`));
+    for (const [base, format] of [
+      ["q4_0", "Q4_0"],
+      ["f16", "F16"],
+      ["f32", "F32"],
+    ] as const) {
+      const row: MemoryRow = {
+        shape: shape.name,
+        base,
+        layoutBytes: layoutBytes(path, format, targets, o.rank, q.batch, q.seq, o.threads),
+      };
+      try {
+        const ours = await runOurs(workerRequest(q, path, format, targets));
+        row.peakRssBytes = ours.peakRssBytes;
+        row.tokensPerSecond = ours.tokensPerSecond;
+      } catch (e) {
+        row.note = (e as Error).message.split("\n")[0];
+      }
+      result.memory.push(row);
+      say(
+        `  ${base.padEnd(5)} base: peak RSS ${fmtMiB(row.peakRssBytes).padStart(10)}, layout ${(row.layoutBytes / GiB).toFixed(2)} GiB, ${fmtRate(row.tokensPerSecond)} tok/s${row.note ? `  (${row.note})` : ""}`,
+      );
+    }
+    const [q4, f16, f32] = result.memory;
+    if (q4?.peakRssBytes && f32?.peakRssBytes) {
+      result.qloraRssRatio = q4.peakRssBytes / f32.peakRssBytes;
+      result.qloraRssRatioEstimated = false;
+      say(`  QLoRA ÷ f32-base LoRA peak RSS: ${result.qloraRssRatio.toFixed(2)}x (target <= 0.4x)`);
+    } else if (q4?.peakRssBytes && f16?.peakRssBytes && f32) {
+      // f32 does not fit one WebAssembly memory: its RSS estimated as the f16 run's plus the
+      // layout's extra bytes for f32 matrices.
+      const estimate = f16.peakRssBytes + (f32.layoutBytes - f16.layoutBytes);
+      result.qloraRssRatio = q4.peakRssBytes / estimate;
+      result.qloraRssRatioEstimated = true;
+      say(
+        `  QLoRA ÷ f16-base LoRA peak RSS: ${(q4.peakRssBytes / f16.peakRssBytes).toFixed(2)}x (measured)\n` +
+          `  QLoRA ÷ f32-base LoRA peak RSS: ${result.qloraRssRatio.toFixed(2)}x (estimated: f16 run + ${((f32.layoutBytes - f16.layoutBytes) / GiB).toFixed(2)} GiB of f32 weights; target <= 0.4x)`,
+      );
+    }
+  }
+  const json = `${JSON.stringify(result, null, 2)}\n`;
+  if (o.save) writeFileSync(o.save, json);
+  if (o.json) process.stdout.write(json);
+}
