@@ -12,12 +12,17 @@ import { getLlama, type Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { tokenizeRecord } from "../src/data/chat-tokens.js";
 import { readGgufHeader } from "../src/formats/gguf.js";
+import { metadataGetter } from "../src/model/config.js";
 import { mergeLora, readLoraGguf, readPeftAdapter } from "../src/model/lora.js";
 import { loadModel } from "../src/model/model.js";
 import { builtinTemplateSource } from "../src/model/templates.js";
 import { Tokenizer } from "../src/tokenizer/index.js";
-import { metadataGetter } from "../src/model/config.js";
-import { type FinetuneEvent, type FinetuneSettings, finetune, resumeFinetune } from "../src/train/finetune.js";
+import {
+  type FinetuneEvent,
+  type FinetuneSettings,
+  finetune,
+  resumeFinetune,
+} from "../src/train/finetune.js";
 import { ensureBuilt, runCli } from "./helpers/cli.js";
 import { type TinyLlama, writeTinyLlama } from "./helpers/tiny-llama.js";
 
@@ -76,7 +81,12 @@ beforeAll(async () => {
     weightScale: 0.05,
   });
   data = join(dir, "alpaca.jsonl");
-  writeFileSync(data, alpacaRecords().map((r) => `${JSON.stringify(r)}\n`).join(""));
+  writeFileSync(
+    data,
+    alpacaRecords()
+      .map((r) => `${JSON.stringify(r)}\n`)
+      .join(""),
+  );
   llama = await getLlama({ gpu: false, build: "never", logLevel: "error" as never });
 });
 afterAll(async () => {
@@ -121,7 +131,11 @@ async function llamaCppGreedy(path: string, prompt: number[], n: number, lora?: 
 }
 
 async function ourGreedy(path: string, prompt: number[], n: number, lora?: string): Promise<number[]> {
-  const model = await loadModel(path, { threads: 2, contextSize: 256, lora: lora ? [{ adapter: lora }] : undefined });
+  const model = await loadModel(path, {
+    threads: 2,
+    contextSize: 256,
+    lora: lora ? [{ adapter: lora }] : undefined,
+  });
   try {
     const out: number[] = [];
     let logits = model.llama.forward(prompt, 0);
@@ -168,13 +182,24 @@ describe("LoRA fine-tune", () => {
     expect(adapter.tensors).toHaveLength(14);
     const config = JSON.parse(readFileSync(join(run(), "peft", "adapter_config.json"), "utf8"));
     expect(config).toMatchObject({ peft_type: "LORA", r: 8, lora_alpha: 16, lora_dropout: 0.05 });
-    expect(config.target_modules).toEqual(["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]);
+    expect(config.target_modules).toEqual([
+      "down_proj",
+      "gate_proj",
+      "k_proj",
+      "o_proj",
+      "q_proj",
+      "up_proj",
+      "v_proj",
+    ]);
     const peft = readPeftAdapter(join(run(), "peft"), tiny.heads, tiny.kvHeads);
     const byBase = new Map(peft.tensors.map((t) => [t.base, t]));
     for (const t of adapter.tensors) {
       expect(byBase.get(t.base)!.a).toEqual(t.a);
       expect(byBase.get(t.base)!.b).toEqual(t.b);
-      expect(t.b.some((v) => v !== 0), `${t.base} B trained`).toBe(true);
+      expect(
+        t.b.some((v) => v !== 0),
+        `${t.base} B trained`,
+      ).toBe(true);
     }
   });
 
@@ -250,7 +275,17 @@ describe("full fine-tune", () => {
     const header = readGgufHeader(summary.model!);
     expect(header.get("tokenizer.chat_template")?.value).toBe(builtinTemplateSource("alpaca"));
     ensureBuilt();
-    const r = runCli(["generate", "--model", summary.model!, "--prompt", "say hello", "-n", "8", "--temp", "0"]);
+    const r = runCli([
+      "generate",
+      "--model",
+      summary.model!,
+      "--prompt",
+      "say hello",
+      "-n",
+      "8",
+      "--temp",
+      "0",
+    ]);
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
   });
