@@ -108,6 +108,7 @@ export {
   FINETUNE_METHODS,
   type FinetuneEvent,
   type FinetuneMethod,
+  type FinetuneOptions,
   type FinetunePlan,
   type FinetuneRunOptions,
   type FinetuneSettings,

@@ -10,7 +10,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getLlama, type Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { tokenizeRecord } from "../src/data/chat-tokens.js";
+import { tokenizeRecord, tokenizeRecords } from "../src/data/chat-tokens.js";
+import { RecordReader } from "../src/data/records.js";
 import { readGgufHeader } from "../src/formats/gguf.js";
 import { metadataGetter } from "../src/model/config.js";
 import { mergeLora, readLoraGguf, readPeftAdapter } from "../src/model/lora.js";
@@ -18,8 +19,9 @@ import { loadModel } from "../src/model/model.js";
 import { builtinTemplateSource } from "../src/model/templates.js";
 import { Tokenizer } from "../src/tokenizer/index.js";
 import {
+  ExampleBatches,
   type FinetuneEvent,
-  type FinetuneSettings,
+  type FinetuneOptions,
   finetune,
   resumeFinetune,
 } from "../src/train/finetune.js";
@@ -50,7 +52,7 @@ function alpacaRecords(): { instruction: string; input: string; output: string }
   return records;
 }
 
-const common = (out: string): FinetuneSettings & { out: string } => ({
+const common = (out: string): FinetuneOptions => ({
   base: tiny.path,
   data,
   template: "alpaca",
@@ -66,6 +68,7 @@ const common = (out: string): FinetuneSettings & { out: string } => ({
   valFraction: 0.1,
   evalEvery: 0,
   seed: 7,
+  threads: 2,
   out,
 });
 
@@ -156,7 +159,7 @@ describe("LoRA fine-tune", () => {
   let events: FinetuneEvent[];
   beforeAll(async () => {
     events = [];
-    const summary = await finetune(common(run()), { threads: 2, onEvent: (e) => events.push(e) });
+    const summary = await finetune({ ...common(run()), onEvent: (e) => events.push(e) });
     expect(summary.interrupted).toBe(false);
     expect(summary.adapter).toBe(join(run(), "adapter.gguf"));
   });
@@ -230,15 +233,47 @@ describe("LoRA fine-tune", () => {
   });
 });
 
+describe("loss masks from the data", () => {
+  it("targets are the next token where the reply and its end are, and −1 everywhere else", async () => {
+    const tokenizer = Tokenizer.fromGgufMetadata(metadataGetter(readGgufHeader(tiny.path)));
+    const reader = await RecordReader.open(data);
+    const examples = await tokenizeRecords(reader, { tokenizer, template: { name: "alpaca" } });
+    const records = alpacaRecords();
+    expect(examples).toHaveLength(records.length);
+    examples.forEach((e, i) => {
+      // the trained tokens are exactly the reply and the end-of-sequence token
+      const trained = Array.from(e.ids).filter((_, j) => e.lossMask[j] === 1);
+      expect(trained.at(-1)).toBe(tokenizer.eosId);
+      expect(tokenizer.decode(trained.slice(0, -1)).trim()).toBe(records[i]!.output);
+    });
+    // one example per row: each batch's targets follow its example's mask exactly
+    const unpacked = new ExampleBatches(examples, 1, 256, false, 0, 3);
+    for (let b = 0; b < examples.length; b++) {
+      const batch = unpacked.next();
+      const e = examples.find((x) => x.ids.every((id, j) => batch.tokens[j] === id))!;
+      for (let j = 0; j < batch.tokens.length; j++) {
+        const want = j + 1 < e.ids.length && e.lossMask[j + 1] === 1 ? e.ids[j + 1] : -1;
+        expect(batch.targets[j], `position ${j}`).toBe(want);
+      }
+    }
+    // packed: an epoch's targets count each trained token once
+    const packed = new ExampleBatches(examples, 2, 256, true, 0, 3);
+    let targets = 0;
+    for (let b = 0; b < packed.batchesIn(0); b++)
+      for (const t of packed.next().targets) if (t >= 0) targets++;
+    expect(targets).toBe(examples.reduce((n, e) => n + e.lossMask.reduce((a, m) => a + m, 0), 0));
+  });
+});
+
 describe("resume", () => {
   it("an interrupted run continues to the same losses and the same adapter bytes", async () => {
     const settings = (out: string) => ({ ...common(out), steps: 8, dropout: 0.1, checkpointEvery: 0 });
     const whole = join(dir, "whole");
-    await finetune(settings(whole), { threads: 2 });
+    await finetune(settings(whole));
     const cut = join(dir, "cut");
     const controller = new AbortController();
-    const first = await finetune(settings(cut), {
-      threads: 2,
+    const first = await finetune({
+      ...settings(cut),
       signal: controller.signal,
       onEvent: (e) => {
         if (e.type === "step" && e.metrics.step === 3) controller.abort();
@@ -256,7 +291,7 @@ describe("resume", () => {
 describe("QLoRA", () => {
   it("trains adapters over a Q4_0 base held quantized, and the loss goes down", async () => {
     const out = join(dir, "qlora");
-    const summary = await finetune({ ...common(out), method: "qlora", baseType: "q4_0" }, { threads: 2 });
+    const summary = await finetune({ ...common(out), method: "qlora", baseType: "q4_0" });
     expectLearned(metricsOf(out).map((m) => m.loss));
     expect(summary.adapter).toBeDefined();
     // the checkpoint keeps the base as Q4_0
@@ -269,7 +304,7 @@ describe("QLoRA", () => {
 describe("full fine-tune", () => {
   it("writes a model with the chat template that generate runs", async () => {
     const out = join(dir, "full");
-    const summary = await finetune({ ...common(out), method: "full", lr: 3e-3, steps: 30 }, { threads: 2 });
+    const summary = await finetune({ ...common(out), method: "full", lr: 3e-3, steps: 30 });
     expectLearned(metricsOf(out).map((m) => m.loss));
     expect(summary.model).toBe(join(out, "model.gguf"));
     const header = readGgufHeader(summary.model!);
@@ -302,7 +337,7 @@ describe("command line", () => {
     ]);
     const broken = join(dir, "broken.jsonl");
     writeFileSync(broken, `${JSON.stringify(alpacaRecords()[0])}\n{"instruction": "x", "output": 3}\n`);
-    r = runCli([...base.slice(0, 3), "--data", broken, "--template", "alpaca", "--out", join(dir, "bad2")]);
+    r = runCli([...base.slice(0, 3), "--data", broken, ...base.slice(5), "--out", join(dir, "bad2")]);
     expect(r.status).toBe(2);
     const lines = r.stderr.trim().split("\n");
     expect(lines).toHaveLength(1);

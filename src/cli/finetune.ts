@@ -280,14 +280,13 @@ export function registerFinetune(program: Command) {
           `${settings.method}: ${plan.trainable.toLocaleString("en-US")} trainable parameters (${((100 * plan.trainable) / plan.parameters).toFixed(2)}%)`,
         );
         out(`memory: ${describeMemory(plan.memory)}`);
-        summary = await finetune(
-          { ...settings, out: flags.out },
-          {
-            threads: flags.threads,
-            signal: controller.signal,
-            onEvent,
-          },
-        );
+        summary = await finetune({
+          ...settings,
+          out: flags.out,
+          threads: flags.threads,
+          signal: controller.signal,
+          onEvent,
+        });
       }
     } finally {
       process.off("SIGINT", onSigint);

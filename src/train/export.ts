@@ -42,6 +42,11 @@ export async function exportCheckpoint(run: string, out: string, type = "f32"): 
     throw new UserError(`${path}: the checkpoint holds no tokenizer, so it cannot become a usable model`);
   }
   if (resolve(out) === resolve(path)) throw new UserError(`--out ${out} would overwrite the checkpoint`);
+  if (header.tensors.some((t) => t.name.endsWith(".lora_a") || t.name.endsWith(".lora_b"))) {
+    throw new UserError(
+      `${path}: a LoRA run's checkpoint; its adapter is the run's adapter.gguf (smallhammer merge makes a full model)`,
+    );
+  }
   const file = GgufFile.open(path);
   try {
     const sum = new Checksum();

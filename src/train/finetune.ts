@@ -152,6 +152,12 @@ export interface FinetuneRunOptions extends Omit<RunOptions, "onEvent"> {
   onEvent?: (e: FinetuneEvent) => void;
 }
 
+/** A new run: its settings, the run directory, and how to run it (threads, signal, events). */
+export interface FinetuneOptions extends FinetuneSettings, FinetuneRunOptions {
+  /** The run directory (created; must not hold a run already). */
+  out: string;
+}
+
 export interface FinetuneSummary {
   run: string;
   method: FinetuneMethod;
@@ -493,12 +499,24 @@ function baseNameOf(header: GgufHeader, path: string): string {
   return typeof name === "string" && name.trim() !== "" ? name : basename(path).replace(/\.gguf$/, "");
 }
 
-/** Starts a fine-tuning run in `out` (which must not hold one already). */
-export async function finetune(
-  settings: FinetuneSettings & { out: string },
-  options: FinetuneRunOptions = {},
+/**
+ * Fine-tunes `base` on `data` into the run directory `out`, for example
+ *
+ *   const summary = await finetune({ base: "model.gguf", data: "alpaca.jsonl", template: "alpaca",
+ *     method: "lora", rank: 8, alpha: 16, targets: "q,v", steps: 200, batch: 4, seq: 256,
+ *     lr: 2e-4, out: "run", onEvent: (e) => console.log(e) });
+ *   // summary.adapter: run/adapter.gguf; summary.firstLoss, summary.loss, summary.valLoss
+ */
+export async function finetune(options: FinetuneOptions): Promise<FinetuneSummary> {
+  const { out, threads, signal, onEvent, ...settings } = options;
+  return startFinetune(settings, out, { threads, signal, onEvent });
+}
+
+async function startFinetune(
+  settings: FinetuneSettings,
+  out: string,
+  options: FinetuneRunOptions,
 ): Promise<FinetuneSummary> {
-  const out = settings.out;
   if (existsSync(join(out, CHECKPOINT))) {
     throw new UserError(
       `${out} already holds a run; continue it with --resume ${out} or choose another --out`,
