@@ -1,5 +1,5 @@
 /**
- * LoRA in the training model: the dropout kernel against its twin, the LoRA layer's reference
+ * LoRA in the training model: the LoRA kernels against their twins, the LoRA layer's reference
  * backward against finite differences, the whole model's A and B gradients (with dropout) against
  * finite differences of the float64 reference Llama, B = 0 giving the base model's exact logits,
  * merging equal to the adapter at run time, loss masks giving exactly zero gradient, and a frozen
@@ -15,10 +15,10 @@ import { addLoraDelta } from "../src/model/lora.js";
 import { dequantizeRow, quantizeRow } from "../src/quant/reference.js";
 import {
   dropoutKeeps,
-  dropoutScaleRef,
   dropoutThreshold,
   type LoraLayerRef,
   loraDropoutSeed,
+  loraForwardRef,
   loraLinearBackwardRef,
   loraLinearRef,
 } from "../src/train/lora-reference.js";
@@ -134,36 +134,97 @@ function refLoss(model: LlamaTrainModel, weights: Map<string, Float64Array>, dro
   );
 }
 
-describe("dropoutScale kernel", () => {
-  it("matches its twin bit for bit, drops the share asked for, and accumulates", () => {
+describe("LoRA kernels", () => {
+  /**
+   * Against their twins, split over uneven row ranges as threads would split them. Bounds: f32
+   * sums against float64, |err| <= 1e-5 · Σ|terms| per element (the sums of absolute products).
+   */
+  it("forward, dB, du with dx, and dA match the float64 reference, with and without dropout", () => {
     const h = new WasmHarness(64);
     const rng = new Rng(4);
-    const n = 40_003;
-    const x = Float32Array.from({ length: n }, () => rng.nextFloat() * 2 - 1);
-    const xp = h.putF32(x);
-    const out = h.alloc(n * 4);
-    for (const [p, scale] of [
-      [0, 2],
-      [0.1, 1.5],
-      [0.5, 0.75],
-    ] as const) {
+    const g0 = { rows: 24, cols: 36, rank: 8, n: 7, scale: 2 };
+    const rand = (k: number) =>
+      Float64Array.from(Float32Array.from({ length: k }, () => rng.nextFloat() * 2 - 1));
+    const x = rand(g0.n * g0.cols);
+    const w = new Float64Array(g0.rows * g0.cols);
+    const a = rand(g0.rank * g0.cols);
+    const b = rand(g0.rows * g0.rank);
+    const dy = rand(g0.n * g0.rows);
+    const abs = (v: Float64Array) => Float64Array.from(v, Math.abs);
+    const put = (v: Float64Array) => h.putF32(Float32Array.from(v));
+    const [xp, ap, bp, dyp] = [put(x), put(a), put(b), put(dy)];
+    for (const dropout of [0, 0.3]) {
+      const g: LoraLayerRef = { ...g0, dropout, seed: 0xdeadbeef };
+      const threshold = dropoutThreshold(dropout);
+      const scale = Math.fround(g.scale / (1 - dropout));
+      const ref = loraForwardRef(x, a, b, g);
+      const back = loraLinearBackwardRef(dy, x, w, a, b, g);
+      // the same sums over absolute values, without dropout: a bound on every term's size
+      const plain = { ...g, dropout: 0, scale };
+      const bound = loraForwardRef(abs(x), abs(a), abs(b), plain);
+      const backBound = loraLinearBackwardRef(abs(dy), abs(x), w, abs(a), abs(b), plain);
+      const close = (got: Float32Array, want: Float64Array, size: Float64Array, what: string) => {
+        for (let i = 0; i < want.length; i++) {
+          const err = Math.abs(got[i]! - want[i]!);
+          expect(err, `${what}[${i}] dropout ${dropout}`).toBeLessThanOrEqual(1e-5 * size[i]! + 1e-7);
+        }
+      };
+      const u = h.alloc(g.n * g.rank * 4);
+      const out = h.putF32(new Float32Array(g.n * g.rows).fill(1));
+      const scratch = h.alloc(g.cols * 4 * 2);
+      const forward = (r0: number, r1: number, tid: number) =>
+        h.k.loraForward!(
+          xp,
+          ap,
+          bp,
+          u,
+          out,
+          g.cols,
+          g.rows,
+          g.rank,
+          scale,
+          threshold,
+          g.seed,
+          1,
+          scratch,
+          g.cols * 4,
+          r0,
+          r1,
+          tid,
+        );
+      forward(0, 3, 0);
+      forward(3, g.n, 1);
+      close(h.f32(u, g.n * g.rank), ref.u, bound.u, "u");
+      close(
+        h.f32(out, g.n * g.rows),
+        ref.delta.map((v) => v + 1),
+        bound.delta.map((v) => v + 1),
+        "out",
+      );
+      const db = h.putF32(new Float32Array(g.rows * g.rank));
+      h.k.loraBackwardB!(dyp, u, db, g.n, g.rows, g.rank, 0, 8);
+      h.k.loraBackwardB!(dyp, u, db, g.n, g.rows, g.rank, 8, g.rows);
+      close(h.f32(db, g.rows * g.rank), back.db, backBound.db, "dB");
+      const du = h.alloc(g.n * g.rank * 4);
+      const dx = h.putF32(new Float32Array(g.n * g.cols));
+      h.k.loraBackwardInput!(dyp, ap, bp, du, dx, g.cols, g.rows, g.rank, scale, threshold, g.seed, 0, 4);
+      h.k.loraBackwardInput!(dyp, ap, bp, du, dx, g.cols, g.rows, g.rank, scale, threshold, g.seed, 4, g.n);
+      close(h.f32(du, g.n * g.rank), back.du, backBound.du, "du");
+      close(h.f32(dx, g.n * g.cols), back.dx, backBound.dx, "dx");
+      const da = h.putF32(new Float32Array(g.rank * g.cols));
+      h.k.loraBackwardA!(xp, du, da, g.n, g.cols, g.rank, scale, threshold, g.seed, 0, 12);
+      h.k.loraBackwardA!(xp, du, da, g.n, g.cols, g.rank, scale, threshold, g.seed, 12, g.cols);
+      close(h.f32(da, g.rank * g.cols), back.da, backBound.da, "dA");
+    }
+  });
+
+  it("the dropout mask drops the share asked for", () => {
+    for (const p of [0.05, 0.25, 0.5]) {
       const threshold = dropoutThreshold(p);
-      const seed = 0xdeadbeef;
-      // in two uneven row ranges, as threads would split it
-      h.k.dropoutScale!(xp, out, Math.fround(scale), threshold, seed, 0, 0, 10_001);
-      h.k.dropoutScale!(xp, out, Math.fround(scale), threshold, seed, 0, 10_001, n);
-      const got = h.f32(out, n);
-      const want = dropoutScaleRef(x, scale, threshold, seed);
       let dropped = 0;
-      for (let i = 0; i < n; i++) {
-        expect(got[i], `p ${p} [${i}]`).toBe(Math.fround(want[i]!));
-        if (!dropoutKeeps(seed, i, threshold)) dropped++;
-      }
+      const n = 100_000;
+      for (let i = 0; i < n; i++) if (!dropoutKeeps(1234, i, threshold)) dropped++;
       expect(Math.abs(dropped / n - p)).toBeLessThan(0.01);
-      // acc adds the same masked values to what is there
-      h.k.dropoutScale!(xp, out, Math.fround(scale), threshold, seed, 1, 0, n);
-      const twice = h.f32(out, n);
-      for (let i = 0; i < n; i += 97) expect(twice[i]).toBe(Math.fround(2 * got[i]!));
     }
   });
 });

@@ -1,6 +1,6 @@
 /**
- * Float64 twins of LoRA training: the dropout mask of the `dropoutScale` kernel
- * (src/kernels/assembly/lora.ts) and a LoRA linear layer with its backward pass, written from the
+ * Float64 twins of LoRA training: the dropout mask and the LoRA kernels of
+ * src/kernels/assembly/lora.ts, a LoRA linear layer and its backward pass, written from the
  * calculus. Layouts as in reference.ts: x is n × cols, W rows × cols, A rank × cols, B rows × rank.
  *
  *   xd = mask(x)·s / (1 − p)        (s = alpha / rank; mask keeps a share 1 − p)
@@ -63,14 +63,24 @@ export interface LoraLayerRef {
 /** y (n × rows) of a LoRA layer. */
 export function loraLinearRef(x: Values, w: Values, a: Values, b: Values, g: LoraLayerRef): Float64Array {
   const y = linearRef(x, w, g.rows, g.cols, g.n);
-  const xd = dropoutScaleRef(x, g.scale / (1 - g.dropout), dropoutThreshold(g.dropout), g.seed);
-  const u = linearRef(xd, a, g.rank, g.cols, g.n);
-  const d = linearRef(u, b, g.rows, g.rank, g.n);
-  for (let i = 0; i < y.length; i++) y[i]! += d[i]!;
+  const { delta } = loraForwardRef(x, a, b, g);
+  for (let i = 0; i < y.length; i++) y[i]! += delta[i]!;
   return y;
 }
 
-/** dx, dA and dB of a LoRA layer for an upstream gradient dy (W frozen: no dW). */
+/** The low-rank path alone: u = xd·Aᵀ (n × rank) and its contribution u·Bᵀ (n × rows). */
+export function loraForwardRef(
+  x: Values,
+  a: Values,
+  b: Values,
+  g: LoraLayerRef,
+): { u: Float64Array; delta: Float64Array } {
+  const xd = dropoutScaleRef(x, g.scale / (1 - g.dropout), dropoutThreshold(g.dropout), g.seed);
+  const u = linearRef(xd, a, g.rank, g.cols, g.n);
+  return { u, delta: linearRef(u, b, g.rows, g.rank, g.n) };
+}
+
+/** dx, dA, dB (and du, the gradient of u) of a LoRA layer for an upstream gradient dy (W frozen: no dW). */
 export function loraLinearBackwardRef(
   dy: Values,
   x: Values,
@@ -78,7 +88,7 @@ export function loraLinearBackwardRef(
   a: Values,
   b: Values,
   g: LoraLayerRef,
-): { dx: Float64Array; da: Float64Array; db: Float64Array } {
+): { dx: Float64Array; da: Float64Array; db: Float64Array; du: Float64Array } {
   const { rows, cols, rank, n } = g;
   const factor = g.scale / (1 - g.dropout);
   const threshold = dropoutThreshold(g.dropout);
@@ -108,5 +118,5 @@ export function loraLinearBackwardRef(
       }
     }
   }
-  return { dx, da, db };
+  return { dx, da, db, du };
 }

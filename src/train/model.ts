@@ -13,7 +13,7 @@ import { BLOCK, rowBytes, type Weight, type WeightFormat } from "../runtime/back
 import { MAX_SHARD_BYTES, Runtime, SHARD_BASE } from "../runtime/runtime.js";
 import { Rng } from "../util/random.js";
 import { dropoutThreshold, loraDropoutSeed } from "./lora-reference.js";
-import { type AttentionGeometry, ropeTables, SUM_SQUARES_BLOCK, TrainOps } from "./ops.js";
+import { type AttentionGeometry, type LoraGeometry, ropeTables, SUM_SQUARES_BLOCK, TrainOps } from "./ops.js";
 
 /** One parameter tensor of the model, by its GGUF name. */
 export interface ParamTensor {
@@ -200,12 +200,9 @@ interface Regions {
   dequantT: number;
   dyBlock: number;
   xq: number;
-  /** LoRA: the scaled (dropped-out) input, dU, and transposed A, B, U; U per adapted tensor. */
+  /** LoRA: a masked input row per thread, dU, and U per adapted tensor. */
   loraX: number;
   loraDu: number;
-  loraT: number;
-  loraAT: number;
-  loraBT: number;
   loraU: Map<string, number>;
   attScratch: number;
   sumSquares: number;
@@ -447,11 +444,8 @@ function layout(
     regions.loraU.set(t.name, u);
   }
   const withLora = adapted.length > 0;
-  regions.loraX = withLora ? scratch(N * widest) : 0;
+  regions.loraX = withLora ? scratch(o.threads * widest) : 0;
   regions.loraDu = withLora ? scratch(N * rank) : 0;
-  regions.loraT = withLora ? scratch(rank * nPad) : 0;
-  regions.loraAT = withLora ? scratch(widest * rank) : 0;
-  regions.loraBT = withLora ? scratch(rank * widest) : 0;
   regions.xq = hasQuantized ? take("scratch", 2 * N * widest + 64 * N) : 0;
   regions.attScratch = take("scratch", o.threads * 4 * o.seq * 4);
   regions.sumSquares = take(
@@ -881,13 +875,21 @@ export class LlamaTrainModel {
     this.loraForward(p, x, n, out);
   }
 
-  /** The dropout seed of an adapted matrix in the current pass, and the input's scale factor. */
-  private loraInput(index: number): { scale: number; threshold: number; seed: number } {
+  /** The geometry of an adapted matrix's LoRA kernels in the current pass (dropout only in training). */
+  private loraGeometry(p: ParamTensor, index: number, rank: number): LoraGeometry {
     const o = this.loraOptions!;
-    const s = o.alpha / o.rank;
-    if (!this.training || o.dropout === 0) return { scale: s, threshold: 0, seed: 0 };
+    const g = {
+      inF: p.weight.cols,
+      outF: p.weight.rows,
+      rank,
+      scale: o.alpha / o.rank,
+      threshold: 0,
+      seed: 0,
+    };
+    if (!this.training || o.dropout === 0) return g;
     return {
-      scale: s / (1 - o.dropout),
+      ...g,
+      scale: g.scale / (1 - o.dropout),
       threshold: dropoutThreshold(o.dropout),
       seed: loraDropoutSeed(o.seed, this.loraPass, index),
     };
@@ -900,53 +902,39 @@ export class LlamaTrainModel {
   private loraForward(p: ParamTensor, x: number, n: number, out: number): void {
     const lora = this.lora.get(p.name);
     if (!lora) return;
-    const ops = this.ops;
     const r = this.r;
-    const u = r.loraU.get(p.name)!;
-    const { scale, threshold, seed } = this.loraInput(lora.index);
-    ops.dropoutScale(x, r.loraX, n * p.weight.cols, scale, threshold, seed, false);
-    ops.matmul(lora.a.weight, r.loraX, n, u, false);
-    if (out) ops.matmul(lora.b.weight, u, n, out, true);
+    this.ops.loraForward(
+      { x, a: lora.a.weight.offset, b: lora.b.weight.offset, u: r.loraU.get(p.name)!, out },
+      this.loraGeometry(p, lora.index, lora.a.weight.rows),
+      n,
+      out !== 0,
+      r.loraX,
+      p.weight.cols * 4,
+    );
   }
 
   /**
    * LoRA backward of an adapted W (n × in input x, upstream dy): dB += dyᵀ·U, dU = dy·B,
-   * dA += dUᵀ·(s·dropout(x)), and dx += dropout(dU·A)·s when dx is given. Uses tX and tDy, so it
-   * runs after the base products of a linearsBackward group.
+   * dA += dUᵀ·(s·dropout(x)), and dx += dropout(dU·A)·s when dx is given.
    */
   private loraBackward(p: ParamTensor, x: number, n: number, dy: number, dx: number): void {
     const lora = this.lora.get(p.name)!;
-    const ops = this.ops;
     const r = this.r;
-    const nPad = align4(n);
-    const cols = p.weight.cols;
-    const rows = lora.b.weight.rows;
-    const rank = lora.a.weight.rows;
-    const { scale, threshold, seed } = this.loraInput(lora.index);
-    const f32 = (offset: number, rowCount: number, colCount: number): Weight => ({
-      shard: 0,
-      offset,
-      format: "F32",
-      rows: rowCount,
-      cols: colCount,
-    });
-    // dB (rows × rank) += dyᵀ·U
-    ops.transpose(r.loraU.get(p.name)!, r.loraT, n, rank, nPad);
-    ops.transpose(dy, r.tDy, n, rows, nPad);
-    ops.matmul(f32(r.loraT, rank, nPad), r.tDy, rows, lora.b.grad, true);
-    // dU (n × rank) = dy·B
-    ops.transpose(lora.b.weight.offset, r.loraBT, rows, rank, rows);
-    ops.matmul(f32(r.loraBT, rank, rows), dy, n, r.loraDu, false);
-    // dA (rank × in) += dUᵀ·(s·dropout(x))
-    ops.dropoutScale(x, r.loraX, n * cols, scale, threshold, seed, false);
-    ops.transpose(r.loraX, r.tX, n, cols, nPad);
-    ops.transpose(r.loraDu, r.loraT, n, rank, nPad);
-    ops.matmul(f32(r.tX, cols, nPad), r.loraT, rank, lora.a.grad, true);
-    if (!dx) return;
-    // dx += dropout(dU·A)·s
-    ops.transpose(lora.a.weight.offset, r.loraAT, rank, cols, rank);
-    ops.matmul(f32(r.loraAT, cols, rank), r.loraDu, n, r.loraX, false);
-    ops.dropoutScale(r.loraX, dx, n * cols, scale, threshold, seed, true);
+    this.ops.loraBackward(
+      {
+        x,
+        dy,
+        a: lora.a.weight.offset,
+        b: lora.b.weight.offset,
+        u: r.loraU.get(p.name)!,
+        du: r.loraDu,
+        dx,
+        da: lora.a.grad,
+        db: lora.b.grad,
+      },
+      this.loraGeometry(p, lora.index, lora.a.weight.rows),
+      n,
+    );
   }
 
   /** Records the forward pass of layer l over the current micro-batch. */

@@ -48,6 +48,18 @@ export interface AttentionGeometry {
   scratchStride: number;
 }
 
+/** Shape and input scaling of one LoRA-adapted matrix (out × in) for the LoRA kernels. */
+export interface LoraGeometry {
+  inF: number;
+  outF: number;
+  rank: number;
+  /** (alpha / rank) / (1 − dropout). */
+  scale: number;
+  /** Dropout: p·2³² (0 = keep every input). */
+  threshold: number;
+  seed: number;
+}
+
 /**
  * Records the training kernels on one memory shard of a Runtime. Every method takes byte
  * offsets into that shard and records work; `flush` runs it. Each op ends in a barrier, so later
@@ -249,19 +261,66 @@ export class TrainOps {
   }
 
   /**
-   * out (+)= x·scale where the dropout mask of `seed` keeps an element (see assembly/lora.ts);
-   * threshold = p·2³² drops a share p, 0 keeps all.
+   * LoRA forward of an adapted matrix (see assembly/lora.ts): u = (keep ∘ x · scale)·Aᵀ and, with
+   * writeOut, out += u·Bᵀ. scratch: threads × stride bytes (a masked input row each).
    */
-  dropoutScale(
-    x: number,
-    out: number,
-    length: number,
-    scale: number,
-    threshold: number,
-    seed: number,
-    acc: boolean,
+  loraForward(
+    t: { x: number; a: number; b: number; u: number; out: number },
+    g: LoraGeometry,
+    n: number,
+    writeOut: boolean,
+    scratch: number,
+    stride: number,
   ): void {
-    this.op("dropoutScale", length, [x, out, scale, threshold, seed, acc ? 1 : 0], 1024);
+    this.op("loraForward", n, [
+      t.x,
+      t.a,
+      t.b,
+      t.u,
+      t.out,
+      g.inF,
+      g.outF,
+      g.rank,
+      g.scale,
+      g.threshold,
+      g.seed,
+      writeOut ? 1 : 0,
+      scratch,
+      stride,
+    ]);
+  }
+
+  /** LoRA's gradients: dB += dyᵀ·u; du = dy·B; dx += keep ∘ (du·A)·scale (when dx); dA += duᵀ·(keep ∘ x·scale). */
+  loraBackward(
+    t: {
+      x: number;
+      dy: number;
+      a: number;
+      b: number;
+      u: number;
+      du: number;
+      dx: number;
+      da: number;
+      db: number;
+    },
+    g: LoraGeometry,
+    n: number,
+  ): void {
+    this.op("loraBackwardB", g.outF, [t.dy, t.u, t.db, n, g.outF, g.rank], 4);
+    this.op("loraBackwardInput", n, [
+      t.dy,
+      t.a,
+      t.b,
+      t.du,
+      t.dx,
+      g.inF,
+      g.outF,
+      g.rank,
+      g.scale,
+      g.threshold,
+      g.seed,
+    ]);
+    this.op("loraBackwardA", g.inF, [t.x, t.du, t.da, n, g.inF, g.rank, g.scale, g.threshold, g.seed], 4);
   }
 
   /** out[b] (f64) = Σ x² over blocks of SUM_SQUARES_BLOCK elements. */
