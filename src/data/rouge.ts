@@ -48,9 +48,10 @@ export function rougeLFromTokens(a: ArrayLike<number> | string[], b: ArrayLike<n
   const ids = new Map<string | number, number>();
   const toIds = (s: ArrayLike<number> | string[]) =>
     Int32Array.from(Array.from(s as ArrayLike<string | number>), (t) => {
-      let id = ids.get(t);
-      if (id === undefined) ids.set(t, (id = ids.size));
-      return id;
+      const known = ids.get(t);
+      if (known !== undefined) return known;
+      ids.set(t, ids.size);
+      return ids.size - 1;
     });
   return (2 * lcsLength(toIds(a), toIds(b))) / (a.length + b.length);
 }
