@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { registerDataPreview } from "./data-preview.js";
+import { registerDataSelfInstruct } from "./data-self-instruct.js";
 import { registerDataStats } from "./data-stats.js";
 
 /** `smallhammer data ...`: the dataset commands, one file per subcommand. */
@@ -8,4 +9,8 @@ export function registerData(program: Command): void {
   for (const register of DATA_COMMANDS) register(data);
 }
 
-const DATA_COMMANDS: ((data: Command) => void)[] = [registerDataStats, registerDataPreview];
+const DATA_COMMANDS: ((data: Command) => void)[] = [
+  registerDataStats,
+  registerDataPreview,
+  registerDataSelfInstruct,
+];
