@@ -31,7 +31,10 @@ export function registerDataCleanShareGpt(data: Command): void {
       intArg("--max-tokens", 8),
     )
     .option("--tokenizer <model>", "GGUF file (a model or vocabulary only) whose tokenizer counts tokens")
-    .option("--lang <code>", `keep only conversations in this language (${DETECTABLE_LANGUAGES.join(", ")})`)
+    .option(
+      "--lang <code>",
+      `drop conversations detected to be in another language (${DETECTABLE_LANGUAGES.join(", ")}); text too short to tell is kept`,
+    )
     .option(
       "--drop-refusals",
       'drop conversations whose replies hold refusal boilerplate ("As an AI language model", ...)',

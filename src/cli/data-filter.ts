@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { readTokenizerFile } from "../data/chat-tokens.js";
 import { recordText } from "../data/dataset-io.js";
-import { DETECTABLE_LANGUAGES, detectLanguage, findRefusal } from "../data/text-checks.js";
+import { DETECTABLE_LANGUAGES, findRefusal, inLanguage } from "../data/text-checks.js";
 import { UserError } from "../errors.js";
 import {
   addTransformOptions,
@@ -60,7 +60,10 @@ export function registerDataFilter(data: Command): void {
       "--drop-refusals",
       'drop records whose replies hold refusal boilerplate ("As an AI language model", ...)',
     )
-    .option("--lang <code>", `keep only records in this language (${DETECTABLE_LANGUAGES.join(", ")})`);
+    .option(
+      "--lang <code>",
+      `drop records detected to be in another language (${DETECTABLE_LANGUAGES.join(", ")}); text too short to tell is kept`,
+    );
   addTransformOptions(cmd).action(async (file: string, flags: FilterFlags) => {
     if ((flags.minTokens !== undefined || flags.maxTokens !== undefined) && flags.tokenizer === undefined) {
       throw new UserError(
@@ -88,7 +91,7 @@ export function registerDataFilter(data: Command): void {
       if (exclude?.test(text)) return "excluded word";
       if (require && !require.test(text)) return "no required word";
       if (flags.dropRefusals && replies.some((r) => findRefusal(r))) return "refusal";
-      if (flags.lang !== undefined && detectLanguage(text) !== flags.lang) return "other language";
+      if (flags.lang !== undefined && !inLanguage(text, flags.lang)) return "other language";
       return undefined;
     };
     const { reader, records, written } = await transformDataset(

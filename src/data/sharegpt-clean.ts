@@ -19,13 +19,13 @@ import { DatasetWriter } from "./dataset-io.js";
 import { htmlToMarkdown, looksLikeHtml } from "./html-to-markdown.js";
 import { hashString64, U64Set } from "./minhash.js";
 import { readJsonValues } from "./records.js";
-import { detectLanguage, findRefusal } from "./text-checks.js";
+import { findRefusal, inLanguage } from "./text-checks.js";
 
 export interface CleanShareGptOptions {
   /** Split conversations longer than this many tokens (needs `tokenizer`). */
   maxTokens?: number;
   tokenizer?: Tokenizer;
-  /** Keep only conversations in this language (see detectLanguage). */
+  /** Drop conversations detected to be in another language (see inLanguage). */
   lang?: string;
   /** Drop conversations with refusal boilerplate in an assistant turn. */
   dropRefusals?: boolean;
@@ -142,7 +142,7 @@ export function cleanConversation(
   if (options.dropRefusals && turns.some((t) => t.role === "assistant" && findRefusal(t.value))) {
     return { ok: false, reason: "refusal" };
   }
-  if (options.lang !== undefined && detectLanguage(turns.map((t) => t.value).join("\n")) !== options.lang) {
+  if (options.lang !== undefined && !inLanguage(turns.map((t) => t.value).join("\n"), options.lang)) {
     return { ok: false, reason: "other language" };
   }
   return { ok: true, turns: [...system, ...turns] };

@@ -130,3 +130,12 @@ export function detectLanguage(text: string): string {
   // Two function words at least, and one word in twenty, before a Latin text gets a language.
   return bestHits >= 2 && bestHits * 20 >= words.length ? best : "unknown";
 }
+
+/**
+ * False when a text is detected to be in another language than `lang`; a text too short or too
+ * plain to tell (detectLanguage says "unknown") passes.
+ */
+export function inLanguage(text: string, lang: string): boolean {
+  const detected = detectLanguage(text);
+  return detected === "unknown" || detected === lang;
+}
