@@ -59,7 +59,7 @@ export class DatasetWriter {
     this.buffer = "";
     this.check();
     if (!this.stream.write(chunk)) {
-      await Promise.race([once(this.stream, "drain"), once(this.stream, "error")]);
+      await settled(this.stream, "drain");
       this.check();
     }
   }
@@ -77,7 +77,7 @@ export class DatasetWriter {
     if (this.array) this.buffer += this.count === 0 ? "]\n" : "\n]\n";
     await this.flush();
     this.stream.end();
-    await Promise.race([once(this.stream, "finish"), once(this.stream, "error")]);
+    await settled(this.stream, "finish");
     this.check();
     renameSync(this.temp, this.path);
     this.done = true;
@@ -91,6 +91,19 @@ export class DatasetWriter {
     await once(this.stream, "close").catch(() => {});
     rmSync(this.temp, { force: true });
   }
+}
+
+/** Resolves on `event` or on an error (which `check` then reports), removing both listeners. */
+function settled(stream: WriteStream, event: "drain" | "finish"): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      stream.off(event, done);
+      stream.off("error", done);
+      resolve();
+    };
+    stream.on(event, done);
+    stream.on("error", done);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

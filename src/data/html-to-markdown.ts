@@ -357,6 +357,7 @@ function clean(text: string): string {
 export function htmlToMarkdown(html: string): string {
   const renderer = new Renderer();
   const text = clean(renderer.blocks(parseHtml(html).children));
+  if (renderer.code.length === 0) return text.replaceAll(INDENT_MARK, " ");
   // Put the code blocks back, indented like the line their placeholder is on (list items, quotes).
   return text
     .replace(new RegExp(`^(.*?)${CODE_MARK}(\\d+)${CODE_MARK}`, "gm"), (_, prefix: string, i: string) => {

@@ -14,8 +14,11 @@
  * band is identical, which happens with probability 1 - (1 - s^rows)^bands for Jaccard s, an
  * S-curve whose steep part sits near the threshold. Bands and rows are chosen to minimize the
  * false positive and false negative areas under that curve (equal weights), the usual recipe.
- * A text that shares a band with a kept text counts as a near duplicate (no second check: only the
- * band hashes are kept, 16 bytes or so per band per text).
+ * A band shared with a kept text makes it a candidate; the candidate is a near duplicate when the
+ * two signatures agree in at least `threshold` of their positions (the Jaccard estimate), which
+ * removes the S-curve's false positives. Kept per text: one byte per hash function (the top byte,
+ * enough to estimate a similarity after correcting for chance agreement) and a 12-byte entry per
+ * band, about 128 + 9 * 24 bytes at the defaults.
  */
 
 import { rougeTokens } from "./rouge.js";
@@ -105,6 +108,66 @@ export class U64Set {
     this.size = 0;
     for (let i = 0; i < old.length; i += 2) {
       if (old[i + 1] !== 0) this.add(old[i]!, old[i + 1]!);
+    }
+  }
+}
+
+/** A map from 64-bit keys (two 32-bit halves) to non-negative int32 values; like U64Set. */
+export class U64Map {
+  private keys: Uint32Array;
+  private values: Int32Array;
+  private mask: number;
+  size = 0;
+
+  constructor(capacity = 1024) {
+    let slots = 16;
+    while (slots < capacity * 2) slots *= 2;
+    this.keys = new Uint32Array(slots * 2);
+    this.values = new Int32Array(slots);
+    this.mask = slots - 1;
+  }
+
+  get bytes(): number {
+    return this.keys.byteLength + this.values.byteLength;
+  }
+
+  /** The value of a key, or -1. */
+  get(hi: number, lo: number): number {
+    lo = (lo | 1) >>> 0;
+    hi >>>= 0;
+    for (let i = fmix32(hi ^ lo) & this.mask; ; i = (i + 1) & this.mask) {
+      const l = this.keys[2 * i + 1]!;
+      if (l === 0) return -1;
+      if (l === lo && this.keys[2 * i] === hi) return this.values[i]!;
+    }
+  }
+
+  /** Sets a key that is not there yet (a key already there keeps its value). */
+  setIfAbsent(hi: number, lo: number, value: number): void {
+    lo = (lo | 1) >>> 0;
+    hi >>>= 0;
+    for (let i = fmix32(hi ^ lo) & this.mask; ; i = (i + 1) & this.mask) {
+      const l = this.keys[2 * i + 1]!;
+      if (l === 0) {
+        this.keys[2 * i] = hi;
+        this.keys[2 * i + 1] = lo;
+        this.values[i] = value;
+        if (++this.size * 2 > this.mask + 1) this.grow();
+        return;
+      }
+      if (l === lo && this.keys[2 * i] === hi) return;
+    }
+  }
+
+  private grow(): void {
+    const keys = this.keys;
+    const values = this.values;
+    this.keys = new Uint32Array(keys.length * 2);
+    this.values = new Int32Array(values.length * 2);
+    this.mask = values.length * 2 - 1;
+    this.size = 0;
+    for (let i = 0; i < values.length; i++) {
+      if (keys[2 * i + 1] !== 0) this.setIfAbsent(keys[2 * i]!, keys[2 * i + 1]!, values[i]!);
     }
   }
 }
@@ -215,37 +278,81 @@ export interface NearDuplicateOptions extends MinHashOptions {
   threshold?: number;
 }
 
-/** Kept texts' LSH bands; `addIfNew` keeps a text unless it shares a band with a kept one. */
+/** Fixed-size byte rows in chunks (no single huge allocation, no copying when growing). */
+class ByteRows {
+  private readonly chunks: Uint8Array[] = [];
+  private readonly rowsPerChunk: number;
+  count = 0;
+
+  constructor(readonly width: number) {
+    this.rowsPerChunk = Math.max(1, Math.floor((1 << 20) / width));
+  }
+
+  get bytes(): number {
+    return this.chunks.length * this.rowsPerChunk * this.width;
+  }
+
+  push(row: Uint8Array): number {
+    const chunk = Math.floor(this.count / this.rowsPerChunk);
+    if (chunk === this.chunks.length) this.chunks.push(new Uint8Array(this.rowsPerChunk * this.width));
+    this.chunks[chunk]!.set(row, (this.count % this.rowsPerChunk) * this.width);
+    return this.count++;
+  }
+
+  row(i: number): Uint8Array {
+    const offset = (i % this.rowsPerChunk) * this.width;
+    return this.chunks[Math.floor(i / this.rowsPerChunk)]!.subarray(offset, offset + this.width);
+  }
+}
+
+/** Kept texts' LSH bands; `addIfNew` keeps a text unless it is a near duplicate of a kept one. */
 export class NearDuplicateIndex {
+  readonly threshold: number;
   readonly bands: number;
   readonly rows: number;
   readonly hasher: MinHasher;
-  private readonly keys = new U64Set();
+  /** Band hash -> the first kept text with that band. */
+  private readonly buckets = new U64Map();
+  /** Top byte of every kept text's signature. */
+  private readonly signatures: ByteRows;
   private readonly bandHi: Uint32Array;
   private readonly bandLo: Uint32Array;
+  private readonly topBytes: Uint8Array;
+  /** Texts that shared a band with a kept one, and those of them whose signatures agreed. */
+  readonly stats = { candidates: 0, duplicates: 0 };
 
   constructor(options: NearDuplicateOptions = {}) {
     this.hasher = new MinHasher(options);
-    const { bands, rows } = lshParameters(options.threshold ?? 0.8, this.hasher.numPerm);
+    this.threshold = options.threshold ?? 0.8;
+    const { bands, rows } = lshParameters(this.threshold, this.hasher.numPerm);
     this.bands = bands;
     this.rows = rows;
     this.bandHi = new Uint32Array(bands);
     this.bandLo = new Uint32Array(bands);
+    this.topBytes = new Uint8Array(this.hasher.numPerm);
+    this.signatures = new ByteRows(this.hasher.numPerm);
   }
 
-  /** Bytes held by the band hashes. */
+  /** Bytes held by the band table and the kept signatures. */
   get bytes(): number {
-    return this.keys.bytes;
+    return this.buckets.bytes + this.signatures.bytes;
+  }
+
+  /** Kept texts. */
+  get size(): number {
+    return this.signatures.count;
   }
 
   /**
-   * True (and the text is kept) when no kept text shares a band with it. A text with no words is
-   * never a near duplicate and is not kept (exact deduplication handles those).
+   * True (and the text is kept) when no kept text is a near duplicate of it. A text with no words
+   * is never a near duplicate and is not kept (exact deduplication handles those).
    */
   addIfNew(text: string): boolean {
     const sig = this.hasher.signature(text);
     if (sig === undefined) return true;
-    let duplicate = false;
+    for (let i = 0; i < sig.length; i++) this.topBytes[i] = sig[i]! >>> 24;
+    let candidate = false;
+    let checked = -1;
     for (let b = 0; b < this.bands; b++) {
       let hi = 0x2545f491 ^ b;
       let lo = 0x61c88647 ^ Math.imul(b, 0x9e3779b1);
@@ -256,10 +363,29 @@ export class NearDuplicateIndex {
       }
       this.bandHi[b] = hi;
       this.bandLo[b] = lo;
-      if (this.keys.has(hi, lo)) duplicate = true;
+      const kept = this.buckets.get(hi, lo);
+      if (kept < 0 || kept === checked) continue;
+      candidate = true;
+      checked = kept;
+      if (this.similarity(kept) >= this.threshold) {
+        this.stats.candidates++;
+        this.stats.duplicates++;
+        return false;
+      }
     }
-    if (duplicate) return false;
-    for (let b = 0; b < this.bands; b++) this.keys.add(this.bandHi[b]!, this.bandLo[b]!);
+    if (candidate) this.stats.candidates++;
+    const id = this.signatures.push(this.topBytes);
+    for (let b = 0; b < this.bands; b++) this.buckets.setIfAbsent(this.bandHi[b]!, this.bandLo[b]!, id);
     return true;
+  }
+
+  /** Estimated Jaccard similarity of the current text (topBytes) and a kept one. */
+  private similarity(kept: number): number {
+    const row = this.signatures.row(kept);
+    let same = 0;
+    for (let i = 0; i < row.length; i++) if (row[i] === this.topBytes[i]) same++;
+    // One byte agrees by chance 1 time in 256: agreement a = J + (1 - J) / 256.
+    const agreement = same / row.length;
+    return (agreement - 1 / 256) / (1 - 1 / 256);
   }
 }

@@ -78,57 +78,80 @@ const STOPWORD_SETS = Object.fromEntries(
   Object.entries(STOPWORDS).map(([lang, words]) => [lang, new Set(words.split(" "))]),
 );
 
-/** Languages told apart by script alone. */
-const SCRIPTS: { lang: string; pattern: RegExp }[] = [
-  { lang: "ja", pattern: /[\u3040-\u30ff]/g },
-  { lang: "ko", pattern: /[\uac00-\ud7af\u1100-\u11ff]/g },
-  { lang: "zh", pattern: /[\u4e00-\u9fff]/g },
-  { lang: "ru", pattern: /[\u0400-\u04ff]/g },
-  { lang: "el", pattern: /[\u0370-\u03ff]/g },
-  { lang: "ar", pattern: /[\u0600-\u06ff]/g },
-  { lang: "he", pattern: /[\u0590-\u05ff]/g },
-  { lang: "hi", pattern: /[\u0900-\u097f]/g },
-  { lang: "th", pattern: /[\u0e00-\u0e7f]/g },
+/** Languages told apart by script alone, with their Unicode ranges. */
+const SCRIPTS: { lang: string; ranges: [number, number][] }[] = [
+  { lang: "ja", ranges: [[0x3040, 0x30ff]] },
+  {
+    lang: "ko",
+    ranges: [
+      [0xac00, 0xd7af],
+      [0x1100, 0x11ff],
+    ],
+  },
+  { lang: "zh", ranges: [[0x4e00, 0x9fff]] },
+  { lang: "ru", ranges: [[0x0400, 0x04ff]] },
+  { lang: "el", ranges: [[0x0370, 0x03ff]] },
+  { lang: "ar", ranges: [[0x0600, 0x06ff]] },
+  { lang: "he", ranges: [[0x0590, 0x05ff]] },
+  { lang: "hi", ranges: [[0x0900, 0x097f]] },
+  { lang: "th", ranges: [[0x0e00, 0x0e7f]] },
 ];
 
 /** Language codes `detectLanguage` can return (besides "unknown"). */
 export const DETECTABLE_LANGUAGES = [...Object.keys(STOPWORDS), ...SCRIPTS.map((s) => s.lang)];
 
+/** Index in SCRIPTS of a character's script, -1 for Latin letters, -2 for anything else. */
+function scriptOf(code: number): number {
+  if (
+    (code >= 0x41 && code <= 0x5a) ||
+    (code >= 0x61 && code <= 0x7a) ||
+    (code >= 0xc0 && code <= 0x24f && code !== 0xd7 && code !== 0xf7)
+  ) {
+    return -1;
+  }
+  if (code < 0x370) return -2;
+  for (let s = 0; s < SCRIPTS.length; s++) {
+    for (const [lo, hi] of SCRIPTS[s]!.ranges) if (code >= lo && code <= hi) return s;
+  }
+  return -2;
+}
+
 /**
  * The language of a text, from its script (ja, ko, zh, ru, el, ar, he, hi, th) or, for Latin
  * script, from its most frequent function words (en, de, fr, es, it, pt, nl); "unknown" when the
- * text is too short or fits none. Japanese counts kana; Han characters with kana are Japanese.
- * Looks at the first 4,000 characters.
+ * text is too short or fits none. Han characters with any kana are Japanese. Looks at the first
+ * 4,000 characters.
  */
 export function detectLanguage(text: string): string {
-  const sample = text.slice(0, 4000);
-  const letters = sample.match(/\p{L}/gu)?.length ?? 0;
-  if (letters === 0) return "unknown";
-  const latin = sample.match(/[A-Za-z\u00c0-\u024f]/g)?.length ?? 0;
-  let bestScript = "";
-  let bestCount = 0;
-  for (const { lang, pattern } of SCRIPTS) {
-    const count = sample.match(pattern)?.length ?? 0;
-    if (count > bestCount) {
-      bestScript = lang;
-      bestCount = count;
-    }
+  const sample = text.length > 4000 ? text.slice(0, 4000) : text;
+  const counts = new Int32Array(SCRIPTS.length);
+  let latin = 0;
+  for (let i = 0; i < sample.length; i++) {
+    const s = scriptOf(sample.charCodeAt(i));
+    if (s === -1) latin++;
+    else if (s >= 0) counts[s]!++;
   }
-  if (bestScript === "zh" && (sample.match(SCRIPTS[0]!.pattern)?.length ?? 0) > 0) bestScript = "ja";
-  if (bestCount > latin) return bestScript;
+  let best = -1;
+  for (let s = 0; s < SCRIPTS.length; s++)
+    if (counts[s]! > 0 && (best < 0 || counts[s]! > counts[best]!)) best = s;
+  if (best >= 0 && counts[best]! > latin) {
+    const lang = SCRIPTS[best]!.lang;
+    return lang === "zh" && counts[0]! > 0 ? "ja" : lang;
+  }
+  if (latin === 0) return "unknown";
   const words = sample.toLowerCase().match(/[a-z\u00c0-\u024f']+/g) ?? [];
-  let best = "unknown";
+  let language = "unknown";
   let bestHits = 0;
   for (const [lang, set] of Object.entries(STOPWORD_SETS)) {
     let hits = 0;
     for (const w of words) if (set.has(w)) hits++;
     if (hits > bestHits) {
-      best = lang;
+      language = lang;
       bestHits = hits;
     }
   }
   // Two function words at least, and one word in twenty, before a Latin text gets a language.
-  return bestHits >= 2 && bestHits * 20 >= words.length ? best : "unknown";
+  return bestHits >= 2 && bestHits * 20 >= words.length ? language : "unknown";
 }
 
 /**
