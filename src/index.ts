@@ -12,6 +12,7 @@ export {
   tokenizeRecord,
   tokenizeRecords,
 } from "./data/chat-tokens.js";
+export { type DocumentSplit, readCorpusDocuments } from "./data/corpus.js";
 export {
   type BatchOptions,
   type BatchStats,
@@ -44,6 +45,13 @@ export {
   readRecords,
 } from "./data/records.js";
 export { evalTasks, makeTasks, makeWorld, tuningTasks, worldCorpus } from "./data/synthetic.js";
+export {
+  openTokenCache,
+  type TokenCache,
+  type TokenCacheIndex,
+  TokenCacheWriter,
+  type TokenSplit,
+} from "./data/token-cache.js";
 export { isUserError, UserError } from "./errors.js";
 export { evaluateTasks } from "./eval/tasks.js";
 export { GGMLType, ggmlTypeName, parseGgmlTypeName, tensorBytes } from "./formats/ggml-types.js";
@@ -84,4 +92,7 @@ export { dequantizeRow, quantizeRow } from "./quant/reference.js";
 export type { Backend } from "./runtime/backend.js";
 export { WasmBackend } from "./runtime/backend.js";
 export { Runtime } from "./runtime/runtime.js";
+export { type RunningServer, type ServerOptions, startServer } from "./serve/server.js";
 export { StreamDecoder, Tokenizer } from "./tokenizer/index.js";
+export { trainTokenizer, WordCounter, writeTokenizerGguf } from "./tokenizer/train.js";
+export { tokenizeCorpus, trainTokenizerOnFiles } from "./tokenizer/train-corpus.js";

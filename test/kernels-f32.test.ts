@@ -98,7 +98,7 @@ interface MatmulCase {
   acc: number;
 }
 
-function runMatmul(kind: WeightKind, c: MatmulCase, seed: number) {
+function runMatmul(kind: WeightKind, c: MatmulCase, seed: number, family: "matmul" | "matvec" = "matmul") {
   const rand = rng(seed);
   const { rows, cols, n, r0, r1, acc } = c;
   const wf = randomF32(rand, rows * cols);
@@ -125,7 +125,7 @@ function runMatmul(kind: WeightKind, c: MatmulCase, seed: number) {
   for (let t = 0; t < n; t++)
     for (let r = 0; r < rows; r++) if (r < r0 || r >= r1) initial[t * rows + r] = SENTINEL;
   const outPtr = wasm.putF32(initial);
-  const name = { f32: "matmulF32", f16: "matmulF16", bf16: "matmulBF16" }[kind];
+  const name = `${family}${{ f32: "F32", f16: "F16", bf16: "BF16" }[kind]}`;
   wasm.k[name]!(wPtr, xPtr, outPtr, rows, cols, n, acc, r0, r1);
   const got = wasm.f32(outPtr, n * rows);
 
@@ -146,7 +146,7 @@ function runMatmul(kind: WeightKind, c: MatmulCase, seed: number) {
     }
   }
   const r = worstRatio(got, expected, (i) => bound[i]!);
-  const where = `${kind} rows=${rows} cols=${cols} n=${n} [${r0},${r1}) acc=${acc}`;
+  const where = `${name} rows=${rows} cols=${cols} n=${n} [${r0},${r1}) acc=${acc}`;
   expect(r.worst, `${where}: element ${r.at} is ${r.got}, reference ${r.want}`).toBeLessThanOrEqual(1);
 }
 
@@ -176,6 +176,10 @@ matmulCases.push(
 describe.each(["f32", "f16", "bf16"] as const)("matmul with %s weights", (kind) => {
   it("matches the reference on odd shapes, partial row ranges and acc = 1", () => {
     for (const [i, c] of matmulCases.entries()) runMatmul(kind, c, 1000 + i);
+  });
+
+  it("matvec (one token at a time) matches the reference on the same cases", () => {
+    for (const [i, c] of matmulCases.entries()) runMatmul(kind, c, 1000 + i, "matvec");
   });
 
   if (kind !== "f32") {

@@ -11,6 +11,11 @@ const COMMANDS: Record<string, BenchCommand> = {
     summary: "prefill and decode tokens/s and peak RSS against llama.cpp on random-weight Llama GGUFs",
     run: async (argv) => (await import("./infer.js")).runInferBench(argv),
   },
+  serve: {
+    summary:
+      "aggregate tokens/s and time to first token of the HTTP server with 1, 4 and 16 streaming clients",
+    run: async (argv) => (await import("./serve.js")).runServeBench(argv),
+  },
 };
 
 function usage(): string {

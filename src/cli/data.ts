@@ -8,6 +8,7 @@ import { registerDataSample } from "./data-sample.js";
 import { registerDataSelfInstruct } from "./data-self-instruct.js";
 import { registerDataSplit } from "./data-split.js";
 import { registerDataStats } from "./data-stats.js";
+import { registerDataTokenize } from "./data-tokenize.js";
 
 /** `smallhammer data ...`: the dataset commands, one file per subcommand. */
 export function registerData(program: Command): void {
@@ -18,6 +19,7 @@ export function registerData(program: Command): void {
 const DATA_COMMANDS: ((data: Command) => void)[] = [
   registerDataStats,
   registerDataPreview,
+  registerDataTokenize,
   registerDataSelfInstruct,
   registerDataCleanShareGpt,
   registerDataConvert,

@@ -9,6 +9,8 @@ import { registerGenerate } from "./generate.js";
 import { registerInspect } from "./inspect.js";
 import { registerMerge } from "./merge.js";
 import { registerQuantize } from "./quantize.js";
+import { registerServe } from "./serve.js";
+import { registerTokenizer } from "./tokenizer.js";
 
 const program = new Command("smallhammer")
   .description("Build, tune, shrink and run Llama-family language models on CPU")
@@ -23,8 +25,10 @@ registerGenerate(program);
 registerChat(program);
 registerQuantize(program);
 registerMerge(program);
+registerTokenizer(program);
 registerDemo(program);
 registerData(program);
+registerServe(program);
 registerEval(program);
 
 /** Prints a user error as one line and exits 2; anything else is a bug and keeps its stack. */

@@ -115,7 +115,17 @@ interface Activations {
   scratch: Buf;
   /** A·x of the LoRA updates: batchSize rows of the largest stacked rank, per projection. */
   loraTmp: Buf[];
+  /** New K and V rows of a batch of several sequences, before they go to each sequence's cache. */
+  kNew?: Buf;
+  vNew?: Buf;
   logits?: Buf;
+}
+
+/** One sequence's part of a batched forward pass: `tokens` of sequence `seq` at positions pos0... */
+export interface BatchSegment {
+  seq: number;
+  tokens: ArrayLike<number>;
+  pos0: number;
 }
 
 interface Group {
@@ -275,6 +285,8 @@ export class LlamaModel {
     const batchSize = Math.max(1, Math.min(Math.floor(options.batchSize ?? 128), contextSize));
     const logitsAll = options.logitsAll ?? false;
     const maxShard = Math.min(options.maxShardBytes ?? MAX_SHARD_BYTES, MAX_SHARD_BYTES) - SHARD_BASE;
+    // Logit rows: every token of a batch (logitsAll), and one per sequence for forwardBatch.
+    const logitRows = Math.max(logitsAll ? batchSize : 1, sequences);
 
     // Plan: layers in order, then the embedding and output head; a new shard when one is full.
     const widest = Math.max(c.dim, qDim, c.ffn);
@@ -285,7 +297,8 @@ export class LlamaModel {
       b += align(2 * activationBytes("Q4_K", widest, nb) + 2 * activationBytes("Q4_1", widest, nb));
       b += align(threads * contextSize * 4);
       b += PROJECTIONS.length * align(nb * loraRank * 4);
-      if (head) b += align((logitsAll ? nb : 1) * vocab * 4);
+      if (sequences > 1) b += 2 * align(nb * kvDim * 4);
+      if (head) b += align(logitRows * vocab * 4);
       return b + 64 * 16;
     };
     const groups: Group[] = [];
@@ -429,7 +442,9 @@ export class LlamaModel {
           xq: buf(2 * activationBytes("Q4_K", widest, nb) + 2 * activationBytes("Q4_1", widest, nb)),
           scratch: buf(threads * contextSize * 4),
           loraTmp: loraRank ? PROJECTIONS.map(() => buf(nb * loraRank * 4)) : [],
-          logits: s === headShard ? buf((logitsAll ? nb : 1) * vocab * 4) : undefined,
+          kNew: sequences > 1 ? buf(nb * kvDim * 4) : undefined,
+          vNew: sequences > 1 ? buf(nb * kvDim * 4) : undefined,
+          logits: s === headShard ? buf(logitRows * vocab * 4) : undefined,
         });
       }
       return new LlamaModel({
@@ -547,7 +562,184 @@ export class LlamaModel {
     return this.rt.f32(this.headShard, H.logits!.offset, rows * c.vocab);
   }
 
-  /** Adds the run-time LoRA updates of projections that all read `x` to their outputs. */
+  /**
+   * Evaluates several sequences in one pass: their tokens (at most batchSize in all) go through
+   * each weight matrix together, so the weights are read once per step, and each sequence attends
+   * to its own KV cache. Returns, per segment, the logits of its last token (views that the next
+   * call overwrites).
+   *
+   * A sequence's logits do not depend on the other segments, nor on how its tokens were split
+   * into calls: every op computes each token on its own (the matrix products in their per-token
+   * form), so a sequence decoded in a shared step gets the same bits as decoded alone. For one
+   * token of one sequence this is `forward`'s decoding step, bit for bit.
+   */
+  forwardBatch(segments: readonly BatchSegment[]): Float32Array[] {
+    const c = this.config;
+    if (segments.length === 0) throw new Error("forwardBatch: no segments");
+    const seen = new Set<number>();
+    const first: number[] = []; // index of each segment's first token in the batch
+    let n = 0;
+    for (const s of segments) {
+      if (s.seq < 0 || s.seq >= this.sequences || !Number.isInteger(s.seq))
+        throw new Error(`forwardBatch: sequence ${s.seq} does not exist`);
+      if (seen.has(s.seq)) throw new Error(`forwardBatch: sequence ${s.seq} appears twice`);
+      seen.add(s.seq);
+      if (s.tokens.length === 0) throw new Error(`forwardBatch: sequence ${s.seq} has no tokens`);
+      if (s.pos0 < 0 || s.pos0 + s.tokens.length > this.contextSize) {
+        throw new UserError(
+          `${s.pos0 + s.tokens.length} tokens do not fit the context of ${this.contextSize} tokens`,
+        );
+      }
+      for (let i = 0; i < s.tokens.length; i++) {
+        const id = s.tokens[i]!;
+        if (!Number.isInteger(id) || id < 0 || id >= c.vocab)
+          throw new UserError(`token id ${id} is outside the vocabulary`);
+      }
+      first.push(n);
+      n += s.tokens.length;
+    }
+    if (n > this.batchSize) throw new Error(`forwardBatch: ${n} tokens, batch size is ${this.batchSize}`);
+    const tokens = new Int32Array(n);
+    segments.forEach((s, i) => {
+      tokens.set(Array.from(s.tokens), first[i]);
+    });
+
+    const b = this.backend;
+    const qDim = c.heads * c.headDim;
+    const kvDim = c.kvHeads * c.headDim;
+    const shape: AttentionShape = {
+      nHeads: c.heads,
+      nKvHeads: c.kvHeads,
+      headDim: c.headDim,
+      scratchStride: this.contextSize,
+    };
+    const at = (buf: Buf, row: number, width: number): Buf => ({
+      shard: buf.shard,
+      offset: buf.offset + row * width * 4,
+    });
+    // One segment writes its K and V rows straight into its cache; several go through kNew/vNew.
+    const direct = segments.length === 1;
+    let cur = this.headShard;
+    b.getRows(this.act[cur]!.x, this.embedding, tokens);
+    for (const L of this.layers) {
+      const A = this.act[L.shard]!;
+      if (L.shard !== cur) {
+        b.copy(A.x, this.act[cur]!.x, n * c.dim * 4);
+        cur = L.shard;
+      }
+      const kOut = direct ? at(L.k[segments[0]!.seq]!, segments[0]!.pos0, kvDim) : A.kNew!;
+      const vOut = direct ? at(L.v[segments[0]!.seq]!, segments[0]!.pos0, kvDim) : A.vNew!;
+      b.rmsNorm(A.xb, A.x, L.attnNorm, n, c.dim, c.normEps);
+      b.matmul(
+        A.xb,
+        n,
+        c.dim,
+        [
+          { w: L.wq, out: A.q },
+          { w: L.wk, out: kOut },
+          { w: L.wv, out: vOut },
+        ],
+        A.xq,
+        true,
+      );
+      this.addLora(
+        L,
+        A,
+        A.xb,
+        n,
+        c.dim,
+        [
+          ["attn_q", A.q],
+          ["attn_k", kOut],
+          ["attn_v", vOut],
+        ],
+        true,
+      );
+      b.phase(() => {
+        segments.forEach((s, i) => {
+          b.rope(at(A.q, first[i]!, qDim), s.tokens.length, c.heads, c.headDim, c.rope, s.pos0);
+          b.rope(at(kOut, first[i]!, kvDim), s.tokens.length, c.kvHeads, c.headDim, c.rope, s.pos0);
+        });
+      });
+      if (!direct) {
+        b.phase(() => {
+          segments.forEach((s, i) => {
+            const bytes = s.tokens.length * kvDim * 4;
+            b.copy(at(L.k[s.seq]!, s.pos0, kvDim), at(kOut, first[i]!, kvDim), bytes);
+            b.copy(at(L.v[s.seq]!, s.pos0, kvDim), at(vOut, first[i]!, kvDim), bytes);
+          });
+        });
+      }
+      b.phase(() => {
+        segments.forEach((s, i) => {
+          b.attention(
+            at(A.att, first[i]!, qDim),
+            at(A.q, first[i]!, qDim),
+            L.k[s.seq]!,
+            L.v[s.seq]!,
+            s.tokens.length,
+            s.pos0,
+            shape,
+            A.scratch,
+          );
+        });
+      });
+      b.matmul(A.att, n, qDim, [{ w: L.wo, out: A.x, acc: true }], A.xq, true);
+      this.addLora(L, A, A.att, n, qDim, [["attn_output", A.x]], true);
+      b.rmsNorm(A.xb, A.x, L.ffnNorm, n, c.dim, c.normEps);
+      b.matmul(
+        A.xb,
+        n,
+        c.dim,
+        [
+          { w: L.gate, out: A.hb },
+          { w: L.up, out: A.hb2 },
+        ],
+        A.xq,
+        true,
+      );
+      this.addLora(
+        L,
+        A,
+        A.xb,
+        n,
+        c.dim,
+        [
+          ["ffn_gate", A.hb],
+          ["ffn_up", A.hb2],
+        ],
+        true,
+      );
+      b.siluMul(A.hb, A.hb, A.hb2, n * c.ffn);
+      b.matmul(A.hb, n, c.ffn, [{ w: L.down, out: A.x, acc: true }], A.xq, true);
+      this.addLora(L, A, A.hb, n, c.ffn, [["ffn_down", A.x]], true);
+    }
+    // The output head on each segment's last token: row i of H.xb is segment i's.
+    const H = this.act[this.headShard]!;
+    const last = (i: number): Buf => at(this.act[cur]!.x, first[i]! + segments[i]!.tokens.length - 1, c.dim);
+    if (cur !== this.headShard) {
+      b.phase(() => {
+        segments.forEach((_, i) => {
+          b.copy(at(H.x, i, c.dim), last(i), c.dim * 4);
+        });
+      });
+      b.rmsNorm(H.xb, H.x, this.outputNorm, segments.length, c.dim, c.normEps);
+    } else {
+      b.phase(() => {
+        segments.forEach((_, i) => {
+          b.rmsNorm(at(H.xb, i, c.dim), last(i), this.outputNorm, 1, c.dim, c.normEps);
+        });
+      });
+    }
+    b.matmul(H.xb, segments.length, c.dim, [{ w: this.output, out: H.logits! }], H.xq, true);
+    b.flush();
+    return segments.map((_, i) => this.rt.f32(this.headShard, H.logits!.offset + i * c.vocab * 4, c.vocab));
+  }
+
+  /**
+   * Adds the run-time LoRA updates of projections that all read `x` to their outputs; `perToken`
+   * as in Backend.matmul (forwardBatch).
+   */
   private addLora(
     L: LayerWeights,
     A: Activations,
@@ -555,6 +747,7 @@ export class LlamaModel {
     n: number,
     cols: number,
     updates: [Projection, Buf][],
+    perToken = false,
   ) {
     const todo = updates.filter(([p]) => L.lora[p]);
     if (todo.length === 0) return;
@@ -566,10 +759,11 @@ export class LlamaModel {
       cols,
       todo.map(([p]) => ({ w: L.lora[p]!.a, out: tmp(p) })),
       A.xq,
+      perToken,
     );
     for (const [p, out] of todo) {
       const w = L.lora[p]!;
-      b.matmul(tmp(p), n, w.a.rows, [{ w: w.b, out, acc: true }], A.xq);
+      b.matmul(tmp(p), n, w.a.rows, [{ w: w.b, out, acc: true }], A.xq, perToken);
     }
   }
 

@@ -102,26 +102,17 @@ export class Model {
 
   /** Renders messages with the chat template, ready to be generated from. */
   formatChat(messages: readonly ChatMessage[]): string {
-    const t = this.tokenizer;
-    const chosen = this.template();
-    return renderChat(messages, {
-      name: chosen.name,
-      template: chosen.template,
-      bosToken: t.bosId !== undefined ? t.tokenText(t.bosId) : "",
-      eosToken: t.eosId !== undefined ? t.tokenText(t.eosId) : "",
-      addGenerationPrompt: true,
-    });
+    return formatChatPrompt(this.tokenizer, this.template(), messages);
   }
 
   /** Streams the reply to a conversation, formatted with the chat template. */
   chat(messages: readonly ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<string> {
-    const prompt = this.formatChat(messages);
-    const stop = [...(options.stop ?? []), ...this.template().stopStrings];
-    // The template already holds BOS where the model wants it; special tokens in it are parsed.
-    const ids = this.tokenizer.encode(prompt, { addSpecial: false, parseSpecial: true });
-    const bos = this.tokenizer.bosId;
-    if (this.tokenizer.addBos && bos !== undefined && ids[0] !== bos) ids.unshift(bos);
-    return this.generateFromTokens(ids, { ...options, stop });
+    const template = this.template();
+    const stop = [...(options.stop ?? []), ...template.stopStrings];
+    return this.generateFromTokens(chatPromptTokens(this.tokenizer, template, messages), {
+      ...options,
+      stop,
+    });
   }
 
   /** Streams a continuation of `prompt`. */
@@ -158,10 +149,8 @@ export class Model {
     this.busy = true;
     const maxTokens = Math.min(options.maxTokens ?? 256, ctx - ids.length);
     const sampler = new Sampler(options);
-    const decoder = new StreamDecoder(this.tokenizer, { continuation: true });
-    const stop = (options.stop ?? []).filter((s) => s.length > 0);
+    const text = new StoppingDecoder(this.tokenizer, options.stop ?? []);
     const history = [...ids];
-    let pending = ""; // text held back because it may be the start of a stop string
     let produced = 0;
     let reason: GenerationInfo["finishReason"] = "length";
     let evaluated = 0;
@@ -181,19 +170,11 @@ export class Model {
           break;
         }
         history.push(id);
-        pending += decoder.push(id);
-        const hit = firstStop(pending, stop);
-        if (hit >= 0) {
-          pending = pending.slice(0, hit);
-          if (pending) yield pending;
-          pending = "";
+        const piece = text.push(id);
+        if (piece) yield piece;
+        if (text.stopped) {
           reason = "stop";
           break;
-        }
-        const safe = pending.length - longestStopPrefix(pending, stop);
-        if (safe > 0) {
-          yield pending.slice(0, safe);
-          pending = pending.slice(safe);
         }
         if (produced >= maxTokens || this.cached.length + 1 > ctx) break;
         logits = this.llama.forward([id], this.cached.length);
@@ -201,8 +182,8 @@ export class Model {
         await yieldToEventLoop();
       }
       if (reason !== "stop") {
-        pending += decoder.flush();
-        if (pending) yield pending;
+        const rest = text.flush();
+        if (rest) yield rest;
       }
     } finally {
       this.busy = false;
@@ -223,6 +204,83 @@ export class Model {
   async dispose(): Promise<void> {
     await this.llama.dispose();
   }
+}
+
+/**
+ * The text of a generation, token by token: a StreamDecoder that ends at the first of the `stop`
+ * strings, which is not returned. Text that may be the start of a stop string is held back until
+ * the next tokens show it is not.
+ */
+export class StoppingDecoder {
+  private readonly decoder: StreamDecoder;
+  private readonly stop: string[];
+  private pending = "";
+  /** Set once a stop string has appeared; nothing more is returned after it. */
+  stopped = false;
+
+  constructor(tokenizer: Tokenizer, stop: readonly string[]) {
+    this.decoder = new StreamDecoder(tokenizer, { continuation: true });
+    this.stop = stop.filter((s) => s.length > 0);
+  }
+
+  /** Adds one generated token; returns the text that became final (possibly ""). */
+  push(id: number): string {
+    if (this.stopped) return "";
+    this.pending += this.decoder.push(id);
+    const hit = firstStop(this.pending, this.stop);
+    if (hit >= 0) {
+      const out = this.pending.slice(0, hit);
+      this.pending = "";
+      this.stopped = true;
+      return out;
+    }
+    const safe = this.pending.length - longestStopPrefix(this.pending, this.stop);
+    const out = this.pending.slice(0, safe);
+    this.pending = this.pending.slice(safe);
+    return out;
+  }
+
+  /** The end of generation: returns the text held back (nothing after a stop string). */
+  flush(): string {
+    if (this.stopped) return "";
+    const out = this.pending + this.decoder.flush();
+    this.pending = "";
+    return out;
+  }
+}
+
+/** Renders a conversation with a chosen chat template, the tokenizer's BOS and EOS filled in. */
+export function formatChatPrompt(
+  tokenizer: Tokenizer,
+  template: ChosenTemplate,
+  messages: readonly ChatMessage[],
+): string {
+  return renderChat(messages, {
+    name: template.name,
+    template: template.template,
+    bosToken: tokenizer.bosId !== undefined ? tokenizer.tokenText(tokenizer.bosId) : "",
+    eosToken: tokenizer.eosId !== undefined ? tokenizer.tokenText(tokenizer.eosId) : "",
+    addGenerationPrompt: true,
+  });
+}
+
+/**
+ * The prompt tokens of a conversation. The template already holds BOS where the model wants it
+ * and special tokens in it are parsed; BOS is added only when the tokenizer adds one and the
+ * rendered text does not start with it.
+ */
+export function chatPromptTokens(
+  tokenizer: Tokenizer,
+  template: ChosenTemplate,
+  messages: readonly ChatMessage[],
+): number[] {
+  const ids = tokenizer.encode(formatChatPrompt(tokenizer, template, messages), {
+    addSpecial: false,
+    parseSpecial: true,
+  });
+  const bos = tokenizer.bosId;
+  if (tokenizer.addBos && bos !== undefined && ids[0] !== bos) ids.unshift(bos);
+  return ids;
 }
 
 /** Index of the earliest complete stop string in `text`, or -1. */

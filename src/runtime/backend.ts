@@ -89,8 +89,12 @@ export interface MatmulTarget {
  */
 export interface Backend {
   readonly threads: number;
-  /** out[t] (+)= W · x[t] for each target, all reading the same `n` rows of `cols` inputs. */
-  matmul(x: Buf, n: number, cols: number, targets: MatmulTarget[], xq: Buf): void;
+  /**
+   * out[t] (+)= W · x[t] for each target, all reading the same `n` rows of `cols` inputs.
+   * `perToken`: every token's outputs are bit-identical to a call with that token alone (batched
+   * decoding of independent sequences needs this; the default may group tokens differently).
+   */
+  matmul(x: Buf, n: number, cols: number, targets: MatmulTarget[], xq: Buf, perToken?: boolean): void;
   rmsNorm(out: Buf, x: Buf, weight: Buf, n: number, dim: number, eps: number): void;
   /** Rotates `n` tokens of `nHeads` heads in place; token t is at position pos0 + t. */
   rope(x: Buf, n: number, nHeads: number, headDim: number, rope: RopeParams, pos0: number): void;
@@ -153,7 +157,7 @@ export class WasmBackend implements Backend {
     if (!was) this.rt.barrier();
   }
 
-  matmul(x: Buf, n: number, cols: number, targets: MatmulTarget[], xq: Buf): void {
+  matmul(x: Buf, n: number, cols: number, targets: MatmulTarget[], xq: Buf, perToken = false): void {
     // Quantize the input once per activation format the targets need, then run all products.
     const formats = new Map<string, number>();
     let xqTop = xq.offset;
@@ -171,8 +175,10 @@ export class WasmBackend implements Backend {
         if (w.cols !== cols) throw new Error(`matmul: weight has ${w.cols} columns, input ${cols}`);
         const a = ACTIVATION_FORMAT[w.format];
         const input = a ? formats.get(a)! : x.offset;
+        // The quantized products already compute each token alone; the float ones group tokens
+        // into tiles unless their one-token variant is asked for.
         this.op(
-          `matmul${w.format}`,
+          `${perToken && !a ? "matvec" : "matmul"}${w.format}`,
           w.shard,
           w.rows,
           [w.offset, input, out.offset, w.rows, cols, n, acc ? 1 : 0],

@@ -220,7 +220,8 @@ function tile4x4<T>(w: usize, ws: usize, x: usize, xs: usize, cols: i32, out: us
 }
 
 /** 4 weight rows × 1 token (the decode matrix–vector tile). out points at out[t*rows + r0]. */
-function tile4x1<T>(w: usize, ws: usize, x: usize, cols: i32, out: usize, acc: i32): void {
+// @ts-ignore: decorator
+@inline function tile4x1<T>(w: usize, ws: usize, x: usize, cols: i32, out: usize, acc: i32): void {
   const zero = f32x4.splat(0);
   let c0 = zero, c1 = zero, c2 = zero, c3 = zero;
   let d0 = zero, d1 = zero, d2 = zero, d3 = zero;
@@ -276,7 +277,8 @@ function tile1x4<T>(w: usize, x: usize, xs: usize, cols: i32, out: usize, os: us
 }
 
 /** 1 weight row × 1 token. */
-function tile1x1<T>(w: usize, x: usize, cols: i32, out: usize, acc: i32): void {
+// @ts-ignore: decorator
+@inline function tile1x1<T>(w: usize, x: usize, cols: i32, out: usize, acc: i32): void {
   const zero = f32x4.splat(0);
   let c0 = zero, c1 = zero;
   const wStep = <usize>(4 * sizeof<T>());
@@ -295,6 +297,7 @@ function tile1x1<T>(w: usize, x: usize, cols: i32, out: usize, acc: i32): void {
 // @ts-ignore: decorator
 @inline function matmulAny<T>(
   w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
+  tokenTiles: bool,
 ): void {
   const ws = <usize>cols * sizeof<T>();
   const xs = <usize>cols << 2;
@@ -303,11 +306,11 @@ function tile1x1<T>(w: usize, x: usize, cols: i32, out: usize, acc: i32): void {
   for (; r + 4 <= r1; r += 4) {
     const wr = w + <usize>r * ws;
     let t = 0;
-    if (isFloat<T>()) {
+    if (tokenTiles && isFloat<T>()) {
       for (; t + 2 <= n; t += 2) {
         tile4x2<T>(wr, ws, x + <usize>t * xs, xs, cols, out + <usize>t * os + (<usize>r << 2), os, acc);
       }
-    } else {
+    } else if (tokenTiles) {
       for (; t + 4 <= n; t += 4) {
         tile4x4<T>(wr, ws, x + <usize>t * xs, xs, cols, out + <usize>t * os + (<usize>r << 2), os, acc);
       }
@@ -317,7 +320,7 @@ function tile1x1<T>(w: usize, x: usize, cols: i32, out: usize, acc: i32): void {
   for (; r < r1; r++) {
     const wr = w + <usize>r * ws;
     let t = 0;
-    for (; t + 4 <= n; t += 4) {
+    for (; tokenTiles && t + 4 <= n; t += 4) {
       tile1x4<T>(wr, x + <usize>t * xs, xs, cols, out + <usize>t * os + (<usize>r << 2), os, acc);
     }
     for (; t < n; t++) tile1x1<T>(wr, x + <usize>t * xs, cols, out + <usize>t * os + (<usize>r << 2), acc);
@@ -328,21 +331,49 @@ function tile1x1<T>(w: usize, x: usize, cols: i32, out: usize, acc: i32): void {
 export function matmulF32(
   w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
 ): void {
-  matmulAny<f32>(w, x, out, rows, cols, n, acc, r0, r1);
+  matmulAny<f32>(w, x, out, rows, cols, n, acc, r0, r1, true);
 }
 
 /** As matmulF32 with W stored as IEEE half (f16) bits; cols % 4 == 0. */
 export function matmulF16(
   w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
 ): void {
-  matmulAny<u16>(w, x, out, rows, cols, n, acc, r0, r1);
+  matmulAny<u16>(w, x, out, rows, cols, n, acc, r0, r1, true);
 }
 
 /** As matmulF32 with W stored as bfloat16 bits; cols % 4 == 0. */
 export function matmulBF16(
   w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
 ): void {
-  matmulAny<i16>(w, x, out, rows, cols, n, acc, r0, r1);
+  matmulAny<i16>(w, x, out, rows, cols, n, acc, r0, r1, true);
+}
+
+/**
+ * n matrix–vector products: as matmulF32, but every token goes through the one-token tiles, so a
+ * token's outputs are bit-identical to a call with n = 1, whatever the other tokens are. (The
+ * multi-token tiles sum each product in one chain, the one-token tiles in two; the results differ
+ * in the last bits.) Batched decoding of independent sequences uses this, so that a sequence's
+ * text does not depend on which others share its step. The weights of four rows are still read
+ * from memory once for all n tokens.
+ */
+export function matvecF32(
+  w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
+): void {
+  matmulAny<f32>(w, x, out, rows, cols, n, acc, r0, r1, false);
+}
+
+/** matvecF32 with f16 weights. */
+export function matvecF16(
+  w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
+): void {
+  matmulAny<u16>(w, x, out, rows, cols, n, acc, r0, r1, false);
+}
+
+/** matvecF32 with bfloat16 weights. */
+export function matvecBF16(
+  w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
+): void {
+  matmulAny<i16>(w, x, out, rows, cols, n, acc, r0, r1, false);
 }
 
 // ---------------------------------------------------------------------------------------------
