@@ -1,10 +1,14 @@
-// `smallhammer data convert | dedup | filter | split | sample` as a user runs them: the built CLI as
-// a child process, on the shared samples and on files written here.
+// `smallhammer data convert | dedup | filter | split | sample` on the shared samples and on files
+// written here: the commands run in this process (their argument parsing, actions and output), and
+// as a user runs them, the built CLI in a child process, where exit statuses and error lines matter.
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Command } from "commander";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { registerData } from "../src/cli/data.js";
 import { ensureBuilt, ROOT, runCli } from "./helpers/cli.js";
+import { spmDescription, spmTokenizer, writeVocabGguf } from "./helpers/shakespeare-vocab.js";
 
 const DUMMY = join(ROOT, "..", "shared", "data", "sharegpt_dummy_conversation.json");
 const SEEDS = join(ROOT, "..", "shared", "data", "alpaca_seed_tasks.jsonl");
@@ -29,12 +33,26 @@ function readJsonl(file: string): Record<string, unknown>[] {
     .filter((l) => l !== "")
     .map((l) => JSON.parse(l));
 }
+/** Runs `smallhammer data ARGS` in this process; returns what it printed. */
+async function runHere(args: string[]): Promise<string> {
+  const program = new Command("smallhammer").exitOverride();
+  registerData(program);
+  let printed = "";
+  const write = process.stdout.write;
+  process.stdout.write = ((chunk: string) => {
+    printed += chunk;
+    return true;
+  }) as typeof process.stdout.write;
+  try {
+    await program.parseAsync(["node", "smallhammer", "data", ...args]);
+  } finally {
+    process.stdout.write = write;
+  }
+  return printed;
+}
 /** Runs the command with --json and returns its summary. */
-function run(args: string[]) {
-  const r = runCli(["data", ...args, "--json"]);
-  expect(r.stderr).toBe("");
-  expect(r.status).toBe(0);
-  return JSON.parse(r.stdout);
+async function run(args: string[]) {
+  return JSON.parse(await runHere([...args, "--json"]));
 }
 function expectUserError(args: string[], line: RegExp) {
   const r = runCli(["data", ...args]);
@@ -51,9 +69,9 @@ const seedRecords = () =>
     .map((t) => ({ instruction: t.instruction, input: t.instances[0].input, output: t.instances[0].output }));
 
 describe("data convert", () => {
-  it("sharegpt -> messages -> sharegpt gives the conversations back", () => {
+  it("sharegpt -> messages -> sharegpt gives the conversations back", async () => {
     const messages = path("dummy-messages.jsonl");
-    expect(run(["convert", DUMMY, "--to", "messages", "--out", messages])).toMatchObject({
+    expect(await run(["convert", DUMMY, "--to", "messages", "--out", messages])).toMatchObject({
       from: "sharegpt",
       to: "messages",
       records: 500,
@@ -73,19 +91,19 @@ describe("data convert", () => {
       ],
     });
     const back = path("dummy-back.json");
-    run(["convert", messages, "--to", "sharegpt", "--out", back]);
+    await run(["convert", messages, "--to", "sharegpt", "--out", back]);
     const original = JSON.parse(readFileSync(DUMMY, "utf8")) as { conversations: unknown }[];
     expect(JSON.parse(readFileSync(back, "utf8"))).toEqual(
       original.map((c) => ({ conversations: c.conversations })),
     );
   });
 
-  it("alpaca -> sharegpt -> alpaca keeps every text; an input rejoins its instruction after a blank line", () => {
+  it("alpaca -> sharegpt -> alpaca keeps every text; an input rejoins its instruction after a blank line", async () => {
     const alpaca = jsonl("seeds.jsonl", seedRecords());
     const sharegpt = path("seeds-sharegpt.jsonl");
-    run(["convert", alpaca, "--to", "sharegpt", "--out", sharegpt]);
+    await run(["convert", alpaca, "--to", "sharegpt", "--out", sharegpt]);
     const back = path("seeds-back.jsonl");
-    expect(run(["convert", sharegpt, "--to", "alpaca", "--out", back])).toMatchObject({
+    expect(await run(["convert", sharegpt, "--to", "alpaca", "--out", back])).toMatchObject({
       records: 175,
       written: 175,
     });
@@ -97,12 +115,12 @@ describe("data convert", () => {
     expect(readJsonl(back)).toEqual(expected);
     // alpaca -> alpaca is the identity.
     const same = path("seeds-same.jsonl");
-    run(["convert", alpaca, "--to", "alpaca", "--out", same]);
+    await run(["convert", alpaca, "--to", "alpaca", "--out", same]);
     expect(readJsonl(same)).toEqual(seedRecords());
   });
 
-  it("counts the records a format cannot hold", () => {
-    const summary = run(["convert", DUMMY, "--to", "alpaca", "--out", path("dummy-alpaca.jsonl")]);
+  it("counts the records a format cannot hold", async () => {
+    const summary = await run(["convert", DUMMY, "--to", "alpaca", "--out", path("dummy-alpaca.jsonl")]);
     expect(summary).toMatchObject({
       records: 500,
       written: 167,
@@ -125,18 +143,25 @@ describe("data convert", () => {
         ],
       },
     ]);
-    const toAlpaca = run(["convert", withSystem, "--to", "alpaca", "--out", path("system-alpaca.jsonl")]);
+    const toAlpaca = await run([
+      "convert",
+      withSystem,
+      "--to",
+      "alpaca",
+      "--out",
+      path("system-alpaca.jsonl"),
+    ]);
     expect(toAlpaca.notConverted.byReason).toEqual({ "system message": 1, "multi-turn": 1 });
     // messages -> messages keeps a weight 0 reply as weight 0.
-    run(["convert", withSystem, "--to", "messages", "--out", path("system-messages.jsonl")]);
+    await run(["convert", withSystem, "--to", "messages", "--out", path("system-messages.jsonl")]);
     expect(readJsonl(path("system-messages.jsonl"))[1]!.messages).toEqual([
       { role: "user", content: "Hi" },
       { role: "assistant", content: "Hello", weight: 0 },
       { role: "user", content: "Bye" },
       { role: "assistant", content: "Bye" },
     ]);
-    const text = runCli(["data", "convert", SEEDS, "--to", "completion", "--out", path("x.jsonl")]);
-    expect(text.stdout).toBe(
+    const text = await runHere(["convert", SEEDS, "--to", "completion", "--out", path("x.jsonl")]);
+    expect(text).toBe(
       `${path("x.jsonl")}: 0 of 175 records as completion (from alpaca); 175 not converted (not a completion record 175)\n`,
     );
   });
@@ -177,10 +202,10 @@ describe("data dedup", () => {
     },
   ];
 
-  it("drops exact copies and near-duplicate instructions, keeping the first", () => {
+  it("drops exact copies and near-duplicate instructions, keeping the first", async () => {
     const file = jsonl("dups.jsonl", records);
     const out = path("dedup.jsonl");
-    const summary = run(["dedup", file, "--out", out]);
+    const summary = await run(["dedup", file, "--out", out]);
     expect(summary).toMatchObject({
       records: 7,
       written: 4,
@@ -189,22 +214,25 @@ describe("data dedup", () => {
     });
     expect(readJsonl(out)).toEqual([records[0], records[4], records[5], records[6]]);
     const exact = path("dedup-exact.jsonl");
-    expect(run(["dedup", file, "--out", exact, "--exact-only"])).toMatchObject({ written: 6, lsh: null });
+    expect(await run(["dedup", file, "--out", exact, "--exact-only"])).toMatchObject({
+      written: 6,
+      lsh: null,
+    });
     expect(readJsonl(exact)).toEqual(records.filter((_, i) => i !== 1));
   });
 
-  it("is stable: deduplicated data deduplicates to itself", () => {
+  it("is stable: deduplicated data deduplicates to itself", async () => {
     const once = path("seeds-dedup.jsonl");
-    const first = run(["dedup", SEEDS, "--out", once]);
+    const first = await run(["dedup", SEEDS, "--out", once]);
     const twice = path("seeds-dedup2.jsonl");
-    const second = run(["dedup", once, "--out", twice]);
+    const second = await run(["dedup", once, "--out", twice]);
     expect(second.written).toBe(first.written);
     expect(readFileSync(twice, "utf8")).toBe(readFileSync(once, "utf8"));
   });
 });
 
 describe("data filter", () => {
-  it("drops by length, keywords, refusals and language, counting each reason", () => {
+  it("drops by length, keywords, refusals and language, counting each reason", async () => {
     const records = [
       { instruction: "Say hi.", input: "", output: "Hi!" },
       { instruction: "Write a long story about a dragon.", input: "", output: "x ".repeat(400) },
@@ -231,7 +259,7 @@ describe("data filter", () => {
     ];
     const file = jsonl("filter.jsonl", records);
     const out = path("filtered.jsonl");
-    const summary = run([
+    const summary = await run([
       "filter",
       file,
       "--out",
@@ -254,11 +282,39 @@ describe("data filter", () => {
       "other language": 1,
     });
     expect(readJsonl(out)).toEqual([records[5]]);
-    const required = run(["filter", file, "--out", out, "--require", "cook, dragon"]);
+    const required = await run(["filter", file, "--out", out, "--require", "cook, dragon"]);
     expect(required.dropped.byReason).toEqual({ "no required word": 4 });
   });
 
-  it("counts tokens with a tokenizer, and asks for one when token limits are given", () => {
+  it("counts tokens with a tokenizer, and asks for one when token limits are given", async () => {
+    const vocab = path("vocab.gguf");
+    writeVocabGguf(vocab, spmDescription());
+    // Message texts as the filter counts them: the user message (instruction, a blank line, input), the reply.
+    const tokens = (r: Record<string, unknown>) => {
+      const user = r.input === "" ? r.instruction : `${r.instruction}\n\n${r.input}`;
+      return spmTokenizer().encode(`${user}\n${r.output}`, { addSpecial: false }).length;
+    };
+    const out = path("short.jsonl");
+    const summary = await run([
+      "filter",
+      SEEDS,
+      "--out",
+      out,
+      "--tokenizer",
+      vocab,
+      "--min-tokens",
+      "40",
+      "--max-tokens",
+      "150",
+    ]);
+    const all = seedRecords();
+    const expected = all.filter((r) => tokens(r) >= 40 && tokens(r) <= 150);
+    expect(readJsonl(out)).toEqual(expected);
+    expect(summary.dropped.byReason).toEqual({
+      "too few tokens": all.filter((r) => tokens(r) < 40).length,
+      "too many tokens": all.filter((r) => tokens(r) > 150).length,
+    });
+    expect(expected.length).toBeGreaterThan(20);
     expectUserError(
       ["filter", SEEDS, "--out", path("t.jsonl"), "--max-tokens", "10"],
       /^smallhammer: --min-tokens and --max-tokens need --tokenizer/,
@@ -271,10 +327,10 @@ describe("data filter", () => {
 });
 
 describe("data split and sample", () => {
-  it("splits exactly the share asked, in order, by seed", () => {
+  it("splits exactly the share asked, in order, by seed", async () => {
     const train = path("train.jsonl");
     const validation = path("validation.jsonl");
-    const summary = run([
+    const summary = await run([
       "split",
       SEEDS,
       "--train-out",
@@ -298,7 +354,7 @@ describe("data split and sample", () => {
     expect(ti).toEqual([...ti].sort((a, b) => a - b));
     expect(vi).toEqual([...vi].sort((a, b) => a - b));
     // The same seed gives the same split; another seed another.
-    run([
+    await run([
       "split",
       SEEDS,
       "--train-out",
@@ -311,7 +367,7 @@ describe("data split and sample", () => {
       "7",
     ]);
     expect(readFileSync(path("v2.jsonl"), "utf8")).toBe(readFileSync(validation, "utf8"));
-    run([
+    await run([
       "split",
       SEEDS,
       "--train-out",
@@ -326,7 +382,7 @@ describe("data split and sample", () => {
     expect(readFileSync(path("v3.jsonl"), "utf8")).not.toBe(readFileSync(validation, "utf8"));
     // A count instead of a share.
     expect(
-      run([
+      await run([
         "split",
         DUMMY,
         "--train-out",
@@ -355,9 +411,9 @@ describe("data split and sample", () => {
     );
   });
 
-  it("samples by seed, in order, all records when asked for more", () => {
+  it("samples by seed, in order, all records when asked for more", async () => {
     const out = path("sample.jsonl");
-    expect(run(["sample", SEEDS, "--num", "10", "--seed", "3", "--out", out])).toMatchObject({
+    expect(await run(["sample", SEEDS, "--num", "10", "--seed", "3", "--out", out])).toMatchObject({
       records: 175,
       written: 10,
     });
@@ -366,16 +422,16 @@ describe("data split and sample", () => {
     const positions = picked.map((p) => all.findIndex((r) => r.instruction === p.instruction));
     expect(positions.every((i) => i >= 0)).toBe(true);
     expect(positions).toEqual([...positions].sort((a, b) => a - b));
-    run(["sample", SEEDS, "--num", "10", "--seed", "3", "--out", path("sample2.jsonl")]);
+    await run(["sample", SEEDS, "--num", "10", "--seed", "3", "--out", path("sample2.jsonl")]);
     expect(readFileSync(path("sample2.jsonl"), "utf8")).toBe(readFileSync(out, "utf8"));
-    expect(run(["sample", SEEDS, "--num", "1000", "--out", path("sample-all.jsonl")])).toMatchObject({
+    expect(await run(["sample", SEEDS, "--num", "1000", "--out", path("sample-all.jsonl")])).toMatchObject({
       written: 175,
     });
   });
 });
 
 describe("outputs", () => {
-  it("a bad record stops the command with file:line and leaves no output, not even a partial one", () => {
+  it("a bad record stops the command with file:line and leaves no output, not even a partial one", async () => {
     const lines = seedRecords().map((r) => JSON.stringify(r));
     lines.splice(100, 0, '{"instruction": "No output here."}');
     writeFileSync(path("bad.jsonl"), `${lines.join("\n")}\n`);
@@ -397,7 +453,7 @@ describe("outputs", () => {
     }
     expect(readdirSync(dir).filter((f) => f.includes("bad-"))).toEqual([]);
     // With --skip-invalid the record is counted and left out.
-    const summary = run([
+    const summary = await run([
       "convert",
       path("bad.jsonl"),
       "--to",
@@ -409,9 +465,9 @@ describe("outputs", () => {
     expect(summary).toMatchObject({ written: 175, skipped: { total: 1, byReason: { "missing field": 1 } } });
   });
 
-  it("may overwrite its own input", () => {
+  it("may overwrite its own input", async () => {
     const file = jsonl("in-place.jsonl", [...seedRecords(), ...seedRecords()]);
-    expect(run(["dedup", file, "--out", file])).toMatchObject({ records: 350, written: 175 });
+    expect(await run(["dedup", file, "--out", file])).toMatchObject({ records: 350, written: 175 });
     expect(readJsonl(file)).toEqual(seedRecords());
   });
 });
