@@ -468,6 +468,46 @@ describe("self-instruct command", () => {
     expect(readFileSync(out, "utf8")).toBe(after);
   });
 
+  it("Ctrl-C stops cleanly: state saved, exit 130, resumable", async () => {
+    let next = 5000;
+    const server = await teacherWith(() => ({
+      delayMs: 80,
+      text: numberedReply(Array.from({ length: 2 }, () => distinctTask(next++))),
+    }));
+    const out = join(dir, "sigint.jsonl");
+    const run = startCli([
+      "data",
+      "self-instruct",
+      "--teacher",
+      server.url,
+      "--model",
+      "m",
+      "--num",
+      "500",
+      "--out",
+      out,
+      "--json",
+    ]);
+    await new Promise<void>((resolve) => {
+      const poll = setInterval(() => {
+        if (lines(out).length >= 4) {
+          clearInterval(poll);
+          resolve();
+        }
+      }, 20);
+    });
+    run.child.kill("SIGINT");
+    const r = await run.done;
+    expect(r.status).toBe(130);
+    expect(r.stderr).toBe("smallhammer: stopped; run the same command again to resume\n");
+    const summary = JSON.parse(r.stdout);
+    expect(summary.stopped).toBe(true);
+    expect(summary.kept).toBe(lines(out).length);
+    const state = JSON.parse(readFileSync(statePath(out), "utf8"));
+    expect(state.kept).toBe(summary.kept);
+    expect(state.outBytes).toBe(readFileSync(out).length);
+  });
+
   it("user mistakes are one line and exit 2", async () => {
     const server = await teacherWith(() => ({ status: 401 }));
     const base = ["data", "self-instruct", "--teacher", server.url, "--model", "m", "--num", "3"];
