@@ -168,5 +168,6 @@ function detail(state: SelfInstructState, flags: SelfInstructFlags): string {
   const tokens = state.promptTokens + state.completionTokens;
   const cost = (state.promptTokens * flags.priceIn + state.completionTokens * flags.priceOut) / 1e6;
   const rejected = Object.values(state.rejected).reduce((a, b) => a + (b ?? 0), 0);
-  return `rejected ${rejected} (${describeRejected(state)}) | ${tokens} tokens | cost ${cost.toFixed(4)}`;
+  const retries = state.retries > 0 ? ` | ${state.retries} retries` : "";
+  return `rejected ${rejected} (${describeRejected(state)}) | ${tokens} tokens | cost ${cost.toFixed(4)}${retries}`;
 }
