@@ -465,6 +465,19 @@ describe("outputs", () => {
     expect(summary).toMatchObject({ written: 175, skipped: { total: 1, byReason: { "missing field": 1 } } });
   });
 
+  it("an output that cannot be written is one line, and leaves nothing behind", () => {
+    const missing = path("no-such-dir");
+    expectUserError(
+      ["convert", SEEDS, "--to", "sharegpt", "--out", join(missing, "x.jsonl")],
+      /^smallhammer: .*no-such-dir\/x\.jsonl: cannot write \(ENOENT\)\n$/,
+    );
+    expectUserError(
+      ["split", SEEDS, "--train-out", path("ok-train.jsonl"), "--validation-out", join(missing, "v.jsonl")],
+      /^smallhammer: .*no-such-dir\/v\.jsonl: cannot write \(ENOENT\)\n$/,
+    );
+    expect(readdirSync(dir).filter((f) => f.includes("ok-train"))).toEqual([]);
+  });
+
   it("may overwrite its own input", async () => {
     const file = jsonl("in-place.jsonl", [...seedRecords(), ...seedRecords()]);
     expect(await run(["dedup", file, "--out", file])).toMatchObject({ records: 350, written: 175 });

@@ -55,7 +55,13 @@ export function registerDataSplit(data: Command): void {
     const megabytes = Math.max(1, Math.ceil(first.size / 1e6));
     const progress = new Progress("split", 2 * megabytes, "MB", process.stderr.isTTY === true && !flags.json);
     const train = DatasetWriter.create(flags.trainOut);
-    const validation = DatasetWriter.create(flags.validationOut);
+    let validation: DatasetWriter;
+    try {
+      validation = DatasetWriter.create(flags.validationOut);
+    } catch (e) {
+      await train.abort();
+      throw e;
+    }
     try {
       const n = await forEachRecord(first, "split", flags, () => {}, progress);
       const k = validationCount(flags.validation, n);

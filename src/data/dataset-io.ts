@@ -12,7 +12,7 @@
  */
 
 import { once } from "node:events";
-import { createWriteStream, renameSync, rmSync, type WriteStream } from "node:fs";
+import { createWriteStream, openSync, renameSync, rmSync, type WriteStream } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { UserError } from "../errors.js";
 import { Rng } from "../util/random.js";
@@ -37,9 +37,15 @@ export class DatasetWriter {
   /** A writer to `path` (through a temporary file beside it). */
   static create(path: string): DatasetWriter {
     const temp = join(dirname(path), `.${basename(path)}.partial-${process.pid}`);
-    const stream = createWriteStream(temp);
+    let fd: number;
+    try {
+      fd = openSync(temp, "w");
+    } catch (e) {
+      throw new UserError(`${path}: cannot write (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+    }
+    const stream = createWriteStream(temp, { fd });
     const writer = new DatasetWriter(path, temp, stream, path.toLowerCase().endsWith(".json"));
-    // Surface an unwritable path as one line at the first write or at commit.
+    // A failed write (a full disk) is reported as one line by check().
     stream.on("error", () => {});
     if (writer.array) writer.buffer = "[";
     return writer;
@@ -96,6 +102,7 @@ export class DatasetWriter {
 /** Resolves on `event` or on an error (which `check` then reports), removing both listeners. */
 function settled(stream: WriteStream, event: "drain" | "finish"): Promise<void> {
   return new Promise((resolve) => {
+    if ((stream as WriteStream & { errored?: Error | null }).errored) return resolve();
     const done = () => {
       stream.off(event, done);
       stream.off("error", done);

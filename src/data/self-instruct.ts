@@ -165,7 +165,12 @@ export async function selfInstruct(options: SelfInstructOptions): Promise<SelfIn
   const keptBefore = state.kept;
   const rng = new Rng((options.seed ?? 0) ^ Math.imul(state.replies + 1, 0x9e3779b1));
 
-  const fd = openSync(out, "a");
+  let fd: number;
+  try {
+    fd = openSync(out, "a");
+  } catch (e) {
+    throw new UserError(`${out}: cannot write (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
   const saveState = () => {
     state.outBytes = fstatSync(fd).size;
     const tmp = `${statePath(out)}.tmp`;
