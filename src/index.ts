@@ -96,3 +96,30 @@ export { type RunningServer, type ServerOptions, startServer } from "./serve/ser
 export { StreamDecoder, Tokenizer } from "./tokenizer/index.js";
 export { trainTokenizer, WordCounter, writeTokenizerGguf } from "./tokenizer/train.js";
 export { tokenizeCorpus, trainTokenizerOnFiles } from "./tokenizer/train-corpus.js";
+export {
+  type CheckpointInfo,
+  readCheckpoint,
+  restoreCheckpoint,
+  saveCheckpoint,
+} from "./train/checkpoint.js";
+export { type BatchSource, RandomWindows, TokenArray, type TokenSequence } from "./train/data.js";
+export { type ExportSummary, exportCheckpoint } from "./train/export.js";
+export {
+  LlamaTrainModel,
+  type ParamTensor,
+  type TokenBatch,
+  type TrainMemory,
+  type TrainModelOptions,
+  trainMemory,
+} from "./train/model.js";
+export { learningRate, type OptimizerOptions } from "./train/optimizer.js";
+export { type ModelShape, PRESETS } from "./train/presets.js";
+export {
+  type PretrainData,
+  type PretrainEvent,
+  type PretrainSettings,
+  type PretrainSummary,
+  pretrain,
+  resumePretraining,
+} from "./train/pretrain.js";
+export { LlamaTrainer, type StepMetrics, type TrainerOptions, type TrainerState } from "./train/trainer.js";

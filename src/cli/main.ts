@@ -5,6 +5,7 @@ import { registerChat } from "./chat.js";
 import { registerData } from "./data.js";
 import { registerDemo } from "./demo.js";
 import { registerEval } from "./eval.js";
+import { registerExport } from "./export.js";
 import { registerGenerate } from "./generate.js";
 import { registerInspect } from "./inspect.js";
 import { registerMerge } from "./merge.js";
@@ -30,6 +31,7 @@ registerDemo(program);
 registerData(program);
 registerServe(program);
 registerEval(program);
+registerExport(program);
 
 /** Prints a user error as one line and exits 2; anything else is a bug and keeps its stack. */
 function fail(e: unknown): never {
