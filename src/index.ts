@@ -115,6 +115,7 @@ export {
 export { learningRate, type OptimizerOptions } from "./train/optimizer.js";
 export { type ModelShape, PRESETS } from "./train/presets.js";
 export {
+  type OpenedPretrainData,
   type PretrainData,
   type PretrainEvent,
   type PretrainSettings,

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from "commander";
 import { isUserError } from "../errors.js";
+import { openPretrainData } from "../train/token-data.js";
 import { registerChat } from "./chat.js";
 import { registerData } from "./data.js";
 import { registerDemo } from "./demo.js";
@@ -9,6 +10,7 @@ import { registerExport } from "./export.js";
 import { registerGenerate } from "./generate.js";
 import { registerInspect } from "./inspect.js";
 import { registerMerge } from "./merge.js";
+import { registerPretrain } from "./pretrain.js";
 import { registerQuantize } from "./quantize.js";
 import { registerServe } from "./serve.js";
 import { registerTokenizer } from "./tokenizer.js";
@@ -31,6 +33,7 @@ registerDemo(program);
 registerData(program);
 registerServe(program);
 registerEval(program);
+registerPretrain(program, openPretrainData);
 registerExport(program);
 
 /** Prints a user error as one line and exits 2; anything else is a bug and keeps its stack. */

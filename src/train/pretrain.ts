@@ -26,6 +26,13 @@ export interface PretrainData {
   tokenizerPath: string;
 }
 
+/** PretrainData opened from a directory (a token cache), closed when the run ends. */
+export interface OpenedPretrainData extends PretrainData {
+  /** Tokens in the tokenizer's vocabulary. */
+  vocab: number;
+  close(): void;
+}
+
 /** The settings of a pretraining run (stored in its checkpoint; resume uses them). */
 export interface PretrainSettings {
   /** A preset name (see PRESETS) or a config.json path, already read. */
