@@ -1,8 +1,8 @@
 /**
- * Exact resume across real process deaths: a pretraining process killed with SIGKILL mid-run and
- * then resumed gives the same losses, bit for bit, at every later step as an uninterrupted run; a
- * process killed while it writes a checkpoint leaves the previous checkpoint, whole and loadable,
- * and resuming from it reproduces the steps the killed process had done.
+ * Exact resume across real process deaths: `smallhammer pretrain` killed with SIGKILL mid-run and
+ * then resumed with --resume gives the same losses, bit for bit, at every later step as an
+ * uninterrupted run; killed while it writes a checkpoint, it leaves the previous checkpoint whole
+ * and loadable, and resuming from it reproduces the steps the killed process had done.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -11,27 +11,27 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readCheckpoint, restoreCheckpoint } from "../src/train/checkpoint.js";
 import { LlamaTrainModel } from "../src/train/model.js";
-import type { PretrainSettings } from "../src/train/pretrain.js";
-import { ensureBuilt, ROOT } from "./helpers/cli.js";
-import { spmDescription, spmTokenizer, writeVocabGguf } from "./helpers/shakespeare-vocab.js";
+import { CLI, ensureBuilt, ROOT, runCli } from "./helpers/cli.js";
 
-const CHILD = join(ROOT, "test", "helpers", "pretrain-child.mjs");
 let dir: string;
-let idsPath: string;
-let tokenizerPath: string;
+let cache: string;
 
 beforeAll(() => {
   ensureBuilt();
   dir = mkdtempSync(join(tmpdir(), "sh-resume-"));
-  tokenizerPath = join(dir, "tokenizer.gguf");
-  writeVocabGguf(tokenizerPath, spmDescription());
-  const text = readFileSync(join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"), "utf8").slice(
-    0,
-    200_000,
-  );
-  const ids = Int32Array.from(spmTokenizer().encode(text));
-  idsPath = join(dir, "ids.bin");
-  writeFileSync(idsPath, new Uint8Array(ids.buffer));
+  const corpus = join(dir, "corpus.txt");
+  const text = readFileSync(join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"), "utf8");
+  writeFileSync(corpus, text.slice(0, 200_000));
+  const tokenizer = join(dir, "tokenizer.gguf");
+  cache = join(dir, "cache");
+  for (const args of [
+    ["tokenizer", "train", corpus, "--vocab-size", "512", "--out", tokenizer],
+    ["data", "tokenize", corpus, "--tokenizer", tokenizer, "--out", cache, "--val-fraction", "0.1"],
+  ]) {
+    const r = runCli(args);
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+  }
 });
 
 afterAll(() => {
@@ -60,11 +60,13 @@ function metrics(run: string): Line[] {
   });
 }
 
-function startChild(run: string, settings: PretrainSettings | undefined, resume = false): ChildProcess {
-  const settingsPath = join(dir, `${run.split("/").pop()}-settings.json`);
-  if (settings) writeFileSync(settingsPath, JSON.stringify(settings));
-  const args = [CHILD, idsPath, tokenizerPath, run, settingsPath, ...(resume ? ["resume"] : [])];
-  return spawn(process.execPath, args, { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
+/** `smallhammer pretrain` with these flags (a new run), or `--resume run`, as a child process. */
+function startChild(run: string, flags: string[] | undefined): ChildProcess {
+  const args = flags ? ["--data", cache, "--out", run, ...flags] : ["--resume", run];
+  return spawn(process.execPath, [CLI, "pretrain", ...args, "--threads", "2"], {
+    cwd: ROOT,
+    stdio: ["ignore", "ignore", "pipe"],
+  });
 }
 
 function exited(
@@ -77,8 +79,8 @@ function exited(
   return new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal, stderr })));
 }
 
-async function runToEnd(run: string, settings?: PretrainSettings, resume = false) {
-  const r = await exited(startChild(run, settings, resume));
+async function runToEnd(run: string, flags?: string[]) {
+  const r = await exited(startChild(run, flags));
   expect(r.stderr).toBe("");
   expect(r.code).toBe(0);
 }
@@ -96,23 +98,23 @@ async function killWhen(child: ChildProcess, ready: () => boolean): Promise<void
   expect((await done).signal).toBe("SIGKILL");
 }
 
-const small: PretrainSettings = {
-  shape: { dim: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 128, contextLength: 64 },
-  steps: 100,
-  batch: 8,
-  seq: 32,
-  lr: 2e-3,
-  warmupSteps: 10,
-  evalEvery: 20,
-  evalBatches: 2,
-  sampleEvery: 30,
-  sampleTokens: 8,
-  checkpointEvery: 15,
-  seed: 9,
-};
+/** A model file and the flags of a run. */
+function runFlags(name: string, shape: object, flags: string[]): string[] {
+  const model = join(dir, `${name}.json`);
+  writeFileSync(model, JSON.stringify(shape));
+  return ["--model", model, "--lr", "2e-3", "--warmup", "10", "--seed", "9", ...flags];
+}
 
 describe("resume after SIGKILL", () => {
   it("gives the uninterrupted run's losses at every step", async () => {
+    const small = runFlags(
+      "small",
+      { dim: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 128, contextLength: 64 },
+      [
+        ...["--steps", "100", "--batch", "8", "--seq", "32", "--eval-every", "20", "--eval-batches", "2"],
+        ...["--sample-every", "30", "--sample-tokens", "8", "--checkpoint-every", "15"],
+      ],
+    );
     const whole = join(dir, "whole");
     await runToEnd(whole, small);
     const want = metrics(whole);
@@ -125,7 +127,7 @@ describe("resume after SIGKILL", () => {
     const at = readCheckpoint(join(killed, "checkpoint.gguf")).info.trainer.step;
     expect(before.length).toBeGreaterThan(at);
     expect(before).toEqual(want.slice(0, before.length));
-    await runToEnd(killed, undefined, true);
+    await runToEnd(killed);
     expect(metrics(killed)).toEqual(want);
     expect(readFileSync(join(killed, "samples.jsonl"), "utf8")).toBe(
       readFileSync(join(whole, "samples.jsonl"), "utf8"),
@@ -136,15 +138,9 @@ describe("resume after SIGKILL", () => {
 describe("a kill during a checkpoint write", () => {
   it("leaves the previous checkpoint whole, and resuming from it repeats the killed steps exactly", async () => {
     // ~4.5M parameters: each checkpoint is ~55 MB, written after every step
-    const big: PretrainSettings = {
-      ...small,
-      shape: { dim: 256, layers: 4, heads: 8, kvHeads: 4, ffn: 1024, contextLength: 64 },
-      steps: 40,
-      batch: 2,
-      checkpointEvery: 1,
-      evalEvery: 0,
-      sampleEvery: 0,
-    };
+    const big = runFlags("big", { dim: 256, layers: 4, heads: 8, kvHeads: 4, ffn: 1024, contextLength: 64 }, [
+      ...["--steps", "40", "--batch", "2", "--seq", "32", "--checkpoint-every", "1", "--eval-every", "0"],
+    ]);
     const run = join(dir, "killed-writing");
     const writing = () =>
       existsSync(join(run, "checkpoint.gguf")) &&
@@ -164,7 +160,7 @@ describe("a kill during a checkpoint write", () => {
       await model.dispose();
     }
 
-    await runToEnd(run, undefined, true);
+    await runToEnd(run);
     const after = metrics(run);
     expect(after.map((l) => l.step)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
     expect(after.slice(0, before.length)).toEqual(before);
