@@ -51,6 +51,36 @@ export interface TrainModelOptions {
    * the input gradient through dequantized rows.
    */
   formatOf?: (name: string) => WeightFormat;
+  /**
+   * LoRA: each targeted projection W (GGUF short name: attn_q, attn_k, attn_v, attn_output,
+   * ffn_gate, ffn_up, ffn_down) gets trainable A (rank × in) and B (out × rank) as the tensors
+   * `<W>.lora_a` and `<W>.lora_b`, and computes y = x·Wᵀ + (alpha/rank)·(x·Aᵀ)·Bᵀ.
+   */
+  lora?: LoraSpec;
+}
+
+export interface LoraSpec {
+  /** A multiple of 4 (the f32 kernels' granule). */
+  rank: number;
+  alpha: number;
+  targets: readonly LoraProjection[];
+}
+
+export const LORA_PROJECTIONS = [
+  "attn_q",
+  "attn_k",
+  "attn_v",
+  "attn_output",
+  "ffn_gate",
+  "ffn_up",
+  "ffn_down",
+] as const;
+export type LoraProjection = (typeof LORA_PROJECTIONS)[number];
+
+/** The LoRA pair of one projection, with the activation u = (alpha/rank)·x·Aᵀ kept per layer. */
+interface LoraPair {
+  a: ParamTensor;
+  b: ParamTensor;
 }
 
 /** A micro-batch: rows·seq tokens, row-major by sequence. */
@@ -106,6 +136,7 @@ export function ggmlTypeOfFormat(f: WeightFormat): GGMLType {
 const ALIGN = 64;
 
 interface LayerParams {
+  lora: Partial<Record<LoraProjection, LoraPair>>;
   attnNorm: ParamTensor;
   wq: ParamTensor;
   wk: ParamTensor;
@@ -132,6 +163,8 @@ interface LayerActs {
   gate: number;
   up: number;
   h: number;
+  /** u = (alpha/rank)·x·Aᵀ of each LoRA projection (tokens × rank). */
+  lora: Partial<Record<LoraProjection, number>>;
 }
 
 /** Every region of the model's memory, as byte offsets. */
@@ -167,6 +200,8 @@ interface Regions {
   xq: number;
   attScratch: number;
   sumSquares: number;
+  /** dLoss/du of a LoRA projection (tokens × rank). */
+  loraDu: number;
 }
 
 /** Model shape checks the kernels rely on. */
@@ -196,10 +231,16 @@ export function checkTrainConfig(c: LlamaConfig, seq: number): void {
 }
 
 /** Names, shapes and roles of every tensor, in file order. */
-function tensorPlan(c: LlamaConfig, tied: boolean): { name: string; dims: number[]; matrix: boolean }[] {
+function tensorPlan(
+  c: LlamaConfig,
+  tied: boolean,
+  lora?: LoraSpec,
+): { name: string; dims: number[]; matrix: boolean; lora?: boolean }[] {
   const q = c.heads * c.headDim;
   const kv = c.kvHeads * c.headDim;
-  const list = [{ name: "token_embd.weight", dims: [c.dim, c.vocab], matrix: true }];
+  const list: { name: string; dims: number[]; matrix: boolean; lora?: boolean }[] = [
+    { name: "token_embd.weight", dims: [c.dim, c.vocab], matrix: true },
+  ];
   for (let l = 0; l < c.layers; l++) {
     const p = `blk.${l}.`;
     list.push(
@@ -216,12 +257,25 @@ function tensorPlan(c: LlamaConfig, tied: boolean): { name: string; dims: number
   }
   list.push({ name: "output_norm.weight", dims: [c.dim], matrix: false });
   if (!tied) list.push({ name: "output.weight", dims: [c.dim, c.vocab], matrix: true });
+  if (lora) {
+    const byName = new Map(list.map((t) => [t.name, t]));
+    for (let l = 0; l < c.layers; l++) {
+      for (const target of lora.targets) {
+        const base = byName.get(`blk.${l}.${target}.weight`)!;
+        const [cols, rows] = base.dims as [number, number];
+        list.push(
+          { name: `${base.name}.lora_a`, dims: [cols, lora.rank], matrix: true, lora: true },
+          { name: `${base.name}.lora_b`, dims: [lora.rank, rows], matrix: true, lora: true },
+        );
+      }
+    }
+  }
   return list;
 }
 
 /** Parameters of a model of this shape (every tensor, trainable or not). */
-export function trainParameterCount(c: LlamaConfig, tiedEmbeddings: boolean): number {
-  return tensorPlan(c, tiedEmbeddings).reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
+export function trainParameterCount(c: LlamaConfig, tiedEmbeddings: boolean, lora?: LoraSpec): number {
+  return tensorPlan(c, tiedEmbeddings, lora).reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
 }
 
 /** Tokens of logits computed at a time in the output head. */
@@ -236,6 +290,7 @@ function headChunk(n: number): number {
 function layout(
   c: LlamaConfig,
   o: Required<Pick<TrainModelOptions, "batch" | "seq" | "recompute" | "tiedEmbeddings">> & {
+    lora?: LoraSpec;
     threads: number;
     trainable: (name: string) => boolean;
     formatOf: (name: string) => WeightFormat;
@@ -260,12 +315,19 @@ function layout(
   const params: ParamTensor[] = [];
   let hasQuantized = false;
   let largestMatrix = 0;
-  for (const t of tensorPlan(c, o.tiedEmbeddings)) {
+  if (o.lora) {
+    const { rank, alpha, targets } = o.lora;
+    if (!Number.isInteger(rank) || rank < 4 || rank % 4 !== 0)
+      throw new UserError(`LoRA rank must be a positive multiple of 4, got ${rank}`);
+    if (!(alpha > 0)) throw new UserError(`LoRA alpha must be positive, got ${alpha}`);
+    if (targets.length === 0) throw new UserError("LoRA needs at least one target projection");
+  }
+  for (const t of tensorPlan(c, o.tiedEmbeddings, o.lora)) {
     const cols = t.dims[0]!;
     const rows = t.dims[1] ?? 1;
     const vocabRows = t.name === "token_embd.weight" || t.name === "output.weight";
     const storedRows = vocabRows ? vocabPad : rows;
-    const trainable = o.trainable(t.name);
+    const trainable = t.lora === true || o.trainable(t.name);
     // The embedding and the output head stay f32 (their rows are looked up and padded).
     const format: WeightFormat = t.matrix && !trainable && !vocabRows ? o.formatOf(t.name) : "F32";
     if (format !== "F32") {
@@ -286,7 +348,7 @@ function layout(
       length,
       weight: { shard: 0, offset, format, rows: storedRows, cols },
       trainable,
-      decay: t.matrix,
+      decay: t.matrix && !t.lora,
       grad: 0,
       m: 0,
       v: 0,
@@ -334,6 +396,7 @@ function layout(
       gate: act(N * c.ffn),
       up: act(N * c.ffn),
       h: act(N * c.ffn),
+      lora: Object.fromEntries((o.lora?.targets ?? []).map((p) => [p, act(N * o.lora!.rank)])),
     });
   }
   const chunk = headChunk(N);
@@ -358,6 +421,7 @@ function layout(
   regions.dequant = hasQuantized ? scratch(largestMatrix) : 0;
   regions.xq = hasQuantized ? take("scratch", 2 * N * widest + 64 * N) : 0;
   regions.attScratch = take("scratch", o.threads * 4 * o.seq * 4);
+  regions.loraDu = o.lora ? scratch(N * o.lora.rank) : 0;
   regions.sumSquares = take(
     "scratch",
     8 * (params.length + Math.ceil(memory.weights / 4 / SUM_SQUARES_BLOCK)),
@@ -373,6 +437,7 @@ function resolveOptions(o: TrainModelOptions) {
     tiedEmbeddings: o.tiedEmbeddings ?? false,
     threads: Math.max(1, Math.floor(o.threads ?? availableParallelism())),
     trainable: o.trainable ?? (() => true),
+    lora: o.lora,
     formatOf: o.formatOf ?? (() => "F32" as WeightFormat),
   };
 }
@@ -417,6 +482,7 @@ export class LlamaTrainModel {
   readonly seq: number;
   readonly recompute: boolean;
   readonly tiedEmbeddings: boolean;
+  readonly lora: LoraSpec | undefined;
   readonly params: ParamTensor[];
   readonly memory: TrainMemory;
   readonly rt: Runtime;
@@ -442,6 +508,7 @@ export class LlamaTrainModel {
     this.seq = o.seq;
     this.recompute = o.recompute;
     this.tiedEmbeddings = o.tiedEmbeddings;
+    this.lora = o.lora;
     this.rt = rt;
     this.ops = new TrainOps(rt, 0);
     this.r = l.regions;
@@ -455,7 +522,12 @@ export class LlamaTrainModel {
     this.layers = [];
     for (let i = 0; i < config.layers; i++) {
       const p = `blk.${i}.`;
+      const lora: LayerParams["lora"] = {};
+      for (const target of o.lora?.targets ?? []) {
+        lora[target] = { a: get(`${p}${target}.weight.lora_a`), b: get(`${p}${target}.weight.lora_b`) };
+      }
       this.layers.push({
+        lora,
         attnNorm: get(`${p}attn_norm.weight`),
         wq: get(`${p}attn_q.weight`),
         wk: get(`${p}attn_k.weight`),
@@ -522,6 +594,7 @@ export class LlamaTrainModel {
       const fd = openSync(path, "r");
       try {
         for (const p of model.params) {
+          if (p.name.endsWith(".lora_a") || p.name.endsWith(".lora_b")) continue; // see initializeLora
           const t = header.tensor(p.name);
           if (!t) throw new UserError(`${path}: tensor ${p.name} is missing`);
           if (t.dims.length !== p.dims.length || t.dims.some((d, i) => d !== p.dims[i])) {
@@ -617,6 +690,7 @@ export class LlamaTrainModel {
     const rng = new Rng(seed);
     const residualScale = 1 / Math.sqrt(2 * this.config.layers);
     for (const p of this.params) {
+      if (p.name.endsWith(".lora_a") || p.name.endsWith(".lora_b")) continue;
       if (p.weight.format !== "F32")
         throw new Error(`${p.name}: cannot initialize a ${p.weight.format} tensor`);
       const w = this.weights(p);
@@ -626,6 +700,21 @@ export class LlamaTrainModel {
       }
       const residual = p.name.endsWith("attn_output.weight") || p.name.endsWith("ffn_down.weight");
       rng.fillNormal(w, 0.02 * (residual ? residualScale : 1));
+    }
+  }
+
+  /**
+   * LoRA's starting point, as PEFT sets it: A uniform in ±1/sqrt(in) (Kaiming-uniform with
+   * a = √5), B zero, so the adapted model starts equal to the base.
+   */
+  initializeLora(seed: number): void {
+    const rng = new Rng(seed);
+    for (const p of this.params) {
+      if (p.name.endsWith(".lora_a")) {
+        const bound = 1 / Math.sqrt(p.dims[0]!);
+        const w = this.weights(p);
+        for (let i = 0; i < w.length; i++) w[i] = (2 * rng.nextFloat() - 1) * bound;
+      } else if (p.name.endsWith(".lora_b")) this.weights(p).fill(0);
     }
   }
 
@@ -732,21 +821,64 @@ export class LlamaTrainModel {
     this.linear(L.wq, A.xn1, n, A.q, false);
     this.linear(L.wk, A.xn1, n, A.k, false);
     this.linear(L.wv, A.xn1, n, A.v, false);
+    this.loraForward(L, A, "attn_q", A.xn1, A.q);
+    this.loraForward(L, A, "attn_k", A.xn1, A.k);
+    this.loraForward(L, A, "attn_v", A.xn1, A.v);
     const { positions, ropeCos, ropeSin } = this.r;
     ops.ropeRotate(A.q, positions, ropeCos, ropeSin, n, c.heads, c.headDim, c.rope.dim, false);
     ops.ropeRotate(A.k, positions, ropeCos, ropeSin, n, c.kvHeads, c.headDim, c.rope.dim, false);
     ops.attentionForward(A.q, A.k, A.v, A.att, A.lse, n, this.geometry());
     ops.copy(A.xmid, x, n * c.dim * 4);
     this.linear(L.wo, A.att, n, A.xmid, true);
+    this.loraForward(L, A, "attn_output", A.att, A.xmid);
     ops.rmsNormForward(A.xmid, L.ffnNorm.weight.offset, A.xn2, A.rstd2, c.dim, c.normEps, n);
     this.linear(L.gate, A.xn2, n, A.gate, false);
     this.linear(L.up, A.xn2, n, A.up, false);
+    this.loraForward(L, A, "ffn_gate", A.xn2, A.gate);
+    this.loraForward(L, A, "ffn_up", A.xn2, A.up);
     ops.swigluForward(A.gate, A.up, A.h, n * c.ffn);
     if (writeOutput) {
       const y = this.r.xs[l + 1]!;
       ops.copy(y, A.xmid, n * c.dim * 4);
       this.linear(L.down, A.h, n, y, true);
+      this.loraForward(L, A, "ffn_down", A.h, y);
+    } else {
+      // Recomputing for the backward pass: only u of the down projection is needed.
+      this.loraForward(L, A, "ffn_down", A.h, 0);
     }
+  }
+
+  /** u = (alpha/rank)·x·Aᵀ kept for the backward pass, then y += u·Bᵀ (y = 0: u only). */
+  private loraForward(L: LayerParams, A: LayerActs, target: LoraProjection, x: number, y: number): void {
+    const pair = L.lora[target];
+    if (!pair || !this.lora) return;
+    const u = A.lora[target]!;
+    const rank = this.lora.rank;
+    this.ops.matmul(pair.a.weight, x, this.n, u, false);
+    this.ops.scale(u, this.lora.alpha / rank, this.n * rank);
+    if (y) this.ops.matmul(pair.b.weight, u, this.n, y, true);
+  }
+
+  /**
+   * Backward of y += u·Bᵀ with u = s·x·Aᵀ: dB += dyᵀ·u, du = s·dy·B, dA += duᵀ·x and dx += du·A
+   * (dx already holds the frozen projection's part).
+   */
+  private loraBackward(
+    L: LayerParams,
+    A: LayerActs,
+    target: LoraProjection,
+    x: number,
+    cols: number,
+    dy: number,
+    dx: number,
+  ): void {
+    const pair = L.lora[target];
+    if (!pair || !this.lora) return;
+    const rank = this.lora.rank;
+    const du = this.r.loraDu;
+    this.linearsBackward(A.lora[target]!, rank, this.n, [{ p: pair.b, dy }], du, false);
+    this.ops.scale(du, this.lora.alpha / rank, this.n * rank);
+    this.linearsBackward(x, cols, this.n, [{ p: pair.a, dy: du }], dx, true);
   }
 
   /** Records the embedding and every layer. */
@@ -821,6 +953,7 @@ export class LlamaTrainModel {
     const q = c.heads * c.headDim;
     // feed-forward: y = xmid + (silu(xn2·Wgᵀ) ∘ xn2·Wuᵀ)·Wdᵀ
     this.linearsBackward(A.h, c.ffn, n, [{ p: L.down, dy: r.dres }], r.dh, false);
+    this.loraBackward(L, A, "ffn_down", A.h, c.ffn, r.dres, r.dh);
     ops.swigluBackward(A.gate, A.up, r.dh, r.dgate, r.dup, n * c.ffn);
     this.linearsBackward(
       A.xn2,
@@ -833,10 +966,13 @@ export class LlamaTrainModel {
       r.dxn,
       false,
     );
+    this.loraBackward(L, A, "ffn_gate", A.xn2, c.dim, r.dgate, r.dxn);
+    this.loraBackward(L, A, "ffn_up", A.xn2, c.dim, r.dup, r.dxn);
     if (L.ffnNorm.trainable) ops.rmsNormBackwardWeight(A.xmid, A.rstd2, r.dxn, L.ffnNorm.grad, c.dim, n);
     ops.rmsNormBackward(A.xmid, L.ffnNorm.weight.offset, A.rstd2, r.dxn, r.dres, c.dim, n, true);
     // attention: xmid = x + attention(rope(xn1·Wqᵀ), rope(xn1·Wkᵀ), xn1·Wvᵀ)·Woᵀ
     this.linearsBackward(A.att, q, n, [{ p: L.wo, dy: r.dres }], r.datt, false);
+    this.loraBackward(L, A, "attn_output", A.att, q, r.dres, r.datt);
     ops.attentionBackward(
       { q: A.q, k: A.k, v: A.v, out: A.att, dout: r.datt, lse: A.lse, delta: r.delta },
       { dq: r.dq, dk: r.dk, dv: r.dv },
@@ -857,6 +993,9 @@ export class LlamaTrainModel {
       r.dxn,
       false,
     );
+    this.loraBackward(L, A, "attn_q", A.xn1, c.dim, r.dq, r.dxn);
+    this.loraBackward(L, A, "attn_k", A.xn1, c.dim, r.dk, r.dxn);
+    this.loraBackward(L, A, "attn_v", A.xn1, c.dim, r.dv, r.dxn);
     const x = r.xs[l]!;
     if (L.attnNorm.trainable) ops.rmsNormBackwardWeight(x, A.rstd1, r.dxn, L.attnNorm.grad, c.dim, n);
     ops.rmsNormBackward(x, L.attnNorm.weight.offset, A.rstd1, r.dxn, r.dres, c.dim, n, true);

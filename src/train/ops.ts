@@ -67,6 +67,11 @@ export class TrainOps {
     this.rt.flush();
   }
 
+  /** x[i] *= s over `length` floats. */
+  scale(x: number, s: number, length: number): void {
+    this.op("scale", length, [x, s], 1024);
+  }
+
   fillZero(x: number, length: number): void {
     this.op("fillZero", length, [x], 1024);
   }

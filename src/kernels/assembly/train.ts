@@ -874,3 +874,16 @@ export function sumSquares(x: usize, length: i32, out: usize, r0: i32, r1: i32):
     store<f64>(out + (<usize>b << 3), s);
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Scaling (the alpha/rank factor of LoRA updates)
+// ---------------------------------------------------------------------------------------------
+
+/** x[i] *= s for i in [r0, r1). */
+export function scale(x: usize, s: f32, r0: i32, r1: i32): void {
+  let o = <usize>r0 << 2;
+  const end = <usize>r1 << 2;
+  const sv = f32x4.splat(s);
+  for (; o + 16 <= end; o += 16) v128.store(x + o, f32x4.mul(v128.load(x + o), sv));
+  for (; o < end; o += 4) store<f32>(x + o, load<f32>(x + o) * s);
+}
