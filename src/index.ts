@@ -149,6 +149,7 @@ export { Sampler, type SamplerOptions } from "./model/sampler.js";
 export { BUILTIN_TEMPLATE_NAMES, chooseTemplate, renderChat } from "./model/templates.js";
 export { quantizeModel } from "./quant/quantize-model.js";
 export { dequantizeRow, quantizeRow } from "./quant/reference.js";
+export { type QuickstartOptions, type QuickstartResult, runQuickstart } from "./quickstart.js";
 export type { Backend } from "./runtime/backend.js";
 export { WasmBackend } from "./runtime/backend.js";
 export { Runtime } from "./runtime/runtime.js";
@@ -164,6 +165,13 @@ export {
 } from "./train/checkpoint.js";
 export { type BatchSource, RandomWindows, TokenArray, type TokenSequence } from "./train/data.js";
 export { type ExportSummary, exportCheckpoint } from "./train/export.js";
+export {
+  extractAdapter,
+  type FinetuneSettings,
+  type FinetuneSummary,
+  finetune,
+  resumeFinetune,
+} from "./train/finetune.js";
 export {
   LlamaTrainModel,
   type ParamTensor,

@@ -198,7 +198,7 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
         // The Alpaca prompt alone is about 100 tokens with this small vocabulary.
         batch: 8,
         seq: 256,
-        lr: 2e-3,
+        lr: 5e-3,
         out: join(dir, "finetune"),
         threads: options.threads,
         seed,
