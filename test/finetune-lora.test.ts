@@ -149,4 +149,29 @@ describe("LoRA training", () => {
       await Promise.all([fresh.dispose(), base.dispose(), recompute.dispose()]);
     }
   });
+
+  it("tokens without a target contribute exactly zero gradient", async () => {
+    // Segment 2 (positions 6..11) has no targets; changing its tokens must not change one bit of
+    // any gradient, since its losses are masked and attention does not cross segments.
+    const masked = (tokens: number[]): TokenBatch => ({
+      tokens: Int32Array.from(tokens),
+      targets: Int32Array.from([5, 18, 3, 3, 7, 12, -1, -1, -1, -1, -1, -1]),
+      segments: Int32Array.from([1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]),
+    });
+    const run = async (tokens: number[]) => {
+      const m = await makeModel(true, true);
+      try {
+        m.setBatch(masked(tokens));
+        const l = m.forwardBackward(1 / 6);
+        return { l, grads: m.params.filter((p) => p.trainable).map((p) => m.gradient(p).slice()) };
+      } finally {
+        await m.dispose();
+      }
+    };
+    const a = await run([1, 5, 18, 3, 3, 7, 2, 9, 11, 0, 4, 16]);
+    const b = await run([1, 5, 18, 3, 3, 7, 17, 1, 1, 8, 13, 6]);
+    expect(b.l).toBe(a.l);
+    for (let i = 0; i < a.grads.length; i++) expect(b.grads[i]).toEqual(a.grads[i]);
+    expect(a.grads.some((g) => g.some((x) => x !== 0))).toBe(true);
+  });
 });

@@ -196,6 +196,7 @@ function validate(s: FinetuneSettings): void {
     throw new UserError(`--base-type must be q4_0 or q8_0, got "${s.baseType}"`);
   if (s.steps !== undefined && s.epochs !== undefined)
     throw new UserError("give --steps or --epochs, not both");
+  if (s.method !== "full") loraProjections(s.targets ?? "all");
 }
 
 /** Starts a fine-tuning run in `out` (a new directory) or, with `resume`, continues one. */
