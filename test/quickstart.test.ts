@@ -40,4 +40,4 @@ it("runs the recipe end to end and the tuned model beats its base", () => {
   expect(s.scores.base.accuracy).toBe(0);
   expect(s.scores.tuned.accuracy).toBeGreaterThanOrEqual(0.05);
   expect(s.scores.tunedQ4.accuracy).toBeGreaterThanOrEqual(0.05);
-});
+}, 600_000);
