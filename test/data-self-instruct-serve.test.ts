@@ -7,7 +7,7 @@
  * which must validate as Alpaca data.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -168,6 +168,32 @@ describe("self-instruct against smallhammer serve", () => {
     // And the dataset tools take it too.
     const stats = await cli(["data", "stats", out, "--json"]);
     expect(JSON.parse(stats.stdout)).toMatchObject({ format: "alpaca", records: 5 });
+    // And finetune takes it as it is (a LoRA run of two steps on the teacher itself).
+    const run = join(dir, "tuned");
+    const ft = await cli([
+      "finetune",
+      "--base",
+      model,
+      "--data",
+      out,
+      "--template",
+      "alpaca",
+      "--steps",
+      "2",
+      "--batch",
+      "2",
+      "--seq",
+      "512",
+      "--val-fraction",
+      "0",
+      "--out",
+      run,
+      "--json",
+    ]);
+    expect(ft.stderr).toBe("");
+    expect(ft.status).toBe(0);
+    expect(JSON.parse(ft.stdout)).toMatchObject({ step: 2, examples: { train: 5 } });
+    expect(existsSync(join(run, "adapter.gguf"))).toBe(true);
   });
 
   it("a model name the server does not serve is one clear line", async () => {
