@@ -14,6 +14,33 @@ export {
 } from "./data/chat-tokens.js";
 export { type DocumentSplit, readCorpusDocuments } from "./data/corpus.js";
 export {
+  type Converted,
+  chooseIndices,
+  DatasetWriter,
+  instructionOf,
+  isChosen,
+  OUTPUT_FORMATS,
+  toFormat,
+} from "./data/dataset-io.js";
+export { decodeEntities, htmlToMarkdown, looksLikeHtml } from "./data/html-to-markdown.js";
+export {
+  BLACKLISTED_WORDS,
+  checkTask,
+  type InstructionTask,
+  parseTasks,
+  type RejectReason,
+  selfInstructPrompt,
+} from "./data/instruction-filters.js";
+export {
+  estimateJaccard,
+  jaccard,
+  lshParameters,
+  MinHasher,
+  NearDuplicateIndex,
+  type NearDuplicateOptions,
+  U64Set,
+} from "./data/minhash.js";
+export {
   type BatchOptions,
   type BatchStats,
   emptyBatchStats,
@@ -42,9 +69,42 @@ export {
   type RecordIssue,
   RecordReader,
   type RecordSource,
+  readJsonValues,
   readRecords,
 } from "./data/records.js";
+export { lcsLength, RougeIndex, rougeL, rougeTokens } from "./data/rouge.js";
+export {
+  DEFAULT_SEED_TASKS,
+  loadSeedTasks,
+  type SelfInstructOptions,
+  type SelfInstructState,
+  type SelfInstructSummary,
+  selfInstruct,
+} from "./data/self-instruct.js";
+export {
+  type CleanReport,
+  type CleanShareGptOptions,
+  cleanConversation,
+  cleanShareGpt,
+  splitByTokens,
+} from "./data/sharegpt-clean.js";
 export { evalTasks, makeTasks, makeWorld, tuningTasks, worldCorpus } from "./data/synthetic.js";
+export {
+  type ChatReply,
+  RateLimiter,
+  type RetryInfo,
+  TeacherAbortError,
+  TeacherClient,
+  TeacherError,
+  type TeacherOptions,
+} from "./data/teacher.js";
+export {
+  DETECTABLE_LANGUAGES,
+  detectLanguage,
+  findRefusal,
+  inLanguage,
+  REFUSAL_PHRASES,
+} from "./data/text-checks.js";
 export {
   openTokenCache,
   type TokenCache,
@@ -89,6 +149,7 @@ export { Sampler, type SamplerOptions } from "./model/sampler.js";
 export { BUILTIN_TEMPLATE_NAMES, chooseTemplate, renderChat } from "./model/templates.js";
 export { quantizeModel } from "./quant/quantize-model.js";
 export { dequantizeRow, quantizeRow } from "./quant/reference.js";
+export { type QuickstartOptions, type QuickstartResult, runQuickstart } from "./quickstart.js";
 export type { Backend } from "./runtime/backend.js";
 export { WasmBackend } from "./runtime/backend.js";
 export { Runtime } from "./runtime/runtime.js";

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { openTokenCache } from "../src/data/token-cache.js";
-import { ensureBuilt, ROOT, runCli } from "./helpers/cli.js";
+import { ensureBuilt, ROOT, runCliAsync } from "./helpers/cli.js";
 
 const corpus = join(ROOT, "..", "shared", "data", "tinyshakespeare.txt");
 let dir: string;
@@ -23,8 +23,8 @@ afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-function ok(args: string[]): string {
-  const r = runCli(args, { timeoutMs: 600_000 });
+async function ok(args: string[]): Promise<string> {
+  const r = await runCliAsync(args, { timeoutMs: 600_000 });
   expect(r.stderr).toBe("");
   expect(r.status).toBe(0);
   return r.stdout;
@@ -34,8 +34,8 @@ it("reaches a validation loss clearly below the unigram entropy", async () => {
   const tokenizer = join(dir, "tokenizer.gguf");
   const cache = join(dir, "cache");
   const run = join(dir, "run");
-  ok(["tokenizer", "train", corpus, "--vocab-size", "1024", "--out", tokenizer, "--json"]);
-  ok([
+  await ok(["tokenizer", "train", corpus, "--vocab-size", "1024", "--out", tokenizer, "--json"]);
+  await ok([
     "data",
     "tokenize",
     corpus,
@@ -64,7 +64,7 @@ it("reaches a validation loss clearly below the unigram entropy", async () => {
   for (const n of counts) if (n > 0) entropy -= (n / total) * Math.log(n / total);
 
   const summary = JSON.parse(
-    ok([
+    await ok([
       "pretrain",
       ...["--model", "tiny", "--data", cache, "--out", run, "--steps", "200"],
       ...["--batch", "16", "--seq", "64", "--lr", "2e-3", "--eval-every", "0", "--eval-batches", "16"],

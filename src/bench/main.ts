@@ -11,6 +11,11 @@ const COMMANDS: Record<string, BenchCommand> = {
     summary: "prefill and decode tokens/s and peak RSS against llama.cpp on random-weight Llama GGUFs",
     run: async (argv) => (await import("./infer.js")).runInferBench(argv),
   },
+  train: {
+    summary:
+      "pretraining tokens/s and GFLOP/s on the 15M and 110M shapes with 1 and 2 threads; tokenizer MB/s",
+    run: async (argv) => (await import("./train.js")).runTrainBench(argv),
+  },
   finetune: {
     summary:
       "LoRA training tokens/s and peak RSS (against PyTorch when installed); QLoRA peak RSS against LoRA on a float base",

@@ -13,6 +13,7 @@ import { registerInspect } from "./inspect.js";
 import { registerMerge } from "./merge.js";
 import { registerPretrain } from "./pretrain.js";
 import { registerQuantize } from "./quantize.js";
+import { registerQuickstart } from "./quickstart.js";
 import { registerServe } from "./serve.js";
 import { registerTokenizer } from "./tokenizer.js";
 
@@ -29,14 +30,15 @@ registerGenerate(program);
 registerChat(program);
 registerQuantize(program);
 registerMerge(program);
+registerFinetune(program);
 registerTokenizer(program);
 registerDemo(program);
+registerQuickstart(program);
 registerData(program);
 registerServe(program);
 registerEval(program);
 registerPretrain(program, openPretrainData);
 registerExport(program);
-registerFinetune(program);
 
 /** Prints a user error as one line and exits 2; anything else is a bug and keeps its stack. */
 function fail(e: unknown): never {

@@ -175,6 +175,8 @@ export interface FinetuneSummary {
   interrupted: boolean;
   parameters: number;
   trainable: number;
+  /** Examples trained on and held out, and records skipped (with skipInvalid) by reason. */
+  examples: { train: number; validation: number; skipped: Record<string, number> };
   /** Written when the run finished: the adapter (llama.cpp GGUF) and PEFT directory, or the model. */
   adapter?: string;
   peft?: string;
@@ -712,6 +714,7 @@ async function runFinetune(
     interrupted: result.interrupted,
     parameters: model.parameterCount - (s.method === "full" ? 0 : model.trainableCount),
     trainable: model.trainableCount,
+    examples: { train: data.train.length, validation: data.validation.length, skipped: data.skipped },
   };
   if (result.interrupted) return summary;
   if (s.method === "full") {

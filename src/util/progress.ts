@@ -8,18 +8,25 @@ export class Progress {
   private readonly bar?: cliProgress.SingleBar;
   private value = 0;
 
-  constructor(label: string, total: number, unit: string, enabled = process.stderr.isTTY === true) {
+  /** `detail`: the bar ends with a `{detail}` text that `tick` updates (counts, cost). */
+  constructor(
+    label: string,
+    total: number,
+    unit: string,
+    enabled = process.stderr.isTTY === true,
+    detail = false,
+  ) {
     if (!enabled) return;
     this.bar = new cliProgress.SingleBar(
       {
-        format: `${label} [{bar}] {value}/{total} ${unit} | {rate}/s | ETA {eta_formatted}`,
+        format: `${label} [{bar}] {value}/{total} ${unit} | {rate}/s | ETA {eta_formatted}${detail ? " | {detail}" : ""}`,
         stream: process.stderr,
         hideCursor: true,
         clearOnComplete: false,
       },
       cliProgress.Presets.shades_classic,
     );
-    this.bar.start(total, 0, { rate: "0" });
+    this.bar.start(total, 0, { rate: "0", detail: "" });
   }
 
   private readonly started = performance.now();
