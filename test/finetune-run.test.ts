@@ -345,6 +345,7 @@ describe("command line", () => {
   });
 
   it("trains through the command line and prints the plan first", () => {
+    ensureBuilt();
     const out = join(dir, "cli");
     const r = runCli([
       "finetune",

@@ -7,6 +7,7 @@
 // optimizer steps, waits for the machine to go quiet, then times `steps` steps on random tokens.
 // Prints one line "RESULT <FinetuneWorkerResult as JSON>" on stdout.
 import { readFileSync } from "node:fs";
+import { isUserError } from "../errors.js";
 import { LORA_TARGETS, parseLoraTargets } from "../model/lora.js";
 import type { WeightFormat } from "../runtime/backend.js";
 import { RandomWindows, TokenArray } from "../train/data.js";
@@ -111,4 +112,11 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+try {
+  await main();
+} catch (e) {
+  // A configuration that does not fit is a result to report, in one line.
+  if (!isUserError(e)) throw e;
+  process.stderr.write(`${e.message}\n`);
+  process.exit(2);
+}

@@ -190,7 +190,14 @@ function runChild<T>(command: string, args: string[], timeoutSeconds: number): P
       clearTimeout(timer);
       const line = out.split("\n").find((l) => l.startsWith("RESULT "));
       if (code === 0 && line) resolvePromise(JSON.parse(line.slice(7)) as T);
-      else reject(new Error(`${signal ? `killed by ${signal}` : `exit status ${code}`}: ${err.trim()}`));
+      else
+        reject(
+          new Error(
+            code === 2
+              ? err.trim()
+              : `${signal ? `killed by ${signal}` : `exit status ${code}`}: ${err.trim()}`,
+          ),
+        );
     });
   });
 }
