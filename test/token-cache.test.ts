@@ -12,7 +12,10 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readTokenizerFile } from "../src/data/chat-tokens.js";
+import { type CorpusReadOptions, readCorpusDocuments } from "../src/data/corpus.js";
 import {
   openTokenCache,
   splitHash,
@@ -21,7 +24,12 @@ import {
   type TokenCacheWriterOptions,
 } from "../src/data/token-cache.js";
 import { UserError } from "../src/errors.js";
+import { trainTokenizer, writeTokenizerGguf } from "../src/tokenizer/train.js";
+import { ensureBuilt, runCli } from "./helpers/cli.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
+
+const CORPUS_PATH = new URL("../../shared/data/tinyshakespeare.txt", import.meta.url).pathname;
+const CORPUS = readFileSync(CORPUS_PATH, "utf8");
 
 let dir: string;
 let tokenizerPath: string;
@@ -356,5 +364,312 @@ describe("openTokenCache on an unusable directory", () => {
       damaged("no-tokenizer", (p) => rmSync(join(p, "tokenizer.gguf"))),
       "tokenizer.gguf is missing",
     );
+  });
+});
+
+async function documents(path: string, options: CorpusReadOptions = {}): Promise<string[]> {
+  const out: string[] = [];
+  for await (const doc of readCorpusDocuments(path, options)) out.push(doc);
+  return out;
+}
+
+async function readError(path: string, options: CorpusReadOptions = {}): Promise<string> {
+  const error = await documents(path, options).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(UserError);
+  expect((error as Error).message).not.toContain("\n");
+  return (error as Error).message;
+}
+
+describe("corpus documents", () => {
+  const file = (name: string, content: string | Uint8Array) => {
+    const path = join(dir, name);
+    writeFileSync(path, content);
+    return path;
+  };
+
+  it("split text files by blank lines, by line, or not at all; CRLF and a BOM are handled", async () => {
+    const path = file("split.txt", "\uFEFFa\r\nb\n\n  \t\nc  \nd\n\n\n");
+    expect(await documents(path)).toEqual(["a\nb", "c  \nd"]);
+    expect(await documents(path, { split: "line" })).toEqual(["a", "b", "c  ", "d"]);
+    expect(await documents(path, { split: "file" })).toEqual(["a\nb\n\n  \t\nc  \nd\n\n"]);
+    expect(await documents(file("blank.txt", "\n  \n"))).toEqual([]);
+    expect(await documents(file("blank.txt", "\n  \n"), { split: "file" })).toEqual([]);
+    expect(await documents(file("no-newline.txt", "just text"))).toEqual(["just text"]);
+  });
+
+  it("cut documents over the limit, at a line end when there is one", async () => {
+    const path = file("long.txt", `aaaa\nbbbb\ncccc\n\n${"x".repeat(25)}\n`);
+    expect(await documents(path, { maxDocumentChars: 10 })).toEqual([
+      "aaaa\nbbbb",
+      "cccc",
+      "x".repeat(10),
+      "x".repeat(10),
+      "x".repeat(5),
+    ]);
+    expect(await documents(path, { maxDocumentChars: 10, split: "line" })).toEqual([
+      "aaaa",
+      "bbbb",
+      "cccc",
+      "x".repeat(10),
+      "x".repeat(10),
+      "x".repeat(5),
+    ]);
+  });
+
+  it("decode characters split across 1 MiB chunks, and report the bytes read", async () => {
+    const text = "é€😀 a\n".repeat(300_000); // 3.3 MB
+    const path = file("chunks.txt", text);
+    let bytes = 0;
+    const docs = await documents(path, {
+      split: "file",
+      onBytes: (b) => {
+        bytes = b;
+      },
+    });
+    expect(docs).toEqual([text.slice(0, -1)]);
+    expect(bytes).toBe(Buffer.byteLength(text));
+  });
+
+  it("read gzip-compressed files like the plain ones, and refuse a broken one or another compression", async () => {
+    const jsonl = `${JSON.stringify({ text: "one" })}\n${JSON.stringify({ text: "two\n\nlines", meta: { id: 2 } })}\n`;
+    expect(await documents(file("plain.jsonl", jsonl))).toEqual(["one", "two\n\nlines"]);
+    expect(await documents(file("zipped.jsonl.gz", gzipSync(jsonl)))).toEqual(["one", "two\n\nlines"]);
+    expect(await documents(file("zipped.txt.gz", gzipSync(CORPUS)))).toEqual(await documents(CORPUS_PATH));
+    const broken = file("broken.txt.gz", gzipSync(CORPUS).subarray(0, 5000));
+    expect(await readError(broken)).toMatch(new RegExp(`^${broken}: not a valid gzip file \\(`));
+    const zst = file("data.jsonl.zst", "x");
+    expect(await readError(zst)).toBe(`${zst}: .zst files are not read; decompress it (or gzip it) first`);
+    expect(await readError(join(dir, "missing.txt"))).toBe(`${join(dir, "missing.txt")}: no such file`);
+    expect(await readError(dir)).toBe(`${dir}: not a file`);
+  });
+
+  it("name the file and line of a bad JSONL line, or skip and count it", async () => {
+    const lines = [
+      '{"text": "ok"}',
+      "",
+      '{"body": "no text"}',
+      "not json",
+      '{"text": 5}',
+      '{"text": "  "}',
+      "null",
+      `{"text": "${"y".repeat(40)}"}`,
+      '{"text": "last"}',
+    ];
+    const path = file("bad.jsonl", lines.join("\n"));
+    expect(await readError(path)).toBe(`${path}:3: no string "text" field (--skip-invalid skips such lines)`);
+    const skipped: Record<string, number> = {};
+    expect(await documents(path, { skipInvalid: true, skipped, maxDocumentChars: 30 })).toEqual([
+      "ok",
+      "last",
+    ]);
+    expect(skipped).toEqual({
+      'no string "text" field': 3,
+      "not JSON": 1,
+      "empty text": 1,
+      "line too long": 1,
+    });
+    const long = file("long.jsonl", `{"text": "a"}\n${lines[7]}\n`);
+    expect(await readError(long, { maxDocumentChars: 30 })).toBe(
+      `${long}:2: line longer than 30 characters (--skip-invalid skips such lines)`,
+    );
+    const array = file("array.json", '[\n  {"text": "a"}\n]\n');
+    expect(await readError(array)).toBe(
+      `${array}:1: a JSON array; expected one JSON object per line (JSONL) (--skip-invalid skips such lines)`,
+    );
+  });
+});
+
+describe("data tokenize (command line)", () => {
+  let tok: string;
+  let jsonl: string;
+  let gz: string;
+
+  beforeAll(async () => {
+    ensureBuilt();
+    tok = join(dir, "shakespeare.gguf");
+    const { description } = await trainTokenizer(CORPUS.split(/\n\s*\n/), { vocabSize: 1024 });
+    writeTokenizerGguf(tok, description);
+    jsonl = join(dir, "docs.jsonl");
+    writeFileSync(
+      jsonl,
+      `${JSON.stringify({ text: "First document." })}\n\n${JSON.stringify({ text: "Second one\nwith <s> in it." })}\n`,
+    );
+    gz = join(dir, "more.txt.gz");
+    writeFileSync(gz, gzipSync("Gzipped text.\n\nAnd a second paragraph.\n"));
+  });
+
+  const tokenize = (args: string[]) => runCli(["data", "tokenize", ...args]);
+  const count = (n: number) => n.toLocaleString("en-US");
+
+  it("writes train and val ids that are each document's tokens after BOS, and reports what it read", async () => {
+    const out = join(dir, "cli-cache");
+    const r = tokenize([
+      CORPUS_PATH,
+      jsonl,
+      gz,
+      "--tokenizer",
+      tok,
+      "--out",
+      out,
+      "--val-fraction",
+      "0.1",
+      "--json",
+    ]);
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    const index = JSON.parse(r.stdout) as TokenCacheIndex;
+    const cache = await openTokenCache(out);
+    expect(cache.index).toEqual(index);
+    expect(readFileSync(cache.tokenizerPath).equals(readFileSync(tok))).toBe(true);
+    expect(index).toMatchObject({
+      vocabSize: 1024,
+      dtype: "uint16",
+      bos: 1,
+      eos: 2,
+      valFraction: 0.1,
+      seed: 1,
+    });
+
+    // Rebuild both splits from the corpus documents and the cache's tokenizer.
+    const { tokenizer } = readTokenizerFile(cache.tokenizerPath);
+    const docs = [...(await documents(CORPUS_PATH)), ...(await documents(jsonl)), ...(await documents(gz))];
+    expect(docs.slice(-4)).toEqual([
+      "First document.",
+      "Second one\nwith <s> in it.",
+      "Gzipped text.",
+      "And a second paragraph.",
+    ]);
+    const ids = docs.map((d) => tokenizer.encode(d, { addSpecial: false, parseSpecial: false }));
+    const { expected, documents: counts } = expectedSplits(ids, 1, 0.1, 1);
+    for (const name of ["train", "val"] as const) {
+      expect(index.splits[name]).toEqual({
+        file: `${name}.bin`,
+        tokens: expected[name].length,
+        documents: counts[name],
+      });
+      expect(readAll(cache.split(name))).toEqual(expected[name]);
+    }
+    expect(counts.val).toBeGreaterThan(600);
+    // "<s>" in the text stayed text: id 1 only as BOS.
+    expect(ids.flat().includes(1)).toBe(false);
+    const tokensOf = (from: number, to: number) => ids.slice(from, to).reduce((s, d) => s + d.length + 1, 0);
+    const n = docs.length;
+    expect(index.sources).toEqual([
+      { path: CORPUS_PATH, bytes: Buffer.byteLength(CORPUS), documents: n - 4, tokens: tokensOf(0, n - 4) },
+      { path: jsonl, bytes: readFileSync(jsonl).length, documents: 2, tokens: tokensOf(n - 4, n - 2) },
+      { path: gz, bytes: readFileSync(gz).length, documents: 2, tokens: tokensOf(n - 2, n) },
+    ]);
+    cache.close();
+
+    // The same run again gives the same bytes; the text report says what was read.
+    const again = join(dir, "cli-cache-again");
+    const t = tokenize([CORPUS_PATH, jsonl, gz, "--tokenizer", tok, "--out", again, "--val-fraction", "0.1"]);
+    expect(t.stderr).toBe("");
+    expect(t.status).toBe(0);
+    for (const name of ["train.bin", "val.bin", "index.json"]) {
+      expect(readFileSync(join(again, name)).equals(readFileSync(join(out, name))), name).toBe(true);
+    }
+    const bytes = index.sources.reduce((s, f) => s + f.bytes, 0);
+    const { train, val } = index.splits;
+    expect(t.stdout.trimEnd().split("\n")).toEqual([
+      `${again}: ${count(train.tokens + val.tokens)} tokens (uint16, vocabulary 1,024) from ${count(n)} documents in 3 files, ${count(bytes)} bytes`,
+      `  train: ${count(train.tokens)} tokens, ${count(train.documents)} documents`,
+      `  val:   ${count(val.tokens)} tokens, ${count(val.documents)} documents (fraction 0.1, seed 1)`,
+      ...index.sources.map(
+        (s) =>
+          `  ${s.path}: ${count(s.bytes)} bytes, ${count(s.documents)} documents, ${count(s.tokens)} tokens`,
+      ),
+    ]);
+  });
+
+  it("splits text files as asked, and another seed splits differently", () => {
+    const run = (out: string, extra: string[]) => {
+      const r = tokenize([CORPUS_PATH, "--tokenizer", tok, "--out", join(dir, out), "--json", ...extra]);
+      expect(r.status).toBe(0);
+      return JSON.parse(r.stdout) as TokenCacheIndex;
+    };
+    const lines = run("by-line", ["--split", "line", "--val-fraction", "0"]);
+    expect(lines.splits.train.documents).toBe(CORPUS.split("\n").filter((l) => l.trim() !== "").length);
+    expect(lines.splits.val.tokens).toBe(0);
+    const seeded = run("seed-2", ["--seed", "2"]);
+    const first = run("seed-1", []);
+    expect(seeded.splits.val.documents + seeded.splits.train.documents).toBe(
+      first.splits.val.documents + first.splits.train.documents,
+    );
+    expect(seeded.splits.val.tokens).not.toBe(first.splits.val.tokens);
+    const whole = tokenize([
+      CORPUS_PATH,
+      "--tokenizer",
+      tok,
+      "--out",
+      join(dir, "by-file"),
+      "--split",
+      "file",
+    ]);
+    expect(whole.status).toBe(0);
+    expect(whole.stdout).toContain(" from 1 documents in 1 file, ");
+    expect(whole.stdout).toContain("note: no document went to validation");
+  });
+
+  it("turns control-token texts into tokens only with --parse-special", async () => {
+    const out = join(dir, "parsed");
+    const r = tokenize([jsonl, "--tokenizer", tok, "--out", out, "--val-fraction", "0", "--parse-special"]);
+    expect(r.status).toBe(0);
+    const cache = await openTokenCache(out);
+    expect(readAll(cache.split("train")).filter((id) => id === 1)).toHaveLength(3); // two BOS and "<s>"
+    cache.close();
+  });
+
+  it("stops at a bad JSONL line in one line, writing nothing; --skip-invalid counts it", () => {
+    const bad = join(dir, "cli-bad.jsonl");
+    writeFileSync(bad, '{"text": "ok"}\n{"body": "no text"}\nnot json\n');
+    const out = join(dir, "bad-cache");
+    const r = tokenize([bad, "--tokenizer", tok, "--out", out]);
+    expect(r.status).toBe(2);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toBe(
+      `smallhammer: ${bad}:2: no string "text" field (--skip-invalid skips such lines)\n`,
+    );
+    expect(existsSync(out)).toBe(false);
+    expect(readdirSync(dir).filter((name) => name.includes("bad-cache"))).toEqual([]);
+    const s = tokenize([bad, "--tokenizer", tok, "--out", out, "--skip-invalid"]);
+    expect(s.stderr).toBe("");
+    expect(s.status).toBe(0);
+    expect(s.stdout).toContain(`  ${bad}: 44 bytes, 1 documents, `);
+    expect(s.stdout).toContain('; skipped 1 no string "text" field, 1 not JSON');
+  });
+
+  it("refuses bad inputs and outputs in one line", () => {
+    const expectError = (args: string[], message: string | RegExp) => {
+      const r = tokenize(args);
+      expect(r.status).toBe(2);
+      expect(r.stdout).toBe("");
+      if (typeof message === "string") expect(r.stderr).toBe(`smallhammer: ${message}\n`);
+      else expect(r.stderr).toMatch(message);
+    };
+    const precious = join(dir, "cli-precious");
+    mkdirSync(precious);
+    writeFileSync(join(precious, "notes.txt"), "keep");
+    expectError(
+      [jsonl, "--tokenizer", tok, "--out", precious],
+      `${precious}: exists and holds files other than a token cache's; choose a new directory`,
+    );
+    expect(readdirSync(precious)).toEqual(["notes.txt"]);
+    expectError(
+      [jsonl, "--tokenizer", join(dir, "none.gguf"), "--out", join(dir, "x")],
+      /^smallhammer: .*none\.gguf.*\n$/,
+    );
+    expectError(
+      [join(dir, "none.txt"), "--tokenizer", tok, "--out", join(dir, "x")],
+      `${join(dir, "none.txt")}: no such file`,
+    );
+    expectError(
+      [jsonl, "--tokenizer", tok, "--out", join(dir, "x"), "--val-fraction", "1"],
+      /--val-fraction must be a number from 0 to 0\.99, got "1" \(see --help\)\n$/,
+    );
+    expect(existsSync(join(dir, "x"))).toBe(false);
   });
 });

@@ -2,24 +2,32 @@ import cliProgress from "cli-progress";
 
 /**
  * A progress bar (count, rate, ETA) on a TTY's stderr; silent when stderr is not a terminal
- * or when `--json` output is requested.
+ * or when `--json` output is requested. `extra` is appended to the line, with {names} filled
+ * from `payload` at the start and from the payload given to `tick` after.
  */
 export class Progress {
   private readonly bar?: cliProgress.SingleBar;
   private value = 0;
 
-  constructor(label: string, total: number, unit: string, enabled = process.stderr.isTTY === true) {
+  constructor(
+    label: string,
+    total: number,
+    unit: string,
+    enabled = process.stderr.isTTY === true,
+    extra = "",
+    payload: Record<string, unknown> = {},
+  ) {
     if (!enabled) return;
     this.bar = new cliProgress.SingleBar(
       {
-        format: `${label} [{bar}] {value}/{total} ${unit} | {rate}/s | ETA {eta_formatted}`,
+        format: `${label} [{bar}] {value}/{total} ${unit} | {rate}/s | ETA {eta_formatted}${extra}`,
         stream: process.stderr,
         hideCursor: true,
         clearOnComplete: false,
       },
       cliProgress.Presets.shades_classic,
     );
-    this.bar.start(total, 0, { rate: "0" });
+    this.bar.start(total, 0, { rate: "0", ...payload });
   }
 
   private readonly started = performance.now();
