@@ -12,7 +12,13 @@ export {
   tokenizeRecord,
   tokenizeRecords,
 } from "./data/chat-tokens.js";
-export { type CorpusReadOptions, type DocumentSplit, readCorpusDocuments } from "./data/corpus.js";
+export {
+  type CorpusReadOptions,
+  type CorpusSegment,
+  type DocumentSplit,
+  readCorpusDocuments,
+  readCorpusSegments,
+} from "./data/corpus.js";
 export {
   type BatchOptions,
   type BatchStats,

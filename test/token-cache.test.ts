@@ -15,7 +15,12 @@ import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readTokenizerFile } from "../src/data/chat-tokens.js";
-import { type CorpusReadOptions, readCorpusDocuments } from "../src/data/corpus.js";
+import {
+  type CorpusReadOptions,
+  type CorpusSegment,
+  readCorpusDocuments,
+  readCorpusSegments,
+} from "../src/data/corpus.js";
 import {
   openTokenCache,
   splitHash,
@@ -25,6 +30,7 @@ import {
 } from "../src/data/token-cache.js";
 import { UserError } from "../src/errors.js";
 import { trainTokenizer, writeTokenizerGguf } from "../src/tokenizer/train.js";
+import { tokenizeCorpus } from "../src/tokenizer/train-corpus.js";
 import { ensureBuilt, runCli } from "./helpers/cli.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
 
@@ -226,6 +232,26 @@ describe("TokenCacheWriter and openTokenCache", () => {
     }
   });
 
+  it("take a document in parts: one BOS, one document, the split chosen at its start", async () => {
+    const path = join(dir, "parts");
+    const w = new TokenCacheWriter(path, { vocabSize: 50, bos: 1, tokenizerPath, valFraction: 0 });
+    expect(() => w.appendTokens([3])).toThrow(/without a document begun/);
+    expect(w.beginDocument("x")).toBe("train");
+    w.appendTokens([3, 4]);
+    w.appendTokens([]);
+    w.appendTokens([5]);
+    w.addDocument([6], "y");
+    const index = w.finish();
+    expect(index.splits.train).toEqual({ file: "train.bin", tokens: 6, documents: 2 });
+    expect(index.sources.map((s) => [s.path, s.documents, s.tokens])).toEqual([
+      ["x", 1, 4],
+      ["y", 1, 2],
+    ]);
+    const cache = await openTokenCache(path);
+    expect(readAll(cache.split("train"))).toEqual([1, 3, 4, 5, 1, 6]);
+    cache.close();
+  });
+
   it("record each source's size and skipped lines, and count its documents and tokens", () => {
     const path = join(dir, "sources");
     const w = new TokenCacheWriter(path, { vocabSize: 50, bos: 1, tokenizerPath, valFraction: 0 });
@@ -400,23 +426,50 @@ describe("corpus documents", () => {
     expect(await documents(file("no-newline.txt", "just text"))).toEqual(["just text"]);
   });
 
-  it("cut documents over the limit, at a line end when there is one", async () => {
-    const path = file("long.txt", `aaaa\nbbbb\ncccc\n\n${"x".repeat(25)}\n`);
-    expect(await documents(path, { maxDocumentChars: 10 })).toEqual([
-      "aaaa\nbbbb",
-      "cccc",
-      "x".repeat(10),
-      "x".repeat(10),
-      "x".repeat(5),
+  it("hand long documents on in segments, cut after a line end followed by text", async () => {
+    const path = file("long.txt", `aaaa\nbbbb\n\ncccc\ndd\n\n\n${"x".repeat(25)}\n`);
+    const segments = async (options: CorpusReadOptions) => {
+      const out: [string, boolean][] = [];
+      for await (const s of readCorpusSegments(path, { segmentChars: 10, ...options }))
+        out.push([s.text, s.continuation]);
+      return out;
+    };
+    expect(await segments({})).toEqual([
+      ["aaaa\nbbbb", false],
+      ["cccc\ndd", false],
+      ["x".repeat(10), false],
+      ["x".repeat(10), true],
+      ["x".repeat(5), true],
     ]);
-    expect(await documents(path, { maxDocumentChars: 10, split: "line" })).toEqual([
+    // Never a cut before an empty line: a run of line ends stays in one segment.
+    expect(await segments({ split: "file" })).toEqual([
+      ["aaaa\nbbbb\n\n", false],
+      ["cccc\ndd\n\n\n", true],
+      ["x".repeat(10), true],
+      ["x".repeat(10), true],
+      ["x".repeat(5), true],
+    ]);
+    expect(await documents(path, { segmentChars: 10, split: "file" })).toEqual([
+      `aaaa\nbbbb\n\ncccc\ndd\n\n\n${"x".repeat(25)}`,
+    ]);
+    expect(await documents(path, { segmentChars: 10, split: "line" })).toEqual([
       "aaaa",
       "bbbb",
       "cccc",
-      "x".repeat(10),
-      "x".repeat(10),
-      "x".repeat(5),
+      "dd",
+      "x".repeat(25),
     ]);
+    // JSONL texts are cut the same way; a surrogate pair is never cut.
+    const jsonlSegments = async (text: string, segmentChars: number) => {
+      const path = file("segments.jsonl", `${JSON.stringify({ text })}\n`);
+      const out: CorpusSegment[] = [];
+      for await (const s of readCorpusSegments(path, { segmentChars })) out.push(s);
+      return out;
+    };
+    const parts = await jsonlSegments(`${"a".repeat(8)}\n\nb\n${"😀".repeat(6)}`, 10);
+    expect(parts.map((s) => s.text)).toEqual([`${"a".repeat(8)}\n\n`, "b\n", "😀".repeat(5), "😀"]);
+    expect(parts.map((s) => s.continuation)).toEqual([false, true, true, true]);
+    expect((await jsonlSegments("b😀😀😀", 4)).map((s) => s.text)).toEqual(["b😀", "😀😀"]);
   });
 
   it("decode characters split across 1 MiB chunks, and report the bytes read", async () => {
@@ -461,18 +514,15 @@ describe("corpus documents", () => {
     const path = file("bad.jsonl", lines.join("\n"));
     expect(await readError(path)).toBe(`${path}:3: no string "text" field (--skip-invalid skips such lines)`);
     const skipped: Record<string, number> = {};
-    expect(await documents(path, { skipInvalid: true, skipped, maxDocumentChars: 30 })).toEqual([
-      "ok",
-      "last",
-    ]);
+    expect(await documents(path, { skipInvalid: true, skipped, maxLineChars: 30 })).toEqual(["ok", "last"]);
     expect(skipped).toEqual({
       'no string "text" field': 3,
       "not JSON": 1,
       "empty text": 1,
       "line too long": 1,
     });
-    const long = file("long.jsonl", `{"text": "a"}\n${lines[7]}\n`);
-    expect(await readError(long, { maxDocumentChars: 30 })).toBe(
+    const long = file("overlong.jsonl", `{"text": "a"}\n${lines[7]}\n`);
+    expect(await readError(long, { maxLineChars: 30 })).toBe(
       `${long}:2: line longer than 30 characters (--skip-invalid skips such lines)`,
     );
     const array = file("array.json", '[\n  {"text": "a"}\n]\n');
@@ -585,7 +635,7 @@ describe("data tokenize (command line)", () => {
     ]);
   });
 
-  it("splits text files as asked, and another seed splits differently", () => {
+  it("splits text files as asked, and the validation split by the seed given", () => {
     const run = (out: string, extra: string[]) => {
       const r = tokenize([CORPUS_PATH, "--tokenizer", tok, "--out", join(dir, out), "--json", ...extra]);
       expect(r.status).toBe(0);
@@ -594,12 +644,15 @@ describe("data tokenize (command line)", () => {
     const lines = run("by-line", ["--split", "line", "--val-fraction", "0"]);
     expect(lines.splits.train.documents).toBe(CORPUS.split("\n").filter((l) => l.trim() !== "").length);
     expect(lines.splits.val.tokens).toBe(0);
-    const seeded = run("seed-2", ["--seed", "2"]);
-    const first = run("seed-1", []);
-    expect(seeded.splits.val.documents + seeded.splits.train.documents).toBe(
-      first.splits.val.documents + first.splits.train.documents,
+    // --seed reaches the split: the validation documents are the ones splitHash(2, i) picks.
+    const seeded = run("seed-2", ["--seed", "2", "--val-fraction", "0.05"]);
+    const speeches = seeded.splits.train.documents + seeded.splits.val.documents;
+    const picked = Array.from({ length: speeches }, (_, i) => splitHash(2, i) < 0.05).filter(Boolean).length;
+    expect(seeded.seed).toBe(2);
+    expect(seeded.splits.val.documents).toBe(picked);
+    expect(picked).not.toBe(
+      Array.from({ length: speeches }, (_, i) => splitHash(1, i) < 0.05).filter(Boolean).length,
     );
-    expect(seeded.splits.val.tokens).not.toBe(first.splits.val.tokens);
     const whole = tokenize([
       CORPUS_PATH,
       "--tokenizer",
@@ -612,6 +665,48 @@ describe("data tokenize (command line)", () => {
     expect(whole.status).toBe(0);
     expect(whole.stdout).toContain(" from 1 documents in 1 file, ");
     expect(whole.stdout).toContain("note: no document went to validation");
+  });
+
+  it("gives a long document, encoded segment by segment, the ids of the whole text", async () => {
+    const { tokenizer } = readTokenizerFile(tok);
+    const whole = [1, ...tokenizer.encode(CORPUS.slice(0, -1), { addSpecial: false, parseSpecial: false })];
+    // The command line reads 1 Mi characters at a time: tinyshakespeare as one document is two.
+    const out = join(dir, "whole");
+    const r = tokenize([
+      CORPUS_PATH,
+      "--tokenizer",
+      tok,
+      "--out",
+      out,
+      "--split",
+      "file",
+      "--val-fraction",
+      "0",
+    ]);
+    expect(r.status).toBe(0);
+    let cache = await openTokenCache(out);
+    expect(readAll(cache.split("train"))).toEqual(whole);
+    cache.close();
+    // Much shorter segments, through the library.
+    for (const [split, segmentChars] of [
+      ["file", 300],
+      ["blank-line", 100], // longer than any line, shorter than many speeches
+    ] as const) {
+      const small = join(dir, `segments-${split}`);
+      await tokenizeCorpus([CORPUS_PATH], tok, small, {
+        split,
+        segmentChars,
+        valFraction: 0,
+        progress: false,
+      });
+      cache = await openTokenCache(small);
+      const expected = (await documents(CORPUS_PATH, { split })).flatMap((d) => [
+        1,
+        ...tokenizer.encode(d, { addSpecial: false, parseSpecial: false }),
+      ]);
+      expect(readAll(cache.split("train"))).toEqual(expected);
+      cache.close();
+    }
   });
 
   it("turns control-token texts into tokens only with --parse-special", async () => {

@@ -433,6 +433,11 @@ describe("WordCounter", () => {
       "▁baz": 1,
       "▁▁▁": 1,
     });
+    // A continuation (the next part of the same document) gets no space prefix.
+    counter.addDocument("tail end", true);
+    expect(counter.counts.get("tail")).toBe(1);
+    expect(counter.counts.get("▁end")).toBe(1);
+    expect(counter.documents).toBe(1);
   });
 });
 

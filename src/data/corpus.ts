@@ -3,16 +3,20 @@
  *
  * - `.txt` (any name not listed below): plain UTF-8 text. By default documents are separated by
  *   blank lines (lines of nothing but whitespace); `split: "line"` makes every non-blank line a
- *   document and `split: "file"` the whole file one document. Line ends become "\n" (CRLF too).
+ *   document and `split: "file"` the whole file one document. Line ends become "\n" (CRLF too),
+ *   and a document does not keep the line end after its last line.
  * - `.jsonl` / `.ndjson` / `.json`: one JSON object per line, RedPajama style; its "text" string
  *   is one document, other fields are ignored. Blank lines are passed over; a line that is not
  *   JSON or has no string "text" stops reading with `file:line: problem` unless `skipInvalid`
  *   is set, which counts it by reason instead.
  * - any of these gzip-compressed, with ".gz" after the name.
  *
- * The file is read in 1 MiB chunks; memory holds one document at a time. A document longer than
- * MAX_DOCUMENT_CHARS is cut into several (at a line end when it has lines), and a JSONL line
- * longer than that is an error (or skipped), so no input makes memory grow past a few times that.
+ * The file is read in 1 MiB chunks. A document comes as one or more segments of at most
+ * `segmentChars` characters (1 Mi by default); a long document is cut after a line end that is
+ * followed by more text, and only a line longer than a segment is cut inside. A tokenizer whose
+ * pieces never join a newline to other characters (those `tokenizer train` learns) gives the same
+ * ids for the segments, each after the first encoded as a continuation, as for the whole text.
+ * Memory holds one segment of text, or for JSONL one line (at most `maxLineChars`, 32 Mi).
  */
 
 import { createReadStream, statSync } from "node:fs";
@@ -23,8 +27,10 @@ import { UserError } from "../errors.js";
 export type DocumentSplit = "blank-line" | "line" | "file";
 export const DOCUMENT_SPLITS: readonly DocumentSplit[] = ["blank-line", "line", "file"];
 
-/** Longest document (and JSONL line) held at once, in UTF-16 code units: 32 Mi. */
-export const MAX_DOCUMENT_CHARS = 32 << 20;
+/** Longest segment of a document, in UTF-16 code units: 1 Mi. */
+export const SEGMENT_CHARS = 1 << 20;
+/** Longest JSONL line, in UTF-16 code units: 32 Mi. */
+export const MAX_LINE_CHARS = 32 << 20;
 
 const CHUNK_BYTES = 1 << 20;
 
@@ -37,8 +43,17 @@ export interface CorpusReadOptions {
   skipped?: Record<string, number>;
   /** Called after each chunk with the bytes of the file read so far (compressed bytes for .gz). */
   onBytes?: (bytes: number) => void;
-  /** Longest document in UTF-16 code units (default MAX_DOCUMENT_CHARS). */
-  maxDocumentChars?: number;
+  /** Longest segment (default SEGMENT_CHARS). */
+  segmentChars?: number;
+  /** Longest JSONL line (default MAX_LINE_CHARS). */
+  maxLineChars?: number;
+}
+
+/** A part of a document: the whole document, or one of its pieces in order. */
+export interface CorpusSegment {
+  text: string;
+  /** The segment continues the document of the segment before it. */
+  continuation: boolean;
 }
 
 const UNSUPPORTED_COMPRESSION = /\.(zst|zstd|xz|bz2|lz4|zip|7z|tar)$/i;
@@ -62,6 +77,14 @@ export function corpusFileBytes(path: string): number {
   return st.size;
 }
 
+/** Where to cut `text` at most `limit` code units after `start`, never inside a surrogate pair. */
+function cutPoint(text: string, start: number, limit: number): number {
+  const end = start + limit;
+  if (end >= text.length) return text.length;
+  const c = text.charCodeAt(end - 1);
+  return c >= 0xd800 && c <= 0xdbff && limit > 1 ? end - 1 : end;
+}
+
 /** A piece of a line: the whole line, or (for lines over the limit) a part that `ends` says. */
 interface LinePiece {
   text: string;
@@ -76,7 +99,7 @@ function readError(path: string, e: unknown): UserError {
   return new UserError(`${path}: cannot read (${err.code ?? err.message})`);
 }
 
-/** The file's lines without their line ends, long lines in pieces of at most `limit` characters. */
+/** The file's lines without their line ends, lines over `limit` characters in pieces. */
 async function* readLinePieces(
   path: string,
   gzip: boolean,
@@ -95,11 +118,14 @@ async function* readLinePieces(
   let pending = ""; // the current line so far; it never holds a "\n"
   /** A whole line (its "\r" dropped), in pieces when it is over the limit. */
   function* line(text: string): Generator<LinePiece> {
-    let start = 0;
-    for (; text.length - start > limit; start += limit)
-      yield { text: text.slice(start, start + limit), ends: false };
     let end = text.length;
     if (text.charCodeAt(end - 1) === 13) end--;
+    let start = 0;
+    while (end - start > limit) {
+      const cut = cutPoint(text, start, limit);
+      yield { text: text.slice(start, cut), ends: false };
+      start = cut;
+    }
     yield { text: start === 0 && end === text.length ? text : text.slice(start, end), ends: true };
   }
   try {
@@ -113,10 +139,12 @@ async function* readLinePieces(
         start = nl + 1;
       }
       pending += start === 0 ? fresh : fresh.slice(start);
-      // An unfinished line over the limit: hand its first part on now.
-      while (pending.length > limit) {
-        yield { text: pending.slice(0, limit), ends: false };
-        pending = pending.slice(limit);
+      // An unfinished line over the limit: hand its first part on now (keeping a "\r" that
+      // may be half of a CRLF).
+      while (pending.length > limit + 1) {
+        const cut = cutPoint(pending, 0, limit);
+        yield { text: pending.slice(0, cut), ends: false };
+        pending = pending.slice(cut);
       }
     }
     pending += decoder.decode();
@@ -129,59 +157,117 @@ async function* readLinePieces(
   }
 }
 
-/** The documents of one corpus file, in order (see the file comment for the formats). */
+/** The documents of one corpus file in segments, in order (see the file comment). */
+export async function* readCorpusSegments(
+  path: string,
+  options: CorpusReadOptions = {},
+): AsyncGenerator<CorpusSegment> {
+  corpusFileBytes(path);
+  const { kind, gzip } = corpusKind(path);
+  const segmentChars = options.segmentChars ?? SEGMENT_CHARS;
+  if (kind === "jsonl") {
+    const maxLine = options.maxLineChars ?? MAX_LINE_CHARS;
+    const pieces = readLinePieces(path, gzip, maxLine, options.onBytes);
+    for await (const text of jsonlDocuments(path, pieces, options, maxLine)) {
+      yield* textSegments(text, segmentChars);
+    }
+  } else {
+    const pieces = readLinePieces(path, gzip, segmentChars, options.onBytes);
+    yield* linesToSegments(pieces, options.split ?? "blank-line", segmentChars);
+  }
+}
+
+/**
+ * The documents of one corpus file as whole strings, in order. A document is held whole here:
+ * for bounded memory on arbitrary input, read segments with readCorpusSegments.
+ */
 export async function* readCorpusDocuments(
   path: string,
   options: CorpusReadOptions = {},
 ): AsyncGenerator<string> {
-  corpusFileBytes(path);
-  const { kind, gzip } = corpusKind(path);
-  const limit = options.maxDocumentChars ?? MAX_DOCUMENT_CHARS;
-  const pieces = readLinePieces(path, gzip, limit, options.onBytes);
-  if (kind === "jsonl") yield* jsonlDocuments(path, pieces, options, limit);
-  else yield* textDocuments(pieces, options.split ?? "blank-line", limit);
+  let parts: string[] = [];
+  for await (const segment of readCorpusSegments(path, options)) {
+    if (!segment.continuation && parts.length > 0) {
+      yield parts.join("");
+      parts = [];
+    }
+    parts.push(segment.text);
+  }
+  if (parts.length > 0) yield parts.join("");
 }
 
-async function* textDocuments(
+/** A string document in segments cut after a line end where one is near the limit. */
+function* textSegments(text: string, limit: number): Generator<CorpusSegment> {
+  let start = 0;
+  while (text.length - start > limit) {
+    let cut = cutPoint(text, start, limit);
+    // The last line end in the window that is followed by text (not by another line end).
+    for (let nl = text.lastIndexOf("\n", cut - 1); nl >= start; nl = text.lastIndexOf("\n", nl - 1)) {
+      if (nl + 1 < cut && text.charCodeAt(nl + 1) !== 10) {
+        cut = nl + 1;
+        break;
+      }
+    }
+    yield { text: text.slice(start, cut), continuation: start > 0 };
+    start = cut;
+  }
+  yield { text: start === 0 ? text : text.slice(start), continuation: start > 0 };
+}
+
+/** Text-file lines into document segments (blank lines, lines or the file as documents). */
+async function* linesToSegments(
   pieces: AsyncIterable<LinePiece>,
   split: DocumentSplit,
   limit: number,
-): AsyncGenerator<string> {
+): AsyncGenerator<CorpusSegment> {
   let parts: string[] = [];
   let size = 0;
-  let continuing = false; // the last part is a line that has not ended yet
-  const take = (): string | undefined => {
+  let started = false; // a segment of the current document has been handed on
+  let lineEnded = false; // the document has text and its last line has ended
+  let continuing = false; // the last piece is a line that has not ended
+  const segment = (final: boolean): CorpusSegment | undefined => {
     const text = parts.join("");
+    const continuation = started;
     parts = [];
     size = 0;
-    return text.trim() === "" ? undefined : text;
+    started = !final;
+    if (final) lineEnded = false;
+    if (text === "" || (final && !continuation && text.trim() === "")) return undefined;
+    return { text, continuation };
   };
   for await (const piece of pieces) {
     if (split !== "file" && !continuing && piece.ends && piece.text.trim() === "") {
-      // A blank line: the end of a document ("blank-line"), or nothing ("line").
-      const doc = take();
-      if (doc !== undefined) yield doc;
+      // A blank line ends a document ("blank-line"); "line" has nothing pending here.
+      const s = segment(true);
+      if (s) yield s;
       continue;
     }
-    const separator = parts.length > 0 && !continuing ? 1 : 0;
-    if (parts.length > 0 && size + separator + piece.text.length > limit) {
-      // Too long: cut here, at a line end unless a single line is over the limit.
-      const doc = take();
-      if (doc !== undefined) yield doc;
-    } else if (separator) {
+    if (lineEnded) {
       parts.push("\n");
       size++;
     }
+    // Cut before this piece when it would overflow the segment: after a line end followed by
+    // text, or inside a line that alone is over the limit, or anywhere once at twice the limit.
+    const overflow = size + piece.text.length - limit;
+    if (
+      overflow > 0 &&
+      size > 0 &&
+      ((lineEnded && piece.text.length > 0) || continuing || overflow > limit)
+    ) {
+      const s = segment(false);
+      if (s) yield s;
+    }
     parts.push(piece.text);
     size += piece.text.length;
+    lineEnded = piece.ends;
     continuing = !piece.ends;
     if (split === "line" && piece.ends) {
-      const doc = take();
-      if (doc !== undefined) yield doc;
+      const s = segment(true);
+      if (s) yield s;
     }
   }
-  const doc = take();
-  if (doc !== undefined) yield doc;
+  const s = segment(true);
+  if (s) yield s;
 }
 
 async function* jsonlDocuments(
@@ -226,6 +312,6 @@ async function* jsonlDocuments(
       if (options.skipped) options.skipped["empty text"] = (options.skipped["empty text"] ?? 0) + 1;
       continue;
     }
-    yield text; // no longer than its line, so within the limit
+    yield text;
   }
 }

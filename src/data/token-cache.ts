@@ -312,7 +312,8 @@ function checkTarget(dir: string): void {
  * Streams documents into a new token cache:
  *
  *   const writer = new TokenCacheWriter("cache", { vocabSize, bos, eos, tokenizerPath });
- *   writer.addDocument(ids, "corpus.txt");      // per document, in corpus order
+ *   writer.addDocument(ids, "corpus.txt");      // per document, in corpus order, or in parts:
+ *   writer.beginDocument("corpus.txt"); writer.appendTokens(part1); writer.appendTokens(part2);
  *   writer.addSource("corpus.txt", bytes);      // the file's size (and skipped lines)
  *   const index = writer.finish();              // or writer.abort()
  *
@@ -327,6 +328,8 @@ export class TokenCacheWriter {
   private readonly val: SplitWriter;
   private readonly sources = new Map<string, TokenCacheSource>();
   private documentIndex = 0;
+  private current: SplitWriter | undefined;
+  private currentSource: TokenCacheSource | undefined;
   private readonly vocabSize: number;
   private readonly bos: number | undefined;
   private readonly valFraction: number;
@@ -395,24 +398,45 @@ export class TokenCacheWriter {
 
   /** Adds one document's ids (BOS goes before them here); returns the split it went to. */
   addDocument(ids: ArrayLike<number>, source: string): TokenSplitName {
-    if (this.closed) throw new Error("token cache: addDocument after finish or abort");
+    const name = this.beginDocument(source);
+    this.appendTokens(ids);
+    return name;
+  }
+
+  /**
+   * Starts a document from `source` (writing BOS to the split it goes to) whose ids come in one
+   * or more `appendTokens` calls; returns the split.
+   */
+  beginDocument(source: string): TokenSplitName {
+    if (this.closed) throw new Error("token cache: a document after finish or abort");
+    const name: TokenSplitName =
+      this.valFraction > 0 && splitHash(this.seed, this.documentIndex) < this.valFraction ? "val" : "train";
+    this.documentIndex++;
+    this.current = name === "val" ? this.val : this.train;
+    this.currentSource = this.source(source);
+    this.current.documents++;
+    this.currentSource.documents++;
+    if (this.bos !== undefined) {
+      this.current.add(this.bos);
+      this.currentSource.tokens++;
+    }
+    return name;
+  }
+
+  /** Adds ids to the document begun last. */
+  appendTokens(ids: ArrayLike<number>): void {
+    const split = this.current;
+    if (this.closed || !split || !this.currentSource) {
+      throw new Error("token cache: appendTokens without a document begun");
+    }
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i]!;
       if (!(id >= 0 && id < this.vocabSize && Number.isInteger(id))) {
         throw new RangeError(`token cache: id ${id} is not below the vocabulary size ${this.vocabSize}`);
       }
     }
-    const name: TokenSplitName =
-      this.valFraction > 0 && splitHash(this.seed, this.documentIndex) < this.valFraction ? "val" : "train";
-    this.documentIndex++;
-    const split = name === "val" ? this.val : this.train;
-    if (this.bos !== undefined) split.add(this.bos);
     for (let i = 0; i < ids.length; i++) split.add(ids[i]!);
-    split.documents++;
-    const s = this.source(source);
-    s.documents++;
-    s.tokens += ids.length + (this.bos !== undefined ? 1 : 0);
-    return name;
+    this.currentSource.tokens += ids.length;
   }
 
   /** Ids written so far, both splits. */

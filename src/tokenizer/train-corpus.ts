@@ -4,7 +4,12 @@
  */
 
 import { readTokenizerFile } from "../data/chat-tokens.js";
-import { corpusFileBytes, type DocumentSplit, readCorpusDocuments } from "../data/corpus.js";
+import {
+  type CorpusSegment,
+  corpusFileBytes,
+  type DocumentSplit,
+  readCorpusSegments,
+} from "../data/corpus.js";
 import { type TokenCacheIndex, TokenCacheWriter } from "../data/token-cache.js";
 import { Progress } from "../util/progress.js";
 import {
@@ -22,19 +27,21 @@ export interface CorpusOptions {
   skipInvalid?: boolean;
   /** Show progress bars on stderr (default: when stderr is a TTY). */
   progress?: boolean;
+  /** Longest text read and encoded at once (default 1 Mi characters; see data/corpus.ts). */
+  segmentChars?: number;
 }
 
 const MB = 1e6;
 
-/** Reads every file's documents in order, with a progress bar over all their bytes. */
-async function* corpusDocuments(
+/** Reads every file's document segments in order, with a progress bar over all their bytes. */
+async function* corpusSegments(
   files: readonly string[],
   options: CorpusOptions,
   label: string,
   onFile: (path: string, bytes: number, skipped: Record<string, number>) => void,
   payload: () => Record<string, unknown> = () => ({}),
   extra = "",
-): AsyncGenerator<{ text: string; path: string }> {
+): AsyncGenerator<CorpusSegment & { path: string }> {
   const sizes = files.map((f) => corpusFileBytes(f));
   const total = sizes.reduce((s, n) => s + n, 0);
   const units = Math.max(1, Math.ceil(total / MB));
@@ -56,13 +63,14 @@ async function* corpusDocuments(
   try {
     for (const [i, path] of files.entries()) {
       const skipped: Record<string, number> = {};
-      for await (const text of readCorpusDocuments(path, {
+      for await (const segment of readCorpusSegments(path, {
         split: options.split,
         skipInvalid: options.skipInvalid,
         skipped,
         onBytes: show,
+        segmentChars: options.segmentChars,
       })) {
-        yield { text, path };
+        yield { ...segment, path };
       }
       before += sizes[i]!;
       onFile(path, sizes[i]!, skipped);
@@ -93,8 +101,8 @@ export async function trainTokenizerOnFiles(
     bytes += size;
     for (const [reason, n] of Object.entries(fileSkipped)) skipped[reason] = (skipped[reason] ?? 0) + n;
   };
-  for await (const { text } of corpusDocuments(files, options, "count words", onFile)) {
-    counter.addDocument(text);
+  for await (const { text, continuation } of corpusSegments(files, options, "count words", onFile)) {
+    counter.addDocument(text, continuation);
   }
   const show = options.progress ?? process.stderr.isTTY === true;
   let bar: Progress | undefined;
@@ -135,7 +143,8 @@ export interface TokenizeCorpusOptions extends CorpusOptions {
 
 /**
  * Tokenizes corpus files into a token cache directory (see data/token-cache.ts): each document
- * is encoded on its own, without BOS/EOS (the cache writes BOS before it).
+ * is encoded on its own, without BOS/EOS (the cache writes BOS before it); a long one segment by
+ * segment (see data/corpus.ts), so memory stays bounded whatever the document sizes.
  */
 export async function tokenizeCorpus(
   files: readonly string[],
@@ -161,7 +170,7 @@ export async function tokenizeCorpus(
     };
   };
   try {
-    const documents = corpusDocuments(
+    const segments = corpusSegments(
       files,
       options,
       "tokenize",
@@ -169,9 +178,10 @@ export async function tokenizeCorpus(
       payload,
       " | {tokens} tokens, {tokenRate} tokens/s",
     );
-    for await (const { text, path } of documents) {
-      const ids = tokenizer.encode(text, { addSpecial: false, parseSpecial: options.parseSpecial ?? false });
-      writer.addDocument(ids, path);
+    const parseSpecial = options.parseSpecial ?? false;
+    for await (const { text, continuation, path } of segments) {
+      if (!continuation) writer.beginDocument(path);
+      writer.appendTokens(tokenizer.encode(text, { addSpecial: false, parseSpecial, continuation }));
     }
     return writer.finish();
   } catch (e) {

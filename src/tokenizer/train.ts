@@ -123,12 +123,20 @@ export class WordCounter {
     this.specialsByLength = [...this.specialTokens].sort((a, b) => b.length - a.length);
   }
 
-  /** Adds one document (the space prefix applies at its start and after each special token). */
-  addDocument(text: string): void {
-    this.documents++;
+  /**
+   * Adds one document, or with `continuation` the next part of the document added last (cut
+   * after a line end). The space prefix applies at a document's start and after each special token.
+   */
+  addDocument(text: string, continuation = false): void {
+    if (!continuation) this.documents++;
     this.characters += text.length;
+    let prefix = !continuation;
     for (const fragment of this.fragments(text)) {
-      for (const m of `▁${fragment.replaceAll(" ", "▁")}`.matchAll(WORD)) this.addWord(m[0]);
+      const escaped = fragment.text.replaceAll(" ", "▁");
+      for (const m of (prefix || fragment.afterSpecial ? `▁${escaped}` : escaped).matchAll(WORD)) {
+        this.addWord(m[0]);
+      }
+      prefix = false;
     }
     if (this.counts.size > this.maxWords) this.prune();
   }
@@ -141,14 +149,16 @@ export class WordCounter {
     this.counts.set(word, (this.counts.get(word) ?? 0) + 1);
   }
 
-  /** The text between special tokens. */
-  private fragments(text: string): string[] {
-    let fragments = [text];
+  /** The text between special tokens, each piece saying whether one comes before it. */
+  private fragments(text: string): { text: string; afterSpecial: boolean }[] {
+    let fragments = [{ text, afterSpecial: false }];
     for (const special of this.specialsByLength) {
       if (!text.includes(special)) continue;
-      fragments = fragments.flatMap((f) => f.split(special)).filter((f) => f !== "");
+      fragments = fragments.flatMap((f) =>
+        f.text.split(special).map((part, i) => ({ text: part, afterSpecial: i > 0 || f.afterSpecial })),
+      );
     }
-    return fragments;
+    return fragments.filter((f) => f.text !== "");
   }
 
   private prune(): void {
