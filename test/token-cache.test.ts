@@ -1,5 +1,6 @@
 // The token cache format: what TokenCacheWriter writes, openTokenCache reads back id for id, and
 // every way a cache directory can be unusable is one line naming the directory.
+import { spawn } from "node:child_process";
 import {
   existsSync,
   mkdirSync,
@@ -31,7 +32,7 @@ import {
 import { UserError } from "../src/errors.js";
 import { trainTokenizer, writeTokenizerGguf } from "../src/tokenizer/train.js";
 import { tokenizeCorpus } from "../src/tokenizer/train-corpus.js";
-import { ensureBuilt, runCli } from "./helpers/cli.js";
+import { CLI, ensureBuilt, runCli } from "./helpers/cli.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
 
 const CORPUS_PATH = new URL("../../shared/data/tinyshakespeare.txt", import.meta.url).pathname;
@@ -735,6 +736,32 @@ describe("data tokenize (command line)", () => {
     expect(s.status).toBe(0);
     expect(s.stdout).toContain(`  ${bad}: 44 bytes, 1 documents, `);
     expect(s.stdout).toContain('; skipped 1 no string "text" field, 1 not JSON');
+  });
+
+  it("stops on Ctrl-C, leaving nothing behind", async () => {
+    const big = join(dir, "big.txt");
+    writeFileSync(big, CORPUS.repeat(30));
+    const out = join(dir, "interrupted");
+    const child = spawn(process.execPath, [CLI, "data", "tokenize", big, "--tokenizer", tok, "--out", out]);
+    let stderr = "";
+    child.stderr.on("data", (d) => {
+      stderr += d;
+    });
+    let running = true;
+    const exited = new Promise<number | null>((resolve) =>
+      child.on("exit", (code) => {
+        running = false;
+        resolve(code);
+      }),
+    );
+    // Interrupt once the unfinished cache exists (a hidden directory beside the target).
+    while (running && !readdirSync(dir).some((name) => name.startsWith(".interrupted.tmp-"))) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    child.kill("SIGINT");
+    expect(await exited).toBe(2);
+    expect(stderr).toBe(`smallhammer: ${out}: interrupted; nothing was written\n`);
+    expect(readdirSync(dir).filter((name) => name.includes("interrupted"))).toEqual([]);
   });
 
   it("refuses bad inputs and outputs in one line", () => {

@@ -46,6 +46,10 @@ export function registerDataTokenize(data: Command) {
           json?: boolean;
         },
       ) => {
+        // Ctrl-C stops at the next segment and removes the unfinished cache.
+        const interrupt = new AbortController();
+        const onSigint = () => interrupt.abort();
+        process.once("SIGINT", onSigint);
         const index = await tokenizeCorpus(files, flags.tokenizer, flags.out, {
           valFraction: flags.valFraction,
           seed: flags.seed,
@@ -53,7 +57,8 @@ export function registerDataTokenize(data: Command) {
           parseSpecial: flags.parseSpecial,
           skipInvalid: flags.skipInvalid,
           progress: process.stderr.isTTY === true && !flags.json,
-        });
+          signal: interrupt.signal,
+        }).finally(() => process.off("SIGINT", onSigint));
         if (flags.json) {
           process.stdout.write(`${JSON.stringify(index)}\n`);
           return;

@@ -11,6 +11,7 @@ import {
   readCorpusSegments,
 } from "../data/corpus.js";
 import { type TokenCacheIndex, TokenCacheWriter } from "../data/token-cache.js";
+import { UserError } from "../errors.js";
 import { Progress } from "../util/progress.js";
 import {
   learnVocabulary,
@@ -139,6 +140,8 @@ export interface TokenizeCorpusOptions extends CorpusOptions {
    * matched either way.
    */
   parseSpecial?: boolean;
+  /** Stops the work: nothing is written, and the promise rejects with a UserError. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -180,6 +183,7 @@ export async function tokenizeCorpus(
     );
     const parseSpecial = options.parseSpecial ?? false;
     for await (const { text, continuation, path } of segments) {
+      if (options.signal?.aborted) throw new UserError(`${out}: interrupted; nothing was written`);
       if (!continuation) writer.beginDocument(path);
       writer.appendTokens(tokenizer.encode(text, { addSpecial: false, parseSpecial, continuation }));
     }
