@@ -20,6 +20,33 @@ export {
   readCorpusSegments,
 } from "./data/corpus.js";
 export {
+  type Converted,
+  chooseIndices,
+  DatasetWriter,
+  instructionOf,
+  isChosen,
+  OUTPUT_FORMATS,
+  toFormat,
+} from "./data/dataset-io.js";
+export { decodeEntities, htmlToMarkdown, looksLikeHtml } from "./data/html-to-markdown.js";
+export {
+  BLACKLISTED_WORDS,
+  checkTask,
+  type InstructionTask,
+  parseTasks,
+  type RejectReason,
+  selfInstructPrompt,
+} from "./data/instruction-filters.js";
+export {
+  estimateJaccard,
+  jaccard,
+  lshParameters,
+  MinHasher,
+  NearDuplicateIndex,
+  type NearDuplicateOptions,
+  U64Set,
+} from "./data/minhash.js";
+export {
   type BatchOptions,
   type BatchStats,
   emptyBatchStats,
@@ -48,9 +75,42 @@ export {
   type RecordIssue,
   RecordReader,
   type RecordSource,
+  readJsonValues,
   readRecords,
 } from "./data/records.js";
+export { lcsLength, RougeIndex, rougeL, rougeTokens } from "./data/rouge.js";
+export {
+  DEFAULT_SEED_TASKS,
+  loadSeedTasks,
+  type SelfInstructOptions,
+  type SelfInstructState,
+  type SelfInstructSummary,
+  selfInstruct,
+} from "./data/self-instruct.js";
+export {
+  type CleanReport,
+  type CleanShareGptOptions,
+  cleanConversation,
+  cleanShareGpt,
+  splitByTokens,
+} from "./data/sharegpt-clean.js";
 export { evalTasks, makeTasks, makeWorld, tuningTasks, worldCorpus } from "./data/synthetic.js";
+export {
+  type ChatReply,
+  RateLimiter,
+  type RetryInfo,
+  TeacherAbortError,
+  TeacherClient,
+  TeacherError,
+  type TeacherOptions,
+} from "./data/teacher.js";
+export {
+  DETECTABLE_LANGUAGES,
+  detectLanguage,
+  findRefusal,
+  inLanguage,
+  REFUSAL_PHRASES,
+} from "./data/text-checks.js";
 export {
   openTokenCache,
   type TokenCache,
@@ -96,6 +156,7 @@ export { Sampler, type SamplerOptions } from "./model/sampler.js";
 export { BUILTIN_TEMPLATE_NAMES, chooseTemplate, renderChat } from "./model/templates.js";
 export { quantizeModel } from "./quant/quantize-model.js";
 export { dequantizeRow, quantizeRow } from "./quant/reference.js";
+export { type QuickstartOptions, type QuickstartResult, runQuickstart } from "./quickstart.js";
 export type { Backend } from "./runtime/backend.js";
 export { WasmBackend } from "./runtime/backend.js";
 export { Runtime } from "./runtime/runtime.js";
@@ -110,3 +171,38 @@ export {
   writeTokenizerGguf,
 } from "./tokenizer/train.js";
 export { tokenizeCorpus, trainTokenizerOnFiles } from "./tokenizer/train-corpus.js";
+export {
+  type CheckpointInfo,
+  readCheckpoint,
+  restoreCheckpoint,
+  saveCheckpoint,
+} from "./train/checkpoint.js";
+export { type BatchSource, RandomWindows, TokenArray, type TokenSequence } from "./train/data.js";
+export { type ExportSummary, exportCheckpoint } from "./train/export.js";
+export {
+  extractAdapter,
+  type FinetuneSettings,
+  type FinetuneSummary,
+  finetune,
+  resumeFinetune,
+} from "./train/finetune.js";
+export {
+  LlamaTrainModel,
+  type ParamTensor,
+  type TokenBatch,
+  type TrainMemory,
+  type TrainModelOptions,
+  trainMemory,
+} from "./train/model.js";
+export { learningRate, type OptimizerOptions } from "./train/optimizer.js";
+export { type ModelShape, PRESETS } from "./train/presets.js";
+export {
+  type OpenedPretrainData,
+  type PretrainData,
+  type PretrainEvent,
+  type PretrainSettings,
+  type PretrainSummary,
+  pretrain,
+  resumePretraining,
+} from "./train/pretrain.js";
+export { LlamaTrainer, type StepMetrics, type TrainerOptions, type TrainerState } from "./train/trainer.js";

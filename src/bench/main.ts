@@ -11,6 +11,10 @@ const COMMANDS: Record<string, BenchCommand> = {
     summary: "prefill and decode tokens/s and peak RSS against llama.cpp on random-weight Llama GGUFs",
     run: async (argv) => (await import("./infer.js")).runInferBench(argv),
   },
+  finetune: {
+    summary: "LoRA training tokens/s and peak RSS; QLoRA peak RSS on the 1.1B shape (--large)",
+    run: async (argv) => (await import("./finetune.js")).runFinetuneBench(argv),
+  },
   serve: {
     summary:
       "aggregate tokens/s and time to first token of the HTTP server with 1, 4 and 16 streaming clients",

@@ -97,7 +97,8 @@ class LineQueue {
   }
 }
 
-async function runChat(model: Model, flags: ChatFlags) {
+/** The chat REPL on a loaded model (also opened by the quickstart on its result). */
+export async function runChat(model: Model, flags: Pick<ChatFlags, "system" | "nPredict"> & SamplingFlags) {
   const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
   const input = new LineQueue(rl);
   let system = flags.system;

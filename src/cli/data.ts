@@ -1,5 +1,12 @@
 import type { Command } from "commander";
+import { registerDataCleanShareGpt } from "./data-clean-sharegpt.js";
+import { registerDataConvert } from "./data-convert.js";
+import { registerDataDedup } from "./data-dedup.js";
+import { registerDataFilter } from "./data-filter.js";
 import { registerDataPreview } from "./data-preview.js";
+import { registerDataSample } from "./data-sample.js";
+import { registerDataSelfInstruct } from "./data-self-instruct.js";
+import { registerDataSplit } from "./data-split.js";
 import { registerDataStats } from "./data-stats.js";
 import { registerDataTokenize } from "./data-tokenize.js";
 
@@ -13,4 +20,11 @@ const DATA_COMMANDS: ((data: Command) => void)[] = [
   registerDataStats,
   registerDataPreview,
   registerDataTokenize,
+  registerDataSelfInstruct,
+  registerDataCleanShareGpt,
+  registerDataConvert,
+  registerDataDedup,
+  registerDataFilter,
+  registerDataSplit,
+  registerDataSample,
 ];

@@ -1,14 +1,19 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from "commander";
 import { isUserError } from "../errors.js";
+import { openPretrainData } from "../train/token-data.js";
 import { registerChat } from "./chat.js";
 import { registerData } from "./data.js";
 import { registerDemo } from "./demo.js";
 import { registerEval } from "./eval.js";
+import { registerExport } from "./export.js";
+import { registerFinetune } from "./finetune.js";
 import { registerGenerate } from "./generate.js";
 import { registerInspect } from "./inspect.js";
 import { registerMerge } from "./merge.js";
+import { registerPretrain } from "./pretrain.js";
 import { registerQuantize } from "./quantize.js";
+import { registerQuickstart } from "./quickstart.js";
 import { registerServe } from "./serve.js";
 import { registerTokenizer } from "./tokenizer.js";
 
@@ -25,11 +30,15 @@ registerGenerate(program);
 registerChat(program);
 registerQuantize(program);
 registerMerge(program);
+registerFinetune(program);
 registerTokenizer(program);
 registerDemo(program);
+registerQuickstart(program);
 registerData(program);
 registerServe(program);
 registerEval(program);
+registerPretrain(program, openPretrainData);
+registerExport(program);
 
 /** Prints a user error as one line and exits 2; anything else is a bug and keeps its stack. */
 function fail(e: unknown): never {

@@ -351,7 +351,7 @@ function completion(obj: JsonObject, source: RecordSource): DatasetRecord {
 // Streaming the file: JSONL lines or JSON array elements
 
 /** One JSON value of the file (or why it could not be parsed) and where it starts. */
-interface RawItem {
+export interface RawItem {
   source: RecordSource;
   value?: unknown;
   error?: string;
@@ -585,17 +585,7 @@ export class RecordReader implements AsyncIterable<DatasetRecord> {
   ) {}
 
   static async open(path: string, options: ReadRecordsOptions = {}): Promise<RecordReader> {
-    let size: number;
-    try {
-      const st = statSync(path);
-      if (!st.isFile()) throw new UserError(`${path}: not a file`);
-      size = st.size;
-    } catch (e) {
-      if (e instanceof UserError) throw e;
-      throw new UserError(
-        `${path}: cannot read the file (${(e as NodeJS.ErrnoException).code ?? String(e)})`,
-      );
-    }
+    const size = datasetFileSize(path);
     let reader: RecordReader | undefined;
     let bytes = 0;
     const items = rawItems(path, options.chunkBytes ?? CHUNK_BYTES, (n) => {
@@ -684,6 +674,35 @@ export class RecordReader implements AsyncIterable<DatasetRecord> {
     for (const c of this.skipped.values()) n += c;
     return n;
   }
+}
+
+/** The size of a dataset file; a UserError when it is missing, unreadable or not a file. */
+function datasetFileSize(path: string): number {
+  try {
+    const st = statSync(path);
+    if (!st.isFile()) throw new UserError(`${path}: not a file`);
+    return st.size;
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    throw new UserError(`${path}: cannot read the file (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+}
+
+/**
+ * Streams a dataset file's JSON values as they stand, before any validation as records (JSONL lines
+ * or JSON array elements, one in memory at a time), for tools that repair records instead of
+ * rejecting them. `onBytes` gets the bytes read so far.
+ */
+export async function* readJsonValues(
+  path: string,
+  options: { chunkBytes?: number; onBytes?: (bytesRead: number) => void } = {},
+): AsyncGenerator<RawItem> {
+  datasetFileSize(path);
+  let bytes = 0;
+  yield* rawItems(path, options.chunkBytes ?? CHUNK_BYTES, (n) => {
+    bytes += n;
+    options.onBytes?.(bytes);
+  });
 }
 
 /** Streams the normalized records of a file (see RecordReader for the counts and the format). */

@@ -158,13 +158,13 @@ export function makeTask(world: World, family: TaskFamily, rng: Rng): SyntheticT
   });
   switch (family) {
     case "add": {
-      const a = int(0, 50);
-      const b = int(0, 49);
+      const a = int(0, 20);
+      const b = int(0, 20);
       return task(`What is ${a} + ${b}?`, "", String(a + b));
     }
     case "subtract": {
-      const a = int(10, 99);
-      const b = int(0, a);
+      const a = int(5, 30);
+      const b = int(0, Math.min(a, 20));
       return task(`What is ${a} - ${b}?`, "", String(a - b));
     }
     case "next": {
@@ -278,7 +278,7 @@ export function worldCorpus(world: World, chars: number, seed = world.seed + 1):
   const int = (lo: number, hi: number) => lo + (rng.nextU32() % (hi - lo + 1));
   while (length < chars) {
     let p: string;
-    switch (rng.nextU32() % 8) {
+    switch (rng.nextU32() % 12) {
       case 0:
       case 1: {
         const t = pick(rng, world.towns);
@@ -293,10 +293,10 @@ export function worldCorpus(world: World, chars: number, seed = world.seed + 1):
         break;
       }
       case 2: {
-        const a = int(0, 50);
-        const b = int(0, 49);
-        const c = int(10, 99);
-        const d = int(0, c);
+        const a = int(0, 20);
+        const b = int(0, 20);
+        const c = int(5, 30);
+        const d = int(0, Math.min(c, 20));
         p = `${a} plus ${b} is ${a + b}. ${c} minus ${d} is ${c - d}. After ${a} comes ${a + 1}.`;
         break;
       }
@@ -321,9 +321,15 @@ export function worldCorpus(world: World, chars: number, seed = world.seed + 1):
         p = `${n} ${u.from} is ${n * u.factor} ${u.to}.`;
         break;
       }
-      default: {
+      case 7: {
         const t = pick(rng, world.towns);
         p = `In ${t.country} lies ${t.name}, a town of ${t.colour} roofs by the river ${t.river}, whose symbol is the ${t.animal}.`;
+        break;
+      }
+      default: {
+        // The tasks themselves, asked and answered in plain prose (not in any prompt format).
+        const t = makeTask(world, TASK_FAMILIES[rng.nextU32() % TASK_FAMILIES.length], rng);
+        p = `${t.instruction}${t.input ? ` ${t.input}` : ""}\nThe answer is ${t.output}.`;
       }
     }
     parts.push(p);

@@ -40,20 +40,14 @@ async function* corpusSegments(
   options: CorpusOptions,
   label: string,
   onFile: (path: string, bytes: number, skipped: Record<string, number>) => void,
-  payload: () => Record<string, unknown> = () => ({}),
-  extra = "",
+  /** Text shown at the end of the bar, refreshed with it. */
+  detail?: () => string,
 ): AsyncGenerator<CorpusSegment & { path: string }> {
   const sizes = files.map((f) => corpusFileBytes(f));
   const total = sizes.reduce((s, n) => s + n, 0);
   const units = Math.max(1, Math.ceil(total / MB));
-  const bar = new Progress(
-    label,
-    units,
-    "MB",
-    options.progress ?? process.stderr.isTTY === true,
-    extra,
-    payload(),
-  );
+  const bar = new Progress(label, units, "MB", options.progress ?? process.stderr.isTTY === true, !!detail);
+  const payload = () => (detail ? { detail: detail() } : {});
   let shown = 0;
   let before = 0;
   const show = (bytes: number) => {
@@ -165,12 +159,10 @@ export async function tokenizeCorpus(
     tokenizerPath,
   });
   const started = performance.now();
-  const payload = () => {
+  const detail = () => {
     const seconds = (performance.now() - started) / 1000;
-    return {
-      tokens: writer.tokens.toLocaleString("en-US"),
-      tokenRate: seconds > 0 ? Math.round(writer.tokens / seconds).toLocaleString("en-US") : "0",
-    };
+    const rate = seconds > 0 ? Math.round(writer.tokens / seconds) : 0;
+    return `${writer.tokens.toLocaleString("en-US")} tokens, ${rate.toLocaleString("en-US")} tokens/s`;
   };
   try {
     const segments = corpusSegments(
@@ -178,8 +170,7 @@ export async function tokenizeCorpus(
       options,
       "tokenize",
       (path, bytes, skipped) => writer.addSource(path, bytes, skipped),
-      payload,
-      " | {tokens} tokens, {tokenRate} tokens/s",
+      detail,
     );
     const parseSpecial = options.parseSpecial ?? false;
     for await (const { text, continuation, path } of segments) {

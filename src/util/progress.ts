@@ -2,32 +2,31 @@ import cliProgress from "cli-progress";
 
 /**
  * A progress bar (count, rate, ETA) on a TTY's stderr; silent when stderr is not a terminal
- * or when `--json` output is requested. `extra` is appended to the line, with {names} filled
- * from `payload` at the start and from the payload given to `tick` after.
+ * or when `--json` output is requested.
  */
 export class Progress {
   private readonly bar?: cliProgress.SingleBar;
   private value = 0;
 
+  /** `detail`: the bar ends with a `{detail}` text that `tick` updates (counts, cost). */
   constructor(
     label: string,
     total: number,
     unit: string,
     enabled = process.stderr.isTTY === true,
-    extra = "",
-    payload: Record<string, unknown> = {},
+    detail = false,
   ) {
     if (!enabled) return;
     this.bar = new cliProgress.SingleBar(
       {
-        format: `${label} [{bar}] {value}/{total} ${unit} | {rate}/s | ETA {eta_formatted}${extra}`,
+        format: `${label} [{bar}] {value}/{total} ${unit} | {rate}/s | ETA {eta_formatted}${detail ? " | {detail}" : ""}`,
         stream: process.stderr,
         hideCursor: true,
         clearOnComplete: false,
       },
       cliProgress.Presets.shades_classic,
     );
-    this.bar.start(total, 0, { rate: "0", ...payload });
+    this.bar.start(total, 0, { rate: "0", detail: "" });
   }
 
   private readonly started = performance.now();

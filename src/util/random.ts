@@ -26,6 +26,28 @@ export class Rng {
     if ((this.s0 | this.s1 | this.s2 | this.s3) === 0) this.s0 = 1;
   }
 
+  /** The generator's full state (four words and a pending normal sample), for checkpoints. */
+  getState(): RngState {
+    return {
+      words: [this.s0 >>> 0, this.s1 >>> 0, this.s2 >>> 0, this.s3 >>> 0],
+      spareNormal: this.spareNormal ?? null,
+    };
+  }
+
+  /** Continues from a state returned by getState. */
+  setState(state: RngState): void {
+    const w = state.words;
+    if (
+      !Array.isArray(w) ||
+      w.length !== 4 ||
+      !w.every((x) => Number.isInteger(x) && x >= 0 && x < 2 ** 32)
+    ) {
+      throw new RangeError("Rng.setState: the state needs four unsigned 32-bit words");
+    }
+    [this.s0, this.s1, this.s2, this.s3] = w.map((x) => x | 0) as [number, number, number, number];
+    this.spareNormal = state.spareNormal ?? undefined;
+  }
+
   /** Uniform unsigned 32-bit integer. */
   nextU32(): number {
     const result = Math.imul(rotl(Math.imul(this.s1, 5), 7), 9) >>> 0;
@@ -85,6 +107,12 @@ export class Rng {
     }
     return items;
   }
+}
+
+/** A serializable snapshot of an Rng. */
+export interface RngState {
+  words: number[];
+  spareNormal: number | null;
 }
 
 function rotl(x: number, k: number): number {

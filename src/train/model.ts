@@ -1,0 +1,1143 @@
+// A Llama model laid out for training in one WebAssembly memory: weights, gradients and AdamW
+// moments of the tensors that train, the activations the backward pass needs, and an explicit
+// forward and backward pass per layer (in the manner of llm.c: no general autograd).
+import { closeSync, openSync } from "node:fs";
+import { availableParallelism, freemem, totalmem } from "node:os";
+import { UserError } from "../errors.js";
+import { GGMLType, ggmlTypeName } from "../formats/ggml-types.js";
+import { readGgufHeader, readTensorInto } from "../formats/gguf.js";
+import { type LlamaConfig, llamaConfigFromMetadata, metadataGetter } from "../model/config.js";
+import { dequantizeRow } from "../quant/reference.js";
+import { BLOCK, type Weight, type WeightFormat } from "../runtime/backend.js";
+import { MAX_SHARD_BYTES, Runtime, SHARD_BASE } from "../runtime/runtime.js";
+import { Rng } from "../util/random.js";
+import { type AttentionGeometry, ropeTables, SUM_SQUARES_BLOCK, TrainOps } from "./ops.js";
+
+/** One parameter tensor of the model, by its GGUF name. */
+export interface ParamTensor {
+  name: string;
+  /** ggml order: [cols, rows] for a matrix, [length] for a vector. */
+  dims: number[];
+  /** Elements (rows × cols); a tensor may be stored with zero rows after these (see `weight`). */
+  length: number;
+  /** Where the values live; weight.rows may exceed dims[1] by zero padding rows. */
+  weight: Weight;
+  /** Whether the tensor has a gradient and optimizer state. */
+  trainable: boolean;
+  /** Whether AdamW's weight decay applies (matrices, not norm weights). */
+  decay: boolean;
+  /** Byte offsets of the gradient and the AdamW moments (0 when frozen). */
+  grad: number;
+  m: number;
+  v: number;
+}
+
+export interface TrainModelOptions {
+  /** Sequences per micro-batch. */
+  batch: number;
+  /** Tokens per sequence (at most the model's context length). */
+  seq: number;
+  /** Compute threads, the calling thread included; default: all cores. */
+  threads?: number;
+  /** Keep only each layer's input and recompute the layer in the backward pass (less memory). */
+  recompute?: boolean;
+  /** Which tensors train (GGUF names); default: all. Frozen tensors get no gradient or moments. */
+  trainable?: (name: string) => boolean;
+  /** The output head reuses token_embd.weight (no output.weight). Default false. */
+  tiedEmbeddings?: boolean;
+  /**
+   * Storage format of a frozen layer matrix (default F32; the embedding and output head are
+   * always f32). Quantized frozen weights run the forward product with the quantized kernels and
+   * the input gradient through dequantized rows.
+   */
+  formatOf?: (name: string) => WeightFormat;
+  /**
+   * LoRA: each targeted projection W (GGUF short name: attn_q, attn_k, attn_v, attn_output,
+   * ffn_gate, ffn_up, ffn_down) gets trainable A (rank × in) and B (out × rank) as the tensors
+   * `<W>.lora_a` and `<W>.lora_b`, and computes y = x·Wᵀ + (alpha/rank)·(x·Aᵀ)·Bᵀ.
+   */
+  lora?: LoraSpec;
+}
+
+export interface LoraSpec {
+  /** A multiple of 4 (the f32 kernels' granule). */
+  rank: number;
+  alpha: number;
+  targets: readonly LoraProjection[];
+}
+
+export const LORA_PROJECTIONS = [
+  "attn_q",
+  "attn_k",
+  "attn_v",
+  "attn_output",
+  "ffn_gate",
+  "ffn_up",
+  "ffn_down",
+] as const;
+export type LoraProjection = (typeof LORA_PROJECTIONS)[number];
+
+/** The LoRA pair of one projection, with the activation u = (alpha/rank)·x·Aᵀ kept per layer. */
+interface LoraPair {
+  a: ParamTensor;
+  b: ParamTensor;
+}
+
+/** A micro-batch: rows·seq tokens, row-major by sequence. */
+export interface TokenBatch {
+  /** Sequences (default: the model's batch); at most the model's batch. */
+  rows?: number;
+  /** Tokens per sequence (default: the model's seq); at most the model's seq. */
+  seq?: number;
+  /** Input token ids. */
+  tokens: Int32Array;
+  /** Next-token targets; −1 means no loss at that token. */
+  targets: Int32Array;
+  /** Position of each token for rope (default 0..seq−1 in every sequence). */
+  positions?: Int32Array;
+  /**
+   * Segment ids: a token attends only to earlier tokens of its own run of equal ids within its
+   * sequence (packed examples). Default: each sequence is one segment.
+   */
+  segments?: Int32Array;
+}
+
+/** Bytes of each part of a training model's memory. */
+export interface TrainMemory {
+  weights: number;
+  gradients: number;
+  optimizer: number;
+  activations: number;
+  scratch: number;
+  total: number;
+}
+
+const align4 = (n: number) => Math.ceil(n / 4) * 4;
+
+const GGML_TYPE_OF_FORMAT: Record<WeightFormat, GGMLType> = {
+  F32: GGMLType.F32,
+  F16: GGMLType.F16,
+  BF16: GGMLType.BF16,
+  Q4_0: GGMLType.Q4_0,
+  Q4_1: GGMLType.Q4_1,
+  Q5_0: GGMLType.Q5_0,
+  Q5_1: GGMLType.Q5_1,
+  Q8_0: GGMLType.Q8_0,
+  Q4_K: GGMLType.Q4_K,
+  Q5_K: GGMLType.Q5_K,
+  Q6_K: GGMLType.Q6_K,
+};
+const FORMAT_OF_TYPE = new Map(Object.entries(GGML_TYPE_OF_FORMAT).map(([f, t]) => [t, f as WeightFormat]));
+
+/** The ggml tensor type of a stored format. */
+export function ggmlTypeOfFormat(f: WeightFormat): GGMLType {
+  return GGML_TYPE_OF_FORMAT[f];
+}
+const ALIGN = 64;
+
+interface LayerParams {
+  lora: Partial<Record<LoraProjection, LoraPair>>;
+  attnNorm: ParamTensor;
+  wq: ParamTensor;
+  wk: ParamTensor;
+  wv: ParamTensor;
+  wo: ParamTensor;
+  ffnNorm: ParamTensor;
+  gate: ParamTensor;
+  up: ParamTensor;
+  down: ParamTensor;
+}
+
+/** Activations of one layer the backward pass reads. */
+interface LayerActs {
+  xn1: number;
+  rstd1: number;
+  q: number;
+  k: number;
+  v: number;
+  att: number;
+  lse: number;
+  xmid: number;
+  xn2: number;
+  rstd2: number;
+  gate: number;
+  up: number;
+  h: number;
+  /** u = (alpha/rank)·x·Aᵀ of each LoRA projection (tokens × rank). */
+  lora: Partial<Record<LoraProjection, number>>;
+}
+
+/** Every region of the model's memory, as byte offsets. */
+interface Regions {
+  ids: number;
+  targets: number;
+  positions: number;
+  segStart: number;
+  segEnd: number;
+  ropeCos: number;
+  ropeSin: number;
+  /** Residual stream: input of layer l at xs[l]; xs[layers] is the last layer's output. */
+  xs: number[];
+  acts: LayerActs[];
+  rstdF: number;
+  xnF: number;
+  logits: number;
+  losses: number;
+  dres: number;
+  dxn: number;
+  dq: number;
+  dk: number;
+  dv: number;
+  datt: number;
+  dgate: number;
+  dup: number;
+  dh: number;
+  delta: number;
+  tX: number;
+  tDy: number;
+  tW: number;
+  dequant: number;
+  xq: number;
+  attScratch: number;
+  sumSquares: number;
+  /** dLoss/du of a LoRA projection (tokens × rank). */
+  loraDu: number;
+}
+
+/** Model shape checks the kernels rely on. */
+export function checkTrainConfig(c: LlamaConfig, seq: number): void {
+  const bad = (what: string) => {
+    throw new UserError(`model config: ${what}`);
+  };
+  for (const [k, v] of Object.entries({
+    dim: c.dim,
+    layers: c.layers,
+    heads: c.heads,
+    kvHeads: c.kvHeads,
+    ffn: c.ffn,
+    vocab: c.vocab,
+    contextLength: c.contextLength,
+  })) {
+    if (!Number.isInteger(v) || v <= 0) bad(`${k} must be a positive integer, got ${v}`);
+  }
+  if (c.heads % c.kvHeads !== 0) bad(`${c.heads} heads are not divisible by ${c.kvHeads} kv heads`);
+  if (c.headDim % 4 !== 0) bad(`head dimension ${c.headDim} must be a multiple of 4`);
+  if (c.dim % 4 !== 0) bad(`dim ${c.dim} must be a multiple of 4`);
+  if (c.ffn % 4 !== 0) bad(`ffn ${c.ffn} must be a multiple of 4`);
+  if (c.rope.dim % 4 !== 0 || c.rope.dim > c.headDim) bad(`rope dimension ${c.rope.dim} is not supported`);
+  if (c.rope.neox) bad("NeoX rope ordering is not supported for training");
+  if (!Number.isInteger(seq) || seq < 1 || seq > c.contextLength)
+    bad(`sequence length ${seq} must be from 1 to the context length ${c.contextLength}`);
+}
+
+/** Names, shapes and roles of every tensor, in file order. */
+function tensorPlan(
+  c: LlamaConfig,
+  tied: boolean,
+  lora?: LoraSpec,
+): { name: string; dims: number[]; matrix: boolean; lora?: boolean }[] {
+  const q = c.heads * c.headDim;
+  const kv = c.kvHeads * c.headDim;
+  const list: { name: string; dims: number[]; matrix: boolean; lora?: boolean }[] = [
+    { name: "token_embd.weight", dims: [c.dim, c.vocab], matrix: true },
+  ];
+  for (let l = 0; l < c.layers; l++) {
+    const p = `blk.${l}.`;
+    list.push(
+      { name: `${p}attn_norm.weight`, dims: [c.dim], matrix: false },
+      { name: `${p}attn_q.weight`, dims: [c.dim, q], matrix: true },
+      { name: `${p}attn_k.weight`, dims: [c.dim, kv], matrix: true },
+      { name: `${p}attn_v.weight`, dims: [c.dim, kv], matrix: true },
+      { name: `${p}attn_output.weight`, dims: [q, c.dim], matrix: true },
+      { name: `${p}ffn_norm.weight`, dims: [c.dim], matrix: false },
+      { name: `${p}ffn_gate.weight`, dims: [c.dim, c.ffn], matrix: true },
+      { name: `${p}ffn_up.weight`, dims: [c.dim, c.ffn], matrix: true },
+      { name: `${p}ffn_down.weight`, dims: [c.ffn, c.dim], matrix: true },
+    );
+  }
+  list.push({ name: "output_norm.weight", dims: [c.dim], matrix: false });
+  if (!tied) list.push({ name: "output.weight", dims: [c.dim, c.vocab], matrix: true });
+  if (lora) {
+    const byName = new Map(list.map((t) => [t.name, t]));
+    for (let l = 0; l < c.layers; l++) {
+      for (const target of lora.targets) {
+        const base = byName.get(`blk.${l}.${target}.weight`)!;
+        const [cols, rows] = base.dims as [number, number];
+        list.push(
+          { name: `${base.name}.lora_a`, dims: [cols, lora.rank], matrix: true, lora: true },
+          { name: `${base.name}.lora_b`, dims: [lora.rank, rows], matrix: true, lora: true },
+        );
+      }
+    }
+  }
+  return list;
+}
+
+/** Parameters of a model of this shape (every tensor, trainable or not). */
+export function trainParameterCount(c: LlamaConfig, tiedEmbeddings: boolean, lora?: LoraSpec): number {
+  return tensorPlan(c, tiedEmbeddings, lora).reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
+}
+
+/** Tokens of logits computed at a time in the output head. */
+function headChunk(n: number): number {
+  return Math.min(align4(n), 512);
+}
+
+/**
+ * Lays out every region through `alloc` (a real allocator or a counter). Returns the regions,
+ * the tensors and the bytes of each part.
+ */
+function layout(
+  c: LlamaConfig,
+  o: Required<Pick<TrainModelOptions, "batch" | "seq" | "recompute" | "tiedEmbeddings">> & {
+    lora?: LoraSpec;
+    threads: number;
+    trainable: (name: string) => boolean;
+    formatOf: (name: string) => WeightFormat;
+  },
+  alloc: (bytes: number) => number,
+): { regions: Regions; params: ParamTensor[]; memory: TrainMemory } {
+  const memory: TrainMemory = {
+    weights: 0,
+    gradients: 0,
+    optimizer: 0,
+    activations: 0,
+    scratch: 0,
+    total: 0,
+  };
+  const take = (part: keyof TrainMemory, bytes: number) => {
+    const padded = Math.ceil(bytes / ALIGN) * ALIGN;
+    memory[part] += padded;
+    memory.total += padded;
+    return alloc(padded);
+  };
+  const vocabPad = align4(c.vocab);
+  const params: ParamTensor[] = [];
+  let hasQuantized = false;
+  let largestMatrix = 0;
+  if (o.lora) {
+    const { rank, alpha, targets } = o.lora;
+    if (!Number.isInteger(rank) || rank < 4 || rank % 4 !== 0)
+      throw new UserError(`LoRA rank must be a positive multiple of 4, got ${rank}`);
+    if (!(alpha > 0)) throw new UserError(`LoRA alpha must be positive, got ${alpha}`);
+    if (targets.length === 0) throw new UserError("LoRA needs at least one target projection");
+  }
+  for (const t of tensorPlan(c, o.tiedEmbeddings, o.lora)) {
+    const cols = t.dims[0]!;
+    const rows = t.dims[1] ?? 1;
+    const vocabRows = t.name === "token_embd.weight" || t.name === "output.weight";
+    const storedRows = vocabRows ? vocabPad : rows;
+    const trainable = t.lora === true || o.trainable(t.name);
+    // The embedding and the output head stay f32 (their rows are looked up and padded).
+    const format: WeightFormat = t.matrix && !trainable && !vocabRows ? o.formatOf(t.name) : "F32";
+    if (format !== "F32") {
+      if (cols % BLOCK[format].size !== 0)
+        throw new UserError(`${t.name}: row length ${cols} does not divide into ${format} blocks`);
+      hasQuantized = true;
+    }
+    const length = rows * cols;
+    const bytes =
+      format === "F32"
+        ? storedRows * cols * 4
+        : (storedRows * cols * BLOCK[format].bytes) / BLOCK[format].size;
+    if (t.matrix) largestMatrix = Math.max(largestMatrix, storedRows * cols);
+    const offset = take("weights", bytes);
+    const tensor: ParamTensor = {
+      name: t.name,
+      dims: t.dims,
+      length,
+      weight: { shard: 0, offset, format, rows: storedRows, cols },
+      trainable,
+      decay: t.matrix && !t.lora,
+      grad: 0,
+      m: 0,
+      v: 0,
+    };
+    if (trainable) {
+      tensor.grad = take("gradients", storedRows * cols * 4);
+      tensor.m = take("optimizer", length * 4);
+      tensor.v = take("optimizer", length * 4);
+    }
+    params.push(tensor);
+  }
+
+  const N = o.batch * o.seq;
+  const nPad = align4(N);
+  const q = c.heads * c.headDim;
+  const kv = c.kvHeads * c.headDim;
+  const f = (part: keyof TrainMemory, floats: number) => take(part, floats * 4);
+  const act = (floats: number) => f("activations", floats);
+  const scratch = (floats: number) => f("scratch", floats);
+  const regions = {
+    ids: act(N),
+    targets: act(N),
+    positions: act(N),
+    segStart: act(N),
+    segEnd: act(N),
+    ropeCos: act(c.contextLength * c.rope.dim),
+    ropeSin: act(c.contextLength * c.rope.dim),
+  } as Regions;
+  regions.xs = [];
+  for (let l = 0; l <= c.layers; l++) regions.xs.push(act(N * c.dim));
+  regions.acts = [];
+  const actSets = o.recompute ? 1 : c.layers;
+  for (let l = 0; l < actSets; l++) {
+    regions.acts.push({
+      xn1: act(N * c.dim),
+      rstd1: act(N),
+      q: act(N * q),
+      k: act(N * kv),
+      v: act(N * kv),
+      att: act(N * q),
+      lse: act(N * c.heads),
+      xmid: act(N * c.dim),
+      xn2: act(N * c.dim),
+      rstd2: act(N),
+      gate: act(N * c.ffn),
+      up: act(N * c.ffn),
+      h: act(N * c.ffn),
+      lora: Object.fromEntries((o.lora?.targets ?? []).map((p) => [p, act(N * o.lora!.rank)])),
+    });
+  }
+  const chunk = headChunk(N);
+  regions.rstdF = act(N);
+  regions.xnF = act(N * c.dim);
+  regions.logits = act(chunk * vocabPad);
+  regions.losses = act(N);
+  regions.dres = scratch(N * c.dim);
+  regions.dxn = scratch(N * c.dim);
+  regions.dq = scratch(N * q);
+  regions.dk = scratch(N * kv);
+  regions.dv = scratch(N * kv);
+  regions.datt = scratch(N * q);
+  regions.dgate = scratch(N * c.ffn);
+  regions.dup = scratch(N * c.ffn);
+  regions.dh = scratch(N * c.ffn);
+  regions.delta = scratch(N * c.heads);
+  const widest = Math.max(c.dim, q, kv, c.ffn);
+  regions.tX = scratch(Math.max(widest * nPad, c.dim * chunk));
+  regions.tDy = scratch(Math.max(widest * nPad, vocabPad * chunk));
+  regions.tW = scratch(largestMatrix);
+  regions.dequant = hasQuantized ? scratch(largestMatrix) : 0;
+  regions.xq = hasQuantized ? take("scratch", 2 * N * widest + 64 * N) : 0;
+  regions.attScratch = take("scratch", o.threads * 4 * o.seq * 4);
+  regions.loraDu = o.lora ? scratch(N * o.lora.rank) : 0;
+  regions.sumSquares = take(
+    "scratch",
+    8 * (params.length + Math.ceil(memory.weights / 4 / SUM_SQUARES_BLOCK)),
+  );
+  return { regions, params, memory };
+}
+
+function resolveOptions(o: TrainModelOptions) {
+  return {
+    batch: o.batch,
+    seq: o.seq,
+    recompute: o.recompute ?? false,
+    tiedEmbeddings: o.tiedEmbeddings ?? false,
+    threads: Math.max(1, Math.floor(o.threads ?? availableParallelism())),
+    trainable: o.trainable ?? (() => true),
+    lora: o.lora,
+    formatOf: o.formatOf ?? (() => "F32" as WeightFormat),
+  };
+}
+
+/** Bytes a training model of this shape and batch needs (what `LlamaTrainModel.create` allocates). */
+export function trainMemory(config: LlamaConfig, options: TrainModelOptions): TrainMemory {
+  let top = 0;
+  return layout(config, resolveOptions(options), (bytes) => {
+    const p = top;
+    top += bytes;
+    return p;
+  }).memory;
+}
+
+/**
+ * Throws a UserError naming the estimate when a model will not fit: one wasm memory holds at most
+ * 4 GiB, and the machine must have the memory free.
+ */
+export function checkMemoryFits(mem: TrainMemory, what: string): void {
+  const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
+  const limit = MAX_SHARD_BYTES - SHARD_BASE;
+  if (mem.total > limit) {
+    throw new UserError(
+      `${what} needs ${gib(mem.total)} (weights ${gib(mem.weights)}, gradients ${gib(mem.gradients)}, optimizer ${gib(mem.optimizer)}, activations ${gib(mem.activations)}, scratch ${gib(mem.scratch)}), more than one WebAssembly memory holds (${gib(limit)}); lower --batch or --seq, or use --recompute`,
+    );
+  }
+  const available = Math.max(freemem(), totalmem() * 0.8);
+  if (mem.total > available) {
+    throw new UserError(
+      `${what} needs ${gib(mem.total)} of memory but only ${gib(available)} is available; lower --batch or --seq, or use --recompute`,
+    );
+  }
+}
+
+/**
+ * A Llama-family model in training memory. `forwardBackward` adds the gradients of one micro-batch
+ * to the gradient buffers; an optimizer (see optimizer.ts) then updates the weights.
+ */
+export class LlamaTrainModel {
+  readonly config: LlamaConfig;
+  readonly batch: number;
+  readonly seq: number;
+  readonly recompute: boolean;
+  readonly tiedEmbeddings: boolean;
+  readonly lora: LoraSpec | undefined;
+  readonly params: ParamTensor[];
+  readonly memory: TrainMemory;
+  readonly rt: Runtime;
+  readonly ops: TrainOps;
+  private readonly r: Regions;
+  private readonly byName: Map<string, ParamTensor>;
+  private readonly layers: LayerParams[];
+  private readonly embedding: ParamTensor;
+  private readonly outputNorm: ParamTensor;
+  private readonly output: ParamTensor;
+  private readonly vocabPad: number;
+  /** Tokens in the micro-batch set by setBatch. */
+  private n = 0;
+
+  private constructor(
+    config: LlamaConfig,
+    o: ReturnType<typeof resolveOptions>,
+    rt: Runtime,
+    l: ReturnType<typeof layout>,
+  ) {
+    this.config = config;
+    this.batch = o.batch;
+    this.seq = o.seq;
+    this.recompute = o.recompute;
+    this.tiedEmbeddings = o.tiedEmbeddings;
+    this.lora = o.lora;
+    this.rt = rt;
+    this.ops = new TrainOps(rt, 0);
+    this.r = l.regions;
+    this.params = l.params;
+    this.memory = l.memory;
+    this.byName = new Map(l.params.map((p) => [p.name, p]));
+    const get = (name: string) => this.byName.get(name)!;
+    this.embedding = get("token_embd.weight");
+    this.outputNorm = get("output_norm.weight");
+    this.output = o.tiedEmbeddings ? this.embedding : get("output.weight");
+    this.layers = [];
+    for (let i = 0; i < config.layers; i++) {
+      const p = `blk.${i}.`;
+      const lora: LayerParams["lora"] = {};
+      for (const target of o.lora?.targets ?? []) {
+        lora[target] = { a: get(`${p}${target}.weight.lora_a`), b: get(`${p}${target}.weight.lora_b`) };
+      }
+      this.layers.push({
+        lora,
+        attnNorm: get(`${p}attn_norm.weight`),
+        wq: get(`${p}attn_q.weight`),
+        wk: get(`${p}attn_k.weight`),
+        wv: get(`${p}attn_v.weight`),
+        wo: get(`${p}attn_output.weight`),
+        ffnNorm: get(`${p}ffn_norm.weight`),
+        gate: get(`${p}ffn_gate.weight`),
+        up: get(`${p}ffn_up.weight`),
+        down: get(`${p}ffn_down.weight`),
+      });
+    }
+    this.vocabPad = align4(config.vocab);
+    const c = config;
+    const tables = ropeTables(c.contextLength, c.rope.dim, c.rope.freqBase, c.rope.freqScale);
+    this.f32(this.r.ropeCos, tables.cos.length).set(tables.cos);
+    this.f32(this.r.ropeSin, tables.sin.length).set(tables.sin);
+  }
+
+  /** Allocates the model (weights zero; see `initialize` and `setWeights`) and starts its threads. */
+  static async create(config: LlamaConfig, options: TrainModelOptions): Promise<LlamaTrainModel> {
+    checkTrainConfig(config, options.seq);
+    if (!Number.isInteger(options.batch) || options.batch < 1)
+      throw new UserError(`batch size must be a positive integer, got ${options.batch}`);
+    const o = resolveOptions(options);
+    const memory = trainMemory(config, options);
+    checkMemoryFits(memory, "training this model");
+    const rt = await Runtime.create({ threads: o.threads, shardBytes: [memory.total + 4096] });
+    try {
+      const l = layout(config, o, (bytes) => rt.alloc(0, bytes, ALIGN));
+      return new LlamaTrainModel(config, o, rt, l);
+    } catch (e) {
+      await rt.dispose();
+      throw e;
+    }
+  }
+
+  /**
+   * A model with the weights of a Llama GGUF file, for fine-tuning. Trainable tensors become f32;
+   * a frozen matrix keeps its file format (f32, f16, bf16, Q4_0 ... Q6_K) unless `formatOf` says
+   * otherwise, so a quantized base stays quantized. Embedding, output head and norms are f32.
+   */
+  static async load(
+    path: string,
+    options: Omit<TrainModelOptions, "tiedEmbeddings">,
+  ): Promise<LlamaTrainModel> {
+    const header = readGgufHeader(path);
+    const embd = header.tensor("token_embd.weight");
+    if (!embd) throw new UserError(`${path}: tensor token_embd.weight is missing`);
+    const config = llamaConfigFromMetadata(metadataGetter(header), path, embd.dims[1] ?? 1);
+    const tiedEmbeddings = !header.tensor("output.weight");
+    const trainable = options.trainable ?? (() => true);
+    const formatOf = (name: string): WeightFormat => {
+      if (options.formatOf) return options.formatOf(name);
+      const t = header.tensor(name);
+      const f = t && FORMAT_OF_TYPE.get(t.type);
+      if (!f)
+        throw new UserError(
+          `${path}: tensor ${name} has type ${t ? ggmlTypeName(t.type) : "?"}, which cannot be trained from`,
+        );
+      return f;
+    };
+    const model = await LlamaTrainModel.create(config, { ...options, trainable, formatOf, tiedEmbeddings });
+    try {
+      const fd = openSync(path, "r");
+      try {
+        for (const p of model.params) {
+          if (p.name.endsWith(".lora_a") || p.name.endsWith(".lora_b")) continue; // see initializeLora
+          const t = header.tensor(p.name);
+          if (!t) throw new UserError(`${path}: tensor ${p.name} is missing`);
+          if (t.dims.length !== p.dims.length || t.dims.some((d, i) => d !== p.dims[i])) {
+            throw new UserError(`${path}: tensor ${p.name} has shape [${t.dims}], expected [${p.dims}]`);
+          }
+          if (GGML_TYPE_OF_FORMAT[p.weight.format] === t.type) {
+            readTensorInto(fd, t, model.storedBytes(p), path);
+            continue;
+          }
+          if (p.weight.format !== "F32" || !FORMAT_OF_TYPE.has(t.type)) {
+            throw new UserError(
+              `${path}: tensor ${p.name} is ${ggmlTypeName(t.type)} and cannot be stored as ${p.weight.format}`,
+            );
+          }
+          const bytes = new Uint8Array(t.byteSize);
+          readTensorInto(fd, t, bytes, path);
+          const cols = p.dims[0]!;
+          const rows = p.length / cols;
+          const rowBytes = t.byteSize / rows;
+          const w = model.weights(p);
+          for (let r = 0; r < rows; r++) {
+            w.set(dequantizeRow(t.type, bytes.subarray(r * rowBytes, (r + 1) * rowBytes), cols), r * cols);
+          }
+        }
+      } finally {
+        closeSync(fd);
+      }
+      return model;
+    } catch (e) {
+      await model.dispose();
+      throw e;
+    }
+  }
+
+  get threads(): number {
+    return this.rt.threads;
+  }
+
+  /** The tensor of a GGUF name. */
+  param(name: string): ParamTensor {
+    const p = this.byName.get(name);
+    if (!p) throw new Error(`no tensor ${name}`);
+    return p;
+  }
+
+  /** Elements that train. */
+  get trainableCount(): number {
+    return this.params.reduce((s, p) => s + (p.trainable ? p.length : 0), 0);
+  }
+
+  /** Elements of every tensor. */
+  get parameterCount(): number {
+    return this.params.reduce((s, p) => s + p.length, 0);
+  }
+
+  private f32(offset: number, length: number): Float32Array {
+    return this.rt.f32(0, offset, length);
+  }
+
+  private i32(offset: number, length: number): Int32Array {
+    return new Int32Array(this.rt.memories[0]!.buffer, offset, length);
+  }
+
+  /** A live view of an f32 tensor's values (rows × cols, padding rows excluded). */
+  weights(p: ParamTensor): Float32Array {
+    if (p.weight.format !== "F32") throw new Error(`${p.name} is stored as ${p.weight.format}`);
+    return this.f32(p.weight.offset, p.length);
+  }
+
+  /** A live view of a tensor's gradient. */
+  gradient(p: ParamTensor): Float32Array {
+    if (!p.trainable) throw new Error(`${p.name} is frozen`);
+    return this.f32(p.grad, p.length);
+  }
+
+  /** Live views of a tensor's AdamW moments. */
+  moments(p: ParamTensor): { m: Float32Array; v: Float32Array } {
+    if (!p.trainable) throw new Error(`${p.name} is frozen`);
+    return { m: this.f32(p.m, p.length), v: this.f32(p.v, p.length) };
+  }
+
+  /** The raw bytes of a tensor as stored (f32 or its quantized format), padding rows excluded. */
+  storedBytes(p: ParamTensor): Uint8Array {
+    const b = BLOCK[p.weight.format];
+    return this.rt.u8(0, p.weight.offset, (p.length / b.size) * b.bytes);
+  }
+
+  /**
+   * Random initial weights from `seed`: matrices N(0, 0.02), the projections into the residual
+   * stream (attn_output, ffn_down) scaled by 1/sqrt(2·layers) as GPT-2 does, norm weights 1.
+   */
+  initialize(seed: number): void {
+    const rng = new Rng(seed);
+    const residualScale = 1 / Math.sqrt(2 * this.config.layers);
+    for (const p of this.params) {
+      if (p.name.endsWith(".lora_a") || p.name.endsWith(".lora_b")) continue;
+      if (p.weight.format !== "F32")
+        throw new Error(`${p.name}: cannot initialize a ${p.weight.format} tensor`);
+      const w = this.weights(p);
+      if (!p.decay) {
+        w.fill(1);
+        continue;
+      }
+      const residual = p.name.endsWith("attn_output.weight") || p.name.endsWith("ffn_down.weight");
+      rng.fillNormal(w, 0.02 * (residual ? residualScale : 1));
+    }
+  }
+
+  /**
+   * LoRA's starting point, as PEFT sets it: A uniform in ±1/sqrt(in) (Kaiming-uniform with
+   * a = √5), B zero, so the adapted model starts equal to the base.
+   */
+  initializeLora(seed: number): void {
+    const rng = new Rng(seed);
+    for (const p of this.params) {
+      if (p.name.endsWith(".lora_a")) {
+        const bound = 1 / Math.sqrt(p.dims[0]!);
+        const w = this.weights(p);
+        for (let i = 0; i < w.length; i++) w[i] = (2 * rng.nextFloat() - 1) * bound;
+      } else if (p.name.endsWith(".lora_b")) this.weights(p).fill(0);
+    }
+  }
+
+  /** Clears every gradient (the optimizer also clears them after each update). */
+  zeroGradients(): void {
+    for (const p of this.params) if (p.trainable) this.ops.fillZero(p.grad, p.weight.rows * p.weight.cols);
+    this.ops.flush();
+  }
+
+  /**
+   * Copies a micro-batch into memory, checking ids, targets and positions. Returns the number of
+   * tokens with a target.
+   */
+  setBatch(b: TokenBatch): number {
+    const rows = b.rows ?? this.batch;
+    const seq = b.seq ?? this.seq;
+    const c = this.config;
+    const n = rows * seq;
+    if (
+      !(
+        Number.isInteger(rows) &&
+        rows >= 1 &&
+        rows <= this.batch &&
+        Number.isInteger(seq) &&
+        seq >= 1 &&
+        seq <= this.seq
+      )
+    )
+      throw new UserError(`batch: ${rows}×${seq} tokens do not fit the model's ${this.batch}×${this.seq}`);
+    if (b.tokens.length !== n || b.targets.length !== n) {
+      throw new UserError(
+        `batch: expected ${n} tokens and targets, got ${b.tokens.length} and ${b.targets.length}`,
+      );
+    }
+    for (let t = 0; t < n; t++) {
+      const id = b.tokens[t]!;
+      if (!(id >= 0 && id < c.vocab))
+        throw new UserError(`batch: token id ${id} is outside the vocabulary of ${c.vocab}`);
+      const target = b.targets[t]!;
+      if (!(target >= -1 && target < c.vocab))
+        throw new UserError(`batch: target ${target} is outside the vocabulary of ${c.vocab}`);
+    }
+    this.i32(this.r.ids, n).set(b.tokens);
+    this.i32(this.r.targets, n).set(b.targets);
+    const pos = this.i32(this.r.positions, n);
+    if (b.positions) {
+      if (b.positions.length !== n)
+        throw new UserError(`batch: expected ${n} positions, got ${b.positions.length}`);
+      for (let t = 0; t < n; t++) {
+        const p = b.positions[t]!;
+        if (!(p >= 0 && p < c.contextLength))
+          throw new UserError(`batch: position ${p} is outside the context length ${c.contextLength}`);
+      }
+      pos.set(b.positions);
+    } else {
+      for (let t = 0; t < n; t++) pos[t] = t % seq;
+    }
+    if (b.segments && b.segments.length !== n)
+      throw new UserError(`batch: expected ${n} segment ids, got ${b.segments.length}`);
+    const start = this.i32(this.r.segStart, n);
+    const end = this.i32(this.r.segEnd, n);
+    for (let t = 0; t < n; t++) {
+      const same = t % seq !== 0 && (!b.segments || b.segments[t] === b.segments[t - 1]);
+      start[t] = same ? start[t - 1]! : t;
+    }
+    for (let t = n - 1; t >= 0; t--) end[t] = t + 1 < n && start[t + 1] === start[t] ? end[t + 1]! : t + 1;
+    this.n = n;
+    let count = 0;
+    for (let t = 0; t < n; t++) if (b.targets[t]! >= 0) count++;
+    return count;
+  }
+
+  private geometry(): AttentionGeometry {
+    const c = this.config;
+    return {
+      nHeads: c.heads,
+      nKvHeads: c.kvHeads,
+      headDim: c.headDim,
+      segStart: this.r.segStart,
+      segEnd: this.r.segEnd,
+      scratch: this.r.attScratch,
+      scratchStride: 4 * this.seq * 4,
+    };
+  }
+
+  private acts(l: number): LayerActs {
+    return this.r.acts[this.recompute ? 0 : l]!;
+  }
+
+  /** out (n × rows) (+)= x·Wᵀ for any stored format. */
+  private linear(p: ParamTensor, x: number, n: number, out: number, acc: boolean): void {
+    this.ops.matmul(p.weight, x, n, out, acc, this.r.xq);
+  }
+
+  /** Records the forward pass of layer l over the current micro-batch. */
+  private layerForward(l: number, writeOutput: boolean): void {
+    const c = this.config;
+    const ops = this.ops;
+    const n = this.n;
+    const L = this.layers[l]!;
+    const A = this.acts(l);
+    const x = this.r.xs[l]!;
+    ops.rmsNormForward(x, L.attnNorm.weight.offset, A.xn1, A.rstd1, c.dim, c.normEps, n);
+    this.linear(L.wq, A.xn1, n, A.q, false);
+    this.linear(L.wk, A.xn1, n, A.k, false);
+    this.linear(L.wv, A.xn1, n, A.v, false);
+    this.loraForward(L, A, "attn_q", A.xn1, A.q);
+    this.loraForward(L, A, "attn_k", A.xn1, A.k);
+    this.loraForward(L, A, "attn_v", A.xn1, A.v);
+    const { positions, ropeCos, ropeSin } = this.r;
+    ops.ropeRotate(A.q, positions, ropeCos, ropeSin, n, c.heads, c.headDim, c.rope.dim, false);
+    ops.ropeRotate(A.k, positions, ropeCos, ropeSin, n, c.kvHeads, c.headDim, c.rope.dim, false);
+    ops.attentionForward(A.q, A.k, A.v, A.att, A.lse, n, this.geometry());
+    ops.copy(A.xmid, x, n * c.dim * 4);
+    this.linear(L.wo, A.att, n, A.xmid, true);
+    this.loraForward(L, A, "attn_output", A.att, A.xmid);
+    ops.rmsNormForward(A.xmid, L.ffnNorm.weight.offset, A.xn2, A.rstd2, c.dim, c.normEps, n);
+    this.linear(L.gate, A.xn2, n, A.gate, false);
+    this.linear(L.up, A.xn2, n, A.up, false);
+    this.loraForward(L, A, "ffn_gate", A.xn2, A.gate);
+    this.loraForward(L, A, "ffn_up", A.xn2, A.up);
+    ops.swigluForward(A.gate, A.up, A.h, n * c.ffn);
+    if (writeOutput) {
+      const y = this.r.xs[l + 1]!;
+      ops.copy(y, A.xmid, n * c.dim * 4);
+      this.linear(L.down, A.h, n, y, true);
+      this.loraForward(L, A, "ffn_down", A.h, y);
+    } else {
+      // Recomputing for the backward pass: only u of the down projection is needed.
+      this.loraForward(L, A, "ffn_down", A.h, 0);
+    }
+  }
+
+  /** u = (alpha/rank)·x·Aᵀ kept for the backward pass, then y += u·Bᵀ (y = 0: u only). */
+  private loraForward(L: LayerParams, A: LayerActs, target: LoraProjection, x: number, y: number): void {
+    const pair = L.lora[target];
+    if (!pair || !this.lora) return;
+    const u = A.lora[target]!;
+    const rank = this.lora.rank;
+    this.ops.matmul(pair.a.weight, x, this.n, u, false);
+    this.ops.scale(u, this.lora.alpha / rank, this.n * rank);
+    if (y) this.ops.matmul(pair.b.weight, u, this.n, y, true);
+  }
+
+  /**
+   * Backward of y += u·Bᵀ with u = s·x·Aᵀ: dB += dyᵀ·u, du = s·dy·B, dA += duᵀ·x and dx += du·A
+   * (dx already holds the frozen projection's part).
+   */
+  private loraBackward(
+    L: LayerParams,
+    A: LayerActs,
+    target: LoraProjection,
+    x: number,
+    cols: number,
+    dy: number,
+    dx: number,
+  ): void {
+    const pair = L.lora[target];
+    if (!pair || !this.lora) return;
+    const rank = this.lora.rank;
+    const du = this.r.loraDu;
+    this.linearsBackward(A.lora[target]!, rank, this.n, [{ p: pair.b, dy }], du, false);
+    this.ops.scale(du, this.lora.alpha / rank, this.n * rank);
+    this.linearsBackward(x, cols, this.n, [{ p: pair.a, dy: du }], dx, true);
+  }
+
+  /** Records the embedding and every layer. */
+  private forwardLayers(): void {
+    this.ops.embeddingForward(
+      this.embedding.weight.offset,
+      this.r.ids,
+      this.r.xs[0]!,
+      this.config.dim,
+      this.n,
+    );
+    for (let l = 0; l < this.config.layers; l++) this.layerForward(l, true);
+  }
+
+  /** The weight as f32 transposed into tW (cols × rows), for input gradients. */
+  private transposedWeight(p: ParamTensor): number {
+    const w = p.weight;
+    let src = w.offset;
+    if (w.format !== "F32") {
+      this.ops.dequantize(w, this.r.dequant);
+      src = this.r.dequant;
+    }
+    this.ops.transpose(src, this.r.tW, w.rows, w.cols, w.rows);
+    return this.r.tW;
+  }
+
+  /**
+   * Backward of y_i = x·W_iᵀ for linears that share the input x (n × cols):
+   * dW_i += dy_iᵀ·x for the trainable W_i, and dx (+)= Σ_i dy_i·W_i when dx is given.
+   */
+  private linearsBackward(
+    x: number,
+    cols: number,
+    n: number,
+    parts: { p: ParamTensor; dy: number }[],
+    dx: number,
+    dxAcc: boolean,
+  ): void {
+    const ops = this.ops;
+    const nPad = align4(n);
+    if (parts.some((q) => q.p.trainable)) ops.transpose(x, this.r.tX, n, cols, nPad);
+    let acc = dxAcc;
+    for (const { p, dy } of parts) {
+      const rows = p.weight.rows;
+      if (p.trainable) {
+        ops.transpose(dy, this.r.tDy, n, rows, nPad);
+        ops.matmul(
+          { shard: 0, offset: this.r.tX, format: "F32", rows: cols, cols: nPad },
+          this.r.tDy,
+          rows,
+          p.grad,
+          true,
+        );
+      }
+      if (dx) {
+        const wT = this.transposedWeight(p);
+        ops.matmul({ shard: 0, offset: wT, format: "F32", rows: cols, cols: rows }, dy, n, dx, acc);
+        acc = true;
+      }
+    }
+  }
+
+  /** Records the backward pass of layer l; dres holds dLoss/d(layer output) and becomes dLoss/d(input). */
+  private layerBackward(l: number): void {
+    const c = this.config;
+    const ops = this.ops;
+    const n = this.n;
+    const r = this.r;
+    const L = this.layers[l]!;
+    if (this.recompute) this.layerForward(l, false);
+    const A = this.acts(l);
+    const q = c.heads * c.headDim;
+    // feed-forward: y = xmid + (silu(xn2·Wgᵀ) ∘ xn2·Wuᵀ)·Wdᵀ
+    this.linearsBackward(A.h, c.ffn, n, [{ p: L.down, dy: r.dres }], r.dh, false);
+    this.loraBackward(L, A, "ffn_down", A.h, c.ffn, r.dres, r.dh);
+    ops.swigluBackward(A.gate, A.up, r.dh, r.dgate, r.dup, n * c.ffn);
+    this.linearsBackward(
+      A.xn2,
+      c.dim,
+      n,
+      [
+        { p: L.gate, dy: r.dgate },
+        { p: L.up, dy: r.dup },
+      ],
+      r.dxn,
+      false,
+    );
+    this.loraBackward(L, A, "ffn_gate", A.xn2, c.dim, r.dgate, r.dxn);
+    this.loraBackward(L, A, "ffn_up", A.xn2, c.dim, r.dup, r.dxn);
+    if (L.ffnNorm.trainable) ops.rmsNormBackwardWeight(A.xmid, A.rstd2, r.dxn, L.ffnNorm.grad, c.dim, n);
+    ops.rmsNormBackward(A.xmid, L.ffnNorm.weight.offset, A.rstd2, r.dxn, r.dres, c.dim, n, true);
+    // attention: xmid = x + attention(rope(xn1·Wqᵀ), rope(xn1·Wkᵀ), xn1·Wvᵀ)·Woᵀ
+    this.linearsBackward(A.att, q, n, [{ p: L.wo, dy: r.dres }], r.datt, false);
+    this.loraBackward(L, A, "attn_output", A.att, q, r.dres, r.datt);
+    ops.attentionBackward(
+      { q: A.q, k: A.k, v: A.v, out: A.att, dout: r.datt, lse: A.lse, delta: r.delta },
+      { dq: r.dq, dk: r.dk, dv: r.dv },
+      n,
+      this.geometry(),
+    );
+    ops.ropeRotate(r.dq, r.positions, r.ropeCos, r.ropeSin, n, c.heads, c.headDim, c.rope.dim, true);
+    ops.ropeRotate(r.dk, r.positions, r.ropeCos, r.ropeSin, n, c.kvHeads, c.headDim, c.rope.dim, true);
+    this.linearsBackward(
+      A.xn1,
+      c.dim,
+      n,
+      [
+        { p: L.wq, dy: r.dq },
+        { p: L.wk, dy: r.dk },
+        { p: L.wv, dy: r.dv },
+      ],
+      r.dxn,
+      false,
+    );
+    this.loraBackward(L, A, "attn_q", A.xn1, c.dim, r.dq, r.dxn);
+    this.loraBackward(L, A, "attn_k", A.xn1, c.dim, r.dk, r.dxn);
+    this.loraBackward(L, A, "attn_v", A.xn1, c.dim, r.dv, r.dxn);
+    const x = r.xs[l]!;
+    if (L.attnNorm.trainable) ops.rmsNormBackwardWeight(x, A.rstd1, r.dxn, L.attnNorm.grad, c.dim, n);
+    ops.rmsNormBackward(x, L.attnNorm.weight.offset, A.rstd1, r.dxn, r.dres, c.dim, n, true);
+  }
+
+  /**
+   * Records the final norm, the output head and the loss over tokens [t0, t1) chunk by chunk;
+   * with `dscale` (backward) the head's gradients too, leaving dLoss/d(last layer output) in dres.
+   */
+  private head(t0: number, t1: number, dscale: number | undefined): void {
+    const c = this.config;
+    const ops = this.ops;
+    const r = this.r;
+    const n = t1 - t0;
+    const xf = r.xs[c.layers]! + t0 * c.dim * 4;
+    const xn = r.xnF + t0 * c.dim * 4;
+    const rstd = r.rstdF + t0 * 4;
+    ops.rmsNormForward(xf, this.outputNorm.weight.offset, xn, rstd, c.dim, c.normEps, n);
+    const out = this.output;
+    const backward = dscale !== undefined;
+    const wT = backward ? this.transposedWeight(out) : 0;
+    const chunk = headChunk(this.batch * this.seq);
+    for (let a = 0; a < n; a += chunk) {
+      const m = Math.min(chunk, n - a);
+      const xc = xn + a * c.dim * 4;
+      this.linear(out, xc, m, r.logits, false);
+      ops.crossEntropy(
+        r.logits,
+        r.targets + (t0 + a) * 4,
+        r.losses + (t0 + a) * 4,
+        c.vocab,
+        this.vocabPad,
+        dscale ?? 0,
+        m,
+      );
+      if (!backward) continue;
+      ops.matmul(
+        { shard: 0, offset: wT, format: "F32", rows: c.dim, cols: this.vocabPad },
+        r.logits,
+        m,
+        r.dxn + (t0 + a) * c.dim * 4,
+        false,
+      );
+      if (out.trainable) {
+        const mPad = align4(m);
+        ops.transpose(xc, r.tX, m, c.dim, mPad);
+        ops.transpose(r.logits, r.tDy, m, this.vocabPad, mPad);
+        ops.matmul(
+          { shard: 0, offset: r.tX, format: "F32", rows: c.dim, cols: mPad },
+          r.tDy,
+          this.vocabPad,
+          out.grad,
+          true,
+        );
+      }
+    }
+    if (backward) {
+      if (this.outputNorm.trainable)
+        ops.rmsNormBackwardWeight(xf, rstd, r.dxn, this.outputNorm.grad, c.dim, n);
+      ops.rmsNormBackward(xf, this.outputNorm.weight.offset, rstd, r.dxn, r.dres, c.dim, n, false);
+    }
+  }
+
+  /** The per-token losses of the last forward pass (0 where the target is −1). */
+  private lossSum(): number {
+    const losses = this.f32(this.r.losses, this.n);
+    let s = 0;
+    for (let t = 0; t < this.n; t++) s += losses[t]!;
+    return s;
+  }
+
+  /**
+   * Forward and backward over the micro-batch set by setBatch: adds dscale·∂(Σ token losses)/∂θ
+   * to every trainable tensor's gradient. dscale is 1 / (tokens with a target in the whole
+   * optimizer step), so accumulated micro-batches give the gradient of the mean loss. Returns the
+   * micro-batch's summed loss.
+   */
+  forwardBackward(dscale: number): number {
+    if (this.n === 0) throw new Error("forwardBackward: no batch set");
+    const c = this.config;
+    this.forwardLayers();
+    this.head(0, this.n, dscale);
+    for (let l = c.layers - 1; l >= 0; l--) this.layerBackward(l);
+    if (this.embedding.trainable)
+      this.ops.embeddingBackward(this.embedding.grad, this.r.ids, this.r.dres, c.dim, this.n, c.vocab);
+    this.ops.flush();
+    return this.lossSum();
+  }
+
+  /** Forward only: the summed loss of the micro-batch set by setBatch. */
+  evaluate(): number {
+    if (this.n === 0) throw new Error("evaluate: no batch set");
+    this.forwardLayers();
+    this.head(0, this.n, undefined);
+    this.ops.flush();
+    return this.lossSum();
+  }
+
+  /**
+   * Logits of the next token after `tokens` (one sequence, positions 0.., at most seq tokens).
+   * Returns a copy.
+   */
+  nextTokenLogits(tokens: ArrayLike<number>): Float32Array {
+    const n = tokens.length;
+    if (n < 1 || n > this.seq)
+      throw new Error(`nextTokenLogits: ${n} tokens, the model takes 1 to ${this.seq}`);
+    this.setBatch({ rows: 1, seq: n, tokens: Int32Array.from(tokens), targets: new Int32Array(n).fill(-1) });
+    this.forwardLayers();
+    const c = this.config;
+    const r = this.r;
+    const last = r.xs[c.layers]! + (n - 1) * c.dim * 4;
+    this.ops.rmsNormForward(last, this.outputNorm.weight.offset, r.xnF, r.rstdF, c.dim, c.normEps, 1);
+    this.linear(this.output, r.xnF, 1, r.logits, false);
+    this.ops.flush();
+    return this.f32(r.logits, c.vocab).slice();
+  }
+
+  /**
+   * Σ g² over the gradients of the trainable tensors, each summed in fixed blocks and the blocks
+   * added in order (the same value for any thread count).
+   */
+  gradientSumSquares(): number {
+    const out = this.r.sumSquares;
+    let at = out;
+    const spans: [number, number][] = [];
+    for (const p of this.params) {
+      if (!p.trainable) continue;
+      const blocks = Math.ceil(p.length / SUM_SQUARES_BLOCK);
+      this.ops.sumSquares(p.grad, p.length, at);
+      spans.push([at, blocks]);
+      at += blocks * 8;
+    }
+    this.ops.flush();
+    let s = 0;
+    for (const [o, b] of spans) {
+      const v = new Float64Array(this.rt.memories[0]!.buffer, o, b);
+      for (let i = 0; i < b; i++) s += v[i]!;
+    }
+    return s;
+  }
+
+  async dispose(): Promise<void> {
+    await this.rt.dispose();
+  }
+}
