@@ -7,6 +7,7 @@ import { readTokenizerFile } from "../data/chat-tokens.js";
 import {
   type CorpusSegment,
   corpusFileBytes,
+  corpusKind,
   type DocumentSplit,
   readCorpusSegments,
 } from "../data/corpus.js";
@@ -43,7 +44,11 @@ async function* corpusSegments(
   /** Text shown at the end of the bar, refreshed with it. */
   detail?: () => string,
 ): AsyncGenerator<CorpusSegment & { path: string }> {
-  const sizes = files.map((f) => corpusFileBytes(f));
+  // Every file is checked before the first is read.
+  const sizes = files.map((f) => {
+    corpusKind(f);
+    return corpusFileBytes(f);
+  });
   const total = sizes.reduce((s, n) => s + n, 0);
   const units = Math.max(1, Math.ceil(total / MB));
   const bar = new Progress(label, units, "MB", options.progress ?? process.stderr.isTTY === true, !!detail);
