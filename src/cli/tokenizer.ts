@@ -16,9 +16,9 @@ export const SPLIT_HELP =
   "documents in .txt files: blank-line (separated by blank lines), line (one per line) or file (one per file)";
 
 /** Commander collector for --special: comma-separated, repeatable. */
-function specialArg(value: string, previous: string[]): string[] {
+function specialArg(value: string, previous: string[] | undefined): string[] {
   return [
-    ...previous,
+    ...(previous ?? []),
     ...value
       .split(",")
       .map((s) => s.trim())
@@ -38,12 +38,7 @@ export function registerTokenizer(program: Command) {
     .argument("<files...>", "corpus: .txt files, .jsonl with a text field per line (either may be .gz)")
     .requiredOption("--vocab-size <n>", "tokens in the vocabulary", intArg("--vocab-size", 260, 1 << 21))
     .requiredOption("--out <file>", "output tokenizer GGUF")
-    .option(
-      "--special <tokens>",
-      "user-defined tokens kept whole, comma-separated (repeatable)",
-      specialArg,
-      [],
-    )
+    .option("--special <tokens>", "user-defined tokens kept whole, comma-separated (repeatable)", specialArg)
     .option("--split <how>", SPLIT_HELP, documentSplitArg, "blank-line" as DocumentSplit)
     .option(
       "--coverage <f>",
@@ -66,7 +61,7 @@ export function registerTokenizer(program: Command) {
         flags: {
           vocabSize: number;
           out: string;
-          special: string[];
+          special?: string[];
           split: DocumentSplit;
           coverage: number;
           maxWords: number;
@@ -77,7 +72,7 @@ export function registerTokenizer(program: Command) {
       ) => {
         const summary = await trainTokenizerOnFiles(files, flags.out, {
           vocabSize: flags.vocabSize,
-          specialTokens: flags.special,
+          specialTokens: flags.special ?? [],
           characterCoverage: flags.coverage,
           maxWords: flags.maxWords,
           maxPieceLength: flags.maxPieceLength,
@@ -93,7 +88,7 @@ export function registerTokenizer(program: Command) {
         }
         const s = summary;
         const lines = [
-          `${flags.out}: ${count(s.vocabSize)} tokens: <unk> <s> </s>, 256 bytes, ${flags.special.length} special, ${count(s.characters)} characters, ${count(s.merges)} merged pieces`,
+          `${flags.out}: ${count(s.vocabSize)} tokens: <unk> <s> </s>, 256 bytes, ${flags.special?.length ?? 0} special, ${count(s.characters)} characters, ${count(s.merges)} merged pieces`,
           `  read ${count(s.files)} file${s.files === 1 ? "" : "s"}, ${count(s.bytes)} bytes, ${count(s.documents)} documents; ${count(s.words)} distinct words counted`,
         ];
         if (s.prunedWords > 0) {
