@@ -12,7 +12,13 @@ export {
   tokenizeRecord,
   tokenizeRecords,
 } from "./data/chat-tokens.js";
-export { type DocumentSplit, readCorpusDocuments } from "./data/corpus.js";
+export {
+  type CorpusReadOptions,
+  type CorpusSegment,
+  type DocumentSplit,
+  readCorpusDocuments,
+  readCorpusSegments,
+} from "./data/corpus.js";
 export {
   type Converted,
   chooseIndices,
@@ -110,6 +116,7 @@ export {
   type TokenCache,
   type TokenCacheIndex,
   TokenCacheWriter,
+  type TokenCacheWriterOptions,
   type TokenSplit,
 } from "./data/token-cache.js";
 export { isUserError, UserError } from "./errors.js";
@@ -155,7 +162,14 @@ export { WasmBackend } from "./runtime/backend.js";
 export { Runtime } from "./runtime/runtime.js";
 export { type RunningServer, type ServerOptions, startServer } from "./serve/server.js";
 export { StreamDecoder, Tokenizer } from "./tokenizer/index.js";
-export { trainTokenizer, WordCounter, writeTokenizerGguf } from "./tokenizer/train.js";
+export {
+  learnVocabulary,
+  type TokenizerTrainOptions,
+  type TrainedTokenizer,
+  trainTokenizer,
+  WordCounter,
+  writeTokenizerGguf,
+} from "./tokenizer/train.js";
 export { tokenizeCorpus, trainTokenizerOnFiles } from "./tokenizer/train-corpus.js";
 export {
   type CheckpointInfo,

@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import type { LlamaConfig } from "../model/config.js";
 import { Runtime } from "../runtime/runtime.js";
-import { trainTokenizer, WordCounter } from "../tokenizer/train.js";
+import { trainTokenizer } from "../tokenizer/train.js";
 import { RandomWindows, TokenArray } from "../train/data.js";
 import { LlamaTrainModel } from "../train/model.js";
 import { TrainOps } from "../train/ops.js";
@@ -150,9 +150,7 @@ export async function runTrainBench(argv: string[]): Promise<void> {
   }
   const corpus = readFileSync(new URL("../../../shared/data/tinyshakespeare.txt", import.meta.url), "utf8");
   const t0 = performance.now();
-  const counter = new WordCounter();
-  for (const doc of corpus.split(/\n\n+/)) counter.addDocument(doc);
-  trainTokenizer(counter, { vocabSize: 8192 });
+  await trainTokenizer(corpus.split(/\n\n+/), { vocabSize: 8192 });
   const seconds = (performance.now() - t0) / 1000;
   process.stdout.write(
     `\ntokenizer training, vocab 8192, tinyshakespeare (${(corpus.length / 1e6).toFixed(2)} MB): ${seconds.toFixed(2)} s, ${(corpus.length / 1e6 / seconds).toFixed(2)} MB/s (target >= 1 MB/s)\n`,

@@ -2,70 +2,172 @@
  * Trains a SentencePiece-style BPE vocabulary with byte fallback (tokenizer.ggml.model "llama"),
  * the kind Llama, OpenLLaMA and TinyLlama use, and writes it as GGUF tokenizer metadata.
  *
- * How text becomes training words (the same view the "llama" tokenizer has at run time):
- * spaces become "▁", every document gets a leading "▁" (the space prefix), and the text is cut
- * into words: a run of "▁" followed by other characters, a run of "▁" alone, or a run of
- * newlines. Pieces never cross a word, so a learned piece always starts at most once with "▁".
+ *   const { description, summary } = await trainTokenizer(documents, { vocabSize: 8000 });
+ *   writeTokenizerGguf("tok.gguf", description);
  *
- * Memory stays bounded however large the corpus: only the word counts are kept, and when their
- * table exceeds `maxWords`, the rarest entries are dropped (every count at or below a threshold
- * that rises each time), as a frequent-items summary does. Training is deterministic: the same
- * input in the same order gives the same vocabulary. Ties between equally frequent pairs go to
- * the pair whose merged text sorts first (by UTF-16 code units).
+ * Words. Training sees text as the "llama" tokenizer does at run time: user-defined special
+ * tokens are cut out first (they are always matched whole), every remaining fragment gets the
+ * space prefix, spaces become "▁", and the fragment is cut into words: optional "▁"s followed by
+ * other characters up to the next "▁" or newline, a run of "▁" alone, or a run of newlines.
+ * Pieces are learned inside words only.
  *
- * Layout of the result: <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, user-defined special
- * tokens, the corpus characters kept by `characterCoverage` (most frequent first), then the merged
- * pieces in the order they were learned. Merged pieces score -rank, so the tokenizer merges them
- * in training order; characters score below every piece.
+ * Memory. Only word counts are kept, in a table of at most `maxWords` entries: when it grows
+ * past that, every word counted at most t times is dropped, t rising until a quarter of the
+ * table is free (lossy counting: a word frequent over the whole corpus stays, and its count
+ * is low by at most t). Words over 256 characters are not counted.
+ *
+ * Learning. Characters are kept most frequent first until `characterCoverage` of all character
+ * occurrences is covered; the rest are spelled with byte tokens. Then the most frequent pair of
+ * neighbouring pieces is merged into a new piece, again and again, until the vocabulary is full
+ * or no pair is left. Pair counts are updated only in the words a merge touches (each pair keeps
+ * the list of words it occurs in), and a heap gives the most frequent pair.
+ *
+ * Determinism. The result depends only on the word counts. Ties between equally frequent pairs
+ * go to the pair whose left piece came first in the vocabulary (characters first, most frequent
+ * first, ties by code point; then merged pieces in the order learned), then to the one whose
+ * right piece came first.
+ *
+ * Layout: <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, the user-defined special tokens,
+ * the kept characters, then the merged pieces in the order learned. The k-th merged piece scores
+ * -k and characters score below every merged piece, so the run-time tokenizer (which merges the
+ * pair forming the highest-scoring piece first) applies merges in the order training learned them.
  */
 
 import { UserError } from "../errors.js";
 import { GgufWriter } from "../formats/gguf.js";
-import { Tokenizer, type TokenizerDescription, TokenType } from "./index.js";
+import { type TokenizerDescription, TokenType } from "./index.js";
 
-export interface TokenizerTrainOptions {
-  /** Total tokens in the vocabulary, special and byte tokens included. */
-  vocabSize: number;
-  /** User-defined tokens kept whole in text, e.g. "<|im_start|>". */
-  specialTokens?: readonly string[];
-  /** Share of character occurrences the kept characters must cover; the rest fall back to bytes. Default 0.9995. */
-  characterCoverage?: number;
-  /** Longest piece in characters (default 16). */
-  maxPieceLength?: number;
-  /** Most distinct words held while counting (default 2,000,000); rarer ones are dropped beyond it. */
+export const DEFAULT_MAX_WORDS = 1_000_000;
+const DEFAULT_COVERAGE = 0.9995;
+const DEFAULT_MAX_PIECE_LENGTH = 16;
+const MAX_WORD_LENGTH = 256;
+
+const FIXED_TOKENS = ["<unk>", "<s>", "</s>"];
+const HEX = "0123456789ABCDEF";
+const BYTE_TOKENS = Array.from({ length: 256 }, (_, b) => `<0x${HEX[b >> 4]}${HEX[b & 15]}>`);
+
+export interface WordCounterOptions {
+  /** Most distinct words held (default 1,000,000); rarer ones are dropped past it. */
   maxWords?: number;
+  /** User-defined tokens, cut out of the text before counting (they are never split). */
+  specialTokens?: readonly string[];
 }
 
-/** Counts the words of a corpus, document by document, in bounded memory. */
+export interface TokenizerTrainOptions extends WordCounterOptions {
+  /** Total tokens in the vocabulary, special and byte tokens included. */
+  vocabSize: number;
+  /** Share of character occurrences the kept characters cover; the rest fall back to bytes. Default 0.9995. */
+  characterCoverage?: number;
+  /** Longest merged piece, in characters (default 16). */
+  maxPieceLength?: number;
+  /** Called as merges are learned (for progress). */
+  onMerge?: (done: number, wanted: number) => void;
+}
+
+export interface TokenizerTrainSummary {
+  /** Tokens in the vocabulary learned (less than asked for when the corpus ran out of pairs). */
+  vocabSize: number;
+  characters: number;
+  merges: number;
+  /** Documents and their UTF-16 characters counted. */
+  documents: number;
+  textCharacters: number;
+  /** Distinct words in the table when learning began. */
+  words: number;
+  /** Words dropped to keep the table bounded, and the count at or below which they were dropped. */
+  prunedWords: number;
+  pruneThreshold: number;
+  /** Words over 256 characters, not counted. */
+  longWords: number;
+}
+
+export interface TrainedTokenizer {
+  description: TokenizerDescription;
+  summary: TokenizerTrainSummary;
+}
+
+/** Checks user-defined special tokens: non-empty, distinct, not a fixed or byte token's text. */
+export function checkSpecialTokens(tokens: readonly string[]): string[] {
+  const taken = new Set([...FIXED_TOKENS, ...BYTE_TOKENS]);
+  const seen = new Set<string>();
+  for (const t of tokens) {
+    if (t === "") throw new UserError("special tokens: an empty token");
+    if (taken.has(t)) throw new UserError(`special tokens: "${t}" is already a built-in token`);
+    if (seen.has(t)) throw new UserError(`special tokens: "${t}" is given twice`);
+    seen.add(t);
+  }
+  return [...seen];
+}
+
+const WORD = /▁*[^▁\n]+|▁+|\n+/g;
+
+/** Counts the words of a corpus, document by document, in a table of bounded size. */
 export class WordCounter {
   readonly counts = new Map<string, number>();
-  /** Words dropped to keep the table bounded, and the count threshold reached. */
-  pruned = 0;
-  threshold = 0;
+  readonly maxWords: number;
+  readonly specialTokens: readonly string[];
+  /** Special tokens longest first, as the tokenizer matches them. */
+  private readonly specialsByLength: string[];
   documents = 0;
   characters = 0;
+  pruned = 0;
+  threshold = 0;
+  longWords = 0;
 
-  constructor(private readonly maxWords = 2_000_000) {}
+  constructor(options: WordCounterOptions = {}) {
+    this.maxWords = options.maxWords ?? DEFAULT_MAX_WORDS;
+    if (!Number.isSafeInteger(this.maxWords) || this.maxWords < 1) {
+      throw new UserError(`the word table limit must be a positive integer, got ${this.maxWords}`);
+    }
+    this.specialTokens = checkSpecialTokens(options.specialTokens ?? []);
+    this.specialsByLength = [...this.specialTokens].sort((a, b) => b.length - a.length);
+  }
 
-  /** Adds one document (the space prefix applies at its start). */
-  addDocument(text: string): void {
-    this.documents++;
+  /**
+   * Adds one document, or with `continuation` the next part of the document added last (cut
+   * after a line end). The space prefix applies at a document's start and after each special token.
+   */
+  addDocument(text: string, continuation = false): void {
+    if (!continuation) this.documents++;
     this.characters += text.length;
-    const normalized = `▁${text.replaceAll(" ", "▁")}`;
-    for (const m of normalized.matchAll(WORD)) {
-      const w = m[0];
-      if (w.length > 256) continue; // not language: a hash, a base64 blob, a ruler line
-      this.counts.set(w, (this.counts.get(w) ?? 0) + 1);
+    let prefix = !continuation;
+    for (const fragment of this.fragments(text)) {
+      const escaped = fragment.text.replaceAll(" ", "▁");
+      for (const m of (prefix || fragment.afterSpecial ? `▁${escaped}` : escaped).matchAll(WORD)) {
+        this.addWord(m[0]);
+      }
+      prefix = false;
     }
     if (this.counts.size > this.maxWords) this.prune();
   }
 
+  private addWord(word: string): void {
+    if (word.length > MAX_WORD_LENGTH) {
+      this.longWords++;
+      return;
+    }
+    this.counts.set(word, (this.counts.get(word) ?? 0) + 1);
+  }
+
+  /** The text between special tokens, each piece saying whether one comes before it. */
+  private fragments(text: string): { text: string; afterSpecial: boolean }[] {
+    let fragments = [{ text, afterSpecial: false }];
+    for (const special of this.specialsByLength) {
+      if (!text.includes(special)) continue;
+      fragments = fragments.flatMap((f) =>
+        f.text.split(special).map((part, i) => ({ text: part, afterSpecial: i > 0 || f.afterSpecial })),
+      );
+    }
+    return fragments.filter((f) => f.text !== "");
+  }
+
   private prune(): void {
-    while (this.counts.size > this.maxWords * 0.75) {
+    const target = Math.floor(this.maxWords * 0.75);
+    while (this.counts.size > target) {
       this.threshold++;
-      for (const [w, n] of this.counts) {
+      for (const [word, n] of this.counts) {
         if (n <= this.threshold) {
-          this.counts.delete(w);
+          this.counts.delete(word);
           this.pruned++;
         }
       }
@@ -73,170 +175,237 @@ export class WordCounter {
   }
 }
 
-const WORD = /▁*[^▁\n]+|▁+|\n+/g;
-
-export interface TokenizerTrainSummary {
-  vocabSize: number;
-  characters: number;
-  merges: number;
-  words: number;
-  prunedWords: number;
+/** A growable Int32Array. */
+class IntVector {
+  data: Int32Array;
+  length = 0;
+  constructor(capacity = 1024) {
+    this.data = new Int32Array(capacity);
+  }
+  push(v: number): number {
+    if (this.length === this.data.length) {
+      const grown = new Int32Array(this.data.length * 2);
+      grown.set(this.data);
+      this.data = grown;
+    }
+    this.data[this.length] = v;
+    return this.length++;
+  }
 }
 
-/** Learns the vocabulary from counted words. */
-export function trainTokenizer(
-  counter: WordCounter,
-  options: TokenizerTrainOptions,
-  onMerge?: (done: number, total: number) => void,
-): { description: TokenizerDescription; summary: TokenizerTrainSummary } {
-  const specials = [...new Set(options.specialTokens ?? [])];
-  const coverage = options.characterCoverage ?? 0.9995;
-  const maxLen = options.maxPieceLength ?? 16;
-  const fixed = 3 + 256 + specials.length;
-
-  // Characters by frequency (ties: code point order), kept until the coverage is reached.
-  const charCounts = new Map<string, number>();
-  for (const [w, n] of counter.counts) {
-    for (const c of w) charCounts.set(c, (charCounts.get(c) ?? 0) + n);
+/** A growable Float64Array. */
+class FloatVector {
+  data: Float64Array;
+  length = 0;
+  constructor(capacity = 1024) {
+    this.data = new Float64Array(capacity);
   }
-  const byFreq = [...charCounts].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
-  const totalChars = byFreq.reduce((s, [, n]) => s + n, 0);
-  const chars: string[] = [];
+  push(v: number): number {
+    if (this.length === this.data.length) {
+      const grown = new Float64Array(this.data.length * 2);
+      grown.set(this.data);
+      this.data = grown;
+    }
+    this.data[this.length] = v;
+    return this.length++;
+  }
+}
+
+/** Characters by count (ties by code point), kept until `coverage` of all occurrences is covered. */
+function keptCharacters(counts: ReadonlyMap<string, number>, coverage: number): string[] {
+  const charCounts = new Map<number, number>();
+  for (const [word, n] of counts) {
+    for (let i = 0; i < word.length; i++) {
+      const cp = word.codePointAt(i)!;
+      if (cp > 0xffff) i++;
+      charCounts.set(cp, (charCounts.get(cp) ?? 0) + n);
+    }
+  }
+  const byCount = [...charCounts].sort((a, b) => b[1] - a[1] || a[0] - b[0]);
+  const total = byCount.reduce((s, [, n]) => s + n, 0);
+  const kept: string[] = [];
   let covered = 0;
-  for (const [c, n] of byFreq) {
-    if (chars.length > 0 && covered >= coverage * totalChars) break;
-    chars.push(c);
+  for (const [cp, n] of byCount) {
+    if (kept.length > 0 && covered >= coverage * total) break;
+    kept.push(String.fromCodePoint(cp));
     covered += n;
   }
-  if (options.vocabSize < fixed + chars.length) {
+  return kept;
+}
+
+/**
+ * Learns the vocabulary from counted words (see the file comment). Throws UserError when the
+ * vocabulary is too small for its fixed tokens and characters.
+ */
+export function learnVocabulary(counter: WordCounter, options: TokenizerTrainOptions): TrainedTokenizer {
+  const { vocabSize } = options;
+  const coverage = options.characterCoverage ?? DEFAULT_COVERAGE;
+  const maxPieceLength = options.maxPieceLength ?? DEFAULT_MAX_PIECE_LENGTH;
+  if (!Number.isSafeInteger(vocabSize) || vocabSize < 1) {
+    throw new UserError(`the vocabulary size must be a positive integer, got ${vocabSize}`);
+  }
+  if (!(coverage > 0 && coverage <= 1))
+    throw new UserError(`character coverage ${coverage} is not in (0, 1]`);
+  if (!Number.isSafeInteger(maxPieceLength) || maxPieceLength < 2) {
+    throw new UserError(`the longest piece must be at least 2 characters, got ${maxPieceLength}`);
+  }
+  const specials = counter.specialTokens;
+  const fixed = FIXED_TOKENS.length + BYTE_TOKENS.length + specials.length;
+  const specialSet = new Set(specials);
+  // A one-character special token is matched before merging, so it is no character token.
+  const chars = keptCharacters(counter.counts, coverage).filter((c) => !specialSet.has(c));
+  if (chars.length === 0) throw new UserError("the corpus has no text to learn from");
+  if (vocabSize < fixed + chars.length) {
     throw new UserError(
-      `--vocab-size ${options.vocabSize} is too small: the special, byte and ${chars.length} character tokens alone need ${fixed + chars.length}`,
+      `vocabulary size ${vocabSize} is too small: the ${fixed} special and byte tokens and ${chars.length} characters need ${fixed + chars.length} (raise it, or lower the character coverage)`,
     );
   }
-  if (chars.length === 0) throw new UserError("the corpus has no text to learn from");
+  const wanted = vocabSize - fixed - chars.length;
 
-  // Pieces: id -> text; symbols of words are piece ids (-1: a character left to byte fallback).
+  // Pieces by id: characters first, merged pieces appended as learned.
   const pieces: string[] = [...chars];
-  const pieceId = new Map(pieces.map((p, i) => [p, i]));
-  const lengthOf: number[] = pieces.map(() => 1);
-  const words: { syms: number[]; n: number }[] = [];
-  for (const [w, n] of [...counter.counts].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) {
-    const syms = Array.from(w, (c) => pieceId.get(c) ?? -1);
-    if (syms.length > 1) words.push({ syms, n });
-  }
+  const pieceLength: number[] = chars.map(() => 1);
+  const pieceId = new Map<string, number>(chars.map((c, i) => [c, i]));
 
-  const KEY = 2 ** 21; // piece ids stay below this
-  const pairCount = new Map<number, number>();
-  const pairWords = new Map<number, Set<number>>();
-  const heap = new PairHeap((key) => pieces[Math.floor(key / KEY)] + pieces[key % KEY]);
-  const addPairWord = (key: number, word: number) => {
-    const set = pairWords.get(key);
-    if (set) set.add(word);
-    else pairWords.set(key, new Set([word]));
-  };
-  // Count changes of one merge, applied together so each changed pair enters the heap once.
-  const delta = new Map<number, number>();
-  const touch = (key: number, d: number, word: number) => {
-    delta.set(key, (delta.get(key) ?? 0) + d);
-    if (d > 0) addPairWord(key, word);
-  };
-  const applyDelta = () => {
-    for (const [key, d] of delta) {
-      if (d === 0) continue;
-      const n = (pairCount.get(key) ?? 0) + d;
-      if (n <= 0) pairCount.delete(key);
-      else {
-        pairCount.set(key, n);
-        heap.push(n, key);
-      }
-    }
-    delta.clear();
-  };
-  const forPairs = (syms: number[], fn: (key: number) => void) => {
-    for (let i = 0; i + 1 < syms.length; i++) {
-      const a = syms[i];
-      const b = syms[i + 1];
-      if (a >= 0 && b >= 0) fn(a * KEY + b);
-    }
-  };
-  for (let w = 0; w < words.length; w++) {
-    const { syms, n } = words[w];
-    forPairs(syms, (key) => {
-      pairCount.set(key, (pairCount.get(key) ?? 0) + n);
-      addPairWord(key, w);
-    });
-  }
-  for (const [key, n] of pairCount) heap.push(n, key);
-
-  const wanted = options.vocabSize - fixed - chars.length;
-  let merges = 0;
-  while (merges < wanted) {
-    const top = heap.pop();
-    if (!top) break;
-    const [n, key] = top;
-    if (pairCount.get(key) !== n) continue; // stale entry
-    const a = Math.floor(key / KEY);
-    const b = key % KEY;
-    const text = pieces[a] + pieces[b];
-    if (lengthOf[a] + lengthOf[b] > maxLen) {
-      pairCount.delete(key); // never merge it; its stale heap entries are skipped
+  // Words as runs of piece ids in one pool (-1: a character left to byte fallback).
+  let totalSymbols = 0;
+  for (const word of counter.counts.keys()) totalSymbols += word.length;
+  const symbols = new Int32Array(totalSymbols);
+  const wordStart = new Int32Array(counter.counts.size);
+  const wordLength = new Int32Array(counter.counts.size);
+  const wordCount = new Float64Array(counter.counts.size);
+  let words = 0;
+  let used = 0;
+  for (const [word, n] of counter.counts) {
+    const start = used;
+    for (const ch of word) symbols[used++] = pieceId.get(ch) ?? -1;
+    if (used - start < 2) {
+      used = start; // a single character has no pairs
       continue;
     }
+    wordStart[words] = start;
+    wordLength[words] = used - start;
+    wordCount[words] = n;
+    words++;
+  }
+
+  // Pairs: id by key, both sides, count, and a linked list of the words they occur in (a word
+  // may be listed more than once, and may have lost the pair since: merges check).
+  const keyBase = vocabSize;
+  const pairOf = new Map<number, number>();
+  const pairLeft = new IntVector();
+  const pairRight = new IntVector();
+  const pairCount = new FloatVector();
+  const pairHead = new IntVector();
+  const pairTouched = new IntVector(); // the merge that last raised the count
+  const nodeWord = new IntVector(Math.max(1024, totalSymbols));
+  const nodeNext = new IntVector(Math.max(1024, totalSymbols));
+  const heap = new PairHeap(pairCount, pairLeft, pairRight);
+  let merge = 0;
+  const raised: number[] = [];
+
+  /** Changes the count of (a, b) by delta; a rise lists `word` under the pair. */
+  const changePair = (a: number, b: number, delta: number, word: number): void => {
+    if (a < 0 || b < 0 || pieceLength[a]! + pieceLength[b]! > maxPieceLength) return;
+    const key = a * keyBase + b;
+    let p = pairOf.get(key);
+    if (p === undefined) {
+      p = pairLeft.push(a);
+      pairRight.push(b);
+      pairCount.push(0);
+      pairHead.push(-1);
+      pairTouched.push(-1);
+      pairOf.set(key, p);
+    }
+    pairCount.data[p]! += delta;
+    if (delta <= 0) return;
+    const head = pairHead.data[p]!;
+    if (head < 0 || nodeWord.data[head] !== word) {
+      nodeWord.push(word);
+      pairHead.data[p] = nodeNext.push(head);
+    }
+    if (pairTouched.data[p] !== merge) {
+      pairTouched.data[p] = merge;
+      raised.push(p);
+    }
+  };
+
+  for (let w = 0; w < words; w++) {
+    const s = wordStart[w]!;
+    const end = s + wordLength[w]!;
+    for (let i = s; i + 1 < end; i++) changePair(symbols[i]!, symbols[i + 1]!, wordCount[w]!, w);
+  }
+  for (const p of raised) heap.push(p);
+  raised.length = 0;
+
+  const wordSeen = new Int32Array(words).fill(-1);
+  let merges = 0;
+  while (merges < wanted) {
+    const p = heap.pop();
+    if (p === undefined) break;
+    const a = pairLeft.data[p]!;
+    const b = pairRight.data[p]!;
+    const text = pieces[a]! + pieces[b]!;
     let c = pieceId.get(text);
     if (c === undefined) {
       c = pieces.length;
-      if (c >= KEY) break;
       pieces.push(text);
-      lengthOf.push(lengthOf[a] + lengthOf[b]);
+      pieceLength.push(pieceLength[a]! + pieceLength[b]!);
       pieceId.set(text, c);
       merges++;
-      onMerge?.(merges, wanted);
+      options.onMerge?.(merges, wanted);
     }
-    for (const w of pairWords.get(key) ?? []) {
-      const word = words[w];
-      const old = word.syms;
-      const next: number[] = [];
-      for (let i = 0; i < old.length; i++) {
-        if (i + 1 < old.length && old[i] === a && old[i + 1] === b) {
-          next.push(c);
-          i++;
-        } else next.push(old[i]);
+    merge++;
+    for (let node = pairHead.data[p]!; node >= 0; node = nodeNext.data[node]!) {
+      const w = nodeWord.data[node]!;
+      if (wordSeen[w] === merge) continue;
+      wordSeen[w] = merge;
+      const s = wordStart[w]!;
+      const end = s + wordLength[w]!;
+      const n = wordCount[w]!;
+      let out = s;
+      for (let i = s; i < end; ) {
+        if (i + 1 < end && symbols[i] === a && symbols[i + 1] === b) {
+          if (out > s) {
+            changePair(symbols[out - 1]!, a, -n, w);
+            changePair(symbols[out - 1]!, c, n, w);
+          }
+          if (i + 2 < end) {
+            changePair(b, symbols[i + 2]!, -n, w);
+            changePair(c, symbols[i + 2]!, n, w);
+          }
+          changePair(a, b, -n, w);
+          symbols[out++] = c;
+          i += 2;
+        } else {
+          symbols[out++] = symbols[i++]!;
+        }
       }
-      if (next.length === old.length) continue;
-      forPairs(old, (k) => touch(k, -word.n, w));
-      forPairs(next, (k) => touch(k, word.n, w));
-      word.syms = next;
+      wordLength[w] = out - s;
     }
-    pairWords.delete(key);
-    applyDelta();
+    pairCount.data[p] = 0;
+    pairHead.data[p] = -1;
+    for (const q of raised) heap.push(q);
+    raised.length = 0;
   }
 
-  const tokens = ["<unk>", "<s>", "</s>"];
-  const types: number[] = [TokenType.Unknown, TokenType.Control, TokenType.Control];
-  const scores: number[] = [0, 0, 0];
-  for (let byte = 0; byte < 256; byte++) {
-    tokens.push(`<0x${byte.toString(16).toUpperCase().padStart(2, "0")}>`);
-    types.push(TokenType.Byte);
-    scores.push(0);
-  }
-  for (const s of specials) {
-    tokens.push(s);
-    types.push(TokenType.UserDefined);
-    scores.push(0);
-  }
+  const tokens = [...FIXED_TOKENS, ...BYTE_TOKENS, ...specials];
+  const types: number[] = [
+    TokenType.Unknown,
+    TokenType.Control,
+    TokenType.Control,
+    ...BYTE_TOKENS.map(() => TokenType.Byte),
+    ...specials.map(() => TokenType.UserDefined),
+  ];
+  const scores: number[] = tokens.map(() => 0);
   const taken = new Set(tokens);
-  const learned = pieces.length - chars.length;
-  for (let i = 0; i < chars.length; i++) {
-    if (taken.has(chars[i])) continue;
-    tokens.push(chars[i]);
+  for (let id = 0; id < pieces.length; id++) {
+    const piece = pieces[id]!;
+    if (taken.has(piece)) continue; // a special token's text learned as a piece
+    taken.add(piece);
+    tokens.push(piece);
     types.push(TokenType.Normal);
-    scores.push(-(learned + i + 1));
-  }
-  for (let i = chars.length; i < pieces.length; i++) {
-    if (taken.has(pieces[i])) continue;
-    tokens.push(pieces[i]);
-    types.push(TokenType.Normal);
-    scores.push(-(i - chars.length));
+    scores.push(id < chars.length ? -(merges + id + 1) : -(id - chars.length));
   }
   return {
     description: {
@@ -255,13 +424,27 @@ export function trainTokenizer(
       vocabSize: tokens.length,
       characters: chars.length,
       merges,
+      documents: counter.documents,
+      textCharacters: counter.characters,
       words: counter.counts.size,
       prunedWords: counter.pruned,
+      pruneThreshold: counter.threshold,
+      longWords: counter.longWords,
     },
   };
 }
 
-/** Writes tokenizer metadata into a GGUF under construction. */
+/** Counts the documents' words, then learns the vocabulary from them. */
+export async function trainTokenizer(
+  documents: Iterable<string> | AsyncIterable<string>,
+  options: TokenizerTrainOptions,
+): Promise<TrainedTokenizer> {
+  const counter = new WordCounter(options);
+  for await (const document of documents) counter.addDocument(document);
+  return learnVocabulary(counter, options);
+}
+
+/** Writes tokenizer metadata (`tokenizer.ggml.*`) into a GGUF under construction. */
 export function setTokenizerMetadata(w: GgufWriter, d: TokenizerDescription): void {
   w.setString("tokenizer.ggml.model", d.model);
   if (d.pre !== undefined) w.setString("tokenizer.ggml.pre", d.pre);
@@ -279,9 +462,9 @@ export function setTokenizerMetadata(w: GgufWriter, d: TokenizerDescription): vo
 }
 
 /**
- * Writes a vocabulary-only GGUF: general.architecture "llama", a context length, and the
- * tokenizer metadata, no tensors. llama.cpp loads it with vocab_only; smallhammer reads the
- * tokenizer from it wherever a tokenizer is asked for.
+ * Writes a vocabulary-only GGUF (general.architecture "llama", the tokenizer metadata, no
+ * tensors), atomically. llama.cpp loads it with vocab_only (node-llama-cpp: `vocabOnly: true`);
+ * smallhammer reads the tokenizer from it wherever a tokenizer file is asked for.
  */
 export function writeTokenizerGguf(
   path: string,
@@ -296,62 +479,95 @@ export function writeTokenizerGguf(
   w.write(path);
 }
 
-/** Checks a learned vocabulary by building the run-time tokenizer from it. */
-export function tokenizerOf(d: TokenizerDescription): Tokenizer {
-  return new Tokenizer(d);
-}
-
-/** A max-heap of (count, pair) with ties to the pair whose merged text sorts first. */
+/**
+ * A max-heap of pair ids by count, ties to the lower left id, then the lower right id. Entries
+ * go stale as counts change: a rise pushes the pair again, and a pop whose count has dropped
+ * since it was pushed puts the pair back with its current count, so the pair popped is always
+ * the most frequent one.
+ */
 class PairHeap {
-  private readonly counts: number[] = [];
-  private readonly keys: number[] = [];
-  private readonly texts: string[] = [];
+  private ids = new Int32Array(1024);
+  private keys = new Float64Array(1024);
+  private size = 0;
 
-  constructor(private readonly textOf: (key: number) => string) {}
+  constructor(
+    private readonly count: FloatVector,
+    private readonly left: IntVector,
+    private readonly right: IntVector,
+  ) {}
 
   private before(i: number, j: number): boolean {
-    const c = this.counts[i] - this.counts[j];
-    return c > 0 || (c === 0 && this.texts[i] < this.texts[j]);
+    const ki = this.keys[i]!;
+    const kj = this.keys[j]!;
+    if (ki !== kj) return ki > kj;
+    const pi = this.ids[i]!;
+    const pj = this.ids[j]!;
+    const li = this.left.data[pi]!;
+    const lj = this.left.data[pj]!;
+    if (li !== lj) return li < lj;
+    return this.right.data[pi]! < this.right.data[pj]!;
   }
 
   private swap(i: number, j: number): void {
-    [this.counts[i], this.counts[j]] = [this.counts[j], this.counts[i]];
-    [this.keys[i], this.keys[j]] = [this.keys[j], this.keys[i]];
-    [this.texts[i], this.texts[j]] = [this.texts[j], this.texts[i]];
+    const id = this.ids[i]!;
+    this.ids[i] = this.ids[j]!;
+    this.ids[j] = id;
+    const key = this.keys[i]!;
+    this.keys[i] = this.keys[j]!;
+    this.keys[j] = key;
   }
 
-  push(count: number, key: number): void {
-    let i = this.counts.length;
-    this.counts.push(count);
-    this.keys.push(key);
-    this.texts.push(this.textOf(key));
+  /** Queues pair `p` with its current count. */
+  push(p: number): void {
+    const key = this.count.data[p]!;
+    if (key <= 0) return;
+    if (this.size === this.ids.length) {
+      const ids = new Int32Array(this.size * 2);
+      ids.set(this.ids);
+      this.ids = ids;
+      const keys = new Float64Array(this.size * 2);
+      keys.set(this.keys);
+      this.keys = keys;
+    }
+    let i = this.size++;
+    this.ids[i] = p;
+    this.keys[i] = key;
     while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (!this.before(i, p)) break;
-      this.swap(i, p);
-      i = p;
+      const parent = (i - 1) >> 1;
+      if (!this.before(i, parent)) break;
+      this.swap(i, parent);
+      i = parent;
     }
   }
 
-  pop(): [count: number, key: number] | undefined {
-    const n = this.counts.length;
-    if (n === 0) return undefined;
-    const top: [number, number] = [this.counts[0], this.keys[0]];
-    this.swap(0, n - 1);
-    this.counts.pop();
-    this.keys.pop();
-    this.texts.pop();
+  private popTop(): void {
+    this.size--;
+    if (this.size === 0) return;
+    this.swap(0, this.size);
     let i = 0;
     for (;;) {
       const l = 2 * i + 1;
       const r = l + 1;
       let best = i;
-      if (l < n - 1 && this.before(l, best)) best = l;
-      if (r < n - 1 && this.before(r, best)) best = r;
-      if (best === i) break;
+      if (l < this.size && this.before(l, best)) best = l;
+      if (r < this.size && this.before(r, best)) best = r;
+      if (best === i) return;
       this.swap(i, best);
       i = best;
     }
-    return top;
+  }
+
+  /** The most frequent pair, or undefined when no pair is left. */
+  pop(): number | undefined {
+    while (this.size > 0) {
+      const p = this.ids[0]!;
+      const queued = this.keys[0]!;
+      this.popTop();
+      const current = this.count.data[p]!;
+      if (current === queued) return p;
+      // Counts only rise by pushing again, so a higher count has its own, newer entry.
+      if (current > 0 && current < queued) this.push(p);
+    }
+    return undefined;
   }
 }
