@@ -205,7 +205,7 @@ function fence(code: string, min = 3): string {
 }
 
 // Code blocks are rendered once and put back at the end, so that whitespace clean-up never touches
-// them; a placeholder stands in their place meanwhile.
+// them; a CODE_MARK-delimited index stands in their place meanwhile.
 const CODE_MARK = "\u0000";
 // A <br> line break and the indentation of list items survive whitespace clean-up as these marks.
 const BREAK_MARK = "\u0001";
@@ -358,7 +358,7 @@ export function htmlToMarkdown(html: string): string {
   const renderer = new Renderer();
   const text = clean(renderer.blocks(parseHtml(html).children));
   if (renderer.code.length === 0) return text.replaceAll(INDENT_MARK, " ");
-  // Put the code blocks back, indented like the line their placeholder is on (list items, quotes).
+  // Put the code blocks back, indented like the line their mark is on (list items, quotes).
   return text
     .replace(new RegExp(`^(.*?)${CODE_MARK}(\\d+)${CODE_MARK}`, "gm"), (_, prefix: string, i: string) => {
       const indent = prefix.startsWith(">") ? prefix : " ".repeat(prefix.length);
