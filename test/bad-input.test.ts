@@ -84,7 +84,11 @@ function tensorOffsetField(bytes: Uint8Array, name: string): number {
 }
 
 /** Runs the commands that read a model file and expects each to fail naming the file. */
-function expectFileRejected(path: string, says: RegExp, commands: ("inspect" | "generate" | "quantize")[]) {
+async function expectFileRejected(
+  path: string,
+  says: RegExp,
+  commands: ("inspect" | "generate" | "quantize")[],
+) {
   for (const command of commands) {
     const out = join(dir, "never-written.gguf");
     const args =
@@ -93,7 +97,7 @@ function expectFileRejected(path: string, says: RegExp, commands: ("inspect" | "
         : command === "generate"
           ? ["generate", "-m", path, "-p", "hello", "-n", "2", "-t", "1"]
           : ["quantize", path, out, "--type", "q8_0"];
-    const r = runCli(args);
+    const r = await runCli(args);
     expectUserError(r, path, says);
     expect(r.stdout).toBe("");
     if (command === "quantize") expect(() => readFileSync(out)).toThrow();
@@ -136,7 +140,7 @@ describe("broken model files", () => {
     expectFileRejected(file("version.gguf", bytes), /version 99/, [...ALL]);
   });
 
-  it("a weight in a tensor type smallhammer cannot run (q2_K)", () => {
+  it("a weight in a tensor type smallhammer cannot run (q2_K)", async () => {
     // q2_K rows hold 256 weights, so this model is 256 wide.
     const wide = join(dir, "wide.gguf");
     writeTinyLlama(wide, { dim: 256, layers: 1, heads: 4, ffn: 256 });
@@ -147,7 +151,7 @@ describe("broken model files", () => {
           : undefined,
     });
     // inspect shows it; running or converting it fails, naming the tensor and its type.
-    const r = runCli(["inspect", path, "--json"]);
+    const r = await runCli(["inspect", path, "--json"]);
     expect(r.status).toBe(0);
     expect(JSON.parse(r.stdout).tensors).toContainEqual(
       expect.objectContaining({ name: "blk.0.attn_q.weight", type: "q2_K" }),
@@ -163,12 +167,12 @@ describe("broken model files", () => {
   });
 
   for (const arch of ["gpt2", "mamba"]) {
-    it(`an unsupported architecture (${arch})`, () => {
+    it(`an unsupported architecture (${arch})`, async () => {
       const path = rewrite(tiny, `${arch}.gguf`, {
         metadata: (w) => w.setString("general.architecture", arch),
       });
       // inspect reports it as not runnable; generate refuses it.
-      const r = runCli(["inspect", path]);
+      const r = await runCli(["inspect", path]);
       expect(r.status).toBe(0);
       expect(r.stdout).toMatch(new RegExp(`^runnable +no: .*"${arch}" is not supported`, "m"));
       expectFileRejected(path, new RegExp(`architecture "${arch}" is not supported`), ["generate"]);
@@ -190,18 +194,18 @@ describe("broken model files", () => {
     expectFileRejected(file("empty.gguf", new Uint8Array(0)), /./, [...ALL]);
   });
 
-  it("quantize onto an output that cannot be written leaves the input alone", () => {
+  it("quantize onto an output that cannot be written leaves the input alone", async () => {
     const copy = join(dir, "copy.gguf");
     copyFileSync(tiny, copy);
-    const r = runCli(["quantize", copy, join(dir, "no-such-dir", "out.gguf"), "--type", "q4_0"]);
+    const r = await runCli(["quantize", copy, join(dir, "no-such-dir", "out.gguf"), "--type", "q4_0"]);
     expectUserError(r, join(dir, "no-such-dir", "out.gguf"));
     expect(readFileSync(copy).equals(readFileSync(tiny))).toBe(true);
   });
 });
 
 describe("bad flags and prompts", () => {
-  it("a prompt longer than the context", () => {
-    const r = runCli(["generate", "-m", tiny, "--ctx", "16", "-p", "the world is hello ".repeat(20)]);
+  it("a prompt longer than the context", async () => {
+    const r = await runCli(["generate", "-m", tiny, "--ctx", "16", "-p", "the world is hello ".repeat(20)]);
     expectUserError(r, "context of 16 tokens", /the prompt is \d+ tokens/);
   });
 
@@ -219,18 +223,18 @@ describe("bad flags and prompts", () => {
     ["an unknown command", ["frobnicate", "x"], "frobnicate"],
   ];
   for (const [what, args, mention] of flags) {
-    it(what, () => {
-      const r = runCli(args.map((a) => (a === "MODEL" ? tiny : a)));
+    it(what, async () => {
+      const r = await runCli(args.map((a) => (a === "MODEL" ? tiny : a)));
       expectUserError(r, mention);
       expect(r.stdout).toBe("");
     });
   }
 
-  it("--help and --version still print and exit 0", () => {
-    const help = runCli(["generate", "--help"]);
+  it("--help and --version still print and exit 0", async () => {
+    const help = await runCli(["generate", "--help"]);
     expect(help.status).toBe(0);
     expect(help.stdout).toContain("Usage: smallhammer generate");
-    const version = runCli(["--version"]);
+    const version = await runCli(["--version"]);
     expect(version.status).toBe(0);
     expect(version.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
   });

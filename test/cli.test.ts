@@ -47,15 +47,15 @@ interface InspectJson {
   tensors: { name: string; type: string; dims: number[]; bytes: number }[];
 }
 
-function inspectJson(file: string): InspectJson {
-  const r = runCli(["inspect", file, "--json"]);
+async function inspectJson(file: string): Promise<InspectJson> {
+  const r = await runCli(["inspect", file, "--json"]);
   expectOk(r);
   return JSON.parse(r.stdout) as InspectJson;
 }
 
 describe("inspect", () => {
-  it("prints the architecture, shape, metadata keys, a tensor table and the memory needed", () => {
-    const r = runCli(["inspect", tiny]);
+  it("prints the architecture, shape, metadata keys, a tensor table and the memory needed", async () => {
+    const r = await runCli(["inspect", tiny]);
     expectOk(r);
     const out = r.stdout;
     expect(out).toMatch(/^architecture +llama$/m);
@@ -70,8 +70,8 @@ describe("inspect", () => {
     expect(out).toMatch(/^ {2}total .*: 21 × f32/m);
   });
 
-  it("--json has the config, the tensors and the memory estimate", () => {
-    const j = inspectJson(tiny);
+  it("--json has the config, the tensors and the memory estimate", async () => {
+    const j = await inspectJson(tiny);
     expect(j.architecture).toBe("llama");
     expect(j.config).toMatchObject({ dim: 64, layers: 2, heads: 4, vocab: 333 });
     expect(j.tensors).toHaveLength(21);
@@ -81,37 +81,37 @@ describe("inspect", () => {
     expect(j.metadata["general.architecture"]).toBe("llama");
   });
 
-  it("--ctx sets the context of the memory estimate", () => {
-    const r = runCli(["inspect", tiny, "--json", "--ctx", "64"]);
+  it("--ctx sets the context of the memory estimate", async () => {
+    const r = await runCli(["inspect", tiny, "--json", "--ctx", "64"]);
     expectOk(r);
     expect((JSON.parse(r.stdout) as InspectJson).memory.contextSize).toBe(64);
-    expectUserError(runCli(["inspect", tiny, "--ctx", "abc"]), "--ctx");
+    expectUserError(await runCli(["inspect", tiny, "--ctx", "abc"]), "--ctx");
   });
 });
 
 describe("generate", () => {
-  it("prints a greedy continuation and exits 0", () => {
-    const r = runCli(["generate", "-m", tiny, "-p", "hello", "-n", "8", "--temp", "0", "-t", "1"]);
+  it("prints a greedy continuation and exits 0", async () => {
+    const r = await runCli(["generate", "-m", tiny, "-p", "hello", "-n", "8", "--temp", "0", "-t", "1"]);
     expectOk(r);
     expect(r.stdout.endsWith("\n")).toBe(true);
     expect(r.stdout.trim().length).toBeGreaterThan(0);
     // Greedy decoding does not depend on the thread count.
-    const again = runCli(["generate", "-m", tiny, "-p", "hello", "-n", "8", "--temp", "0", "-t", "2"]);
+    const again = await runCli(["generate", "-m", tiny, "-p", "hello", "-n", "8", "--temp", "0", "-t", "2"]);
     expect(again.stdout).toBe(r.stdout);
   });
 
-  it("the same --seed gives the same text at temperature 0.8", () => {
+  it("the same --seed gives the same text at temperature 0.8", async () => {
     const args = ["generate", "-m", tiny, "-p", "hello", "-n", "24", "--temp", "0.8", "--seed", "1234"];
-    const a = runCli(args);
-    const b = runCli(args);
+    const a = await runCli(args);
+    const b = await runCli(args);
     expectOk(a);
     expectOk(b);
     expect(a.stdout.trim().length).toBeGreaterThan(0);
     expect(b.stdout).toBe(a.stdout);
   });
 
-  it("--json gives the text and the token counts", () => {
-    const r = runCli(["generate", "-m", tiny, "-p", "hello", "-n", "8", "--temp", "0", "--json"]);
+  it("--json gives the text and the token counts", async () => {
+    const r = await runCli(["generate", "-m", tiny, "-p", "hello", "-n", "8", "--temp", "0", "--json"]);
     expectOk(r);
     const lines = r.stdout.trim().split("\n");
     expect(lines).toHaveLength(1);
@@ -123,7 +123,7 @@ describe("generate", () => {
     expect(["stop", "length"]).toContain(j.finishReason);
     expect(typeof j.seconds).toBe("number");
     // The streamed text is the same text.
-    const streamed = runCli(["generate", "-m", tiny, "-p", "hello", "-n", "8", "--temp", "0"]);
+    const streamed = await runCli(["generate", "-m", tiny, "-p", "hello", "-n", "8", "--temp", "0"]);
     expect(streamed.stdout).toBe(`${j.text}\n`);
   });
 });
@@ -133,12 +133,12 @@ describe("quantize", () => {
   const norms = (j: InspectJson) => j.tensors.filter((t) => t.name.endsWith("norm.weight"));
 
   for (const type of ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16"]) {
-    it(`--type ${type} writes a file that inspect reads and generate runs`, () => {
+    it(`--type ${type} writes a file that inspect reads and generate runs`, async () => {
       const out = join(dir, `tiny-${type}.gguf`);
-      const q = runCli(["quantize", tiny, out, "--type", type]);
+      const q = await runCli(["quantize", tiny, out, "--type", type]);
       expectOk(q);
       expect(q.stdout).toContain(`${out}: 16 tensors to ${type}, 5 kept;`);
-      const j = inspectJson(out);
+      const j = await inspectJson(out);
       expect(j.architecture).toBe("llama");
       expect(j.tensors).toHaveLength(21);
       expect(matrices(j).map((t) => t.type)).toEqual(new Array(16).fill(type));
@@ -147,22 +147,22 @@ describe("quantize", () => {
       expect(j.metadata["general.file_type"]).toBe(
         { q8_0: 7, q4_0: 2, q4_1: 3, q5_0: 8, q5_1: 9, f16: 1 }[type],
       );
-      const g = runCli(["generate", "-m", out, "-p", "hello", "-n", "8", "--temp", "0", "--json"]);
+      const g = await runCli(["generate", "-m", out, "-p", "hello", "-n", "8", "--temp", "0", "--json"]);
       expectOk(g);
       expect((JSON.parse(g.stdout) as { completionTokens: number }).completionTokens).toBeGreaterThan(0);
     });
   }
 
-  it("--json prints a summary", () => {
+  it("--json prints a summary", async () => {
     const out = join(dir, "tiny-json.gguf");
-    const r = runCli(["quantize", tiny, out, "--type", "q8_0", "--json"]);
+    const r = await runCli(["quantize", tiny, out, "--type", "q8_0", "--json"]);
     expectOk(r);
     expect(JSON.parse(r.stdout)).toMatchObject({ type: "q8_0", quantized: 16, kept: 5 });
   });
 
-  it("an unknown --type exits 2 with one line and writes nothing", () => {
+  it("an unknown --type exits 2 with one line and writes nothing", async () => {
     const out = join(dir, "tiny-q3.gguf");
-    const r = runCli(["quantize", tiny, out, "--type", "q3_x"]);
+    const r = await runCli(["quantize", tiny, out, "--type", "q3_x"]);
     expectUserError(r, "--type q3_x");
     expect(r.stdout).toBe("");
     expect(existsSync(out)).toBe(false);
@@ -170,11 +170,14 @@ describe("quantize", () => {
 });
 
 describe("chat", () => {
-  it("runs a conversation from stdin with /reset, /system and /exit", () => {
+  it("runs a conversation from stdin with /reset, /system and /exit", async () => {
     const input = ["hello there", "how are you", "/reset", "/system Be brief", "and again", "/exit", ""];
-    const r = runCli(["chat", "-m", tiny, "--template", "chatml", "-n", "12", "--temp", "0", "-t", "1"], {
-      input: input.join("\n"),
-    });
+    const r = await runCli(
+      ["chat", "-m", tiny, "--template", "chatml", "-n", "12", "--temp", "0", "-t", "1"],
+      {
+        input: input.join("\n"),
+      },
+    );
     expectOk(r);
     const out = r.stdout;
     const [header, help] = out.split("\n");
@@ -194,20 +197,23 @@ describe("chat", () => {
     expect(exit).toBe("");
   });
 
-  it("answers every line when the input ends without /exit", () => {
-    const r = runCli(["chat", "-m", tiny, "--template", "chatml", "-n", "6", "--temp", "0", "-t", "1"], {
-      input: "hello there\n/nonsense\nhow are you",
-    });
+  it("answers every line when the input ends without /exit", async () => {
+    const r = await runCli(
+      ["chat", "-m", tiny, "--template", "chatml", "-n", "6", "--temp", "0", "-t", "1"],
+      {
+        input: "hello there\n/nonsense\nhow are you",
+      },
+    );
     expectOk(r);
     expect(r.stdout.match(/^> /gm)).toHaveLength(3);
     expect(r.stdout).toContain("> unknown command /nonsense;");
   });
 
-  it("without a template in the file or --template it exits 2 and suggests --template", () => {
-    const r = runCli(["chat", "-m", tiny], { input: "hello\n" });
+  it("without a template in the file or --template it exits 2 and suggests --template", async () => {
+    const r = await runCli(["chat", "-m", tiny], { input: "hello\n" });
     expectUserError(r, "--template");
     expect(r.stdout).toBe("");
-    expectUserError(runCli(["chat", "-m", tiny, "--template", "nope"]), "nope");
+    expectUserError(await runCli(["chat", "-m", tiny, "--template", "nope"]), "nope");
   });
 
   it("SIGINT stops a streaming reply and the chat goes on", async () => {
@@ -222,7 +228,7 @@ describe("chat", () => {
     const args = ["-m", endless, "--ctx", "4096", "-n", "2000", "--temp", "0", "-t", "1"];
 
     // Without an interrupt the reply runs to its length.
-    const full = runCli(["generate", ...args, "-p", "hello", "--json"]);
+    const full = await runCli(["generate", ...args, "-p", "hello", "--json"]);
     expectOk(full);
     expect(JSON.parse(full.stdout)).toMatchObject({ completionTokens: 2000, finishReason: "length" });
 

@@ -58,8 +58,8 @@ function expectUserError(r: { status: number | null; stderr: string }, line: str
 const ALPACA_OK = JSON.stringify({ instruction: "Say hi.", output: "Hi!" });
 
 describe("data stats", () => {
-  it("counts the ShareGPT sample: format, records, messages, turns, characters", () => {
-    const r = runCli(["data", "stats", SHAREGPT]);
+  it("counts the ShareGPT sample: format, records, messages, turns, characters", async () => {
+    const r = await runCli(["data", "stats", SHAREGPT]);
     expectOk(r);
     expect(r.stdout).toMatch(/^format +sharegpt \(detected\)$/m);
     expect(r.stdout).toMatch(/^records +500$/m);
@@ -71,8 +71,8 @@ describe("data stats", () => {
     expect(r.stdout).not.toMatch(/^tokens/m);
   });
 
-  it("--json on the Alpaca seeds", () => {
-    const r = runCli(["data", "stats", SEEDS, "--json"]);
+  it("--json on the Alpaca seeds", async () => {
+    const r = await runCli(["data", "stats", SEEDS, "--json"]);
     expectOk(r);
     const j = JSON.parse(r.stdout);
     expect(j).toMatchObject({
@@ -88,7 +88,7 @@ describe("data stats", () => {
   });
 
   it("--tokenizer: token lengths, trained tokens and what a maximum length cuts, as the library counts them", async () => {
-    const r = runCli([
+    const r = await runCli([
       "data",
       "stats",
       SHAREGPT,
@@ -121,29 +121,29 @@ describe("data stats", () => {
     expect(j.trainedTokensCut).toBe(fits.reduce((n, f) => n + f.trainedCut, 0));
 
     // Text output; the default maximum length is the file's context length (128).
-    const text = runCli(["data", "stats", SHAREGPT, "--tokenizer", vocab, "--template", "chatml"]);
+    const text = await runCli(["data", "stats", SHAREGPT, "--tokenizer", vocab, "--template", "chatml"]);
     expectOk(text);
     expect(text.stdout).toMatch(/^tokens +per record: mean [\d.]+, p50 \d+, /m);
     expect(text.stdout).toMatch(/^ +total \d+, trained on \d+ \([\d.]+%\), template chatml$/m);
     expect(text.stdout).toMatch(/^max length +128: \d+ records \([\d.]+%\) longer, cut; \d+ dropped/m);
   });
 
-  it("the file's own chat template is used when --template is absent; without one, --template is asked for", () => {
-    const r = runCli(["data", "stats", SEEDS, "--tokenizer", vocabWithTemplate, "--json"]);
+  it("the file's own chat template is used when --template is absent; without one, --template is asked for", async () => {
+    const r = await runCli(["data", "stats", SEEDS, "--tokenizer", vocabWithTemplate, "--json"]);
     expectOk(r);
     expect(JSON.parse(r.stdout).template).toBe("model file");
     expectUserError(
-      runCli(["data", "stats", SEEDS, "--tokenizer", vocab]),
+      await runCli(["data", "stats", SEEDS, "--tokenizer", vocab]),
       /has no chat template .*--template/,
     );
   });
 
-  it("a bad record stops with one line naming file:line, field and problem, exit 2", () => {
+  it("a bad record stops with one line naming file:line, field and problem, exit 2", async () => {
     const path = file(
       "bad.jsonl",
       [ALPACA_OK, ALPACA_OK, JSON.stringify({ instruction: "x" }), ALPACA_OK].join("\n"),
     );
-    expectUserError(runCli(["data", "stats", path]), `${path}:3: field output: missing`);
+    expectUserError(await runCli(["data", "stats", path]), `${path}:3: field output: missing`);
     const array = file(
       "bad.json",
       JSON.stringify([
@@ -162,12 +162,12 @@ describe("data stats", () => {
       ]),
     );
     expectUserError(
-      runCli(["data", "stats", array]),
+      await runCli(["data", "stats", array]),
       `${array}:1 (array index 1): field conversations[1].from: "robot" is not one of human, gpt, system`,
     );
   });
 
-  it("--skip-invalid goes on and counts the skipped records by reason", () => {
+  it("--skip-invalid goes on and counts the skipped records by reason", async () => {
     const path = file(
       "mixed.jsonl",
       [
@@ -179,45 +179,58 @@ describe("data stats", () => {
         JSON.stringify({ instruction: "z" }),
       ].join("\n"),
     );
-    const r = runCli(["data", "stats", path, "--skip-invalid"]);
+    const r = await runCli(["data", "stats", path, "--skip-invalid"]);
     expectOk(r);
     expect(r.stdout).toMatch(/^records +2$/m);
     expect(r.stdout).toMatch(/^skipped +4: missing field 2, invalid JSON 1, wrong type 1$/m);
-    const j = JSON.parse(runCli(["data", "stats", path, "--skip-invalid", "--json"]).stdout);
+    const j = JSON.parse((await runCli(["data", "stats", path, "--skip-invalid", "--json"])).stdout);
     expect(j.skipped).toEqual({
       total: 4,
       byReason: { "invalid JSON": 1, "missing field": 2, "wrong type": 1 },
     });
   });
 
-  it("flag mistakes are one-line errors", () => {
+  it("flag mistakes are one-line errors", async () => {
     expectUserError(
-      runCli(["data", "stats", SEEDS, "--format", "csv"]),
+      await runCli(["data", "stats", SEEDS, "--format", "csv"]),
       /unknown dataset format "csv"; valid formats: alpaca, sharegpt, messages, completion/,
     );
     expectUserError(
-      runCli(["data", "stats", SEEDS, "--format", "sharegpt"]),
+      await runCli(["data", "stats", SEEDS, "--format", "sharegpt"]),
       `${SEEDS}:1: field conversations: missing`,
     );
-    expectUserError(runCli(["data", "stats", SEEDS, "--max-length", "64"]), /--max-length needs --tokenizer/);
     expectUserError(
-      runCli(["data", "stats", SEEDS, "--tokenizer", SEEDS]),
+      await runCli(["data", "stats", SEEDS, "--max-length", "64"]),
+      /--max-length needs --tokenizer/,
+    );
+    expectUserError(
+      await runCli(["data", "stats", SEEDS, "--tokenizer", SEEDS]),
       new RegExp(`^smallhammer: ${SEEDS}`),
     );
     expectUserError(
-      runCli(["data", "stats", join(dir, "absent.jsonl")]),
+      await runCli(["data", "stats", join(dir, "absent.jsonl")]),
       /absent\.jsonl: cannot read the file/,
     );
     expectUserError(
-      runCli(["data", "stats", SEEDS, "--tokenizer", vocab, "--template", "nope"]),
+      await runCli(["data", "stats", SEEDS, "--tokenizer", vocab, "--template", "nope"]),
       /unknown chat template "nope"/,
     );
   });
 });
 
 describe("data preview", () => {
-  it("prints the first records token by token; the marks removed, it is the text the model sees", () => {
-    const r = runCli(["data", "preview", SEEDS, "--tokenizer", vocab, "--template", "alpaca", "-n", "2"]);
+  it("prints the first records token by token; the marks removed, it is the text the model sees", async () => {
+    const r = await runCli([
+      "data",
+      "preview",
+      SEEDS,
+      "--tokenizer",
+      vocab,
+      "--template",
+      "alpaca",
+      "-n",
+      "2",
+    ]);
     expectOk(r);
     const out = r.stdout;
     expect(out).toContain(`${SEEDS}: alpaca (detected); tokenizer ${vocab} (llama, `);
@@ -250,8 +263,8 @@ describe("data preview", () => {
     expect(Number(headers[0]![3])).toBeGreaterThan(10);
   });
 
-  it("uses the file's chat template, shows completion records as plain text, and skips invalid records on request", () => {
-    const r = runCli(["data", "preview", SHAREGPT, "--tokenizer", vocabWithTemplate, "-n", "1"]);
+  it("uses the file's chat template, shows completion records as plain text, and skips invalid records on request", async () => {
+    const r = await runCli(["data", "preview", SHAREGPT, "--tokenizer", vocabWithTemplate, "-n", "1"]);
     expectOk(r);
     expect(r.stdout).toContain("template model file");
     expect(r.stdout).toContain("⟦I·");
@@ -263,7 +276,16 @@ describe("data preview", () => {
         JSON.stringify({ prompt: "a", completion: "b" }),
       ].join("\n"),
     );
-    const c = runCli(["data", "preview", completion, "--tokenizer", vocab, "--skip-invalid", "-n", "5"]);
+    const c = await runCli([
+      "data",
+      "preview",
+      completion,
+      "--tokenizer",
+      vocab,
+      "--skip-invalid",
+      "-n",
+      "5",
+    ]);
     expectOk(c);
     expect(c.stdout).toContain("template none (plain text)");
     expect(c.stdout).toMatch(
@@ -271,13 +293,13 @@ describe("data preview", () => {
     );
     expect(c.stdout).toContain("skipped 1: invalid JSON 1");
     expectUserError(
-      runCli(["data", "preview", completion, "--tokenizer", vocab]),
+      await runCli(["data", "preview", completion, "--tokenizer", vocab]),
       new RegExp(`${completion}:2: invalid JSON`),
     );
   });
 
-  it("--tokenizer is required", () => {
-    expectUserError(runCli(["data", "preview", SEEDS]), /--tokenizer <model>' not specified/);
+  it("--tokenizer is required", async () => {
+    expectUserError(await runCli(["data", "preview", SEEDS]), /--tokenizer <model>' not specified/);
   });
 
   it("on a terminal, trained-on tokens are colored instead of bracketed", () => {

@@ -200,11 +200,11 @@ describe("ShareGPT cleaning", () => {
 describe("data clean-sharegpt command", () => {
   beforeAll(() => ensureBuilt());
 
-  it("prints the counts by reason, and --json the report", () => {
+  it("prints the counts by reason, and --json the report", async () => {
     const input = join(dir, "cli.jsonl");
     writeFileSync(input, `${messyLines().join("\n")}\n`);
     const out = join(dir, "cli-out.jsonl");
-    const text = runCli(["data", "clean-sharegpt", input, "--out", out, "--drop-refusals"]);
+    const text = await runCli(["data", "clean-sharegpt", input, "--out", out, "--drop-refusals"]);
     expect(text.stderr).toBe("");
     expect(text.status).toBe(0);
     expect(text.stdout).toBe(
@@ -213,7 +213,7 @@ describe("data clean-sharegpt command", () => {
     );
     const vocab = join(dir, "vocab.gguf");
     writeVocabGguf(vocab, spmDescription());
-    const json = runCli([
+    const json = await runCli([
       "data",
       "clean-sharegpt",
       DUMMY,
@@ -229,17 +229,17 @@ describe("data clean-sharegpt command", () => {
     expect(JSON.parse(json.stdout)).toMatchObject({ conversations: 500, kept: 500 });
   });
 
-  it("user mistakes are one line, exit 2, and leave no file behind", () => {
+  it("user mistakes are one line, exit 2, and leave no file behind", async () => {
     const out = join(dir, "never.jsonl");
-    const noTokenizer = runCli(["data", "clean-sharegpt", DUMMY, "--out", out, "--max-tokens", "100"]);
+    const noTokenizer = await runCli(["data", "clean-sharegpt", DUMMY, "--out", out, "--max-tokens", "100"]);
     expect(noTokenizer.status).toBe(2);
     expect(noTokenizer.stderr).toBe(
       "smallhammer: --max-tokens needs --tokenizer (token counts come from a tokenizer)\n",
     );
-    const lang = runCli(["data", "clean-sharegpt", DUMMY, "--out", out, "--lang", "xx"]);
+    const lang = await runCli(["data", "clean-sharegpt", DUMMY, "--out", out, "--lang", "xx"]);
     expect(lang.status).toBe(2);
     expect(lang.stderr).toMatch(/^smallhammer: --lang: unknown language "xx"; known: en, de, /);
-    const missing = runCli(["data", "clean-sharegpt", join(dir, "nope.json"), "--out", out]);
+    const missing = await runCli(["data", "clean-sharegpt", join(dir, "nope.json"), "--out", out]);
     expect(missing.status).toBe(2);
     expect(missing.stderr).toMatch(/^smallhammer: .*nope\.json: cannot read the file \(ENOENT\)\n$/);
     expect(readdirSync(dir).filter((f) => f.includes("never"))).toEqual([]);

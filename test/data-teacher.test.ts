@@ -42,12 +42,13 @@ const ask = { messages: [{ role: "user" as const, content: "Write tasks." }], ma
 
 describe("teacher client retry policy", () => {
   it("waits as long as a 429's Retry-After asks, then succeeds", async () => {
-    const server = await teacherWith((n) =>
-      n === 0
-        ? { status: 429, headers: { "retry-after": "0.2" } }
-        : n === 1
-          ? { status: 429, headers: { "retry-after-ms": "30" } }
-          : { text: "done" },
+    const server = await teacherWith(
+      (n): TeacherStep =>
+        n === 0
+          ? { status: 429, headers: { "retry-after": "0.2" } }
+          : n === 1
+            ? { status: 429, headers: { "retry-after-ms": "30" } }
+            : { text: "done" },
     );
     const retries: RetryInfo[] = [];
     const reply = await client(server, retries).complete(ask);

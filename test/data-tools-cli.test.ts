@@ -54,8 +54,8 @@ async function runHere(args: string[]): Promise<string> {
 async function run(args: string[]) {
   return JSON.parse(await runHere([...args, "--json"]));
 }
-function expectUserError(args: string[], line: RegExp) {
-  const r = runCli(["data", ...args]);
+async function expectUserError(args: string[], line: RegExp) {
+  const r = await runCli(["data", ...args]);
   expect(r.status).toBe(2);
   expect(r.stderr).toMatch(line);
   expect(r.stderr.trimEnd().split("\n")).toHaveLength(1);

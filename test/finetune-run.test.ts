@@ -38,7 +38,7 @@ const VERBS = ["say", "write", "spell", "repeat"];
 
 /** Alpaca records over the tiny vocabulary: an instruction, sometimes an input, a short output. */
 function alpacaRecords(): { instruction: string; input: string; output: string }[] {
-  const records = [];
+  const records: { instruction: string; input: string; output: string }[] = [];
   for (const verb of VERBS) {
     for (const subject of SUBJECTS) {
       const withInput = records.length % 3 === 0;
@@ -310,7 +310,7 @@ describe("full fine-tune", () => {
     const header = readGgufHeader(summary.model!);
     expect(header.get("tokenizer.chat_template")?.value).toBe(builtinTemplateSource("alpaca"));
     ensureBuilt();
-    const r = runCli([
+    const r = await runCli([
       "generate",
       "--model",
       summary.model!,
@@ -327,27 +327,27 @@ describe("full fine-tune", () => {
 });
 
 describe("command line", () => {
-  it("bad --targets and a bad record are one line each, exit 2", () => {
+  it("bad --targets and a bad record are one line each, exit 2", async () => {
     ensureBuilt();
     const base = ["finetune", "--base", tiny.path, "--data", data, "--template", "alpaca", "--seq", "128"];
-    let r = runCli([...base, "--targets", "q,x", "--out", join(dir, "bad1")]);
+    let r = await runCli([...base, "--targets", "q,x", "--out", join(dir, "bad1")]);
     expect(r.status).toBe(2);
     expect(r.stderr.trim().split("\n")).toEqual([
       'smallhammer: --targets: unknown projection "x" (choose from q, k, v, o, gate, up, down, or all)',
     ]);
     const broken = join(dir, "broken.jsonl");
     writeFileSync(broken, `${JSON.stringify(alpacaRecords()[0])}\n{"instruction": "x", "output": 3}\n`);
-    r = runCli([...base.slice(0, 3), "--data", broken, ...base.slice(5), "--out", join(dir, "bad2")]);
+    r = await runCli([...base.slice(0, 3), "--data", broken, ...base.slice(5), "--out", join(dir, "bad2")]);
     expect(r.status).toBe(2);
     const lines = r.stderr.trim().split("\n");
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(/broken\.jsonl:2/);
   });
 
-  it("trains through the command line and prints the plan first", () => {
+  it("trains through the command line and prints the plan first", async () => {
     ensureBuilt();
     const out = join(dir, "cli");
-    const r = runCli([
+    const r = await runCli([
       "finetune",
       ...["--base", tiny.path, "--data", data, "--template", "alpaca", "--targets", "q,v"],
       ...["--steps", "3", "--batch", "2", "--seq", "256", "--threads", "2", "--out", out],

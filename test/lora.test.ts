@@ -295,7 +295,7 @@ describe("PEFT adapter", () => {
 describe("smallhammer merge", () => {
   beforeAll(() => ensureBuilt());
 
-  it("merges a GGUF adapter and the same adapter as a PEFT directory into the same model", () => {
+  it("merges a GGUF adapter and the same adapter as a PEFT directory into the same model", async () => {
     const adapter = randomAdapter();
     writeLoraGguf(join(dir, "cli-adapter.gguf"), adapter);
     writePeftAdapter(join(dir, "cli-peft"), adapter, {
@@ -303,7 +303,7 @@ describe("smallhammer merge", () => {
       heads: tiny.heads,
       kvHeads: tiny.kvHeads,
     });
-    const a = runCli([
+    const a = await runCli([
       "merge",
       "--base",
       tiny.path,
@@ -315,7 +315,7 @@ describe("smallhammer merge", () => {
     expect(a.stderr).toBe("");
     expect(a.status).toBe(0);
     expect(a.stdout).toContain(`merged ${adapter.tensors.length} adapted tensors`);
-    const b = runCli([
+    const b = await runCli([
       "merge",
       "--base",
       tiny.path,
@@ -330,25 +330,33 @@ describe("smallhammer merge", () => {
     expect(readFileSync(join(dir, "m1.gguf")).equals(readFileSync(join(dir, "m2.gguf")))).toBe(true);
   });
 
-  it("generate --lora continues as the merged model does", () => {
+  it("generate --lora continues as the merged model does", async () => {
     const adapter = randomAdapter();
     const path = join(dir, "gen-adapter.gguf");
     writeLoraGguf(path, adapter);
     mergeLora(tiny.path, adapter, join(dir, "gen-merged.gguf"));
     const args = ["-p", "hello world", "-n", "12", "--temp", "0", "--json"];
-    const viaLora = runCli(["generate", "-m", tiny.path, "--lora", path, ...args]);
+    const viaLora = await runCli(["generate", "-m", tiny.path, "--lora", path, ...args]);
     expect(viaLora.stderr).toBe("");
-    const merged = runCli(["generate", "-m", join(dir, "gen-merged.gguf"), ...args]);
-    const plain = runCli(["generate", "-m", tiny.path, ...args]);
+    const merged = await runCli(["generate", "-m", join(dir, "gen-merged.gguf"), ...args]);
+    const plain = await runCli(["generate", "-m", tiny.path, ...args]);
     expect(JSON.parse(viaLora.stdout).text).toBe(JSON.parse(merged.stdout).text);
     expect(JSON.parse(viaLora.stdout).text).not.toBe(JSON.parse(plain.stdout).text);
-    const bad = runCli(["generate", "-m", tiny.path, "--lora", tiny.path, ...args]);
+    const bad = await runCli(["generate", "-m", tiny.path, "--lora", tiny.path, ...args]);
     expect(bad.status).toBe(2);
     expect(bad.stderr).toMatch(/not a LoRA adapter/);
   });
 
-  it("names a file that is not an adapter in one line, exit 2", () => {
-    const r = runCli(["merge", "--base", tiny.path, "--adapter", tiny.path, "--out", join(dir, "x.gguf")]);
+  it("names a file that is not an adapter in one line, exit 2", async () => {
+    const r = await runCli([
+      "merge",
+      "--base",
+      tiny.path,
+      "--adapter",
+      tiny.path,
+      "--out",
+      join(dir, "x.gguf"),
+    ]);
     expect(r.status).toBe(2);
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
     expect(r.stderr).toContain("not a LoRA adapter");

@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { ensureBuilt, runCliAsync } from "./helpers/cli.js";
+import { ensureBuilt, runCli } from "./helpers/cli.js";
 
 let dir: string;
 beforeAll(() => {
@@ -16,7 +16,7 @@ beforeAll(() => {
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 it("runs the recipe end to end and the tuned model beats its base", async () => {
-  const r = await runCliAsync(
+  const r = await runCli(
     [
       "quickstart",
       "--dir",

@@ -86,14 +86,10 @@ if (!CHROMIUM) {
     // Text appears and keeps growing while the reply streams.
     const reply = assistant(page);
     await expect.poll(() => reply.getAttribute("data-state")).toBe("streaming");
-    await page.waitForFunction(
-      () => (document.querySelector(".message.assistant .content")?.textContent ?? "").length > 0,
-    );
-    const early = (await reply.locator(".content").textContent())!.length;
-    await page.waitForFunction(
-      (n) => (document.querySelector(".message.assistant .content")?.textContent ?? "").length > n,
-      early,
-    );
+    const shown = async () => ((await reply.locator(".content").textContent()) ?? "").length;
+    await expect.poll(shown, { timeout: 30_000 }).toBeGreaterThan(0);
+    const early = await shown();
+    await expect.poll(shown, { timeout: 30_000 }).toBeGreaterThan(early);
     expect(await page.locator("#stop").isVisible()).toBe(true);
     expect(await page.locator("#send").isVisible()).toBe(false);
 

@@ -10,7 +10,7 @@ import { request as httpRequest } from "node:http";
 import { connect } from "node:net";
 import { networkInterfaces, tmpdir } from "node:os";
 import { join } from "node:path";
-import OpenAI from "openai";
+import OpenAI, { type APIError } from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type LoraTensor, writeLoraGguf } from "../src/model/lora.js";
 import { writeRandomLlama } from "../src/model/random-llama.js";
@@ -230,8 +230,8 @@ describe("errors", () => {
       .create({ model: "gpt-4", messages: user("hi") })
       .catch((x: unknown) => x);
     expect(e).toBeInstanceOf(OpenAI.NotFoundError);
-    expect((e as OpenAI.APIError).code).toBe("model_not_found");
-    expect((e as OpenAI.APIError).param).toBe("model");
+    expect((e as APIError).code).toBe("model_not_found");
+    expect((e as APIError).param).toBe("model");
     await expect(client.models.retrieve("nope")).rejects.toBeInstanceOf(OpenAI.NotFoundError);
   });
 
@@ -269,13 +269,13 @@ describe("errors", () => {
     const long = "w300 ".repeat(400);
     const e = (await client.chat.completions
       .create({ model: server.modelId, messages: user(long) })
-      .catch((x: unknown) => x)) as OpenAI.APIError;
+      .catch((x: unknown) => x)) as APIError;
     expect(e).toBeInstanceOf(OpenAI.BadRequestError);
     expect(e.code).toBe("context_length_exceeded");
     expect(e.message).toMatch(/the prompt is \d+ tokens; the context of 2048 tokens/);
     const e2 = (await client.completions
       .create({ model: server.modelId, prompt: "hello", max_tokens: 3000 })
-      .catch((x: unknown) => x)) as OpenAI.APIError;
+      .catch((x: unknown) => x)) as APIError;
     expect(e2.code).toBe("context_length_exceeded");
     expect(e2.message).toMatch(
       /the prompt is \d+ tokens and max_tokens asks for 3000 more: \d+ tokens, over the context of 2048/,
@@ -362,7 +362,7 @@ describe("API key", () => {
     for (const key of ["wrong", "s3cret2", "s3cre"]) {
       const e = (await make(key)
         .chat.completions.create(params)
-        .catch((x: unknown) => x)) as OpenAI.APIError;
+        .catch((x: unknown) => x)) as APIError;
       expect(e).toBeInstanceOf(OpenAI.AuthenticationError);
       expect(e.code).toBe("invalid_api_key");
     }
@@ -441,7 +441,7 @@ describe("loading", () => {
       expect(h.status).toBe(503);
       expect((h.body.error as { code: string }).code).toBe("model_loading");
       const c = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: "x", maxRetries: 0 });
-      const e = (await c.models.list().catch((x: unknown) => x)) as OpenAI.APIError;
+      const e = (await c.models.list().catch((x: unknown) => x)) as APIError;
       expect(e).toBeInstanceOf(OpenAI.InternalServerError);
       expect(e.status).toBe(503);
       expect(e.code).toBe("model_loading");
@@ -496,7 +496,7 @@ describe("concurrency", () => {
       }, "every sequence is busy and the queue is full");
       const e = (await client.chat.completions
         .create({ model: server.modelId, ...long })
-        .catch((x: unknown) => x)) as OpenAI.APIError;
+        .catch((x: unknown) => x)) as APIError;
       expect(e).toBeInstanceOf(OpenAI.RateLimitError);
       expect(e.code).toBe("queue_full");
       expect(e.headers?.get("retry-after")).toBe("1");
@@ -539,14 +539,14 @@ describe("concurrency", () => {
       await s.ready;
       const c = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: "x", maxRetries: 0 });
       const params = { model: s.modelId, messages: user("hi"), max_tokens: 150 };
-      const e = (await c.chat.completions.create(params).catch((x: unknown) => x)) as OpenAI.APIError;
+      const e = (await c.chat.completions.create(params).catch((x: unknown) => x)) as APIError;
       expect(e.status).toBe(504);
       expect(e.code).toBe("timeout");
       const streamed = await chatStream({ messages: user("hi"), max_tokens: 150 }, c).catch(
         (x: unknown) => x,
       );
       expect(streamed).toBeInstanceOf(OpenAI.APIError);
-      expect((streamed as OpenAI.APIError).message).toMatch(/took longer than/);
+      expect((streamed as APIError).message).toMatch(/took longer than/);
       await until(async () => s.stats().requests === 0, "the timed-out requests are gone");
     } finally {
       await s.close(0);
@@ -739,7 +739,7 @@ describe("smallhammer serve (CLI)", () => {
     const result = chatStreamUntilSignal(c, child);
     const e = await result.catch((x: unknown) => x);
     expect(e).toBeInstanceOf(OpenAI.APIError);
-    expect((e as OpenAI.APIError).message).toMatch(/shutting down/);
+    expect((e as APIError).message).toMatch(/shutting down/);
     expect(await exit).toBe(0);
   });
 

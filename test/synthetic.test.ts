@@ -113,10 +113,20 @@ describe("smallhammer eval tasks", () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it("scores a model per family and overall", () => {
+  it("scores a model per family and overall", async () => {
     const model = join(dir, "tiny.gguf");
     writeTinyLlama(model, { contextLength: 512 });
-    const r = runCli(["eval", "tasks", "-m", model, "--per-family", "2", "--max-tokens", "4", "--json"]);
+    const r = await runCli([
+      "eval",
+      "tasks",
+      "-m",
+      model,
+      "--per-family",
+      "2",
+      "--max-tokens",
+      "4",
+      "--json",
+    ]);
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
     const scores = JSON.parse(r.stdout);
@@ -128,14 +138,14 @@ describe("smallhammer eval tasks", () => {
         0,
       ),
     );
-    const table = runCli(["eval", "tasks", "-m", model, "--per-family", "1", "--max-tokens", "2"]);
+    const table = await runCli(["eval", "tasks", "-m", model, "--per-family", "1", "--max-tokens", "2"]);
     expect(table.status).toBe(0);
     expect(table.stdout).toMatch(/^family/);
     expect(table.stdout).toMatch(/\nall +\d+\.\d%\n$/);
   });
 
-  it("names a missing model file in one line", () => {
-    const r = runCli(["eval", "tasks", "-m", join(dir, "nope.gguf")]);
+  it("names a missing model file in one line", async () => {
+    const r = await runCli(["eval", "tasks", "-m", join(dir, "nope.gguf")]);
     expect(r.status).toBe(2);
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
     expect(r.stderr).toContain("nope.gguf");

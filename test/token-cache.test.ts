@@ -552,12 +552,12 @@ describe("data tokenize (command line)", () => {
     writeFileSync(gz, gzipSync("Gzipped text.\n\nAnd a second paragraph.\n"));
   });
 
-  const tokenize = (args: string[]) => runCli(["data", "tokenize", ...args]);
+  const tokenize = async (args: string[]) => await runCli(["data", "tokenize", ...args]);
   const count = (n: number) => n.toLocaleString("en-US");
 
   it("writes train and val ids that are each document's tokens after BOS, and reports what it read", async () => {
     const out = join(dir, "cli-cache");
-    const r = tokenize([
+    const r = await tokenize([
       CORPUS_PATH,
       jsonl,
       gz,
@@ -617,7 +617,17 @@ describe("data tokenize (command line)", () => {
 
     // The same run again gives the same bytes; the text report says what was read.
     const again = join(dir, "cli-cache-again");
-    const t = tokenize([CORPUS_PATH, jsonl, gz, "--tokenizer", tok, "--out", again, "--val-fraction", "0.1"]);
+    const t = await tokenize([
+      CORPUS_PATH,
+      jsonl,
+      gz,
+      "--tokenizer",
+      tok,
+      "--out",
+      again,
+      "--val-fraction",
+      "0.1",
+    ]);
     expect(t.stderr).toBe("");
     expect(t.status).toBe(0);
     for (const name of ["train.bin", "val.bin", "index.json"]) {
@@ -636,17 +646,25 @@ describe("data tokenize (command line)", () => {
     ]);
   });
 
-  it("splits text files as asked, and the validation split by the seed given", () => {
-    const run = (out: string, extra: string[]) => {
-      const r = tokenize([CORPUS_PATH, "--tokenizer", tok, "--out", join(dir, out), "--json", ...extra]);
+  it("splits text files as asked, and the validation split by the seed given", async () => {
+    const run = async (out: string, extra: string[]) => {
+      const r = await tokenize([
+        CORPUS_PATH,
+        "--tokenizer",
+        tok,
+        "--out",
+        join(dir, out),
+        "--json",
+        ...extra,
+      ]);
       expect(r.status).toBe(0);
       return JSON.parse(r.stdout) as TokenCacheIndex;
     };
-    const lines = run("by-line", ["--split", "line", "--val-fraction", "0"]);
+    const lines = await run("by-line", ["--split", "line", "--val-fraction", "0"]);
     expect(lines.splits.train.documents).toBe(CORPUS.split("\n").filter((l) => l.trim() !== "").length);
     expect(lines.splits.val.tokens).toBe(0);
     // --seed reaches the split: the validation documents are the ones splitHash(2, i) picks.
-    const seeded = run("seed-2", ["--seed", "2", "--val-fraction", "0.05"]);
+    const seeded = await run("seed-2", ["--seed", "2", "--val-fraction", "0.05"]);
     const speeches = seeded.splits.train.documents + seeded.splits.val.documents;
     const picked = Array.from({ length: speeches }, (_, i) => splitHash(2, i) < 0.05).filter(Boolean).length;
     expect(seeded.seed).toBe(2);
@@ -654,7 +672,7 @@ describe("data tokenize (command line)", () => {
     expect(picked).not.toBe(
       Array.from({ length: speeches }, (_, i) => splitHash(1, i) < 0.05).filter(Boolean).length,
     );
-    const whole = tokenize([
+    const whole = await tokenize([
       CORPUS_PATH,
       "--tokenizer",
       tok,
@@ -673,7 +691,7 @@ describe("data tokenize (command line)", () => {
     const whole = [1, ...tokenizer.encode(CORPUS.slice(0, -1), { addSpecial: false, parseSpecial: false })];
     // The command line reads 1 Mi characters at a time: tinyshakespeare as one document is two.
     const out = join(dir, "whole");
-    const r = tokenize([
+    const r = await tokenize([
       CORPUS_PATH,
       "--tokenizer",
       tok,
@@ -712,18 +730,27 @@ describe("data tokenize (command line)", () => {
 
   it("turns control-token texts into tokens only with --parse-special", async () => {
     const out = join(dir, "parsed");
-    const r = tokenize([jsonl, "--tokenizer", tok, "--out", out, "--val-fraction", "0", "--parse-special"]);
+    const r = await tokenize([
+      jsonl,
+      "--tokenizer",
+      tok,
+      "--out",
+      out,
+      "--val-fraction",
+      "0",
+      "--parse-special",
+    ]);
     expect(r.status).toBe(0);
     const cache = await openTokenCache(out);
     expect(readAll(cache.split("train")).filter((id) => id === 1)).toHaveLength(3); // two BOS and "<s>"
     cache.close();
   });
 
-  it("stops at a bad JSONL line in one line, writing nothing; --skip-invalid counts it", () => {
+  it("stops at a bad JSONL line in one line, writing nothing; --skip-invalid counts it", async () => {
     const bad = join(dir, "cli-bad.jsonl");
     writeFileSync(bad, '{"text": "ok"}\n{"body": "no text"}\nnot json\n');
     const out = join(dir, "bad-cache");
-    const r = tokenize([bad, "--tokenizer", tok, "--out", out]);
+    const r = await tokenize([bad, "--tokenizer", tok, "--out", out]);
     expect(r.status).toBe(2);
     expect(r.stdout).toBe("");
     expect(r.stderr).toBe(
@@ -731,7 +758,7 @@ describe("data tokenize (command line)", () => {
     );
     expect(existsSync(out)).toBe(false);
     expect(readdirSync(dir).filter((name) => name.includes("bad-cache"))).toEqual([]);
-    const s = tokenize([bad, "--tokenizer", tok, "--out", out, "--skip-invalid"]);
+    const s = await tokenize([bad, "--tokenizer", tok, "--out", out, "--skip-invalid"]);
     expect(s.stderr).toBe("");
     expect(s.status).toBe(0);
     expect(s.stdout).toContain(`  ${bad}: 44 bytes, 1 documents, `);
@@ -765,8 +792,8 @@ describe("data tokenize (command line)", () => {
   });
 
   it("refuses bad inputs and outputs in one line", () => {
-    const expectError = (args: string[], message: string | RegExp) => {
-      const r = tokenize(args);
+    const expectError = async (args: string[], message: string | RegExp) => {
+      const r = await tokenize(args);
       expect(r.status).toBe(2);
       expect(r.stdout).toBe("");
       if (typeof message === "string") expect(r.stderr).toBe(`smallhammer: ${message}\n`);

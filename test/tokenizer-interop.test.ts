@@ -6,7 +6,7 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { getLlama, type Llama, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
+import { getLlama, type Llama, LlamaLogLevel, type LlamaModel, type Token } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GGMLType } from "../src/formats/ggml-types.js";
 import { GgufValueType, GgufWriter, readGgufHeader } from "../src/formats/gguf.js";
@@ -426,7 +426,7 @@ describe.each(CASES)("$name matches llama.cpp", (c) => {
     expect(tok.addBos).toBe(rawFlags(model).addBos);
     expect(tok.addEos).toBe(rawFlags(model).addEos);
     const eog = [];
-    for (let id = 0; id < vocab.tokens.length; id++) if (model.isEogToken(id)) eog.push(id);
+    for (let id = 0; id < vocab.tokens.length; id++) if (model.isEogToken(id as Token)) eog.push(id);
     expect(tok.eogTokenIds).toEqual(eog);
     // The learned merges do get used.
     expect(tok.encode("the king and the queen", { addSpecial: false }).length).toBeLessThan(12);
@@ -453,7 +453,7 @@ describe.each(CASES)("$name matches llama.cpp", (c) => {
       const ids = Array.from(model.tokenize(text, true));
       for (const special of [true, false]) {
         expect(tok.decode(ids, { skipSpecial: !special }), JSON.stringify(text)).toBe(
-          model.detokenize(ids, special),
+          model.detokenize(ids as Token[], special),
         );
       }
     }
@@ -476,7 +476,7 @@ describe.each(CASES)("$name matches llama.cpp", (c) => {
       const ids = Array.from({ length: len }, () => Math.floor(rand() * n));
       for (const special of [true, false]) {
         expect(tok.decode(ids, { skipSpecial: !special }), JSON.stringify(ids)).toBe(
-          model.detokenize(ids, special),
+          model.detokenize(ids as Token[], special),
         );
       }
     }
@@ -489,7 +489,7 @@ describe.each(CASES)("$name matches llama.cpp", (c) => {
     const eos = rawFlags(model).addEos ? [tok.eosId!] : [];
     expect(ids).toEqual([...bos, ...body, ...eos]);
     for (const special of [true, false]) {
-      expect(tok.decode(ids, { skipSpecial: !special })).toBe(model.detokenize(ids, special));
+      expect(tok.decode(ids, { skipSpecial: !special })).toBe(model.detokenize(ids as Token[], special));
     }
   });
 });

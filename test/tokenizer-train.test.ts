@@ -5,7 +5,7 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { getLlama, type Llama, LlamaLogLevel, type LlamaModel } from "node-llama-cpp";
+import { getLlama, type Llama, LlamaLogLevel, type LlamaModel, type Token } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readTokenizerFile } from "../src/data/chat-tokens.js";
 import { readGgufHeader } from "../src/formats/gguf.js";
@@ -122,8 +122,8 @@ afterAll(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-function train(args: string[]) {
-  return runCli(["tokenizer", "train", ...args]);
+async function train(args: string[]) {
+  return await runCli(["tokenizer", "train", ...args]);
 }
 
 describe.each([512, 2048])("tokenizer train --vocab-size %i on tinyshakespeare", (vocab) => {
@@ -134,7 +134,7 @@ describe.each([512, 2048])("tokenizer train --vocab-size %i on tinyshakespeare",
 
   beforeAll(async () => {
     path = join(dir, `tok${vocab}.gguf`);
-    const r = train([
+    const r = await train([
       CORPUS_PATH,
       "--vocab-size",
       String(vocab),
@@ -214,7 +214,7 @@ describe.each([512, 2048])("tokenizer train --vocab-size %i on tinyshakespeare",
       const ids = tokenizer.encode(text, { addSpecial: false });
       for (const special of [true, false]) {
         expect(tokenizer.decode(ids, { skipSpecial: !special }), JSON.stringify(text)).toBe(
-          model.detokenize(ids, special),
+          model.detokenize(ids as Token[], special),
         );
       }
     }
@@ -442,11 +442,11 @@ describe("WordCounter", () => {
 });
 
 describe("tokenizer train (command line)", () => {
-  it("is deterministic: the same corpus gives the same file", () => {
+  it("is deterministic: the same corpus gives the same file", async () => {
     const a = join(dir, "det-a.gguf");
     const b = join(dir, "det-b.gguf");
     for (const out of [a, b]) {
-      const r = train([CORPUS_PATH, "--vocab-size", "800", "--out", out]);
+      const r = await train([CORPUS_PATH, "--vocab-size", "800", "--out", out]);
       expect(r.stderr).toBe("");
       expect(r.status).toBe(0);
       expect(r.stdout).toMatch(
@@ -456,8 +456,8 @@ describe("tokenizer train (command line)", () => {
     expect(readFileSync(a).equals(readFileSync(b))).toBe(true);
   });
 
-  it("bounds the word table with --max-words and says what it dropped", () => {
-    const r = train([
+  it("bounds the word table with --max-words and says what it dropped", async () => {
+    const r = await train([
       CORPUS_PATH,
       "--vocab-size",
       "600",
@@ -472,7 +472,7 @@ describe("tokenizer train (command line)", () => {
     expect(s.vocabSize).toBe(600);
     expect(s.words).toBeLessThanOrEqual(1000);
     expect(s.prunedWords).toBeGreaterThan(0);
-    const text = train([
+    const text = await train([
       CORPUS_PATH,
       "--vocab-size",
       "600",
@@ -484,7 +484,7 @@ describe("tokenizer train (command line)", () => {
     expect(text.stdout).toMatch(/rare words dropped to keep the table under 1,000 \(counts up to \d+\)/);
   });
 
-  it("never learns pieces across or inside special tokens, from JSONL", () => {
+  it("never learns pieces across or inside special tokens, from JSONL", async () => {
     const jsonl = join(dir, "chat.jsonl");
     const rand = lcg(5);
     const lines = Array.from({ length: 400 }, () => {
@@ -496,17 +496,19 @@ describe("tokenizer train (command line)", () => {
     writeFileSync(jsonl, `${lines.join("\n")}\n`);
     const out = join(dir, "chat.gguf");
     expect(
-      train([
-        jsonl,
-        "--vocab-size",
-        "700",
-        "--out",
-        out,
-        "--special",
-        "<|im_start|>",
-        "--special",
-        "<|im_end|>",
-      ]).status,
+      (
+        await train([
+          jsonl,
+          "--vocab-size",
+          "700",
+          "--out",
+          out,
+          "--special",
+          "<|im_start|>",
+          "--special",
+          "<|im_end|>",
+        ])
+      ).status,
     ).toBe(0);
     const tok = readTokenizerFile(out).tokenizer;
     for (let id = 0; id < tok.vocabSize; id++) {
@@ -514,15 +516,15 @@ describe("tokenizer train (command line)", () => {
     }
     // Without --special the markup is learned as pieces.
     const plain = join(dir, "chat-plain.gguf");
-    expect(train([jsonl, "--vocab-size", "700", "--out", plain]).status).toBe(0);
+    expect((await train([jsonl, "--vocab-size", "700", "--out", plain])).status).toBe(0);
     const learned = readTokenizerFile(plain).tokenizer;
     const texts = Array.from({ length: learned.vocabSize }, (_, id) => learned.tokenText(id));
     expect(texts.some((t) => t.includes("im_"))).toBe(true);
   });
 
   it("refuses bad requests in one line", () => {
-    const expectError = (args: string[], message: string | RegExp) => {
-      const r = train(args);
+    const expectError = async (args: string[], message: string | RegExp) => {
+      const r = await train(args);
       expect(r.status).toBe(2);
       expect(r.stdout).toBe("");
       expect(r.stderr.split("\n")).toHaveLength(2);

@@ -13,7 +13,7 @@ let dir: string;
 let cache: string;
 let model: string;
 
-beforeAll(() => {
+beforeAll(async () => {
   ensureBuilt();
   dir = mkdtempSync(join(tmpdir(), "sh-train-cli-"));
   const corpus = join(dir, "corpus.txt");
@@ -21,9 +21,19 @@ beforeAll(() => {
   writeFileSync(corpus, text.slice(0, 100_000));
   const tokenizer = join(dir, "tokenizer.gguf");
   cache = join(dir, "cache");
-  expectOk(runCli(["tokenizer", "train", corpus, "--vocab-size", "400", "--out", tokenizer]));
+  expectOk(await runCli(["tokenizer", "train", corpus, "--vocab-size", "400", "--out", tokenizer]));
   expectOk(
-    runCli(["data", "tokenize", corpus, "--tokenizer", tokenizer, "--out", cache, "--val-fraction", "0.1"]),
+    await runCli([
+      "data",
+      "tokenize",
+      corpus,
+      "--tokenizer",
+      tokenizer,
+      "--out",
+      cache,
+      "--val-fraction",
+      "0.1",
+    ]),
   );
   model = join(dir, "model.json");
   writeFileSync(
@@ -53,9 +63,9 @@ function expectUserError(r: { status: number | null; stderr: string }, mention: 
 const common = ["--batch", "4", "--seq", "32", "--lr", "3e-3", "--threads", "2"];
 
 describe("pretrain", () => {
-  it("prints the model and its memory first, then validation losses, samples and a summary", () => {
+  it("prints the model and its memory first, then validation losses, samples and a summary", async () => {
     const out = join(dir, "run");
-    const r = runCli([
+    const r = await runCli([
       ...["pretrain", "--model", model, "--data", cache, "--out", out, "--steps", "12", ...common],
       ...["--eval-every", "6", "--eval-batches", "2", "--sample-every", "12", "--sample-tokens", "6"],
     ]);
@@ -108,7 +118,7 @@ describe("pretrain", () => {
     expect(readCheckpoint(join(out, "checkpoint.gguf")).info.trainer.step).toBe(step);
 
     expectUserError(
-      runCli(["pretrain", "--resume", out, "--lr", "0.1"]),
+      await runCli(["pretrain", "--resume", out, "--lr", "0.1"]),
       "--resume continues a run with its own settings; drop --lr",
     );
     // a run of 2000 steps resumed for a few: interrupt it again right away through --json
@@ -131,29 +141,29 @@ describe("pretrain", () => {
     expect(summary.step).toBeGreaterThan(step);
   });
 
-  it("refuses bad flags and a model that does not fit, with one line", () => {
+  it("refuses bad flags and a model that does not fit, with one line", async () => {
     const out = join(dir, "refused");
     expectUserError(
-      runCli(["pretrain", "--model", "huge", "--data", cache, "--out", out, "--steps", "1"]),
+      await runCli(["pretrain", "--model", "huge", "--data", cache, "--out", out, "--steps", "1"]),
       "--model huge: not a preset (tiny, small, 15m, 42m, 110m)",
     );
     expectUserError(
-      runCli(["pretrain", "--model", "tiny", "--data", cache, "--out", out]),
+      await runCli(["pretrain", "--model", "tiny", "--data", cache, "--out", out]),
       "give --steps or --tokens",
     );
     expectUserError(
-      runCli(["pretrain", "--model", "tiny", "--out", out, "--steps", "1"]),
+      await runCli(["pretrain", "--model", "tiny", "--out", out, "--steps", "1"]),
       "--data is required",
     );
     expectUserError(
-      runCli(["pretrain", "--model", "tiny", "--data", dir, "--out", out, "--steps", "1"]),
+      await runCli(["pretrain", "--model", "tiny", "--data", dir, "--out", out, "--steps", "1"]),
       "not a usable token cache",
     );
     expectUserError(
-      runCli(["pretrain", "--resume", join(dir, "nothing")]),
+      await runCli(["pretrain", "--resume", join(dir, "nothing")]),
       "no checkpoint.gguf to resume from",
     );
-    const huge = runCli([
+    const huge = await runCli([
       ...["pretrain", "--model", "110m", "--data", cache, "--out", out, "--steps", "1"],
       ...["--batch", "64", "--seq", "1024"],
     ]);
@@ -165,33 +175,46 @@ describe("pretrain", () => {
 });
 
 describe("export", () => {
-  it("writes a q8_0 model that generate runs, and says what it wrote", () => {
+  it("writes a q8_0 model that generate runs, and says what it wrote", async () => {
     const run = join(dir, "run");
     const out = join(dir, "model.gguf");
-    const r = runCli(["export", run, "--out", out, "--type", "q8_0", "--json"]);
+    const r = await runCli(["export", run, "--out", out, "--type", "q8_0", "--json"]);
     expectOk(r);
     expect(JSON.parse(r.stdout)).toMatchObject({ out, type: "q8_0", step: 12, tensors: 21 });
     const h = readGgufHeader(out);
     expect(h.getNumber("general.file_type")).toBe(7);
     expect(h.tensor("blk.0.attn_q.weight")!.type).toBe(8);
-    const g = runCli(["generate", "-m", out, "-p", "ROMEO:", "-n", "8", "--temp", "0", "-t", "1", "--json"]);
+    const g = await runCli([
+      "generate",
+      "-m",
+      out,
+      "-p",
+      "ROMEO:",
+      "-n",
+      "8",
+      "--temp",
+      "0",
+      "-t",
+      "1",
+      "--json",
+    ]);
     expect(g.stderr).toBe("");
     expect(JSON.parse(g.stdout)).toMatchObject({ completionTokens: 8 });
   });
 
-  it("refuses what is not a training run with one line", () => {
+  it("refuses what is not a training run with one line", async () => {
     const run = join(dir, "run");
     expectUserError(
-      runCli(["export", join(dir, "nowhere"), "--out", join(dir, "x.gguf")]),
+      await runCli(["export", join(dir, "nowhere"), "--out", join(dir, "x.gguf")]),
       "no checkpoint.gguf",
     );
     expectUserError(
-      runCli(["export", join(dir, "tokenizer.gguf"), "--out", join(dir, "x.gguf")]),
+      await runCli(["export", join(dir, "tokenizer.gguf"), "--out", join(dir, "x.gguf")]),
       "not a smallhammer training checkpoint",
     );
-    expectUserError(runCli(["export", run, "--out", join(dir, "x.gguf"), "--type", "q9"]), "--type q9");
+    expectUserError(await runCli(["export", run, "--out", join(dir, "x.gguf"), "--type", "q9"]), "--type q9");
     expectUserError(
-      runCli(["export", run, "--out", join(run, "checkpoint.gguf")]),
+      await runCli(["export", run, "--out", join(run, "checkpoint.gguf")]),
       "would overwrite the checkpoint",
     );
   });

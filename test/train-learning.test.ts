@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { openTokenCache } from "../src/data/token-cache.js";
-import { ensureBuilt, ROOT, runCliAsync } from "./helpers/cli.js";
+import { ensureBuilt, ROOT, runCli } from "./helpers/cli.js";
 
 const corpus = join(ROOT, "..", "shared", "data", "tinyshakespeare.txt");
 let dir: string;
@@ -24,7 +24,7 @@ afterAll(() => {
 });
 
 async function ok(args: string[]): Promise<string> {
-  const r = await runCliAsync(args, { timeoutMs: 600_000 });
+  const r = await runCli(args, { timeoutMs: 600_000 });
   expect(r.stderr).toBe("");
   expect(r.status).toBe(0);
   return r.stdout;

@@ -16,7 +16,7 @@ import { CLI, ensureBuilt, ROOT, runCli } from "./helpers/cli.js";
 let dir: string;
 let cache: string;
 
-beforeAll(() => {
+beforeAll(async () => {
   ensureBuilt();
   dir = mkdtempSync(join(tmpdir(), "sh-resume-"));
   const corpus = join(dir, "corpus.txt");
@@ -28,7 +28,7 @@ beforeAll(() => {
     ["tokenizer", "train", corpus, "--vocab-size", "512", "--out", tokenizer],
     ["data", "tokenize", corpus, "--tokenizer", tokenizer, "--out", cache, "--val-fraction", "0.1"],
   ]) {
-    const r = runCli(args);
+    const r = await runCli(args);
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
   }

@@ -1,4 +1,4 @@
-import { type SpawnSyncOptions, spawn, spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -73,32 +73,19 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs `smallhammer ARGS` as a child process with pipes (not a TTY) and waits for it. */
-export function runCli(args: string[], options: { input?: string; timeoutMs?: number } = {}): CliResult {
-  const spawnOptions: SpawnSyncOptions = {
-    cwd: ROOT,
-    encoding: "utf8",
-    input: options.input ?? "",
-    timeout: options.timeoutMs ?? 120_000,
-    maxBuffer: 64 << 20,
-  };
-  const r = spawnSync(process.execPath, [CLI, ...args], spawnOptions);
-  if (r.error) throw r.error;
-  return {
-    status: r.status,
-    signal: r.signal,
-    stdout: String(r.stdout),
-    stderr: String(r.stderr),
-  };
-}
-
 /**
- * As runCli, without blocking the test worker's event loop: for commands that run for minutes
- * (a blocked worker cannot answer the test runner and is reported as timed out).
+ * Runs `smallhammer ARGS` as a child process with pipes (not a TTY) and waits for it without
+ * blocking the test worker's event loop (a worker blocked for a minute misses the test runner's
+ * RPC deadline). `input` is written to its stdin; without it stdin is empty.
  */
-export function runCliAsync(args: string[], options: { timeoutMs?: number } = {}): Promise<CliResult> {
+export function runCli(
+  args: string[],
+  options: { input?: string; timeoutMs?: number } = {},
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, stdio: ["pipe", "pipe", "pipe"] });
+    child.stdin.on("error", () => {}); // a command that exits without reading its input
+    child.stdin.end(options.input ?? "");
     let stdout = "";
     let stderr = "";
     child.stdout.setEncoding("utf8").on("data", (d: string) => {
