@@ -102,7 +102,7 @@ export function findTorchPeer(): TorchPeer | undefined {
   return undefined;
 }
 
-/** One line naming the peer, with a warning when its BLAS is the reference one. */
+/** A line naming the peer, and a second with a warning when its BLAS is the reference one. */
 export function describeTorchPeer(peer: TorchPeer | undefined): string {
   if (!peer)
     return "PyTorch is not installed (no Python here imports torch; see SMALLHAMMER_PYTHON): no ratio";
