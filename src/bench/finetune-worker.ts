@@ -38,6 +38,8 @@ export interface FinetuneWorkerResult {
   /** Seconds of each timed step. */
   stepSeconds: number[];
   peakRssBytes: number;
+  /** Elements of every tensor, frozen or not. */
+  parameters: number;
   trainable: number;
   memory: TrainMemory;
   foreignCores: number;
@@ -101,6 +103,7 @@ async function main(): Promise<void> {
       tokensPerSecond: (req.steps * req.batch * req.seq) / seconds,
       stepSeconds,
       peakRssBytes: peakRssBytes(),
+      parameters: model.parameterCount,
       trainable: model.trainableCount,
       memory: model.memory,
       foreignCores: foreignCores(before, cpuSample()),

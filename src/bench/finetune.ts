@@ -1,11 +1,11 @@
 // `npm run bench -- finetune`: LoRA training tokens/s and peak RSS on random-weight Llamas (rank 8
-// on q,v and on every linear layer), against the same LoRA setup in PyTorch when python3 can import
-// torch; and the peak RSS of QLoRA (a Q4_0 base held quantized) against LoRA on a float base, on
+// on q,v and on every linear layer), against the same LoRA setup in PyTorch (bench/llama_torch.py,
+// see torch-peer.ts) when a Python with torch is found; and the peak RSS of QLoRA (a Q4_0 base held quantized) against LoRA on a float base, on
 // the 1.1B shape over a few steps. Every configuration runs in a child process of its own, so peak
 // RSS is its own. See finetuneUsage for the flags.
-import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { UserError } from "../errors.js";
@@ -15,13 +15,24 @@ import { LORA_TARGETS, parseLoraTargets } from "../model/lora.js";
 import { type LlamaShape, randomLlamaFile, SHAPES } from "../model/random-llama.js";
 import type { WeightFormat } from "../runtime/backend.js";
 import { trainMemory } from "../train/model.js";
+import { runChild } from "./child.js";
 import type { FinetuneWorkerRequest, FinetuneWorkerResult } from "./finetune-worker.js";
 import { waitForQuiet } from "./infer.js";
+import {
+  checkSameModel,
+  describeTorchPeer,
+  findTorchPeer,
+  runTorchPeer,
+  type TorchPeer,
+  type TorchPeerResult,
+} from "./torch-peer.js";
 
 export const finetuneUsage = `usage: npm run bench -- finetune [options]
 
-LoRA training tokens/s and peak RSS of smallhammer (and of PyTorch, when python3 can import torch)
-on random-weight Llama GGUF files, and QLoRA's peak RSS against LoRA on a float base.
+LoRA training tokens/s and peak RSS of smallhammer (and of the same LoRA setup in PyTorch,
+bench/llama_torch.py, when a Python that imports torch is found: SMALLHAMMER_PYTHON, python3 or
+/usr/bin/python3) on random-weight Llama GGUF files, and QLoRA's peak RSS against LoRA on a
+float base.
 
   --shapes LIST      LoRA throughput shapes: 15M,110M (default both)
   --targets LIST     target sets, ';'-separated: default "q,v;all"
@@ -89,6 +100,8 @@ export interface FinetuneBenchResult {
   commit?: string;
   threads: number;
   pytorch: string;
+  /** The BLAS library the peer's torch multiplies with. */
+  pytorchBlas?: string;
   throughput: ThroughputRow[];
   memory: MemoryRow[];
   /** QLoRA peak RSS ÷ f32-base LoRA peak RSS (measured, or estimated when f32 does not fit). */
@@ -172,187 +185,43 @@ function parseOptions(argv: string[]): Options | undefined {
   };
 }
 
-/** Runs a child process that prints one "RESULT <json>" line; rejects with its stderr otherwise. */
-function runChild<T>(command: string, args: string[], timeoutSeconds: number): Promise<T> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    let err = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => {
-      out += d;
-    });
-    child.stderr.setEncoding("utf8").on("data", (d: string) => {
-      err = (err + d).slice(-4000);
-    });
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutSeconds * 1000);
-    child.on("error", reject);
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      const line = out.split("\n").find((l) => l.startsWith("RESULT "));
-      if (code === 0 && line) resolvePromise(JSON.parse(line.slice(7)) as T);
-      else
-        reject(
-          new Error(
-            code === 2
-              ? err.trim()
-              : `${signal ? `killed by ${signal}` : `exit status ${code}`}: ${err.trim()}`,
-          ),
-        );
-    });
-  });
-}
-
 function runOurs(req: FinetuneWorkerRequest): Promise<FinetuneWorkerResult> {
   const script = fileURLToPath(new URL("./finetune-worker.js", import.meta.url));
   return runChild(process.execPath, [script, JSON.stringify(req)], 3600);
 }
 
-/** The torch version python3 imports, or undefined when it cannot. */
-function torchVersion(): string | undefined {
-  const r = spawnSync("python3", ["-c", "import torch; print(torch.__version__)"], { encoding: "utf8" });
-  return r.status === 0 ? r.stdout.trim() : undefined;
-}
-
-/**
- * The peer: the same Llama shape and LoRA setup in PyTorch (float32, CPU), written out plainly so
- * that it needs nothing but torch: RMS norm, adjacent-pair RoPE, causal grouped-query attention,
- * SwiGLU, frozen random base, LoRA (A Kaiming-uniform, B zero, dropout 0.05, scale alpha/rank) on
- * the target projections, AdamW on the adapters only. Prints "RESULT <json>".
- */
-const PYTORCH_PEER = `
-import json, math, resource, sys, time
-import torch
-import torch.nn.functional as F
-
-req = json.loads(sys.argv[1])
-torch.set_num_threads(req["threads"])
-torch.manual_seed(0)
-dim, layers, heads, kv_heads, ffn, vocab = (req[k] for k in ("dim", "layers", "heads", "kvHeads", "ffn", "vocab"))
-head_dim = dim // heads
-rank, alpha, batch, seq = req["rank"], req["alpha"], req["batch"], req["seq"]
-targets = set(req["targets"])
-
-def frozen(rows, cols):
-    return torch.randn(rows, cols) * 0.02
-
-class Linear(torch.nn.Module):
-    def __init__(self, rows, cols, adapt):
-        super().__init__()
-        self.register_buffer("w", frozen(rows, cols))
-        self.adapt = adapt
-        if adapt:
-            self.a = torch.nn.Parameter(torch.empty(rank, cols).uniform_(-1 / math.sqrt(cols), 1 / math.sqrt(cols)))
-            self.b = torch.nn.Parameter(torch.zeros(rows, rank))
-    def forward(self, x):
-        y = x @ self.w.t()
-        if self.adapt:
-            y = y + (F.dropout(x, 0.05, self.training) @ self.a.t()) @ self.b.t() * (alpha / rank)
-        return y
-
-def rms_norm(x, eps=1e-5):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-
-pos = torch.arange(seq, dtype=torch.float32)
-freqs = 10000.0 ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-angles = pos[:, None] * freqs[None, :]
-cos, sin = angles.cos(), angles.sin()
-
-def rope(x):
-    x0, x1 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
-
-class Block(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        kv = kv_heads * head_dim
-        self.q = Linear(dim, dim, "q" in targets)
-        self.k = Linear(kv, dim, "k" in targets)
-        self.v = Linear(kv, dim, "v" in targets)
-        self.o = Linear(dim, dim, "o" in targets)
-        self.gate = Linear(ffn, dim, "gate" in targets)
-        self.up = Linear(ffn, dim, "up" in targets)
-        self.down = Linear(dim, ffn, "down" in targets)
-    def forward(self, x):
-        h = rms_norm(x)
-        q = rope(self.q(h).view(batch, seq, heads, head_dim).transpose(1, 2))
-        k = rope(self.k(h).view(batch, seq, kv_heads, head_dim).transpose(1, 2))
-        v = self.v(h).view(batch, seq, kv_heads, head_dim).transpose(1, 2)
-        k = k.repeat_interleave(heads // kv_heads, dim=1)
-        v = v.repeat_interleave(heads // kv_heads, dim=1)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.o(a.transpose(1, 2).reshape(batch, seq, dim))
-        h = rms_norm(x)
-        return x + self.down(F.silu(self.gate(h)) * self.up(h))
-
-class Model(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("embedding", frozen(vocab, dim))
-        self.register_buffer("head", frozen(vocab, dim))
-        self.blocks = torch.nn.ModuleList(Block() for _ in range(layers))
-    def forward(self, ids):
-        x = self.embedding[ids]
-        for b in self.blocks:
-            x = b(x)
-        return rms_norm(x) @ self.head.t()
-
-model = Model()
-model.train()
-params = [p for p in model.parameters() if p.requires_grad]
-trainable = sum(p.numel() for p in params)
-opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
-gen = torch.Generator().manual_seed(1)
-
-def step():
-    ids = torch.randint(3, vocab, (batch, seq + 1), generator=gen)
-    logits = model(ids[:, :-1])
-    loss = F.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1))
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return loss.item()
-
-for _ in range(req["warmup"]):
-    step()
-started = time.perf_counter()
-losses = [step() for _ in range(req["steps"])]
-seconds = time.perf_counter() - started
-print("RESULT " + json.dumps({
-    "tokensPerSecond": req["steps"] * batch * seq / seconds,
-    "peakRssBytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    "trainable": trainable,
-    "losses": losses,
-}))
-`;
-
-interface PeerResult {
-  tokensPerSecond: number;
-  peakRssBytes: number;
-  trainable: number;
-}
-
-async function runPeer(o: Options, shape: LlamaShape, targets: string): Promise<PeerResult> {
-  const script = join(o.dir, "finetune-peer.py");
-  writeFileSync(script, PYTORCH_PEER);
-  const req = {
+/** The same LoRA setup in bench/llama_torch.py: rank, alpha, dropout, targets, AdamW without decay. */
+async function runPeer(
+  o: Options,
+  peer: TorchPeer,
+  shape: LlamaShape,
+  targets: string,
+): Promise<TorchPeerResult> {
+  await waitForQuiet(QUIET_CORES, o.quietWait);
+  return runTorchPeer(peer, {
+    mode: "lora",
     dim: shape.dim,
     layers: shape.layers,
     heads: shape.heads,
     kvHeads: shape.kvHeads,
     ffn: shape.ffn,
     vocab: shape.vocab,
-    rank: o.rank,
-    alpha: 2 * o.rank,
     batch: o.batch,
     seq: o.seq,
-    targets: parseLoraTargets(targets),
     threads: o.threads,
     warmup: o.warmup,
     steps: o.steps,
-  };
-  await waitForQuiet(QUIET_CORES, o.quietWait);
-  return runChild<PeerResult>("python3", [script, JSON.stringify(req)], 3600);
+    timing: "mean",
+    lr: 1e-4,
+    weightDecay: 0,
+    gradClip: 1,
+    normEps: 1e-5,
+    ropeBase: 10000,
+    rank: o.rank,
+    alpha: 2 * o.rank,
+    dropout: 0.05,
+    targets: parseLoraTargets(targets),
+  });
 }
 
 function workerRequest(
@@ -415,15 +284,12 @@ export async function runFinetuneBench(argv: string[]): Promise<void> {
     if (!o.json) process.stdout.write(`${s}\n`);
   };
   mkdirSync(o.dir, { recursive: true });
-  const torch = torchVersion();
-  say(
-    torch
-      ? `peer: PyTorch ${torch} (python3), ${o.threads} threads`
-      : "peer: PyTorch is not installed (python3 cannot import torch); smallhammer figures only",
-  );
+  const peer = findTorchPeer();
+  say(`peer: ${describeTorchPeer(peer)}`);
   const result: FinetuneBenchResult = {
     threads: o.threads,
-    pytorch: torch ?? "absent",
+    pytorch: peer?.torchVersion ?? "absent",
+    pytorchBlas: peer?.blas,
     throughput: [],
     memory: [],
   };
@@ -446,8 +312,9 @@ export async function runFinetuneBench(argv: string[]): Promise<void> {
     const path = randomLlamaFile(o.dir, shape, "f32", (p) => say(`writing ${p}`));
     for (const targets of o.targets) {
       const row: ThroughputRow = { shape: shape.name, targets };
+      let ours: FinetuneWorkerResult | undefined;
       try {
-        const ours = await runOurs(workerRequest(o, path, "F32", targets));
+        ours = await runOurs(workerRequest(o, path, "F32", targets));
         row.trainable = ours.trainable;
         row.smallhammer = {
           tokensPerSecond: ours.tokensPerSecond,
@@ -455,19 +322,26 @@ export async function runFinetuneBench(argv: string[]): Promise<void> {
           foreignCores: ours.foreignCores,
           disturbed: ours.foreignCores > QUIET_CORES,
         };
-        if (torch) {
-          const peer = await runPeer(o, shape, targets);
-          if (peer.trainable !== ours.trainable)
-            throw new Error(`the peer trains ${peer.trainable} parameters, smallhammer ${ours.trainable}`);
-          row.pytorch = {
-            tokensPerSecond: peer.tokensPerSecond,
-            peakRssBytes: peer.peakRssBytes,
-            torchVersion: torch,
-          };
-          row.ratio = ours.tokensPerSecond / peer.tokensPerSecond;
-        }
       } catch (e) {
         row.note = (e as Error).message.split("\n")[0];
+      }
+      let theirs: TorchPeerResult | undefined;
+      if (ours && peer) {
+        try {
+          theirs = await runPeer(o, peer, shape, targets);
+        } catch (e) {
+          row.note = `PyTorch: ${(e as Error).message.split("\n")[0]}`;
+        }
+      }
+      if (ours && theirs) {
+        // A different model would make the ratio meaningless: stop.
+        checkSameModel(theirs, ours, `${shape.name} LoRA ${targets}`);
+        row.pytorch = {
+          tokensPerSecond: theirs.tokensPerSecond,
+          peakRssBytes: theirs.peakRssBytes,
+          torchVersion: theirs.torchVersion,
+        };
+        row.ratio = ours.tokensPerSecond / theirs.tokensPerSecond;
       }
       result.throughput.push(row);
       say(

@@ -1,10 +1,12 @@
 // `npm run bench -- train`: pretraining step throughput (forward + backward + AdamW, f32) on the
 // 15M and 110M shapes with 1 and 2 threads, achieved GFLOP/s against the measured wasm matmul
 // ceiling, an estimate of the share of a step spent outside matrix products, and tokenizer
-// training MB/s at vocab 8192. PyTorch is the peer when installed; without it there is no ratio.
-import { execFileSync } from "node:child_process";
+// training MB/s at vocab 8192. The peer is the same model and step in PyTorch (bench/llama_torch.py,
+// see torch-peer.ts), at the same batch, seq and threads, when a Python with torch is found;
+// without it there is no ratio.
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
+import { UserError } from "../errors.js";
 import type { LlamaConfig } from "../model/config.js";
 import { Runtime } from "../runtime/runtime.js";
 import { trainTokenizer } from "../tokenizer/train.js";
@@ -14,6 +16,14 @@ import { TrainOps } from "../train/ops.js";
 import { LlamaTrainer } from "../train/trainer.js";
 import { Rng } from "../util/random.js";
 import { waitForQuiet } from "./infer.js";
+import {
+  checkSameModel,
+  describeTorchPeer,
+  findTorchPeer,
+  runTorchPeer,
+  type TorchPeer,
+  type TorchPeerResult,
+} from "./torch-peer.js";
 
 const SHAPES: Record<
   string,
@@ -77,13 +87,14 @@ async function matmulCeiling(threads: number): Promise<number> {
   }
 }
 
+/** The best of `steps` timed steps after one warm-up, and the model's parameter count. */
 async function stepSeconds(
   c: LlamaConfig,
   batch: number,
   seq: number,
   threads: number,
   steps: number,
-): Promise<number> {
+): Promise<{ seconds: number; parameters: number; trainable: number }> {
   const model = await LlamaTrainModel.create(c, { batch, seq, threads });
   try {
     model.initialize(1);
@@ -97,10 +108,41 @@ async function stepSeconds(
     trainer.trainStep(); // warm-up
     let best = Number.POSITIVE_INFINITY;
     for (let i = 0; i < steps; i++) best = Math.min(best, trainer.trainStep().ms / 1000);
-    return best;
+    return { seconds: best, parameters: model.parameterCount, trainable: model.trainableCount };
   } finally {
     await model.dispose();
   }
+}
+
+/** The same pretraining step in PyTorch: its best of `steps` after one warm-up, as ours. */
+function runPeerStep(
+  peer: TorchPeer,
+  c: LlamaConfig,
+  batch: number,
+  seq: number,
+  threads: number,
+  steps: number,
+): Promise<TorchPeerResult> {
+  return runTorchPeer(peer, {
+    mode: "pretrain",
+    dim: c.dim,
+    layers: c.layers,
+    heads: c.heads,
+    kvHeads: c.kvHeads,
+    ffn: c.ffn,
+    vocab: c.vocab,
+    batch,
+    seq,
+    threads,
+    warmup: 1,
+    steps,
+    timing: "best",
+    lr: 1e-4,
+    weightDecay: 0.1,
+    gradClip: 1,
+    normEps: c.normEps,
+    ropeBase: c.rope.freqBase,
+  });
 }
 
 export async function runTrainBench(argv: string[]): Promise<void> {
@@ -114,37 +156,63 @@ export async function runTrainBench(argv: string[]): Promise<void> {
     },
   });
   if (values.help) {
-    process.stdout.write("npm run bench -- train [--shapes 15M,110M] [--threads 1,2] [--steps 3]\n");
+    process.stdout.write(
+      "npm run bench -- train [--shapes 15M,110M] [--threads 1,2] [--steps 3]\n\n" +
+        "PyTorch peer: bench/llama_torch.py run by SMALLHAMMER_PYTHON, else python3 or /usr/bin/python3,\n" +
+        "whichever imports torch (Debian: apt-get install python3-torch).\n",
+    );
     return;
   }
-  let torch = false;
-  try {
-    execFileSync("python3", ["-c", "import torch"], { stdio: "ignore" });
-    torch = true;
-  } catch {}
+  const steps = Number(values.steps);
+  if (!Number.isInteger(steps) || steps < 1)
+    throw new UserError(`--steps: expected a positive integer, got "${values.steps}"`);
+  const threads = values.threads!.split(",").map((t) => {
+    const n = Number(t);
+    if (!Number.isInteger(n) || n < 1)
+      throw new UserError(`--threads: expected positive integers, got "${t}"`);
+    return n;
+  });
+  const shapes = values.shapes!.split(",").map((name) => {
+    const s = SHAPES[name.trim()];
+    if (!s)
+      throw new UserError(`--shapes: unknown shape "${name}" (known: ${Object.keys(SHAPES).join(", ")})`);
+    return { name: name.trim(), ...s };
+  });
+  const peer = findTorchPeer();
   const foreign = await waitForQuiet(0.3, 60, (s) => process.stderr.write(`${s}\n`));
   const disturbed = foreign > 0.3 ? ` DISTURBED: other processes used ${foreign.toFixed(2)} cores` : "";
+  const peerLine = describeTorchPeer(peer);
   process.stdout.write(
-    `pretraining step: forward + backward + AdamW, f32, vocab 32000 (best of ${values.steps} steps)${disturbed}\npeer: ${torch ? "PyTorch found, but the PyTorch reference model is not part of this bench yet: no ratio" : "PyTorch is not installed here: no ratio"}\n\n`,
+    `pretraining step: forward + backward + AdamW, f32, vocab 32000 (best of ${steps} steps)${disturbed}\npeer: ${peerLine}\n\n`,
   );
   process.stdout.write(
-    `${"shape".padEnd(6)} ${"thr".padStart(3)} ${"batch×seq".padEnd(10)} ${"tok/s".padStart(8)} ${"GFLOP/s".padStart(8)} ${"ceiling".padStart(8)} ${"of ceil".padStart(8)} ${"outside mm".padStart(10)}\n`,
+    `${"shape".padEnd(6)} ${"thr".padStart(3)} ${"batch×seq".padEnd(10)} ${"tok/s".padStart(8)} ${"GFLOP/s".padStart(8)} ${"ceiling".padStart(8)} ${"of ceil".padStart(8)} ${"outside mm".padStart(10)} ${"torch tok/s".padStart(11)} ${"ratio".padStart(6)}\n`,
   );
-  for (const t of values.threads!.split(",").map(Number)) {
+  for (const t of threads) {
     const ceiling = await matmulCeiling(t);
-    for (const name of values.shapes!.split(",")) {
-      const s = SHAPES[name.trim()];
-      if (!s) throw new Error(`unknown shape ${name}`);
+    for (const s of shapes) {
       const c = config(s);
-      const sec = await stepSeconds(c, s.batch, s.seq, t, Number(values.steps));
+      const ours = await stepSeconds(c, s.batch, s.seq, t, steps);
+      const sec = ours.seconds;
       const tokens = s.batch * s.seq;
+      let theirs: TorchPeerResult | undefined;
+      let note = "";
+      if (peer) {
+        try {
+          theirs = await runPeerStep(peer, c, s.batch, s.seq, t, steps);
+        } catch (e) {
+          note = `  PyTorch: ${(e as Error).message.split("\n")[0]}`;
+        }
+      }
+      // A different model would make the ratio meaningless: stop.
+      if (theirs) checkSameModel(theirs, ours, `${s.name} pretraining`);
       const f = flopsPerToken(c, s.seq);
       const gflops = ((f.matmul + f.attention) * tokens) / sec / 1e9;
       // Time the products would take at the ceiling; the rest of the step is everything else.
       const mmSeconds = (f.matmul * tokens) / (ceiling * 1e9);
       const outside = Math.max(0, 1 - mmSeconds / sec);
       process.stdout.write(
-        `${name.padEnd(6)} ${String(t).padStart(3)} ${`${s.batch}×${s.seq}`.padEnd(10)} ${(tokens / sec).toFixed(0).padStart(8)} ${gflops.toFixed(1).padStart(8)} ${ceiling.toFixed(1).padStart(8)} ${`${((100 * gflops) / ceiling).toFixed(0)}%`.padStart(8)} ${`${(100 * outside).toFixed(0)}%`.padStart(10)}\n`,
+        `${s.name.padEnd(6)} ${String(t).padStart(3)} ${`${s.batch}×${s.seq}`.padEnd(10)} ${(tokens / sec).toFixed(0).padStart(8)} ${gflops.toFixed(1).padStart(8)} ${ceiling.toFixed(1).padStart(8)} ${`${((100 * gflops) / ceiling).toFixed(0)}%`.padStart(8)} ${`${(100 * outside).toFixed(0)}%`.padStart(10)} ${(theirs ? theirs.tokensPerSecond.toFixed(0) : "-").padStart(11)} ${(theirs ? `${(tokens / sec / theirs.tokensPerSecond).toFixed(2)}x` : "-").padStart(6)}${note}\n`,
       );
     }
   }
