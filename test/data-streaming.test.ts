@@ -1,12 +1,11 @@
 // Every dataset command streams: with the JavaScript heap capped far below the input's size, each
 // one still goes through a large generated file. A control run shows the cap is real: reading the
 // file whole under the same cap dies.
-import { spawnSync } from "node:child_process";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CLI, ensureBuilt, ROOT } from "./helpers/cli.js";
+import { ensureBuilt, runCli, runNode } from "./helpers/cli.js";
 
 /** Heap limit for the commands, in MB. */
 const HEAP_MB = 24;
@@ -63,44 +62,36 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function capped(args: string[]) {
-  const r = spawnSync(process.execPath, [`--max-old-space-size=${HEAP_MB}`, CLI, "data", ...args, "--json"], {
-    cwd: ROOT,
-    encoding: "utf8",
-    timeout: 120_000,
-  });
+async function capped(args: string[]) {
+  const r = await runCli(["data", ...args, "--json"], { nodeArgs: [`--max-old-space-size=${HEAP_MB}`] });
   expect(r.stderr).toBe("");
   expect(r.status).toBe(0);
   return JSON.parse(r.stdout);
 }
 
 describe(`dataset commands on ${INPUT_BYTES / 1e6} MB inputs with a ${HEAP_MB} MB heap`, () => {
-  it("the heap cap is real: reading the file whole dies under it", () => {
+  it("the heap cap is real: reading the file whole dies under it", async () => {
     expect(statSync(alpaca).size).toBeGreaterThan(1.3 * HEAP_MB * 1e6);
-    const whole = spawnSync(
-      process.execPath,
-      [
-        `--max-old-space-size=${HEAP_MB}`,
-        "-e",
-        `const t = require("fs").readFileSync(${JSON.stringify(alpaca)}, "utf8"); console.log(t.split("\\n").map((l) => l && JSON.parse(l)).length);`,
-      ],
-      { encoding: "utf8", timeout: 120_000 },
-    );
+    const whole = await runNode([
+      `--max-old-space-size=${HEAP_MB}`,
+      "-e",
+      `const t = require("fs").readFileSync(${JSON.stringify(alpaca)}, "utf8"); console.log(t.split("\\n").map((l) => l && JSON.parse(l)).length);`,
+    ]);
     expect(whole.status).not.toBe(0);
     expect(whole.stderr).toMatch(/heap/i);
   });
 
-  it("convert, dedup, filter, split and sample stream", () => {
+  it("convert, dedup, filter, split and sample stream", async () => {
     expect(
-      capped(["convert", alpaca, "--to", "messages", "--out", join(dir, "messages.jsonl")]),
+      await capped(["convert", alpaca, "--to", "messages", "--out", join(dir, "messages.jsonl")]),
     ).toMatchObject({
       records: alpacaRecords,
       written: alpacaRecords,
     });
-    const dedup = capped(["dedup", alpaca, "--out", join(dir, "dedup.jsonl")]);
+    const dedup = await capped(["dedup", alpaca, "--out", join(dir, "dedup.jsonl")]);
     // Records 99, 199, ... repeat their predecessor's output but not its instruction: all kept.
     expect(dedup).toMatchObject({ records: alpacaRecords, written: alpacaRecords });
-    const filter = capped([
+    const filter = await capped([
       "filter",
       alpaca,
       "--out",
@@ -111,7 +102,7 @@ describe(`dataset commands on ${INPUT_BYTES / 1e6} MB inputs with a ${HEAP_MB} M
       "en",
     ]);
     expect(filter.written).toBe(Math.floor(alpacaRecords / 2));
-    const split = capped([
+    const split = await capped([
       "split",
       alpaca,
       "--train-out",
@@ -121,14 +112,16 @@ describe(`dataset commands on ${INPUT_BYTES / 1e6} MB inputs with a ${HEAP_MB} M
     ]);
     expect(split.train.records + split.validation.records).toBe(alpacaRecords);
     expect(split.validation.records).toBe(Math.round(alpacaRecords * 0.05));
-    expect(capped(["sample", alpaca, "--num", "50", "--out", join(dir, "sample.jsonl")])).toMatchObject({
-      written: 50,
-    });
+    expect(await capped(["sample", alpaca, "--num", "50", "--out", join(dir, "sample.jsonl")])).toMatchObject(
+      {
+        written: 50,
+      },
+    );
     expect(readFileSync(join(dir, "sample.jsonl"), "utf8").trim().split("\n")).toHaveLength(50);
   });
 
-  it("clean-sharegpt streams a JSON array", () => {
-    const report = capped(["clean-sharegpt", sharegpt, "--out", join(dir, "clean.json")]);
+  it("clean-sharegpt streams a JSON array", async () => {
+    const report = await capped(["clean-sharegpt", sharegpt, "--out", join(dir, "clean.json")]);
     expect(report).toMatchObject({ conversations, kept: conversations, written: conversations, dropped: {} });
     expect(report.fixed["html converted"]).toBe(conversations);
   });
