@@ -26,6 +26,11 @@ const COMMANDS: Record<string, BenchCommand> = {
       "aggregate tokens/s and time to first token of the HTTP server with 1, 4 and 16 streaming clients",
     run: async (argv) => (await import("./serve.js")).runServeBench(argv),
   },
+  data: {
+    summary:
+      "records/s of clean-sharegpt and dedup; ROUGE-L filter candidates/s against all pairs; self-instruct overhead per request",
+    run: async (argv) => (await import("./data.js")).runDataBench(argv),
+  },
 };
 
 function usage(): string {
