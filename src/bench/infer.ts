@@ -1,7 +1,7 @@
 // `npm run bench -- infer`: prefill and decode tokens/s of smallhammer and llama.cpp (node-llama-cpp)
 // on the same random-weight Llama GGUF files, with the same thread count, each engine in a child
 // process of its own (so peak RSS is per engine). See inferUsage for the flags.
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
@@ -15,6 +15,7 @@ import {
   randomLlamaFile,
   SHAPES,
 } from "../model/random-llama.js";
+import { runChild } from "./child.js";
 import type { WorkerRequest, WorkerResult } from "./infer-worker.js";
 
 export const inferUsage = `usage: npm run bench -- infer [options]
@@ -116,32 +117,13 @@ export async function waitForQuiet(
   }
 }
 
-function runWorker(req: WorkerRequest, timeoutSeconds: number): Promise<WorkerResult> {
+async function runWorker(req: WorkerRequest, timeoutSeconds: number): Promise<WorkerResult> {
   const script = fileURLToPath(new URL("./infer-worker.js", import.meta.url));
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [script, JSON.stringify(req)], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    let err = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => {
-      out += d;
-    });
-    child.stderr.setEncoding("utf8").on("data", (d: string) => {
-      err = (err + d).slice(-4000);
-    });
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutSeconds * 1000);
-    child.on("error", reject);
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      const line = out.split("\n").find((l) => l.startsWith("RESULT "));
-      if (code === 0 && line) resolve(JSON.parse(line.slice(7)) as WorkerResult);
-      else {
-        const why = signal ? `killed by ${signal}` : `exit status ${code}`;
-        reject(new Error(`${req.engine} on ${req.path}: ${why}\n${err.trim()}`));
-      }
-    });
-  });
+  try {
+    return await runChild<WorkerResult>(process.execPath, [script, JSON.stringify(req)], timeoutSeconds);
+  } catch (e) {
+    throw new Error(`${req.engine} on ${req.path}: ${(e as Error).message}`);
+  }
 }
 
 export interface EngineFigures {
