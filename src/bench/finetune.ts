@@ -107,6 +107,10 @@ export interface FinetuneBenchResult {
   /** QLoRA peak RSS ÷ f32-base LoRA peak RSS (measured, or estimated when f32 does not fit). */
   qloraRssRatio?: number;
   qloraRssRatioEstimated?: boolean;
+  /** The same LoRA run on a float32 base in PyTorch, when our f32 base does not fit. */
+  pytorchF32LoraPeakRssBytes?: number;
+  /** QLoRA peak RSS ÷ that PyTorch run's peak RSS (measured). */
+  qloraRssRatioVsPytorch?: number;
 }
 
 function positiveInt(name: string, value: string | undefined, fallback: number): number {
@@ -397,6 +401,20 @@ export async function runFinetuneBench(argv: string[]): Promise<void> {
         `  QLoRA ÷ f16-base LoRA peak RSS: ${(q4.peakRssBytes / f16.peakRssBytes).toFixed(2)}x (measured)\n` +
           `  QLoRA ÷ f32-base LoRA peak RSS: ${result.qloraRssRatio.toFixed(2)}x (estimated: f16 run + ${((f32.layoutBytes - f16.layoutBytes) / GiB).toFixed(2)} GiB of f32 weights; target <= 0.4x)`,
       );
+      // A measured f32-base LoRA of the same shape and setup: the PyTorch peer's.
+      if (peer) {
+        try {
+          const theirs = await runPeer(q, peer, shape, targets);
+          result.pytorchF32LoraPeakRssBytes = theirs.peakRssBytes;
+          result.qloraRssRatioVsPytorch = q4.peakRssBytes / theirs.peakRssBytes;
+          say(
+            `  PyTorch f32-base LoRA: peak RSS ${fmtMiB(theirs.peakRssBytes)}, ${fmtRate(theirs.tokensPerSecond)} tok/s\n` +
+              `  QLoRA ÷ PyTorch f32-base LoRA peak RSS: ${result.qloraRssRatioVsPytorch.toFixed(2)}x (measured; target <= 0.4x)`,
+          );
+        } catch (e) {
+          say(`  PyTorch f32-base LoRA: ${(e as Error).message.split("\n")[0]}`);
+        }
+      }
     }
   }
   const json = `${JSON.stringify(result, null, 2)}\n`;
