@@ -10,9 +10,9 @@ import {
   resumeFinetune,
 } from "../train/finetune.js";
 import type { TrainMemory } from "../train/model.js";
-import { Progress } from "../util/progress.js";
 import { describeSkipped } from "./data-options.js";
 import { intArg, numArg } from "./options.js";
+import { RunProgress } from "./run-progress.js";
 
 interface FinetuneFlags {
   base?: string;
@@ -178,7 +178,7 @@ export function registerFinetune(program: Command) {
     const out = (line: string) => {
       if (!flags.json) process.stdout.write(`${line}\n`);
     };
-    let progress: Progress | undefined;
+    const progress = new RunProgress("finetune", out, Boolean(flags.json));
     const onEvent = (e: FinetuneEvent) => {
       switch (e.type) {
         case "data": {
@@ -192,27 +192,8 @@ export function registerFinetune(program: Command) {
           );
           break;
         }
-        case "start":
-          out(`training: steps ${e.fromStep + 1} to ${e.steps} on ${e.threads} threads`);
-          if (!flags.json && process.stderr.isTTY) {
-            progress = new Progress("finetune", e.steps, "steps | loss {loss} | {tokps} tok/s");
-            progress.tick(e.fromStep, { loss: "-", tokps: "-" });
-          }
-          break;
-        case "step":
-          progress?.tick(1, {
-            loss: e.metrics.loss.toFixed(3),
-            tokps: Math.round(e.tokensPerSecond).toString(),
-          });
-          break;
-        case "eval":
-          out(`step ${e.step}: validation loss ${e.valLoss.toFixed(4)}`);
-          break;
-        case "sample":
-          out(`step ${e.step} sample: ${JSON.stringify(e.text)}`);
-          break;
-        case "checkpoint":
-          break;
+        default:
+          progress.onEvent(e);
       }
     };
     const controller = new AbortController();
@@ -290,7 +271,7 @@ export function registerFinetune(program: Command) {
       }
     } finally {
       process.off("SIGINT", onSigint);
-      progress?.done();
+      progress.done();
     }
     if (flags.json) {
       process.stdout.write(`${JSON.stringify(summary)}\n`);

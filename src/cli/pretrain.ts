@@ -13,8 +13,8 @@ import {
   readRun,
   resumePretraining,
 } from "../train/pretrain.js";
-import { Progress } from "../util/progress.js";
 import { intArg, numArg } from "./options.js";
+import { RunProgress } from "./run-progress.js";
 
 interface PretrainFlags {
   model?: string;
@@ -134,7 +134,7 @@ export function registerPretrain(program: Command, openData: (dir: string) => Pr
     const out = (line: string) => {
       if (!flags.json) process.stdout.write(`${line}\n`);
     };
-    let progress: Progress | undefined;
+    const progress = new RunProgress("pretrain", out, Boolean(flags.json));
     let described = false;
     const describe = (c: LlamaConfig, parameters: number, memory: TrainMemory) => {
       out(
@@ -144,31 +144,8 @@ export function registerPretrain(program: Command, openData: (dir: string) => Pr
       described = true;
     };
     const onEvent = (e: PretrainEvent) => {
-      switch (e.type) {
-        case "start": {
-          if (!described) describe(e.config, e.parameters, e.memory);
-          out(`training: steps ${e.fromStep + 1} to ${e.steps} on ${e.threads} threads`);
-          if (!flags.json && process.stderr.isTTY) {
-            progress = new Progress("pretrain", e.steps, "steps | loss {loss} | {tokps} tok/s");
-            progress.tick(e.fromStep, { loss: "-", tokps: "-" });
-          }
-          break;
-        }
-        case "step":
-          progress?.tick(1, {
-            loss: e.metrics.loss.toFixed(3),
-            tokps: Math.round(e.tokensPerSecond).toString(),
-          });
-          break;
-        case "eval":
-          out(`step ${e.step}: validation loss ${e.valLoss.toFixed(4)}`);
-          break;
-        case "sample":
-          out(`step ${e.step} sample: ${JSON.stringify(e.text)}`);
-          break;
-        case "checkpoint":
-          break;
-      }
+      if (e.type === "start" && !described) describe(e.config, e.parameters, e.memory);
+      progress.onEvent(e);
     };
     const controller = new AbortController();
     const onSigint = () => controller.abort();
@@ -236,7 +213,7 @@ export function registerPretrain(program: Command, openData: (dir: string) => Pr
       }
     } finally {
       process.off("SIGINT", onSigint);
-      progress?.done();
+      progress.done();
     }
     if (flags.json) {
       process.stdout.write(`${JSON.stringify(summary)}\n`);
