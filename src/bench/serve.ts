@@ -134,8 +134,14 @@ export async function runServeBench(argv: string[]): Promise<void> {
     say(`${name}: starting the server`);
     const server = await startServer(path, threads, parallel);
     try {
-      // Warm-up: the first request pays for page faults and compilation.
-      await streamCompletion(server, prompt(0, promptTokens), 4);
+      // Warm-up: the first request pays for page faults and compilation. It also checks that a
+      // prompt is the stated number of tokens (plus the BOS token).
+      const warm = await streamCompletion(server, prompt(0, promptTokens), 4);
+      if (warm.promptTokens !== promptTokens + 1) {
+        throw new Error(
+          `a ${promptTokens}-word prompt came to ${warm.promptTokens} tokens, not ${promptTokens + 1}`,
+        );
+      }
       for (const clients of clientLevels) {
         const requests = Math.max(minRequests, 2 * clients);
         const waited = await waitForQuiet(QUIET_CORES, quietWait, say);
@@ -259,6 +265,7 @@ async function streamCompletion(server: BenchServer, text: string, maxTokens: nu
   if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
   let ttft: number | undefined;
   let completionTokens = 0;
+  let promptTokens = 0;
   let buffer = "";
   const decoder = new TextDecoder();
   for await (const bytes of res.body) {
@@ -272,10 +279,13 @@ async function streamCompletion(server: BenchServer, text: string, maxTokens: nu
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message);
       if (ttft === undefined && chunk.choices?.[0]?.text) ttft = performance.now() - t0;
-      if (chunk.usage) completionTokens = chunk.usage.completion_tokens;
+      if (chunk.usage) {
+        completionTokens = chunk.usage.completion_tokens;
+        promptTokens = chunk.usage.prompt_tokens;
+      }
     }
   }
-  return { ttftMs: ttft ?? performance.now() - t0, completionTokens };
+  return { ttftMs: ttft ?? performance.now() - t0, completionTokens, promptTokens };
 }
 
 /** `clients` clients share `requests` requests, each client sending its next when one ends. */

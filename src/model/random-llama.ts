@@ -49,7 +49,7 @@ const GGML_OF: Record<RandomModelType, GGMLType> = {
 const FILE_TYPE_OF: Record<RandomModelType, number> = { f32: 0, q8_0: 7, q4_0: 2 };
 
 /** Bumped whenever the bytes this module writes change, so cached files are rewritten. */
-const GENERATOR_VERSION = 1;
+const GENERATOR_VERSION = 2;
 const VERSION_KEY = "smallhammer.bench.generator_version";
 
 /** Standard deviation the random weights imitate (typical of trained Llama matrices). */
@@ -158,7 +158,11 @@ function fillRandomWeights(type: RandomModelType, dst: Uint8Array, seed: number)
   }
 }
 
-/** The vocabulary: <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, then "▁w<i>" pieces. */
+/**
+ * The vocabulary: <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, "▁w", then the pieces
+ * "▁w0", "▁w1", ... Every prefix of a piece is a piece ("▁w1234" from "▁w123" from ...), so the
+ * merges reach each one: the text "w1234" is one token, as a benchmark's prompt counts on.
+ */
 function vocabulary(size: number): { tokens: string[]; scores: Float32Array; types: Int32Array } {
   const tokens = ["<unk>", "<s>", "</s>"];
   // SentencePiece token types: 1 normal, 2 unknown, 3 control, 6 byte.
@@ -168,7 +172,9 @@ function vocabulary(size: number): { tokens: string[]; scores: Float32Array; typ
     types.push(6);
   }
   const first = tokens.length;
-  for (let i = first; i < size; i++) {
+  tokens.push("▁w");
+  types.push(1);
+  for (let i = 0; tokens.length < size; i++) {
     tokens.push(`▁w${i}`);
     types.push(1);
   }
