@@ -46,9 +46,9 @@ function randomAdapter(tiny: TinyLlama): LoraAdapter {
 
 /** Weight format -> [kernel, ggml type, activation quantizer or null]. */
 const PRODUCTS: [WeightFormat, string, number, string | null][] = [
-  ["F32", "matvecF32", T.F32, null],
-  ["F16", "matvecF16", T.F16, null],
-  ["BF16", "matvecBF16", T.BF16, null],
+  ["F32", "matmulF32", T.F32, null],
+  ["F16", "matmulF16", T.F16, null],
+  ["BF16", "matmulBF16", T.BF16, null],
   ["Q4_0", "matmulQ4_0", T.Q4_0, "quantizeQ8_0"],
   ["Q4_1", "matmulQ4_1", T.Q4_1, "quantizeQ8_1"],
   ["Q5_0", "matmulQ5_0", T.Q5_0, "quantizeQ8_0"],

@@ -8,6 +8,7 @@ import {
   type Backend,
   type Buf,
   rowBytes,
+  TOKEN_ENTRY_BYTES,
   WasmBackend,
   type Weight,
   type WeightFormat,
@@ -99,6 +100,8 @@ interface LayerWeights {
   /** K and V caches, one per sequence: contextSize rows of kvHeads·headDim floats. */
   k: Buf[];
   v: Buf[];
+  /** Token table of a pass over several sequences (TOKEN_ENTRY_BYTES per token), when there are several. */
+  tokens?: Buf;
   /** Run-time LoRA updates by projection. */
   lora: Partial<Record<Projection, LoraWeights>>;
 }
@@ -318,6 +321,7 @@ export class LlamaModel {
         tensors: names.map((n) => `blk.${l}.${n}.weight`),
         extraBytes:
           2 * sequences * align(contextSize * kvDim * 4) +
+          (sequences > 1 ? align(batchSize * TOKEN_ENTRY_BYTES) : 0) +
           PROJECTIONS.reduce((sum, p) => sum + loraBytesOf(`blk.${l}.${p}.weight`), 0),
         layer: l,
       });
@@ -416,6 +420,8 @@ export class LlamaModel {
             down: weight(`${p}ffn_down.weight`, s),
             k,
             v,
+            tokens:
+              sequences > 1 ? { shard: s, offset: rt.alloc(s, batchSize * TOKEN_ENTRY_BYTES) } : undefined,
             lora: loraWeights(l, s),
           });
         }
@@ -617,7 +623,9 @@ export class LlamaModel {
       shard: buf.shard,
       offset: buf.offset + row * width * 4,
     });
-    // One segment writes its K and V rows straight into its cache; several go through kNew/vNew.
+    // One segment writes its K and V rows straight into its cache. Several go through kNew/vNew,
+    // and one token table per layer names each token's position and caches for ropeAt,
+    // storeKvAt and attentionAt: three ops per layer, whatever the number of sequences.
     const direct = segments.length === 1;
     let cur = this.headShard;
     b.getRows(this.act[cur]!.x, this.embedding, tokens);
@@ -655,35 +663,22 @@ export class LlamaModel {
         ],
         true,
       );
-      b.phase(() => {
-        segments.forEach((s, i) => {
-          b.rope(at(A.q, first[i]!, qDim), s.tokens.length, c.heads, c.headDim, c.rope, s.pos0);
-          b.rope(at(kOut, first[i]!, kvDim), s.tokens.length, c.kvHeads, c.headDim, c.rope, s.pos0);
-        });
-      });
-      if (!direct) {
+      if (direct) {
+        const s = segments[0]!;
         b.phase(() => {
-          segments.forEach((s, i) => {
-            const bytes = s.tokens.length * kvDim * 4;
-            b.copy(at(L.k[s.seq]!, s.pos0, kvDim), at(kOut, first[i]!, kvDim), bytes);
-            b.copy(at(L.v[s.seq]!, s.pos0, kvDim), at(vOut, first[i]!, kvDim), bytes);
-          });
+          b.rope(A.q, n, c.heads, c.headDim, c.rope, s.pos0);
+          b.rope(kOut, n, c.kvHeads, c.headDim, c.rope, s.pos0);
         });
+        b.attention(A.att, A.q, L.k[s.seq]!, L.v[s.seq]!, n, s.pos0, shape, A.scratch);
+      } else {
+        const table = this.tokenTable(L, segments, n);
+        b.phase(() => {
+          b.ropeAt(A.q, n, c.heads, c.headDim, c.rope, table);
+          b.ropeAt(kOut, n, c.kvHeads, c.headDim, c.rope, table);
+        });
+        b.storeKvAt(kOut, vOut, n, kvDim * 4, table);
+        b.attentionAt(A.att, A.q, n, table, shape, A.scratch);
       }
-      b.phase(() => {
-        segments.forEach((s, i) => {
-          b.attention(
-            at(A.att, first[i]!, qDim),
-            at(A.q, first[i]!, qDim),
-            L.k[s.seq]!,
-            L.v[s.seq]!,
-            s.tokens.length,
-            s.pos0,
-            shape,
-            A.scratch,
-          );
-        });
-      });
       b.matmul(A.att, n, qDim, [{ w: L.wo, out: A.x, acc: true }], A.xq, true);
       this.addLora(L, A, A.att, n, qDim, [["attn_output", A.x]], true);
       b.rmsNorm(A.xb, A.x, L.ffnNorm, n, c.dim, c.normEps);
@@ -734,6 +729,23 @@ export class LlamaModel {
     b.matmul(H.xb, segments.length, c.dim, [{ w: this.output, out: H.logits! }], H.xq, true);
     b.flush();
     return segments.map((_, i) => this.rt.f32(this.headShard, H.logits!.offset + i * c.vocab * 4, c.vocab));
+  }
+
+  /** Fills layer L's token table for the tokens of `segments` (n in all) and returns it. */
+  private tokenTable(L: LayerWeights, segments: readonly BatchSegment[], n: number): Buf {
+    const table = L.tokens!;
+    const e = this.rt.u32(table.shard, table.offset, n * (TOKEN_ENTRY_BYTES / 4));
+    const rowBytes = this.config.kvHeads * this.config.headDim * 4;
+    let t = 0;
+    for (const s of segments) {
+      const k = L.k[s.seq]!.offset;
+      const v = L.v[s.seq]!.offset;
+      for (let j = 0; j < s.tokens.length; j++, t++) {
+        const pos = s.pos0 + j;
+        e.set([pos, k + pos * rowBytes, v + pos * rowBytes, k, v], t * 5);
+      }
+    }
+    return table;
   }
 
   /**

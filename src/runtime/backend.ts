@@ -109,6 +109,17 @@ export interface Backend {
     shape: AttentionShape,
     scratch: Buf,
   ): void;
+  /**
+   * One pass over tokens of several sequences, each with its own KV cache, described by a token
+   * table (TOKEN_ENTRY_BYTES per token: pos, kRow, vRow, k, v as u32; see src/kernels/README.md).
+   * Each gives a token the bits the one-sequence op gives it alone.
+   * ropeAt: rope with token t at position table[t].pos.
+   */
+  ropeAt(x: Buf, n: number, nHeads: number, headDim: number, rope: RopeParams, table: Buf): void;
+  /** Copies `n` new key and value rows of `rowBytes` to the cache rows table[t].kRow and .vRow. */
+  storeKvAt(k: Buf, v: Buf, n: number, rowBytes: number, table: Buf): void;
+  /** Attention of `n` queries; token t attends to positions 0..table[t].pos of its own caches. */
+  attentionAt(out: Buf, q: Buf, n: number, table: Buf, shape: AttentionShape, scratch: Buf): void;
   siluMul(out: Buf, gate: Buf, up: Buf, length: number): void;
   add(out: Buf, a: Buf, b: Buf, length: number): void;
   /** Copies rows `ids` of an embedding table into consecutive f32 rows of `out`. */
@@ -117,6 +128,9 @@ export interface Backend {
   phase(record: () => void): void;
   flush(): void;
 }
+
+/** Bytes of one token table entry (ropeAt, storeKvAt, attentionAt). */
+export const TOKEN_ENTRY_BYTES = 20;
 
 export interface RopeParams {
   dim: number;
@@ -157,7 +171,7 @@ export class WasmBackend implements Backend {
     if (!was) this.rt.barrier();
   }
 
-  matmul(x: Buf, n: number, cols: number, targets: MatmulTarget[], xq: Buf, perToken = false): void {
+  matmul(x: Buf, n: number, cols: number, targets: MatmulTarget[], xq: Buf, _perToken = false): void {
     // Quantize the input once per activation format the targets need, then run all products.
     const formats = new Map<string, number>();
     let xqTop = xq.offset;
@@ -175,10 +189,10 @@ export class WasmBackend implements Backend {
         if (w.cols !== cols) throw new Error(`matmul: weight has ${w.cols} columns, input ${cols}`);
         const a = ACTIVATION_FORMAT[w.format];
         const input = a ? formats.get(a)! : x.offset;
-        // The quantized products already compute each token alone; the float ones group tokens
-        // into tiles unless their one-token variant is asked for.
+        // Every kernel here computes each token's outputs as that token alone would get them,
+        // so `perToken` needs nothing special.
         this.op(
-          `${perToken && !a ? "matvec" : "matmul"}${w.format}`,
+          `matmul${w.format}`,
           w.shard,
           w.rows,
           [w.offset, input, out.offset, w.rows, cols, n, acc ? 1 : 0],
@@ -222,6 +236,36 @@ export class WasmBackend implements Backend {
       out.offset,
       n,
       pos0,
+      s.nHeads,
+      s.nKvHeads,
+      s.headDim,
+      scratch.offset,
+      s.scratchStride * 4,
+    ]);
+  }
+
+  ropeAt(x: Buf, n: number, nHeads: number, headDim: number, rope: RopeParams, table: Buf): void {
+    this.op("ropeAt", x.shard, n * nHeads, [
+      x.offset,
+      nHeads,
+      headDim,
+      rope.dim,
+      table.offset,
+      rope.freqBase,
+      rope.freqScale,
+      rope.neox ? 1 : 0,
+    ]);
+  }
+
+  storeKvAt(k: Buf, v: Buf, n: number, rowBytes: number, table: Buf): void {
+    this.op("storeKvAt", k.shard, n, [k.offset, v.offset, table.offset, rowBytes]);
+  }
+
+  attentionAt(out: Buf, q: Buf, n: number, table: Buf, s: AttentionShape, scratch: Buf): void {
+    this.op("attentionAt", q.shard, n * s.nHeads, [
+      q.offset,
+      table.offset,
+      out.offset,
       s.nHeads,
       s.nKvHeads,
       s.headDim,

@@ -190,6 +190,23 @@ export function ropeRef(
   }
 }
 
+/** ropeRef over tokens of several sequences: token t (a row of nHeads·headDim) is at positions[t]. */
+export function ropeAtRef(
+  x: Float32Array,
+  positions: readonly number[],
+  nHeads: number,
+  headDim: number,
+  ropeDim: number,
+  freqBase: number,
+  freqScale: number,
+  neox: number,
+): void {
+  const w = nHeads * headDim;
+  positions.forEach((pos, t) => {
+    ropeRef(x.subarray(t * w, (t + 1) * w), 1, nHeads, headDim, ropeDim, pos, freqBase, freqScale, neox);
+  });
+}
+
 /**
  * Causal attention. q and out are n × nHeads·headDim; k and v hold cache positions
  * 0 .. pos0 + n - 1, each a row of nKvHeads·headDim. Token t (position pos0 + t) attends to
@@ -235,6 +252,30 @@ export function attentionRef(
       }
     }
   }
+}
+
+/** One token of a pass over several sequences: its position and its sequence's caches. */
+export interface TokenRef {
+  pos: number;
+  /** K and V cache rows 0..pos of the token's sequence, nKvHeads·headDim floats each. */
+  k: Float32Array;
+  v: Float32Array;
+}
+
+/** attentionRef over tokens of several sequences: token t attends to its own caches up to tokens[t].pos. */
+export function attentionAtRef(
+  q: Float32Array,
+  tokens: readonly TokenRef[],
+  out: Float32Array,
+  nHeads: number,
+  nKvHeads: number,
+  headDim: number,
+): void {
+  const w = nHeads * headDim;
+  tokens.forEach(({ pos, k, v }, t) => {
+    const o = out.subarray(t * w, (t + 1) * w);
+    attentionRef(q.subarray(t * w, (t + 1) * w), k, v, o, 1, pos, nHeads, nKvHeads, headDim);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

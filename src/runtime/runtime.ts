@@ -136,6 +136,10 @@ export class Runtime {
     return new Float32Array(this.memories[shard]!.buffer, offset, length);
   }
 
+  u32(shard: number, offset: number, length: number): Uint32Array {
+    return new Uint32Array(this.memories[shard]!.buffer, offset, length);
+  }
+
   has(kernel: string): boolean {
     return this.kernelIndex.has(kernel);
   }

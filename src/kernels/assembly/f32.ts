@@ -111,8 +111,14 @@ const EXP_P5: f32 = 5.0000001201e-1;
 // iteration. With f32 weights 4 rows × 2 tokens (8 accumulators, no spills) is about 1.5×
 // faster; with f16/bf16 weights 4 × 4 still wins, since each converted weight vector then
 // serves 4 tokens. Leftover tokens use the 4-row matrix–vector tile, leftover rows 1-row
-// tiles. With n == 1 (decode) every row goes through the 4-row matrix–vector tile, which
-// streams the four weight rows once with eight independent accumulator chains.
+// tiles. With n == 1 (decode) every row goes through the 4-row matrix–vector tile.
+//
+// Every tile sums a (row, token) product the same way: one f32x4 chain over the 4-column
+// groups in order, then the lanes as (l0 + l2) + (l1 + l3). So a token's outputs are the same
+// bits whatever tile computed them, and a call with n tokens gives each token what a call with
+// that token alone gives. Batched decoding of independent sequences relies on this: a sequence's
+// text does not depend on which others share its step. (One chain per row costs the decode tile
+// nothing measurable: decode waits on memory, not on the adds.)
 
 /** Four weights at p (4·sizeof<T>() bytes) as f32x4. */
 // @ts-ignore: decorator
@@ -224,33 +230,19 @@ function tile4x4<T>(w: usize, ws: usize, x: usize, xs: usize, cols: i32, out: us
 @inline function tile4x1<T>(w: usize, ws: usize, x: usize, cols: i32, out: usize, acc: i32): void {
   const zero = f32x4.splat(0);
   let c0 = zero, c1 = zero, c2 = zero, c3 = zero;
-  let d0 = zero, d1 = zero, d2 = zero, d3 = zero;
   const w1 = w + ws, w2 = w1 + ws, w3 = w2 + ws;
   const wStep = <usize>(4 * sizeof<T>());
   let wo: usize = 0;
-  let xo: usize = 0;
   const xEnd = <usize>cols << 2;
-  for (; xo + 32 <= xEnd; xo += 32) {
-    const b = v128.load(x + xo);
-    const e = v128.load(x + xo, 16);
-    c0 = f32x4.add(c0, f32x4.mul(loadW4<T>(w + wo), b));
-    c1 = f32x4.add(c1, f32x4.mul(loadW4<T>(w1 + wo), b));
-    c2 = f32x4.add(c2, f32x4.mul(loadW4<T>(w2 + wo), b));
-    c3 = f32x4.add(c3, f32x4.mul(loadW4<T>(w3 + wo), b));
-    d0 = f32x4.add(d0, f32x4.mul(loadW4<T>(w + wo + wStep), e));
-    d1 = f32x4.add(d1, f32x4.mul(loadW4<T>(w1 + wo + wStep), e));
-    d2 = f32x4.add(d2, f32x4.mul(loadW4<T>(w2 + wo + wStep), e));
-    d3 = f32x4.add(d3, f32x4.mul(loadW4<T>(w3 + wo + wStep), e));
-    wo += 2 * wStep;
-  }
-  if (xo < xEnd) {
+  for (let xo: usize = 0; xo < xEnd; xo += 16) {
     const b = v128.load(x + xo);
     c0 = f32x4.add(c0, f32x4.mul(loadW4<T>(w + wo), b));
     c1 = f32x4.add(c1, f32x4.mul(loadW4<T>(w1 + wo), b));
     c2 = f32x4.add(c2, f32x4.mul(loadW4<T>(w2 + wo), b));
     c3 = f32x4.add(c3, f32x4.mul(loadW4<T>(w3 + wo), b));
+    wo += wStep;
   }
-  storeAcc(out, hsum4(f32x4.add(c0, d0), f32x4.add(c1, d1), f32x4.add(c2, d2), f32x4.add(c3, d3)), acc);
+  storeAcc(out, hsum4(c0, c1, c2, c3), acc);
 }
 
 /** 1 weight row × 4 tokens. out points at out[t0*rows + r]; os = rows·4 bytes. */
@@ -279,25 +271,20 @@ function tile1x4<T>(w: usize, x: usize, xs: usize, cols: i32, out: usize, os: us
 /** 1 weight row × 1 token. */
 // @ts-ignore: decorator
 @inline function tile1x1<T>(w: usize, x: usize, cols: i32, out: usize, acc: i32): void {
-  const zero = f32x4.splat(0);
-  let c0 = zero, c1 = zero;
+  let c = f32x4.splat(0);
   const wStep = <usize>(4 * sizeof<T>());
   let wo: usize = 0;
-  let xo: usize = 0;
   const xEnd = <usize>cols << 2;
-  for (; xo + 32 <= xEnd; xo += 32) {
-    c0 = f32x4.add(c0, f32x4.mul(loadW4<T>(w + wo), v128.load(x + xo)));
-    c1 = f32x4.add(c1, f32x4.mul(loadW4<T>(w + wo + wStep), v128.load(x + xo, 16)));
-    wo += 2 * wStep;
+  for (let xo: usize = 0; xo < xEnd; xo += 16) {
+    c = f32x4.add(c, f32x4.mul(loadW4<T>(w + wo), v128.load(x + xo)));
+    wo += wStep;
   }
-  if (xo < xEnd) c0 = f32x4.add(c0, f32x4.mul(loadW4<T>(w + wo), v128.load(x + xo)));
-  storeAcc1(out, hsum(f32x4.add(c0, c1)), acc);
+  storeAcc1(out, hsum(c), acc);
 }
 
 // @ts-ignore: decorator
 @inline function matmulAny<T>(
   w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
-  tokenTiles: bool,
 ): void {
   const ws = <usize>cols * sizeof<T>();
   const xs = <usize>cols << 2;
@@ -306,11 +293,11 @@ function tile1x4<T>(w: usize, x: usize, xs: usize, cols: i32, out: usize, os: us
   for (; r + 4 <= r1; r += 4) {
     const wr = w + <usize>r * ws;
     let t = 0;
-    if (tokenTiles && isFloat<T>()) {
+    if (isFloat<T>()) {
       for (; t + 2 <= n; t += 2) {
         tile4x2<T>(wr, ws, x + <usize>t * xs, xs, cols, out + <usize>t * os + (<usize>r << 2), os, acc);
       }
-    } else if (tokenTiles) {
+    } else {
       for (; t + 4 <= n; t += 4) {
         tile4x4<T>(wr, ws, x + <usize>t * xs, xs, cols, out + <usize>t * os + (<usize>r << 2), os, acc);
       }
@@ -320,7 +307,7 @@ function tile1x4<T>(w: usize, x: usize, xs: usize, cols: i32, out: usize, os: us
   for (; r < r1; r++) {
     const wr = w + <usize>r * ws;
     let t = 0;
-    for (; tokenTiles && t + 4 <= n; t += 4) {
+    for (; t + 4 <= n; t += 4) {
       tile1x4<T>(wr, x + <usize>t * xs, xs, cols, out + <usize>t * os + (<usize>r << 2), os, acc);
     }
     for (; t < n; t++) tile1x1<T>(wr, x + <usize>t * xs, cols, out + <usize>t * os + (<usize>r << 2), acc);
@@ -331,49 +318,21 @@ function tile1x4<T>(w: usize, x: usize, xs: usize, cols: i32, out: usize, os: us
 export function matmulF32(
   w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
 ): void {
-  matmulAny<f32>(w, x, out, rows, cols, n, acc, r0, r1, true);
+  matmulAny<f32>(w, x, out, rows, cols, n, acc, r0, r1);
 }
 
 /** As matmulF32 with W stored as IEEE half (f16) bits; cols % 4 == 0. */
 export function matmulF16(
   w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
 ): void {
-  matmulAny<u16>(w, x, out, rows, cols, n, acc, r0, r1, true);
+  matmulAny<u16>(w, x, out, rows, cols, n, acc, r0, r1);
 }
 
 /** As matmulF32 with W stored as bfloat16 bits; cols % 4 == 0. */
 export function matmulBF16(
   w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
 ): void {
-  matmulAny<i16>(w, x, out, rows, cols, n, acc, r0, r1, true);
-}
-
-/**
- * n matrix–vector products: as matmulF32, but every token goes through the one-token tiles, so a
- * token's outputs are bit-identical to a call with n = 1, whatever the other tokens are. (The
- * multi-token tiles sum each product in one chain, the one-token tiles in two; the results differ
- * in the last bits.) Batched decoding of independent sequences uses this, so that a sequence's
- * text does not depend on which others share its step. The weights of four rows are still read
- * from memory once for all n tokens.
- */
-export function matvecF32(
-  w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
-): void {
-  matmulAny<f32>(w, x, out, rows, cols, n, acc, r0, r1, false);
-}
-
-/** matvecF32 with f16 weights. */
-export function matvecF16(
-  w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
-): void {
-  matmulAny<u16>(w, x, out, rows, cols, n, acc, r0, r1, false);
-}
-
-/** matvecF32 with bfloat16 weights. */
-export function matvecBF16(
-  w: usize, x: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
-): void {
-  matmulAny<i16>(w, x, out, rows, cols, n, acc, r0, r1, false);
+  matmulAny<i16>(w, x, out, rows, cols, n, acc, r0, r1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -432,6 +391,26 @@ export function rope(
   x: usize, nHeads: i32, headDim: i32, ropeDim: i32, pos0: i32, freqBase: f32, freqScale: f32, neox: i32,
   r0: i32, r1: i32,
 ): void {
+  ropeRows(x, nHeads, headDim, ropeDim, pos0, 0, freqBase, freqScale, neox, r0, r1);
+}
+
+/**
+ * rope with each token's position read from a token table (see "Token tables" below): token t is
+ * at position table[t].pos. A token gets the bits `rope` gives it at that position.
+ */
+export function ropeAt(
+  x: usize, nHeads: i32, headDim: i32, ropeDim: i32, table: usize, freqBase: f32, freqScale: f32, neox: i32,
+  r0: i32, r1: i32,
+): void {
+  ropeRows(x, nHeads, headDim, ropeDim, 0, table, freqBase, freqScale, neox, r0, r1);
+}
+
+/** The rope loop: token t at position pos0 + t, or table[t].pos when table != 0. */
+// @ts-ignore: decorator
+@inline function ropeRows(
+  x: usize, nHeads: i32, headDim: i32, ropeDim: i32, pos0: i32, table: usize, freqBase: f32, freqScale: f32,
+  neox: i32, r0: i32, r1: i32,
+): void {
   const half = ropeDim >> 1;
   const step = Math.pow(<f64>freqBase, -2.0 / <f64>ropeDim);
   const hb = <usize>headDim << 2;
@@ -444,7 +423,8 @@ export function rope(
     const h0 = row - t * nHeads;
     const h1 = min(nHeads, h0 + (r1 - row));
     const base = x + <usize>(t * nHeads) * hb;
-    let theta = <f64>(pos0 + t) * <f64>freqScale;
+    const pos = table ? load<i32>(table + <usize>t * TOKEN_ENTRY) : pos0 + t;
+    let theta = <f64>pos * <f64>freqScale;
     let a: usize = 0;
     for (let i = 0; i < half; i++) {
       const c = Math.cos(theta);
@@ -500,6 +480,57 @@ export function attention(
       const inv = softmaxScores(sc, len);
       attentionValues(vp, kvRow, hb, len, inv, sc, out + <usize>row * hb);
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token tables: one forward pass over tokens of several sequences
+// ---------------------------------------------------------------------------------------------
+//
+// When one pass carries tokens of several sequences, each with its own KV cache, the model writes
+// a table with one entry of TOKEN_ENTRY bytes per token (i32/u32 fields):
+//   pos    the token's position in its sequence (it attends to cache positions 0..pos)
+//   kRow   byte offset of the cache row its key goes to (the layer's K cache + pos · row bytes)
+//   vRow   the same for its value
+//   k, v   byte offsets of the layer's K and V caches of its sequence
+// Each kernel below gives a token the bits the one-sequence kernel gives it alone.
+
+/** Bytes per token table entry: pos, kRow, vRow, k, v. */
+const TOKEN_ENTRY: usize = 20;
+
+/**
+ * attention for the tokens of a table: q and out are n × (nHeads·headDim), rows = n·nHeads,
+ * row = t·nHeads + h; token t attends to positions 0..table[t].pos of the caches table[t].k and
+ * table[t].v. Scratch as in `attention`, 4·(longest pos + 1) bytes per thread.
+ */
+export function attentionAt(
+  q: usize, table: usize, out: usize, nHeads: i32, nKvHeads: i32, headDim: i32,
+  scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32,
+): void {
+  const sc = scratch + <usize>tid * <usize>scratchStride;
+  const group = nHeads / nKvHeads;
+  const hb = <usize>headDim << 2;
+  const kvRow = <usize>nKvHeads * hb;
+  const scale = <f32>(1.0 / Math.sqrt(<f64>headDim));
+  for (let row = r0; row < r1; row++) {
+    const t = row / nHeads;
+    const h = row - t * nHeads;
+    const e = table + <usize>t * TOKEN_ENTRY;
+    const len = load<i32>(e) + 1;
+    const kv = <usize>(h / group) * hb;
+    attentionScores(q + <usize>row * hb, <usize>load<u32>(e, 12) + kv, kvRow, hb, len, scale, sc);
+    const inv = softmaxScores(sc, len);
+    attentionValues(<usize>load<u32>(e, 16) + kv, kvRow, hb, len, inv, sc, out + <usize>row * hb);
+  }
+}
+
+/** Copies the new key and value rows of each token (k, v: n rows of rowBytes) to table[t].kRow and .vRow; rows = tokens. */
+export function storeKvAt(k: usize, v: usize, table: usize, rowBytes: i32, r0: i32, r1: i32): void {
+  const rb = <usize>rowBytes;
+  for (let t = r0; t < r1; t++) {
+    const e = table + <usize>t * TOKEN_ENTRY;
+    memory.copy(<usize>load<u32>(e, 4), k + <usize>t * rb, rb);
+    memory.copy(<usize>load<u32>(e, 8), v + <usize>t * rb, rb);
   }
 }
 
