@@ -15,6 +15,7 @@ import {
   randomLlamaFile,
   SHAPES,
 } from "../model/random-llama.js";
+import { type KernelVariant, kernelVariant } from "../runtime/runtime.js";
 import { runChild } from "./child.js";
 import type { WorkerRequest, WorkerResult } from "./infer-worker.js";
 
@@ -177,8 +178,10 @@ function figures(result: WorkerResult, quietCores: number): EngineFigures {
 }
 
 /** What was measured: the commit (when in a git checkout) and a digest of the kernel module. */
-function provenance(): { commit?: string; kernelsSha256?: string } {
-  const out: { commit?: string; kernelsSha256?: string } = {};
+function provenance(): { commit?: string; kernelsSha256?: string; kernels: KernelVariant } {
+  const out: { commit?: string; kernelsSha256?: string; kernels: KernelVariant } = {
+    kernels: kernelVariant(),
+  };
   try {
     out.commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], {
       encoding: "utf8",
@@ -188,7 +191,8 @@ function provenance(): { commit?: string; kernelsSha256?: string } {
     /* not a checkout */
   }
   try {
-    const wasm = readFileSync(new URL("../../build/kernels.wasm", import.meta.url));
+    const file = out.kernels === "plain" ? "kernels.wasm" : "kernels-relaxed.wasm";
+    const wasm = readFileSync(new URL(`../../build/${file}`, import.meta.url));
     out.kernelsSha256 = createHash("sha256").update(wasm).digest("hex");
   } catch {
     /* the worker reports a missing module */
@@ -293,7 +297,8 @@ export async function runInferBench(argv: string[]): Promise<void> {
     process.stdout.write(
       `bench infer: ${threads} threads, prefill ${prefill} and decode ${decode} tokens (--large: 16 and 8), ` +
         `best of ${reps} undisturbed repetitions after a warm-up, context ${CONTEXT_SIZE}, batch ${BATCH_SIZE}\n` +
-        `commit ${prov.commit ?? "?"}, kernels.wasm sha256 ${prov.kernelsSha256?.slice(0, 12) ?? "?"}, ` +
+        `commit ${prov.commit ?? "?"}, ${prov.kernels} kernels (SMALLHAMMER_SIMD=plain|relaxed picks), ` +
+        `sha256 ${prov.kernelsSha256?.slice(0, 12) ?? "?"}, ` +
         `load average ${load0.map((l) => l.toFixed(2)).join(" ")}\n\n`,
     );
     process.stdout.write(`${tableHeader()}\n`);

@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
+import { setFlagsFromString } from "node:v8";
 import { Worker } from "node:worker_threads";
 import { CTRL, createExecutor, FLAG_BARRIER, MAX_ARGS, OP_COPY, OP_SLOTS } from "./executor.js";
 
@@ -10,21 +11,113 @@ export const SHARD_BASE = 1 << 20;
 export const MAX_SHARD_BYTES = 4 * 1024 * 1024 * 1024 - 64 * 1024 * 1024;
 const MAX_OPS = 16384;
 
-let cachedModule: WebAssembly.Module | undefined;
+export type KernelVariant = "plain" | "relaxed";
 
-/** The compiled kernel module (build/kernels.wasm), compiled once per process. */
-export function kernelModule(): WebAssembly.Module {
-  if (!cachedModule) {
-    const url = new URL("../../build/kernels.wasm", import.meta.url);
-    let bytes: Buffer;
-    try {
-      bytes = readFileSync(url);
-    } catch {
-      throw new Error(`kernel module missing at ${url.pathname}: run "npm run build:kernels"`);
-    }
-    cachedModule = new WebAssembly.Module(bytes);
+let cached: { module: WebAssembly.Module; variant: KernelVariant } | undefined;
+
+function kernelBytes(variant: KernelVariant): Buffer {
+  const name = variant === "plain" ? "kernels.wasm" : "kernels-relaxed.wasm";
+  const url = new URL(`../../build/${name}`, import.meta.url);
+  try {
+    return readFileSync(url);
+  } catch {
+    throw new Error(`kernel module missing at ${url.pathname}: run "npm run build:kernels"`);
   }
-  return cachedModule;
+}
+
+/**
+ * The compiled kernel module, chosen once per process. build/kernels-relaxed.wasm (SIMD128 plus
+ * relaxed SIMD's 8-bit dot product, used by the Q4_0 products) runs where V8 can run it: Node 20
+ * needs the --experimental-wasm-relaxed-simd flag, which is set here at run time. It must also
+ * give exactly the plain module's bits on a Q4_0 product (checked once); otherwise, or with
+ * SMALLHAMMER_SIMD=plain, build/kernels.wasm (plain SIMD128) runs. SMALLHAMMER_SIMD=relaxed
+ * insists on the relaxed module.
+ */
+export function kernelModule(): WebAssembly.Module {
+  return loadKernels().module;
+}
+
+/** Which kernel module this process runs. */
+export function kernelVariant(): KernelVariant {
+  return loadKernels().variant;
+}
+
+function loadKernels(): { module: WebAssembly.Module; variant: KernelVariant } {
+  if (cached) return cached;
+  const want = process.env.SMALLHAMMER_SIMD ?? "auto";
+  if (want !== "auto" && want !== "plain" && want !== "relaxed") {
+    throw new Error(`SMALLHAMMER_SIMD must be plain, relaxed or auto, not "${want}"`);
+  }
+  const plain = new WebAssembly.Module(kernelBytes("plain"));
+  cached = { module: plain, variant: "plain" };
+  if (want === "plain") return cached;
+  const why = relaxedProblem(plain);
+  if (typeof why !== "string") cached = { module: why, variant: "relaxed" };
+  else if (want === "relaxed") throw new Error(`SMALLHAMMER_SIMD=relaxed: ${why}`);
+  return cached;
+}
+
+/** The relaxed module when this V8 runs it and it agrees with the plain one; else why not. */
+function relaxedProblem(plain: WebAssembly.Module): WebAssembly.Module | string {
+  let bytes: Buffer;
+  try {
+    bytes = kernelBytes("relaxed");
+  } catch (e) {
+    return (e as Error).message;
+  }
+  let relaxed = compile(bytes);
+  if (!relaxed) {
+    try {
+      setFlagsFromString("--experimental-wasm-relaxed-simd");
+    } catch {
+      // an embedder that refuses flags: the module stays invalid below
+    }
+    relaxed = compile(bytes);
+    if (!relaxed) return "this V8 does not run WebAssembly relaxed SIMD";
+  }
+  return q4Product(relaxed) === q4Product(plain)
+    ? relaxed
+    : "its Q4_0 product differs from the plain module's";
+}
+
+function compile(bytes: Buffer): WebAssembly.Module | undefined {
+  try {
+    return new WebAssembly.Module(bytes);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Bits of a small Q4_0 product (5 tokens, rows and columns off the tile sizes) as a string. */
+function q4Product(module: WebAssembly.Module): string {
+  const memory = new WebAssembly.Memory({ initial: 20, maximum: 20, shared: true });
+  const k = new WebAssembly.Instance(module, { env: { memory, abort: () => {} } }).exports as Record<
+    string,
+    (...args: number[]) => void
+  >;
+  const rows = 7;
+  const cols = 96;
+  const n = 5;
+  const w = SHARD_BASE;
+  const x = w + 4096;
+  const xq = x + 4096;
+  const out = xq + 4096;
+  const bytes = new Uint8Array(memory.buffer);
+  const f = new Float32Array(memory.buffer, x, n * cols);
+  let seed = 12345;
+  const next = () => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return seed >>> 16;
+  };
+  for (let i = 0; i < rows * (cols / 32) * 18; i++) bytes[w + i] = next() & 0xff;
+  for (let b = 0; b < rows * (cols / 32); b++) {
+    bytes[w + b * 18] = next() & 0xff; // f16 scale: a normal number of modest size
+    bytes[w + b * 18 + 1] = 0x20 + (next() & 7);
+  }
+  for (let i = 0; i < f.length; i++) f[i] = (next() / 32768 - 1) * 3;
+  k.quantizeQ8_0!(x, xq, cols, n, 0, n);
+  k.matmulQ4_0!(w, xq, out, rows, cols, n, 0, 0, rows);
+  return Array.from(new Uint32Array(memory.buffer, out, n * rows)).join(",");
 }
 
 /** Names of every function the module exports, in a fixed order shared by all threads. */

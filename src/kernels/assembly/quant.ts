@@ -295,6 +295,8 @@ const CONSTS: usize = memory.data<u16>(
     0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, // bit 8
     0x3000, 0x3000, 0x3000, 0x3000, 0x3000, 0x3000, 0x3000, 0x3000, // bits 12..13
     0x0300, 0x0300, 0x0300, 0x0300, 0x0300, 0x0300, 0x0300, 0x0300, // bits 8..9
+    0x0f0f, 0x0f0f, 0x0f0f, 0x0f0f, 0x0f0f, 0x0f0f, 0x0f0f, 0x0f0f, // low nibble of every byte
+    1, 1, 1, 1, 1, 1, 1, 1, // ones: pairwise i16 -> i32 sums
   ],
   16,
 );
@@ -316,6 +318,8 @@ const CONST_1000: usize = 224;
 const CONST_0100: usize = 240;
 const CONST_3000: usize = 256;
 const CONST_0300: usize = 272;
+const CONST_0F0F: usize = 288;
+const CONST_ONES: usize = 304;
 
 /** halfHighToF32 with its two constants passed in (loaded once per call from the table). */
 // @ts-ignore: decorator
@@ -877,6 +881,150 @@ const K_Q8_0: i32 = 4;
   );
 }
 
+// ---------------------------------------------------------------------------------------------
+// Relaxed SIMD (kernels-relaxed.wasm only): Q4_0 with an 8-bit dot product
+// ---------------------------------------------------------------------------------------------
+//
+// `i16x8.relaxed_dot_i8x16_i7x16_s(a, b)` multiplies signed bytes of a by bytes of b and adds
+// adjacent pairs into i16 lanes (x64: one pmaddubsw). Its result is fixed wherever b's bytes are
+// in [0, 127]: Q4_0's nibbles are in [0, 15], so they go in as b, unshifted, and the int8
+// activations as a. A pair sum is at most 2·15·127, a lane of two added dots at most 7620, so no
+// i16 lane saturates, and `i32x4.dot_i16x8_s` with ones widens the lanes to four i32 sums. The
+// block sums are the same integers as the plain kernels', and the float work after them (×256,
+// the scales, the accumulation order) is the same too, so both modules give the same bits.
+// (The fused i32x4.relaxed_dot_i8x16_i7x16_add_s is avoided: V8 11 in Node 20 returns twice the
+// dot product on x64.)
+
+/** Partial sums (i32x4) of Σ q·x over a Q4_0 block: qs at p, activation halves xa (0..15) and xb (16..31). */
+// @ts-ignore: decorator
+@inline function dotQ4Relaxed(p: usize, nib: v128, ones: v128, xa: v128, xb: v128): v128 {
+  const q = v128.load(p, 2);
+  const lo = v128.and(q, nib);
+  const hi = v128.and(i16x8.shr_u(q, 4), nib);
+  return i32x4.dot_i16x8_s(
+    i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(xa, lo), i16x8.relaxed_dot_i8x16_i7x16_s(xb, hi)),
+    ones,
+  );
+}
+
+/** dotRows32 for Q4_0 with the relaxed dot: four weight rows · one token, as f32x4. */
+// @ts-ignore: decorator
+@inline function dotRowsQ4Relaxed(w: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, xq: usize, nb: i32): v128 {
+  const nib = constant(CONST_0F0F);
+  const ones = constant(CONST_ONES);
+  const c8 = constant(CONST_8);
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
+  const xmagic = constant(CONST_HALF_MAGIC_256);
+  const z = i32x4.splat(0);
+  let acc = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    let xa = z, xb = z, corr = z;
+    if (x >= xq) {
+      xa = v128.load(x, 2);
+      xb = v128.load(x, 18);
+      // lanes add up to 8·Σx: Σ(q-8)x = Σqx - 8Σx
+      corr = i32x4.dot_i16x8_s(i16x8.add(i16x8.extadd_pairwise_i8x16_s(xa), i16x8.extadd_pairwise_i8x16_s(xb)), c8);
+    }
+    let s0 = z, ab = z, s2 = z, cd = z;
+    if (p0 >= w) s0 = i32x4.sub(dotQ4Relaxed(p0, nib, ones, xa, xb), corr);
+    if (p1 >= w) ab = pairAdd(s0, i32x4.sub(dotQ4Relaxed(p1, nib, ones, xa, xb), corr));
+    if (p2 >= w) s2 = i32x4.sub(dotQ4Relaxed(p2, nib, ones, xa, xb), corr);
+    if (p3 >= w) cd = pairAdd(s2, i32x4.sub(dotQ4Relaxed(p3, nib, ones, xa, xb), corr));
+    // ×256 as in the plain kernel (exact: |Σ(q-8)x| <= 32·8·127), then the same scaling
+    const sumi = f32x4.convert_i32x4_s(i32x4.shl(quadAdd(ab, cd), 8));
+    acc = f32x4.add(acc, f32x4.mul(sumi, f32x4.mul(half4(p0, p1, p2, p3, hmask, hmagic), halfSplat(x, hmask, xmagic))));
+    p0 += 18;
+    p1 += 18;
+    p2 += 18;
+    p3 += 18;
+    x += 34;
+  }
+  return acc;
+}
+
+/**
+ * Four Q4_0 weight rows · four tokens with the relaxed dot (x and the next three token rows).
+ * Lanes are tokens until the end, as in dotRows32x4; every lane does the single-token kernel's
+ * float operations on the same values, so each token gets dotRowsQ4Relaxed's bits.
+ */
+// @ts-ignore: decorator
+@inline function dotRowsQ4Relaxedx4(
+  w: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, xq: usize, nb: i32,
+  out: usize, rows: i32, nr: i32, accumulate: i32,
+): void {
+  const nib = constant(CONST_0F0F);
+  const ones = constant(CONST_ONES);
+  const c8 = constant(CONST_8);
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
+  const xmagic = constant(CONST_HALF_MAGIC_256);
+  const xRow = <usize>nb * 34;
+  const z = i32x4.splat(0);
+  let a0 = f32x4.splat(0);
+  let a1 = a0;
+  let a2 = a0;
+  let a3 = a0;
+  for (let b = 0; b < nb; b++) {
+    const y1 = x + xRow;
+    const y2 = y1 + xRow;
+    const y3 = y2 + xRow;
+    let corr = z;
+    let dx = z;
+    if (x >= xq) {
+      // the four tokens' 8·Σx in one vector (lanes = tokens)
+      corr = quadAdd(
+        pairAdd(sumX8(x, c8), sumX8(y1, c8)),
+        pairAdd(sumX8(y2, c8), sumX8(y3, c8)),
+      );
+      dx = half4(x, y1, y2, y3, hmask, xmagic);
+    }
+    const dw = half4(p0, p1, p2, p3, hmask, hmagic);
+    if (p0 >= w) a0 = f32x4.add(a0, f32x4.mul(tileRowQ4Relaxed(p0, nib, ones, x, y1, y2, y3, corr), f32x4.mul(i32x4.shuffle(dw, dw, 0, 0, 0, 0), dx)));
+    if (p1 >= w) a1 = f32x4.add(a1, f32x4.mul(tileRowQ4Relaxed(p1, nib, ones, x, y1, y2, y3, corr), f32x4.mul(i32x4.shuffle(dw, dw, 1, 1, 1, 1), dx)));
+    if (p2 >= w) a2 = f32x4.add(a2, f32x4.mul(tileRowQ4Relaxed(p2, nib, ones, x, y1, y2, y3, corr), f32x4.mul(i32x4.shuffle(dw, dw, 2, 2, 2, 2), dx)));
+    if (p3 >= w) a3 = f32x4.add(a3, f32x4.mul(tileRowQ4Relaxed(p3, nib, ones, x, y1, y2, y3, corr), f32x4.mul(i32x4.shuffle(dw, dw, 3, 3, 3, 3), dx)));
+    p0 += 18;
+    p1 += 18;
+    p2 += 18;
+    p3 += 18;
+    x += 34;
+  }
+  const t01l = i32x4.shuffle(a0, a1, 0, 4, 1, 5);
+  const t01h = i32x4.shuffle(a0, a1, 2, 6, 3, 7);
+  const t23l = i32x4.shuffle(a2, a3, 0, 4, 1, 5);
+  const t23h = i32x4.shuffle(a2, a3, 2, 6, 3, 7);
+  const step = <usize>rows << 2;
+  storeRows(out, i64x2.shuffle(t01l, t23l, 0, 2), nr, accumulate);
+  storeRows(out + step, i64x2.shuffle(t01l, t23l, 1, 3), nr, accumulate);
+  storeRows(out + 2 * step, i64x2.shuffle(t01h, t23h, 0, 2), nr, accumulate);
+  storeRows(out + 3 * step, i64x2.shuffle(t01h, t23h, 1, 3), nr, accumulate);
+}
+
+/** i32x4 lanes adding up to 8·Σx over the Q8_0 block at x. */
+// @ts-ignore: decorator
+@inline function sumX8(x: usize, c8: v128): v128 {
+  return i32x4.dot_i16x8_s(
+    i16x8.add(i16x8.extadd_pairwise_i8x16_s(v128.load(x, 2)), i16x8.extadd_pairwise_i8x16_s(v128.load(x, 18))),
+    c8,
+  );
+}
+
+/** One Q4_0 row's block at p · four tokens' x blocks: 256·Σ(q-8)x as f32 per token (lanes = tokens). */
+// @ts-ignore: decorator
+@inline function tileRowQ4Relaxed(
+  p: usize, nib: v128, ones: v128, x0: usize, x1: usize, x2: usize, x3: usize, corr: v128,
+): v128 {
+  const q = v128.load(p, 2);
+  const lo = v128.and(q, nib);
+  const hi = v128.and(i16x8.shr_u(q, 4), nib);
+  const s0 = i32x4.dot_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x0, 2), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x0, 18), hi)), ones);
+  const s1 = i32x4.dot_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x1, 2), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x1, 18), hi)), ones);
+  const s2 = i32x4.dot_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x2, 2), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x2, 18), hi)), ones);
+  const s3 = i32x4.dot_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x3, 2), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x3, 18), hi)), ones);
+  return f32x4.convert_i32x4_s(i32x4.shl(i32x4.sub(quadAdd(pairAdd(s0, s1), pairAdd(s2, s3)), corr), 8));
+}
+
 /** The shared loop of the 32-block matrix products. */
 // @ts-ignore: decorator
 @inline function matmul32(
@@ -905,6 +1053,17 @@ const K_Q8_0: i32 = 4;
       const p2 = nr > 2 ? p0 + 2 * wRow : p0;
       const p3 = nr > 3 ? p0 + 3 * wRow : p0;
       let t = t0;
+      if (ASC_FEATURE_RELAXED_SIMD && kind == K_Q4_0) {
+        for (; t + 4 <= t1; t += 4) {
+          const o = out + ((<usize>t * <usize>rows + <usize>r) << 2);
+          dotRowsQ4Relaxedx4(w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, o, rows, nr, acc);
+        }
+        for (; t < t1; t++) {
+          const v = dotRowsQ4Relaxed(w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb);
+          storeRows(out + ((<usize>t * <usize>rows + <usize>r) << 2), v, nr, acc);
+        }
+        continue;
+      }
       if (kind == K_Q8_0) {
         // four tokens share each unpacked weight block
         for (; t + 4 <= t1; t += 4) {
