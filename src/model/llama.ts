@@ -116,6 +116,8 @@ interface Activations {
   hb2: Buf;
   xq: Buf;
   scratch: Buf;
+  /** Scratch of Backend.prepareWeight, used once at load. */
+  prepare: Buf;
   /** A·x of the LoRA updates: batchSize rows of the largest stacked rank, per projection. */
   loraTmp: Buf[];
   /** New K and V rows of a batch of several sequences, before they go to each sequence's cache. */
@@ -159,6 +161,7 @@ export class LlamaModel {
     config: LlamaConfig;
     header: GgufHeader;
     rt: Runtime;
+    backend: Backend;
     contextSize: number;
     batchSize: number;
     sequences: number;
@@ -174,7 +177,7 @@ export class LlamaModel {
     this.config = init.config;
     this.header = init.header;
     this.rt = init.rt;
-    this.backend = new WasmBackend(init.rt);
+    this.backend = init.backend;
     this.contextSize = init.contextSize;
     this.batchSize = init.batchSize;
     this.sequences = init.sequences;
@@ -293,12 +296,18 @@ export class LlamaModel {
 
     // Plan: layers in order, then the embedding and output head; a new shard when one is full.
     const widest = Math.max(c.dim, qDim, c.ffn);
+    // Backend.prepareWeight's scratch: four rows of the widest matrix per thread.
+    let widestRow = 0;
+    for (const t of tensors.values()) {
+      if (t.dims.length === 2) widestRow = Math.max(widestRow, t.byteSize / t.dims[1]!);
+    }
+    const prepareBytes = threads * 4 * widestRow;
     const actBytes = (head: boolean) => {
       const nb = batchSize;
       let b = 0;
       b += align(nb * c.dim * 4) * 2 + align(nb * qDim * 4) * 2 + align(nb * c.ffn * 4) * 2;
       b += align(2 * activationBytes("Q4_K", widest, nb) + 2 * activationBytes("Q4_1", widest, nb));
-      b += align(threads * contextSize * 4);
+      b += align(threads * contextSize * 4) + align(prepareBytes);
       b += PROJECTIONS.length * align(nb * loraRank * 4);
       if (sequences > 1) b += 2 * align(nb * kvDim * 4);
       if (head) b += align(logitRows * vocab * 4);
@@ -447,13 +456,23 @@ export class LlamaModel {
           hb2: buf(nb * c.ffn * 4),
           xq: buf(2 * activationBytes("Q4_K", widest, nb) + 2 * activationBytes("Q4_1", widest, nb)),
           scratch: buf(threads * contextSize * 4),
+          prepare: buf(prepareBytes),
           loraTmp: loraRank ? PROJECTIONS.map(() => buf(nb * loraRank * 4)) : [],
           kNew: sequences > 1 ? buf(nb * kvDim * 4) : undefined,
           vNew: sequences > 1 ? buf(nb * kvDim * 4) : undefined,
           logits: s === headShard ? buf(logitRows * vocab * 4) : undefined,
         });
       }
+      // Matrices go into the backend's preferred layout (not the embedding table, which is also
+      // read row by row, nor a tied output, which is that table).
+      const backend = new WasmBackend(rt);
+      const prepare = (w: Weight): Weight => backend.prepareWeight(w, act[w.shard]!.prepare);
+      for (const L of layers) {
+        for (const k of ["wq", "wk", "wv", "wo", "gate", "up", "down"] as const) L[k] = prepare(L[k]);
+      }
+      if (!tiedOutput) output = prepare(output);
       return new LlamaModel({
+        backend,
         config,
         header,
         rt,

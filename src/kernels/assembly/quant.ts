@@ -774,6 +774,7 @@ const K_Q8_0: i32 = 4;
   x: usize,
   xq: usize,
   nb: i32,
+  wStep: usize,
   out: usize,
   rows: i32,
   nr: i32,
@@ -841,10 +842,10 @@ const K_Q8_0: i32 = 4;
       const s = tileRowQ8(p3, cff00, x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33);
       a3 = f32x4.add(a3, f32x4.mul(f32x4.convert_i32x4_s(s), f32x4.mul(i32x4.shuffle(dw, dw, 3, 3, 3, 3), dx)));
     }
-    p0 += 34;
-    p1 += 34;
-    p2 += 34;
-    p3 += 34;
+    p0 += wStep;
+    p1 += wStep;
+    p2 += wStep;
+    p3 += wStep;
     x += 34;
   }
   // lanes are tokens: transpose to one vector of the four rows per token
@@ -909,7 +910,9 @@ const K_Q8_0: i32 = 4;
 
 /** dotRows32 for Q4_0 with the relaxed dot: four weight rows · one token, as f32x4. */
 // @ts-ignore: decorator
-@inline function dotRowsQ4Relaxed(w: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, xq: usize, nb: i32): v128 {
+@inline function dotRowsQ4Relaxed(
+  w: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, xq: usize, nb: i32, wStep: usize,
+): v128 {
   const nib = constant(CONST_0F0F);
   const ones = constant(CONST_ONES);
   const c8 = constant(CONST_8);
@@ -934,10 +937,10 @@ const K_Q8_0: i32 = 4;
     // ×256 as in the plain kernel (exact: |Σ(q-8)x| <= 32·8·127), then the same scaling
     const sumi = f32x4.convert_i32x4_s(i32x4.shl(quadAdd(ab, cd), 8));
     acc = f32x4.add(acc, f32x4.mul(sumi, f32x4.mul(half4(p0, p1, p2, p3, hmask, hmagic), halfSplat(x, hmask, xmagic))));
-    p0 += 18;
-    p1 += 18;
-    p2 += 18;
-    p3 += 18;
+    p0 += wStep;
+    p1 += wStep;
+    p2 += wStep;
+    p3 += wStep;
     x += 34;
   }
   return acc;
@@ -950,7 +953,7 @@ const K_Q8_0: i32 = 4;
  */
 // @ts-ignore: decorator
 @inline function dotRowsQ4Relaxedx4(
-  w: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, xq: usize, nb: i32,
+  w: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, xq: usize, nb: i32, wStep: usize,
   out: usize, rows: i32, nr: i32, accumulate: i32,
 ): void {
   const nib = constant(CONST_0F0F);
@@ -984,10 +987,10 @@ const K_Q8_0: i32 = 4;
     if (p1 >= w) a1 = f32x4.add(a1, f32x4.mul(tileRowQ4Relaxed(p1, nib, ones, x, y1, y2, y3, corr), f32x4.mul(i32x4.shuffle(dw, dw, 1, 1, 1, 1), dx)));
     if (p2 >= w) a2 = f32x4.add(a2, f32x4.mul(tileRowQ4Relaxed(p2, nib, ones, x, y1, y2, y3, corr), f32x4.mul(i32x4.shuffle(dw, dw, 2, 2, 2, 2), dx)));
     if (p3 >= w) a3 = f32x4.add(a3, f32x4.mul(tileRowQ4Relaxed(p3, nib, ones, x, y1, y2, y3, corr), f32x4.mul(i32x4.shuffle(dw, dw, 3, 3, 3, 3), dx)));
-    p0 += 18;
-    p1 += 18;
-    p2 += 18;
-    p3 += 18;
+    p0 += wStep;
+    p1 += wStep;
+    p2 += wStep;
+    p3 += wStep;
     x += 34;
   }
   const t01l = i32x4.shuffle(a0, a1, 0, 4, 1, 5);
@@ -1025,7 +1028,13 @@ const K_Q8_0: i32 = 4;
   return f32x4.convert_i32x4_s(i32x4.shl(i32x4.sub(quadAdd(pairAdd(s0, s1), pairAdd(s2, s3)), corr), 8));
 }
 
-/** The shared loop of the 32-block matrix products. */
+/**
+ * The shared loop of the 32-block matrix products. Rows are stored one after another, or, with
+ * `interleaved`, four rows' blocks in turn (row group g holds block 0 of rows 4g..4g+3, then block
+ * 1, ...; see interleaveRows4), so that the four rows a tile reads come from memory as one
+ * sequential stream, which the hardware prefetcher follows far better than four. The arithmetic is
+ * the same either way, and so are the bits.
+ */
 // @ts-ignore: decorator
 @inline function matmul32(
   kind: i32,
@@ -1040,26 +1049,30 @@ const K_Q8_0: i32 = 4;
   acc: i32,
   r0: i32,
   r1: i32,
+  interleaved: bool,
 ): void {
   const nb = cols >> 5;
   const wRow = <usize>nb * wBytes;
   const xRow = <usize>nb * xBytes;
+  // distance between a row's consecutive blocks, and between the rows of a group
+  const wStep: usize = interleaved ? 4 * wBytes : wBytes;
+  const rowStep: usize = interleaved ? wBytes : wRow;
   for (let t0 = 0; t0 < n; t0 += TOKEN_CHUNK) {
     const t1 = min(n, t0 + TOKEN_CHUNK);
     for (let r = r0; r < r1; r += 4) {
       const nr = min(4, r1 - r);
       const p0 = w + <usize>r * wRow;
-      const p1 = nr > 1 ? p0 + wRow : p0;
-      const p2 = nr > 2 ? p0 + 2 * wRow : p0;
-      const p3 = nr > 3 ? p0 + 3 * wRow : p0;
+      const p1 = nr > 1 ? p0 + rowStep : p0;
+      const p2 = nr > 2 ? p0 + 2 * rowStep : p0;
+      const p3 = nr > 3 ? p0 + 3 * rowStep : p0;
       let t = t0;
       if (ASC_FEATURE_RELAXED_SIMD && kind == K_Q4_0) {
         for (; t + 4 <= t1; t += 4) {
           const o = out + ((<usize>t * <usize>rows + <usize>r) << 2);
-          dotRowsQ4Relaxedx4(w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, o, rows, nr, acc);
+          dotRowsQ4Relaxedx4(w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, wStep, o, rows, nr, acc);
         }
         for (; t < t1; t++) {
-          const v = dotRowsQ4Relaxed(w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb);
+          const v = dotRowsQ4Relaxed(w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, wStep);
           storeRows(out + ((<usize>t * <usize>rows + <usize>r) << 2), v, nr, acc);
         }
         continue;
@@ -1068,42 +1081,89 @@ const K_Q8_0: i32 = 4;
         // four tokens share each unpacked weight block
         for (; t + 4 <= t1; t += 4) {
           const o = out + ((<usize>t * <usize>rows + <usize>r) << 2);
-          dotRows32x4(w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, o, rows, nr, acc);
+          dotRows32x4(w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, wStep, o, rows, nr, acc);
         }
       }
       if (kind == K_Q4_0 || kind == K_Q4_1 || kind == K_Q8_0) {
         // pairs of tokens share each unpacked weight block
         for (; t + 2 <= t1; t += 2) {
           const o = out + ((<usize>t * <usize>rows + <usize>r) << 2);
-          dotRows32x2(kind, w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, wBytes, xBytes, o, o + (<usize>rows << 2), nr, acc);
+          dotRows32x2(kind, w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, wStep, xBytes, o, o + (<usize>rows << 2), nr, acc);
         }
       }
       for (; t < t1; t++) {
-        const v = dotRows32(kind, w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, wBytes, xBytes);
+        const v = dotRows32(kind, w, p0, p1, p2, p3, xq + <usize>t * xRow, xq, nb, wStep, xBytes);
         storeRows(out + ((<usize>t * <usize>rows + <usize>r) << 2), v, nr, acc);
       }
     }
   }
 }
 
+/**
+ * Rewrites row groups [r0, r1) (rows = groups of four rows) of a matrix of rowBytes-long rows of
+ * blockBytes blocks into the interleaved layout of matmul32: block b of row j of a group goes to
+ * (4·b + j)·blockBytes from the group's start. Each thread copies its group to scratch +
+ * tid·scratchStride (4·rowBytes bytes) first. Done once, when a model is loaded.
+ */
+export function interleaveRows4(
+  w: usize, rowBytes: i32, blockBytes: i32, scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32,
+): void {
+  const rb = <usize>rowBytes;
+  const bb = <usize>blockBytes;
+  const tmp = scratch + <usize>tid * <usize>scratchStride;
+  const nb = rb / bb;
+  for (let g = r0; g < r1; g++) {
+    const p = w + <usize>g * 4 * rb;
+    memory.copy(tmp, p, 4 * rb);
+    for (let b: usize = 0; b < nb; b++) {
+      for (let j: usize = 0; j < 4; j++) memory.copy(p + (4 * b + j) * bb, tmp + j * rb + b * bb, bb);
+    }
+  }
+}
+
 export function matmulQ4_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
-  matmul32(K_Q4_0, 18, 34, w, xq, out, rows, cols, n, acc, r0, r1);
+  matmul32(K_Q4_0, 18, 34, w, xq, out, rows, cols, n, acc, r0, r1, false);
+}
+
+/** matmulQ4_0 on weights in the interleaved layout (interleaveRows4); rows % 4 == 0. */
+export function matmulQ4_0x4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmul32(K_Q4_0, 18, 34, w, xq, out, rows, cols, n, acc, r0, r1, true);
 }
 
 export function matmulQ4_1(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
-  matmul32(K_Q4_1, 20, 36, w, xq, out, rows, cols, n, acc, r0, r1);
+  matmul32(K_Q4_1, 20, 36, w, xq, out, rows, cols, n, acc, r0, r1, false);
+}
+
+/** matmulQ4_1 on weights in the interleaved layout (interleaveRows4); rows % 4 == 0. */
+export function matmulQ4_1x4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmul32(K_Q4_1, 20, 36, w, xq, out, rows, cols, n, acc, r0, r1, true);
 }
 
 export function matmulQ5_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
-  matmul32(K_Q5_0, 22, 34, w, xq, out, rows, cols, n, acc, r0, r1);
+  matmul32(K_Q5_0, 22, 34, w, xq, out, rows, cols, n, acc, r0, r1, false);
+}
+
+/** matmulQ5_0 on weights in the interleaved layout (interleaveRows4); rows % 4 == 0. */
+export function matmulQ5_0x4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmul32(K_Q5_0, 22, 34, w, xq, out, rows, cols, n, acc, r0, r1, true);
 }
 
 export function matmulQ5_1(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
-  matmul32(K_Q5_1, 24, 36, w, xq, out, rows, cols, n, acc, r0, r1);
+  matmul32(K_Q5_1, 24, 36, w, xq, out, rows, cols, n, acc, r0, r1, false);
+}
+
+/** matmulQ5_1 on weights in the interleaved layout (interleaveRows4); rows % 4 == 0. */
+export function matmulQ5_1x4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmul32(K_Q5_1, 24, 36, w, xq, out, rows, cols, n, acc, r0, r1, true);
 }
 
 export function matmulQ8_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
-  matmul32(K_Q8_0, 34, 34, w, xq, out, rows, cols, n, acc, r0, r1);
+  matmul32(K_Q8_0, 34, 34, w, xq, out, rows, cols, n, acc, r0, r1, false);
+}
+
+/** matmulQ8_0 on weights in the interleaved layout (interleaveRows4); rows % 4 == 0. */
+export function matmulQ8_0x4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmul32(K_Q8_0, 34, 34, w, xq, out, rows, cols, n, acc, r0, r1, true);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+/**
+ * The interleaved weight layout (Backend.prepareWeight): interleaveRows4 puts block b of row j of
+ * each group of four rows at (4·b + j) blocks from the group's start (checked byte for byte against
+ * that permutation written out here), and every matmul<format>x4 on the interleaved weight gives
+ * the bits matmul<format> gives on the rows, in both kernel modules.
+ */
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { setFlagsFromString } from "node:v8";
+import { describe, expect, it } from "vitest";
+import { GGMLType } from "../src/formats/ggml-types.js";
+import { quantizeRow } from "../src/quant/reference.js";
+import { BLOCK, rowBytes, type WeightFormat } from "../src/runtime/backend.js";
+import { Rng } from "../src/util/random.js";
+
+const build = (name: string) => readFileSync(fileURLToPath(new URL(`../build/${name}`, import.meta.url)));
+
+function compile(name: string): WebAssembly.Module | undefined {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      return new WebAssembly.Module(build(name));
+    } catch {
+      setFlagsFromString("--experimental-wasm-relaxed-simd");
+    }
+  }
+  return undefined;
+}
+
+const modules: [string, WebAssembly.Module | undefined][] = [
+  ["plain", compile("kernels.wasm")],
+  ["relaxed", compile("kernels-relaxed.wasm")],
+];
+
+const T = GGMLType;
+const FORMATS: [WeightFormat, number, string][] = [
+  ["Q4_0", T.Q4_0, "quantizeQ8_0"],
+  ["Q4_1", T.Q4_1, "quantizeQ8_1"],
+  ["Q5_0", T.Q5_0, "quantizeQ8_0"],
+  ["Q5_1", T.Q5_1, "quantizeQ8_1"],
+  ["Q8_0", T.Q8_0, "quantizeQ8_0"],
+];
+
+/** The interleaved layout of `w` (rows × rb bytes, blocks of bb), written out directly. */
+function interleavedRef(w: Uint8Array, rows: number, rb: number, bb: number): Uint8Array {
+  const out = new Uint8Array(w.length);
+  for (let g = 0; g < rows / 4; g++) {
+    for (let b = 0; b < rb / bb; b++) {
+      for (let j = 0; j < 4; j++) {
+        const src = (4 * g + j) * rb + b * bb;
+        out.set(w.subarray(src, src + bb), 4 * g * rb + (4 * b + j) * bb);
+      }
+    }
+  }
+  return out;
+}
+
+describe.each(modules.filter(([, m]) => m !== undefined))("%s module", (_, module) => {
+  it.each(FORMATS)(
+    "%s: interleaveRows4 lays the rows out as stated, and the x4 product gives the row product's bits",
+    (format, type, quant) => {
+      const memory = new WebAssembly.Memory({ initial: 256, maximum: 256, shared: true });
+      const k = new WebAssembly.Instance(module!, { env: { memory, abort: () => {} } }).exports as Record<
+        string,
+        (...a: number[]) => void
+      >;
+      const rng = new Rng(type + 3);
+      const rows = 28;
+      const cols = 320;
+      const nMax = 19;
+      const rb = rowBytes(format, cols);
+      const bb = BLOCK[format].bytes;
+      let top = 1 << 20;
+      const put = (bytes: Uint8Array) => {
+        const p = top;
+        new Uint8Array(memory.buffer, p, bytes.length).set(bytes);
+        top = (top + bytes.length + 63) & ~63;
+        return p;
+      };
+      const values = rng.fillNormal(new Float32Array(rows * cols), 0.5);
+      const w = new Uint8Array(rows * rb);
+      for (let r = 0; r < rows; r++)
+        w.set(quantizeRow(type, values.subarray(r * cols, (r + 1) * cols)), r * rb);
+      const pw = put(w);
+      const pi = put(w);
+      const scratch = put(new Uint8Array(2 * 4 * rb));
+      // two threads' group ranges
+      k.interleaveRows4!(pi, rb, bb, scratch, 4 * rb, 0, 3, 0);
+      k.interleaveRows4!(pi, rb, bb, scratch, 4 * rb, 3, rows / 4, 1);
+      expect(new Uint8Array(memory.buffer, pi, w.length)).toEqual(interleavedRef(w, rows, rb, bb));
+
+      const x = rng.fillNormal(new Float32Array(nMax * cols), 1);
+      const px = put(new Uint8Array(x.buffer));
+      const pq = put(new Uint8Array(nMax * cols * 4));
+      k[quant]!(px, pq, cols, nMax, 0, nMax);
+      for (const n of [1, 2, 3, 4, 5, 8, 19]) {
+        const run = (kernel: string, weights: number) => {
+          const o = put(new Uint8Array(n * rows * 4));
+          k[kernel]!(weights, pq, o, rows, cols, n, 0, 0, 12);
+          k[kernel]!(weights, pq, o, rows, cols, n, 0, 12, rows);
+          return Array.from(new Uint32Array(memory.buffer, o, n * rows));
+        };
+        expect(run(`matmul${format}x4`, pi), `n=${n}`).toEqual(run(`matmul${format}`, pw));
+      }
+    },
+  );
+});
