@@ -1013,7 +1013,12 @@ const K_Q8_0: i32 = 4;
   );
 }
 
-/** One Q4_0 row's block at p · four tokens' x blocks: 256·Σ(q-8)x as f32 per token (lanes = tokens). */
+/**
+ * One Q4_0 row's block at p · four tokens' x blocks: 256·Σ(q-8)x as f32 per token (lanes = tokens).
+ * The four tokens' i16 partial sums are added pairwise across tokens while still i16 (each lane
+ * then sums at most 16 products of |q·x| <= 15·127, so at most 30480: no overflow), and one
+ * widening dot with ones finishes all four sums.
+ */
 // @ts-ignore: decorator
 @inline function tileRowQ4Relaxed(
   p: usize, nib: v128, ones: v128, x0: usize, x1: usize, x2: usize, x3: usize, corr: v128,
@@ -1021,11 +1026,15 @@ const K_Q8_0: i32 = 4;
   const q = v128.load(p, 2);
   const lo = v128.and(q, nib);
   const hi = v128.and(i16x8.shr_u(q, 4), nib);
-  const s0 = i32x4.dot_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x0, 2), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x0, 18), hi)), ones);
-  const s1 = i32x4.dot_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x1, 2), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x1, 18), hi)), ones);
-  const s2 = i32x4.dot_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x2, 2), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x2, 18), hi)), ones);
-  const s3 = i32x4.dot_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x3, 2), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x3, 18), hi)), ones);
-  return f32x4.convert_i32x4_s(i32x4.shl(i32x4.sub(quadAdd(pairAdd(s0, s1), pairAdd(s2, s3)), corr), 8));
+  const v0 = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x0, 2), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x0, 18), hi));
+  const v1 = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x1, 2), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x1, 18), hi));
+  const v2 = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x2, 2), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x2, 18), hi));
+  const v3 = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x3, 2), lo), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x3, 18), hi));
+  // [t0 ×4, t1 ×4] and [t2 ×4, t3 ×4], then [t0 ×2, t1 ×2, t2 ×2, t3 ×2]
+  const v01 = i16x8.add(i64x2.shuffle(v0, v1, 0, 2), i64x2.shuffle(v0, v1, 1, 3));
+  const v23 = i16x8.add(i64x2.shuffle(v2, v3, 0, 2), i64x2.shuffle(v2, v3, 1, 3));
+  const v = i16x8.add(i32x4.shuffle(v01, v23, 0, 2, 4, 6), i32x4.shuffle(v01, v23, 1, 3, 5, 7));
+  return f32x4.convert_i32x4_s(i32x4.shl(i32x4.sub(i32x4.dot_i16x8_s(v, ones), corr), 8));
 }
 
 /**
