@@ -29,13 +29,14 @@ describe("Runtime: thread pool over shared memory shards", () => {
     const b = Float32Array.from({ length: n }, rnd);
     const pa = rt.alloc(0, n * 4);
     const pb = rt.alloc(0, n * 4);
-    const po = rt.alloc(0, n * 4);
     rt.f32(0, pa, n).set(a);
     rt.f32(0, pb, n).set(b);
-    rt.op("add", 0, n, [pa, pb, po], 16);
+    // in place (a += b), twice over: a row computed twice, or not at all, shows
+    rt.op("add", 0, n, [pa, pb, pa], 16);
+    rt.op("add", 0, n, [pa, pb, pa], 16);
     rt.flush();
-    const out = rt.f32(0, po, n);
-    for (let i = 0; i < n; i++) expect(out[i]).toBe(Math.fround(a[i]! + b[i]!));
+    const out = rt.f32(0, pa, n);
+    for (let i = 0; i < n; i++) expect(out[i]).toBe(Math.fround(Math.fround(a[i]! + b[i]!) + b[i]!));
   });
 
   it("runs dependent phases in order and copies between shards", () => {

@@ -23,6 +23,13 @@ export const MAX_ARGS = OP_SLOTS - 6;
 export const OP_COPY = -1;
 export const FLAG_BARRIER = 1;
 
+/**
+ * Chunks each thread takes of an op, on average. Threads claim an op's row chunks from a shared
+ * counter (one per op) instead of owning a fixed share, so a thread slowed by a slower core or by
+ * another process does less of the op rather than holding up the barrier. Which thread computes a
+ * row never changes its bits: every kernel computes a row the same way whatever its range.
+ */
+const CHUNKS_PER_THREAD = 4;
 const SPIN_BARRIER = 20000;
 const SPIN_IDLE = 200000;
 /** 100 ms naps before the main thread gives up on a barrier (5 minutes). */
@@ -30,10 +37,11 @@ const STALL_NAPS = 3000;
 
 /**
  * @param {{ module: WebAssembly.Module, memories: WebAssembly.Memory[], kernelNames: string[],
- *   ctrl: Int32Array, ops: Float64Array, tid: number, threads: number }} o
+ *   ctrl: Int32Array, ops: Float64Array, claims: Int32Array, tid: number, threads: number }} o
+ *   claims: per op, the next unclaimed row chunk (zeroed by the main thread when it records the op)
  */
 export function createExecutor(o) {
-  const { module, memories, kernelNames, ctrl, ops, tid, threads } = o;
+  const { module, memories, kernelNames, ctrl, ops, claims, tid, threads } = o;
   /** @type {Function[][]} */
   const fns = [];
   /** @type {Uint8Array[]} */
@@ -73,41 +81,52 @@ export function createExecutor(o) {
     }
   }
 
+  /** Runs rows [r0, r1) of the op at slot b. */
+  function run(b, r0, r1) {
+    const fn = ops[b];
+    const shard = ops[b + 1];
+    try {
+      if (fn === OP_COPY) {
+        // args: srcShard, srcOffset, dstOffset (dst shard is the op's shard); rows are bytes
+        const src = bytes[ops[b + 6]];
+        const srcOff = ops[b + 7];
+        const dstOff = ops[b + 8];
+        const dst = bytes[shard];
+        if (src === dst) dst.copyWithin(dstOff + r0, srcOff + r0, srcOff + r1);
+        else dst.set(src.subarray(srcOff + r0, srcOff + r1), dstOff + r0);
+      } else {
+        const nargs = ops[b + 5];
+        const a = argArrays[nargs];
+        for (let j = 0; j < nargs; j++) a[j] = ops[b + 6 + j];
+        a[nargs] = r0;
+        a[nargs + 1] = r1;
+        a[nargs + 2] = tid;
+        fns[shard][fn].apply(undefined, a);
+      }
+    } catch (e) {
+      Atomics.store(ctrl, CTRL.ERROR, 1);
+      lastError = `${kernelNames[fn] ?? "copy"} failed in thread ${tid}: ${e instanceof Error ? e.message : e}`;
+    }
+  }
+
   /** Runs the published op list as thread `tid`; returns after the list's last barrier. */
   function execute() {
     const nOps = Atomics.load(ctrl, CTRL.NOPS);
     for (let i = 0; i < nOps; i++) {
       const b = i * OP_SLOTS;
-      const fn = ops[b];
-      const shard = ops[b + 1];
       const rows = ops[b + 2];
       const align = ops[b + 3];
-      const chunks = Math.ceil(rows / align);
-      const per = Math.ceil(chunks / threads);
-      const r0 = Math.min(rows, tid * per * align);
-      const r1 = Math.min(rows, (tid + 1) * per * align);
-      if (r0 < r1 && Atomics.load(ctrl, CTRL.ERROR) === 0) {
-        try {
-          if (fn === OP_COPY) {
-            // args: srcShard, srcOffset, dstOffset (dst shard is the op's shard); rows are bytes
-            const src = bytes[ops[b + 6]];
-            const srcOff = ops[b + 7];
-            const dstOff = ops[b + 8];
-            const dst = bytes[shard];
-            if (src === dst) dst.copyWithin(dstOff + r0, srcOff + r0, srcOff + r1);
-            else dst.set(src.subarray(srcOff + r0, srcOff + r1), dstOff + r0);
-          } else {
-            const nargs = ops[b + 5];
-            const a = argArrays[nargs];
-            for (let j = 0; j < nargs; j++) a[j] = ops[b + 6 + j];
-            a[nargs] = r0;
-            a[nargs + 1] = r1;
-            a[nargs + 2] = tid;
-            fns[shard][fn].apply(undefined, a);
-          }
-        } catch (e) {
-          Atomics.store(ctrl, CTRL.ERROR, 1);
-          lastError = `${kernelNames[fn] ?? "copy"} failed in thread ${tid}: ${e instanceof Error ? e.message : e}`;
+      const units = Math.ceil(rows / align);
+      if (threads === 1) {
+        if (rows > 0 && Atomics.load(ctrl, CTRL.ERROR) === 0) run(b, 0, rows);
+      } else {
+        // chunks of whole align units, claimed one at a time
+        const step = Math.max(1, Math.ceil(units / (threads * CHUNKS_PER_THREAD))) * align;
+        const chunks = Math.ceil(rows / step);
+        for (;;) {
+          const c = Atomics.add(claims, i, 1);
+          if (c >= chunks || Atomics.load(ctrl, CTRL.ERROR) !== 0) break;
+          run(b, c * step, Math.min(rows, (c + 1) * step));
         }
       }
       if (ops[b + 4] & FLAG_BARRIER) barrier();

@@ -149,6 +149,7 @@ export class Runtime {
   private readonly kernelIndex = new Map<string, number>();
   private readonly ctrl: Int32Array;
   private readonly ops: Float64Array;
+  private readonly claims: Int32Array;
   private nOps = 0;
   private readonly workers: Worker[] = [];
   private readonly exec: ReturnType<typeof createExecutor>;
@@ -160,6 +161,7 @@ export class Runtime {
     kernelNames: string[],
     ctrl: Int32Array,
     ops: Float64Array,
+    claims: Int32Array,
     workers: Worker[],
   ) {
     this.threads = threads;
@@ -171,8 +173,9 @@ export class Runtime {
     });
     this.ctrl = ctrl;
     this.ops = ops;
+    this.claims = claims;
     this.workers = workers;
-    this.exec = createExecutor({ module: kernelModule(), memories, kernelNames, ctrl, ops, tid: 0, threads });
+    this.exec = createExecutor({ module: kernelModule(), memories, kernelNames, ctrl, ops, claims, tid: 0, threads });
   }
 
   static async create(options: RuntimeOptions): Promise<Runtime> {
@@ -187,11 +190,12 @@ export class Runtime {
     });
     const ctrl = new Int32Array(new SharedArrayBuffer(CTRL.SIZE * 4));
     const ops = new Float64Array(new SharedArrayBuffer(MAX_OPS * OP_SLOTS * 8));
+    const claims = new Int32Array(new SharedArrayBuffer(MAX_OPS * 4));
     const workers: Worker[] = [];
     const ready: Promise<void>[] = [];
     for (let tid = 1; tid < threads; tid++) {
       const w = new Worker(new URL("./worker.js", import.meta.url), {
-        workerData: { module, memories, kernelNames, ctrl, ops, tid, threads, startGen: 0 },
+        workerData: { module, memories, kernelNames, ctrl, ops, claims, tid, threads, startGen: 0 },
       });
       w.unref();
       ready.push(
@@ -203,7 +207,7 @@ export class Runtime {
       workers.push(w);
     }
     await Promise.all(ready);
-    return new Runtime(threads, memories, kernelNames, ctrl, ops, workers);
+    return new Runtime(threads, memories, kernelNames, ctrl, ops, claims, workers);
   }
 
   /** Reserves `bytes` in a shard; returns its byte offset. Memory is never freed piecemeal. */
@@ -276,6 +280,7 @@ export class Runtime {
     ops[b + 4] = barrier ? FLAG_BARRIER : 0;
     ops[b + 5] = args.length;
     for (let j = 0; j < args.length; j++) ops[b + 6 + j] = args[j]!;
+    this.claims[this.nOps] = 0;
     this.nOps++;
   }
 

@@ -4,7 +4,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { createExecutor } from "./executor.js";
 
-const { module, memories, kernelNames, ctrl, ops, tid, threads, startGen } = workerData;
-const exec = createExecutor({ module, memories, kernelNames, ctrl, ops, tid, threads });
+const { module, memories, kernelNames, ctrl, ops, claims, tid, threads, startGen } = workerData;
+const exec = createExecutor({ module, memories, kernelNames, ctrl, ops, claims, tid, threads });
 parentPort?.postMessage("ready");
 exec.serve(startGen);
