@@ -29,8 +29,9 @@ Prefill and greedy decode tokens/s of smallhammer and llama.cpp on random-weight
   --threads N        compute threads for both engines (default 2)
   --prefill N        prompt tokens (default 128)
   --decode N         generated tokens (default 128)
-  --reps N           undisturbed repetitions after a warm-up, at most N + 4 in all; the best is
-                     reported (default 3)
+  --reps N           rounds: in each, both engines run one repetition after a warm-up (retried up
+                     to twice while the machine is busy), taking turns; the best is reported
+                     (default 3)
   --large            also a 7B-shaped Q4_0 (about 3.8 GB, written once): prefill 16, decode 8
   --dir PATH         model cache (default .tmp/bench-models)
   --quiet-wait S     seconds to wait for an idle machine before each repetition (default 120)
@@ -160,6 +161,26 @@ export interface InferRow {
   disturbed: boolean;
   /** Why a row has no figures (disk, memory) or what failed. */
   note?: string;
+}
+
+/** One engine's rounds as one result: the best undisturbed rates, the highest peak RSS, every repetition. */
+function mergeRounds(
+  rounds: WorkerResult[],
+  quietCores: number,
+  prefill: number,
+  decode: number,
+): WorkerResult {
+  const all = rounds.flatMap((r) => r.repetitions);
+  const clean = all.filter((r) => r.foreignCores <= quietCores);
+  const counted = clean.length > 0 ? clean : all;
+  return {
+    ...rounds[0]!,
+    loadSeconds: Math.min(...rounds.map((r) => r.loadSeconds)),
+    peakRssBytes: Math.max(...rounds.map((r) => r.peakRssBytes)),
+    prefillTokensPerSecond: Math.max(...counted.map((r) => prefill / r.prefillSeconds)),
+    decodeTokensPerSecond: Math.max(...counted.map((r) => decode / r.decodeSeconds)),
+    repetitions: all,
+  };
 }
 
 function figures(result: WorkerResult, quietCores: number): EngineFigures {
@@ -331,24 +352,38 @@ export async function runInferBench(argv: string[]): Promise<void> {
           `needs about ${(needed / 1e9).toFixed(1)} GB of memory, ${(memAvailableBytes() / 1e9).toFixed(1)} GB available`,
         );
       }
+      // The engines take turns, one repetition each per round (and each round starts with the
+      // other one), so that a machine whose speed drifts over minutes moves both alike.
+      const results: Record<"smallhammer" | "llama.cpp", WorkerResult[]> = {
+        smallhammer: [],
+        "llama.cpp": [],
+      };
+      for (let round = 0; round < p.reps; round++) {
+        const order = ["smallhammer", "llama.cpp"] as const;
+        for (const engine of round % 2 === 0 ? order : [...order].reverse()) {
+          say(`${s.name} ${p.type}: measuring ${engine}, round ${round + 1} of ${p.reps}`);
+          results[engine].push(
+            await runWorker(
+              {
+                engine,
+                path: row.path,
+                threads,
+                prefill: p.prefill,
+                decode: p.decode,
+                reps: 1,
+                maxReps: 3,
+                quietCores: QUIET_CORES,
+                quietWaitSeconds: quietWait,
+                contextSize: CONTEXT_SIZE,
+                batchSize: BATCH_SIZE,
+              },
+              3600,
+            ),
+          );
+        }
+      }
       for (const engine of ["smallhammer", "llama.cpp"] as const) {
-        say(`${s.name} ${p.type}: measuring ${engine}`);
-        const result = await runWorker(
-          {
-            engine,
-            path: row.path,
-            threads,
-            prefill: p.prefill,
-            decode: p.decode,
-            reps: p.reps,
-            maxReps: p.reps + 4,
-            quietCores: QUIET_CORES,
-            quietWaitSeconds: quietWait,
-            contextSize: CONTEXT_SIZE,
-            batchSize: BATCH_SIZE,
-          },
-          3600,
-        );
+        const result = mergeRounds(results[engine], QUIET_CORES, p.prefill, p.decode);
         const f = figures(result, QUIET_CORES);
         if (engine === "smallhammer") {
           row.smallhammer = f;
