@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { setFlagsFromString } from "node:v8";
 import { describe, expect, it } from "vitest";
 import { GGMLType } from "../src/formats/ggml-types.js";
-import { quantizeRow } from "../src/quant/reference.js";
+import { quantizeRow, randomWeights } from "../src/quant/reference.js";
 import { BLOCK, rowBytes, type WeightFormat } from "../src/runtime/backend.js";
 import { Rng } from "../src/util/random.js";
 
@@ -38,6 +38,9 @@ const FORMATS: [WeightFormat, number, string][] = [
   ["Q5_0", T.Q5_0, "quantizeQ8_0"],
   ["Q5_1", T.Q5_1, "quantizeQ8_1"],
   ["Q8_0", T.Q8_0, "quantizeQ8_0"],
+  ["Q4_K", T.Q4_K, "quantizeQ8_K"],
+  ["Q5_K", T.Q5_K, "quantizeQ8_K"],
+  ["Q6_K", T.Q6_K, "quantizeQ8_K"],
 ];
 
 /** The interleaved layout of `w` (rows × rb bytes, blocks of bb), written out directly. */
@@ -65,7 +68,7 @@ describe.each(modules.filter(([, m]) => m !== undefined))("%s module", (_, modul
       >;
       const rng = new Rng(type + 3);
       const rows = 28;
-      const cols = 320;
+      const cols = format.endsWith("_K") ? 512 : 320;
       const nMax = 19;
       const rb = rowBytes(format, cols);
       const bb = BLOCK[format].bytes;
@@ -76,10 +79,14 @@ describe.each(modules.filter(([, m]) => m !== undefined))("%s module", (_, modul
         top = (top + bytes.length + 63) & ~63;
         return p;
       };
-      const values = rng.fillNormal(new Float32Array(rows * cols), 0.5);
-      const w = new Uint8Array(rows * rb);
-      for (let r = 0; r < rows; r++)
-        w.set(quantizeRow(type, values.subarray(r * cols, (r + 1) * cols)), r * rb);
+      let w: Uint8Array;
+      if (format.endsWith("_K")) w = randomWeights(type, rows, cols, rng);
+      else {
+        const values = rng.fillNormal(new Float32Array(rows * cols), 0.5);
+        w = new Uint8Array(rows * rb);
+        for (let r = 0; r < rows; r++)
+          w.set(quantizeRow(type, values.subarray(r * cols, (r + 1) * cols)), r * rb);
+      }
       const pw = put(w);
       const pi = put(w);
       const scratch = put(new Uint8Array(2 * 4 * rb));

@@ -156,7 +156,7 @@ export interface AttentionShape {
 }
 
 /** Weight formats whose products have an interleaved-layout kernel (matmul<format>x4). */
-const INTERLEAVED = new Set<WeightFormat>(["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]);
+const INTERLEAVED = new Set<WeightFormat>(["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]);
 
 /** The WebAssembly SIMD128 backend: kernels from build/kernels.wasm on the runtime's thread pool. */
 export class WasmBackend implements Backend {
@@ -214,7 +214,7 @@ export class WasmBackend implements Backend {
   }
 
   /**
-   * The 32-element block formats go into the interleaved layout (four rows' blocks in turn): a
+   * The block formats go into the interleaved layout (four rows' blocks in turn): a
    * product then reads its four rows as one sequential stream, which decoding, bound by how fast
    * weights come from memory, reads about twice as fast. Needs rows % 4 == 0.
    */

@@ -175,7 +175,16 @@ export class Runtime {
     this.ops = ops;
     this.claims = claims;
     this.workers = workers;
-    this.exec = createExecutor({ module: kernelModule(), memories, kernelNames, ctrl, ops, claims, tid: 0, threads });
+    this.exec = createExecutor({
+      module: kernelModule(),
+      memories,
+      kernelNames,
+      ctrl,
+      ops,
+      claims,
+      tid: 0,
+      threads,
+    });
   }
 
   static async create(options: RuntimeOptions): Promise<Runtime> {

@@ -1484,7 +1484,9 @@ export function matmulQ8_0x4(w: usize, xq: usize, out: usize, rows: i32, cols: i
 
 /** Four Q6_K weight rows · one token's Q8_K blocks, as f32x4. */
 // @ts-ignore: decorator
-@inline function dotRowsQ6(w: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, xq: usize, nb: i32): v128 {
+@inline function dotRowsQ6(
+  w: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, xq: usize, nb: i32, wStep: usize,
+): v128 {
   const hmask = constant(CONST_HALF_MASK);
   const hmagic = constant(CONST_HALF_MAGIC);
   const z = i32x4.splat(0);
@@ -1525,10 +1527,10 @@ export function matmulQ8_0x4(w: usize, xq: usize, out: usize, rows: i32, cols: i
     sumi = quarterQ6(1, 3, w, p0, p1, p2, p3, x, xq, i8Quad(t2, 3), i8Quad(t3, 3), sumi);
     const dw = f32x4.mul(half4(p0 + 208, p1 + 208, p2 + 208, p3 + 208, hmask, hmagic), f32x4.splat(load<f32>(x)));
     acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(sumi), dw));
-    p0 += 210;
-    p1 += 210;
-    p2 += 210;
-    p3 += 210;
+    p0 += wStep;
+    p1 += wStep;
+    p2 += wStep;
+    p3 += wStep;
     x += 292;
   }
   return acc;
@@ -1874,6 +1876,7 @@ let second: v128 = i32x4.splat(0);
   x: usize,
   xq: usize,
   nb: i32,
+  wStep: usize,
   out0: usize,
   out1: usize,
   nr: i32,
@@ -1931,10 +1934,10 @@ let second: v128 = i32x4.splat(0);
     const dw = half4(p0 + 208, p1 + 208, p2 + 208, p3 + 208, hmask, hmagic);
     acc0 = f32x4.add(acc0, f32x4.mul(f32x4.convert_i32x4_s(s0), f32x4.mul(dw, f32x4.splat(load<f32>(x)))));
     acc1 = f32x4.add(acc1, f32x4.mul(f32x4.convert_i32x4_s(s1), f32x4.mul(dw, f32x4.splat(load<f32>(y)))));
-    p0 += 210;
-    p1 += 210;
-    p2 += 210;
-    p3 += 210;
+    p0 += wStep;
+    p1 += wStep;
+    p2 += wStep;
+    p3 += wStep;
     x += 292;
   }
   storeRows(out0, acc0, nr, accumulate);
@@ -1958,31 +1961,35 @@ const K_Q6_K: i32 = 2;
   acc: i32,
   r0: i32,
   r1: i32,
+  interleaved: bool,
 ): void {
   const nb = cols >> 8;
   const wRow = <usize>nb * wBytes;
   const xRow = <usize>nb * 292;
+  // as in matmul32: the interleaved layout puts a group's four rows' blocks in turn
+  const wStep: usize = interleaved ? 4 * wBytes : wBytes;
+  const rowStep: usize = interleaved ? wBytes : wRow;
   for (let t0 = 0; t0 < n; t0 += TOKEN_CHUNK) {
     const t1 = min(n, t0 + TOKEN_CHUNK);
     for (let r = r0; r < r1; r += 4) {
       const nr = min(4, r1 - r);
       const p0 = w + <usize>r * wRow;
-      const p1 = nr > 1 ? p0 + wRow : p0;
-      const p2 = nr > 2 ? p0 + 2 * wRow : p0;
-      const p3 = nr > 3 ? p0 + 3 * wRow : p0;
+      const p1 = nr > 1 ? p0 + rowStep : p0;
+      const p2 = nr > 2 ? p0 + 2 * rowStep : p0;
+      const p3 = nr > 3 ? p0 + 3 * rowStep : p0;
       let t = t0;
       for (; t + 2 <= t1; t += 2) {
         const x = xq + <usize>t * xRow;
         const o = out + ((<usize>t * <usize>rows + <usize>r) << 2);
         const o1 = o + (<usize>rows << 2);
-        if (kind == K_Q6_K) dotRowsQ6x2(w, p0, p1, p2, p3, x, xq, nb, o, o1, nr, acc);
-        else dotRowsK45x2(kind == K_Q5_K, w, p0, p1, p2, p3, x, xq, nb, wBytes, o, o1, nr, acc);
+        if (kind == K_Q6_K) dotRowsQ6x2(w, p0, p1, p2, p3, x, xq, nb, wStep, o, o1, nr, acc);
+        else dotRowsK45x2(kind == K_Q5_K, w, p0, p1, p2, p3, x, xq, nb, wStep, o, o1, nr, acc);
       }
       for (; t < t1; t++) {
         const x = xq + <usize>t * xRow;
         let v: v128;
-        if (kind == K_Q6_K) v = dotRowsQ6(w, p0, p1, p2, p3, x, xq, nb);
-        else v = dotRowsK45(kind == K_Q5_K, w, p0, p1, p2, p3, x, xq, nb, wBytes);
+        if (kind == K_Q6_K) v = dotRowsQ6(w, p0, p1, p2, p3, x, xq, nb, wStep);
+        else v = dotRowsK45(kind == K_Q5_K, w, p0, p1, p2, p3, x, xq, nb, wStep);
         storeRows(out + ((<usize>t * <usize>rows + <usize>r) << 2), v, nr, acc);
       }
     }
@@ -1990,15 +1997,30 @@ const K_Q6_K: i32 = 2;
 }
 
 export function matmulQ4_K(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
-  matmulK(K_Q4_K, 144, w, xq, out, rows, cols, n, acc, r0, r1);
+  matmulK(K_Q4_K, 144, w, xq, out, rows, cols, n, acc, r0, r1, false);
+}
+
+/** matmulQ4_K on weights in the interleaved layout (interleaveRows4); rows % 4 == 0. */
+export function matmulQ4_Kx4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmulK(K_Q4_K, 144, w, xq, out, rows, cols, n, acc, r0, r1, true);
 }
 
 export function matmulQ5_K(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
-  matmulK(K_Q5_K, 176, w, xq, out, rows, cols, n, acc, r0, r1);
+  matmulK(K_Q5_K, 176, w, xq, out, rows, cols, n, acc, r0, r1, false);
+}
+
+/** matmulQ5_K on weights in the interleaved layout (interleaveRows4); rows % 4 == 0. */
+export function matmulQ5_Kx4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmulK(K_Q5_K, 176, w, xq, out, rows, cols, n, acc, r0, r1, true);
 }
 
 export function matmulQ6_K(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
-  matmulK(K_Q6_K, 210, w, xq, out, rows, cols, n, acc, r0, r1);
+  matmulK(K_Q6_K, 210, w, xq, out, rows, cols, n, acc, r0, r1, false);
+}
+
+/** matmulQ6_K on weights in the interleaved layout (interleaveRows4); rows % 4 == 0. */
+export function matmulQ6_Kx4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmulK(K_Q6_K, 210, w, xq, out, rows, cols, n, acc, r0, r1, true);
 }
 // ---------------------------------------------------------------------------------------------
 // Dequantizers (rows = blocks; F16/BF16 blocks are single elements): dst gets nBlocks·blockSize
