@@ -1,4 +1,4 @@
-// `npm run bench -- serve`: the HTTP server under concurrent streaming clients. For each shape it
+// `npm run bench -- serve`: the HTTP server under concurrent streaming clients. For each shape and type it
 // starts `smallhammer serve` on a random-weight Llama (a child process, on loopback), then, with 1,
 // 4 and 16 clients each sending streaming completion requests one after another, measures the
 // aggregate generated tokens/s and the time to first token (p50, p99). See serveUsage for flags.
@@ -17,7 +17,7 @@ Aggregate generated tokens/s and time to first token of \`smallhammer serve\` wi
 streaming clients on loopback, on random-weight Llama GGUF files (written once into --dir).
 
   --shapes LIST      15M,110M (default both)
-  --type T           q8_0, q4_0 or f32 (default q8_0)
+  --types LIST       weight types, each of q8_0, q4_0, f32 (default q8_0,f32; --type is the same)
   --clients LIST     concurrent clients per level (default 1,4,16)
   --requests N       requests per level: at least N, and 2 per client (default 8)
   --prompt N         prompt tokens per request (default 32)
@@ -64,6 +64,7 @@ export async function runServeBench(argv: string[]): Promise<void> {
       options: {
         shapes: { type: "string" },
         type: { type: "string" },
+        types: { type: "string" },
         clients: { type: "string" },
         requests: { type: "string" },
         prompt: { type: "string" },
@@ -91,9 +92,11 @@ export async function runServeBench(argv: string[]): Promise<void> {
     if (!SHAPES[s])
       throw new UserError(`--shapes: unknown shape "${s}" (known: ${Object.keys(SHAPES).join(", ")})`);
   }
-  const type = (str("type") ?? "q8_0") as RandomModelType;
-  if (!RANDOM_MODEL_TYPES.includes(type)) {
-    throw new UserError(`--type: unknown type "${type}" (known: ${RANDOM_MODEL_TYPES.join(", ")})`);
+  const types = list(str("types") ?? str("type"), "q8_0,f32") as RandomModelType[];
+  for (const t of types) {
+    if (!RANDOM_MODEL_TYPES.includes(t)) {
+      throw new UserError(`--types: unknown type "${t}" (known: ${RANDOM_MODEL_TYPES.join(", ")})`);
+    }
   }
   const clientLevels = list(str("clients"), "1,4,16").map((c) => positiveInt("clients", c, 1));
   const minRequests = positiveInt("requests", str("requests"), 8);
@@ -116,59 +119,60 @@ export async function runServeBench(argv: string[]): Promise<void> {
   const load0 = loadavg();
   if (!json) {
     process.stdout.write(
-      `bench serve: ${type}, server with ${threads} threads and ${parallel} parallel sequences of ${CONTEXT_SIZE} tokens; ` +
+      `bench serve: ${types.join(", ")}, server with ${threads} threads and ${parallel} parallel sequences of ${CONTEXT_SIZE} tokens; ` +
         `each request: ${promptTokens} prompt tokens, ${tokens} generated, streamed; ` +
         `load average ${load0.map((l) => l.toFixed(2)).join(" ")}\n\n` +
-        `| shape | clients | requests | tokens | seconds | tok/s (all clients) | tok/s per client | TTFT p50 ms | TTFT p99 ms |\n` +
-        `| ----: | ------: | -------: | -----: | ------: | ------------------: | ---------------: | ----------: | ----------: |\n`,
+        `| shape | type | clients | requests | tokens | seconds | tok/s (all clients) | tok/s per client | TTFT p50 ms | TTFT p99 ms |\n` +
+        `| ----: | ---: | ------: | -------: | -----: | ------: | ------------------: | ---------------: | ----------: | ----------: |\n`,
     );
   }
   const results: ShapeResult[] = [];
-  for (const name of shapes) {
-    const shape = SHAPES[name]!;
-    const path = randomLlamaFile(dir, shape, type, (p, bytes) =>
-      say(`writing ${p} (${(bytes / 1e9).toFixed(2)} GB)`),
-    );
-    const result: ShapeResult = { shape: name, type, path, levels: [] };
-    results.push(result);
-    say(`${name}: starting the server`);
-    const server = await startServer(path, threads, parallel);
-    try {
-      // Warm-up: the first request pays for page faults and compilation. It also checks that a
-      // prompt is the stated number of tokens (plus the BOS token).
-      const warm = await streamCompletion(server, prompt(0, promptTokens), 4);
-      if (warm.promptTokens !== promptTokens + 1) {
-        throw new Error(
-          `a ${promptTokens}-word prompt came to ${warm.promptTokens} tokens, not ${promptTokens + 1}`,
-        );
+  for (const name of shapes)
+    for (const type of types) {
+      const shape = SHAPES[name]!;
+      const path = randomLlamaFile(dir, shape, type, (p, bytes) =>
+        say(`writing ${p} (${(bytes / 1e9).toFixed(2)} GB)`),
+      );
+      const result: ShapeResult = { shape: name, type, path, levels: [] };
+      results.push(result);
+      say(`${name}: starting the server`);
+      const server = await startServer(path, threads, parallel);
+      try {
+        // Warm-up: the first request pays for page faults and compilation. It also checks that a
+        // prompt is the stated number of tokens (plus the BOS token).
+        const warm = await streamCompletion(server, prompt(0, promptTokens), 4);
+        if (warm.promptTokens !== promptTokens + 1) {
+          throw new Error(
+            `a ${promptTokens}-word prompt came to ${warm.promptTokens} tokens, not ${promptTokens + 1}`,
+          );
+        }
+        for (const clients of clientLevels) {
+          const requests = Math.max(minRequests, 2 * clients);
+          const waited = await waitForQuiet(QUIET_CORES, quietWait, say);
+          say(`${name}: ${clients} clients, ${requests} requests`);
+          const level = await runLevel(server, clients, requests, promptTokens, tokens);
+          level.foreignCores = Math.max(level.foreignCores, waited);
+          level.disturbed = level.foreignCores > QUIET_CORES;
+          result.levels.push(level);
+          if (!json) process.stdout.write(`${levelRow(name, type, level)}\n`);
+        }
+        const one = result.levels.find((l) => l.clients === 1);
+        const most = result.levels.at(-1)!;
+        if (one && most.clients > 1) result.scaling = most.tokensPerSecond / one.tokensPerSecond;
+      } catch (e) {
+        result.note = (e as Error).message.split("\n")[0];
+        if (!json) process.stdout.write(`| ${name} | ${type} | failed: ${result.note} |\n`);
+      } finally {
+        await server.stop();
       }
-      for (const clients of clientLevels) {
-        const requests = Math.max(minRequests, 2 * clients);
-        const waited = await waitForQuiet(QUIET_CORES, quietWait, say);
-        say(`${name}: ${clients} clients, ${requests} requests`);
-        const level = await runLevel(server, clients, requests, promptTokens, tokens);
-        level.foreignCores = Math.max(level.foreignCores, waited);
-        level.disturbed = level.foreignCores > QUIET_CORES;
-        result.levels.push(level);
-        if (!json) process.stdout.write(`${levelRow(name, level)}\n`);
-      }
-      const one = result.levels.find((l) => l.clients === 1);
-      const most = result.levels.at(-1)!;
-      if (one && most.clients > 1) result.scaling = most.tokensPerSecond / one.tokensPerSecond;
-    } catch (e) {
-      result.note = (e as Error).message.split("\n")[0];
-      if (!json) process.stdout.write(`| ${name} | failed: ${result.note} |\n`);
-    } finally {
-      await server.stop();
     }
-  }
   if (!json) {
     process.stdout.write("\n");
     for (const r of results) {
       if (r.scaling === undefined) continue;
       const most = r.levels.at(-1)!.clients;
       process.stdout.write(
-        `${r.shape}: ${most} clients give ${r.scaling.toFixed(2)}× the aggregate tokens/s of one client\n`,
+        `${r.shape} ${r.type}: ${most} clients give ${r.scaling.toFixed(2)}× the aggregate tokens/s of one client\n`,
       );
     }
     process.stdout.write(
@@ -180,7 +184,7 @@ export async function runServeBench(argv: string[]): Promise<void> {
   if (json || save !== undefined) {
     const out = {
       started: new Date().toISOString(),
-      type,
+      types,
       threads,
       parallel,
       contextSize: CONTEXT_SIZE,
@@ -349,10 +353,11 @@ function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]!;
 }
 
-function levelRow(shape: string, l: Level): string {
+function levelRow(shape: string, type: string, l: Level): string {
   const f = (x: number, d = 1) => (x >= 100 ? x.toFixed(0) : x.toFixed(d));
   const cells = [
     shape,
+    type,
     String(l.clients),
     String(l.requests),
     String(l.completionTokens),
