@@ -4,31 +4,15 @@
  * that permutation written out here), and every matmul<format>x4 on the interleaved weight gives
  * the bits matmul<format> gives on the rows, in both kernel modules.
  */
-import { readFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
-import { setFlagsFromString } from "node:v8";
 import { describe, expect, it } from "vitest";
 import { GGMLType } from "../src/formats/ggml-types.js";
-import { quantizeRow, randomWeights } from "../src/quant/reference.js";
 import { BLOCK, rowBytes, type WeightFormat } from "../src/runtime/backend.js";
 import { Rng } from "../src/util/random.js";
-
-const build = (name: string) => readFileSync(fileURLToPath(new URL(`../build/${name}`, import.meta.url)));
-
-function compile(name: string): WebAssembly.Module | undefined {
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      return new WebAssembly.Module(build(name));
-    } catch {
-      setFlagsFromString("--experimental-wasm-relaxed-simd");
-    }
-  }
-  return undefined;
-}
+import { arena, instantiate, plainModule, relaxedModule, weightBytes } from "./helpers/kernel-modules.js";
 
 const modules: [string, WebAssembly.Module | undefined][] = [
-  ["plain", compile("kernels.wasm")],
-  ["relaxed", compile("kernels-relaxed.wasm")],
+  ["plain", plainModule],
+  ["relaxed", relaxedModule],
 ];
 
 const T = GGMLType;
@@ -62,31 +46,15 @@ describe.each(modules.filter(([, m]) => m !== undefined))("%s module", (_, modul
     "%s: interleaveRows4 lays the rows out as stated, and the x4 product gives the row product's bits",
     (format, type, quant) => {
       const memory = new WebAssembly.Memory({ initial: 256, maximum: 256, shared: true });
-      const k = new WebAssembly.Instance(module!, { env: { memory, abort: () => {} } }).exports as Record<
-        string,
-        (...a: number[]) => void
-      >;
+      const k = instantiate(module!, memory);
       const rng = new Rng(type + 3);
       const rows = 28;
       const cols = format.endsWith("_K") ? 512 : 320;
       const nMax = 19;
       const rb = rowBytes(format, cols);
       const bb = BLOCK[format].bytes;
-      let top = 1 << 20;
-      const put = (bytes: Uint8Array) => {
-        const p = top;
-        new Uint8Array(memory.buffer, p, bytes.length).set(bytes);
-        top = (top + bytes.length + 63) & ~63;
-        return p;
-      };
-      let w: Uint8Array;
-      if (format.endsWith("_K")) w = randomWeights(type, rows, cols, rng);
-      else {
-        const values = rng.fillNormal(new Float32Array(rows * cols), 0.5);
-        w = new Uint8Array(rows * rb);
-        for (let r = 0; r < rows; r++)
-          w.set(quantizeRow(type, values.subarray(r * cols, (r + 1) * cols)), r * rb);
-      }
+      const put = arena(memory);
+      const w = weightBytes(format, type, rows, cols, rng);
       const pw = put(w);
       const pi = put(w);
       const scratch = put(new Uint8Array(2 * 4 * rb));

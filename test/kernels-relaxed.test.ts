@@ -5,32 +5,12 @@
  * product), never their values nor the float work after them. Skipped where V8 cannot run relaxed
  * SIMD even with the flag.
  */
-import { readFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
-import { setFlagsFromString } from "node:v8";
 import { describe, expect, it } from "vitest";
 import { GGMLType } from "../src/formats/ggml-types.js";
-import { quantizeRow, randomWeights } from "../src/quant/reference.js";
-import { rowBytes, type WeightFormat } from "../src/runtime/backend.js";
+import type { WeightFormat } from "../src/runtime/backend.js";
 import { Rng } from "../src/util/random.js";
 import { runCli } from "./helpers/cli.js";
-
-const build = (name: string) => readFileSync(fileURLToPath(new URL(`../build/${name}`, import.meta.url)));
-
-function relaxedModule(): WebAssembly.Module | undefined {
-  const bytes = build("kernels-relaxed.wasm");
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      return new WebAssembly.Module(bytes);
-    } catch {
-      setFlagsFromString("--experimental-wasm-relaxed-simd");
-    }
-  }
-  return undefined;
-}
-
-const relaxed = relaxedModule();
-const plain = new WebAssembly.Module(build("kernels.wasm"));
+import { arena, instantiate, plainModule, relaxedModule, weightBytes } from "./helpers/kernel-modules.js";
 
 const T = GGMLType;
 const PRODUCTS: [WeightFormat, number, string | null][] = [
@@ -44,36 +24,16 @@ const PRODUCTS: [WeightFormat, number, string | null][] = [
   ["Q6_K", T.Q6_K, "quantizeQ8_K"],
 ];
 
-describe.skipIf(!relaxed)("relaxed SIMD kernels", () => {
+describe.skipIf(!relaxedModule)("relaxed SIMD kernels", () => {
   it.each(PRODUCTS)("matmul%s gives the plain module's bits", (format, type, quant) => {
     const memory = new WebAssembly.Memory({ initial: 256, maximum: 256, shared: true });
-    const kernels = [plain, relaxed!].map(
-      (m) =>
-        new WebAssembly.Instance(m, { env: { memory, abort: () => {} } }).exports as Record<
-          string,
-          (...a: number[]) => void
-        >,
-    );
+    const kernels = [plainModule, relaxedModule!].map((m) => instantiate(m, memory));
     const rng = new Rng(type * 7 + 1);
     const rows = 23;
     const cols = 512;
     const nMax = 19;
-    let top = 1 << 20;
-    const put = (bytes: Uint8Array) => {
-      const p = top;
-      new Uint8Array(memory.buffer, p, bytes.length).set(bytes);
-      top = (top + bytes.length + 63) & ~63;
-      return p;
-    };
-    let w: Uint8Array;
-    if (format === "F32") w = new Uint8Array(rng.fillNormal(new Float32Array(rows * cols), 0.5).buffer);
-    else if (format === "F16" || format.endsWith("_K")) w = randomWeights(type, rows, cols, rng);
-    else {
-      const values = rng.fillNormal(new Float32Array(rows * cols), 0.5);
-      w = new Uint8Array(rows * rowBytes(format, cols));
-      for (let r = 0; r < rows; r++)
-        w.set(quantizeRow(type, values.subarray(r * cols, (r + 1) * cols)), r * rowBytes(format, cols));
-    }
+    const put = arena(memory);
+    const w = weightBytes(format, type, rows, cols, rng);
     const pw = put(w);
     const x = rng.fillNormal(new Float32Array(nMax * cols), 1);
     const px = put(new Uint8Array(x.buffer));

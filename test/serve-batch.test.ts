@@ -13,11 +13,11 @@ import { metadataGetter } from "../src/model/config.js";
 import { type BatchSegment, LlamaModel } from "../src/model/llama.js";
 import type { LoraAdapter, LoraTensor } from "../src/model/lora.js";
 import type { GenerationInfo } from "../src/model/model.js";
-import { quantizeRow, randomWeights } from "../src/quant/reference.js";
-import { rowBytes, type WeightFormat } from "../src/runtime/backend.js";
+import type { WeightFormat } from "../src/runtime/backend.js";
 import { BatchScheduler, type GenerationJob } from "../src/serve/scheduler.js";
 import { Tokenizer } from "../src/tokenizer/index.js";
 import { Rng } from "../src/util/random.js";
+import { weightBytes } from "./helpers/kernel-modules.js";
 import { type TinyLlama, writeTinyLlama } from "./helpers/tiny-llama.js";
 import { WasmHarness } from "./helpers/wasm.js";
 
@@ -58,17 +58,6 @@ const PRODUCTS: [WeightFormat, string, number, string | null][] = [
   ["Q5_K", "matmulQ5_K", T.Q5_K, "quantizeQ8_K"],
   ["Q6_K", "matmulQ6_K", T.Q6_K, "quantizeQ8_K"],
 ];
-
-function weightBytes(format: WeightFormat, type: number, rows: number, cols: number, rng: Rng): Uint8Array {
-  const values = rng.fillNormal(new Float32Array(rows * cols), 0.5);
-  if (format === "F32") return new Uint8Array(values.buffer);
-  if (format.endsWith("_K")) return randomWeights(type, rows, cols, rng);
-  const rb = rowBytes(format, cols);
-  const out = new Uint8Array(rows * rb);
-  for (let r = 0; r < rows; r++)
-    out.set(quantizeRow(type, values.subarray(r * cols, (r + 1) * cols)), r * rb);
-  return out;
-}
 
 describe("matrix products used by forwardBatch", () => {
   it.each(PRODUCTS)(

@@ -118,6 +118,23 @@ function f32ToHalf(x: f32): u32 {
   if (nr > 2) store<f32>(dst, (a ? load<f32>(dst, 8) : 0) + f32x4.extract_lane(v, 2), 8);
 }
 
+/**
+ * Stores a 4-row × 4-token tile whose accumulators hold one row each with lanes = tokens: a
+ * transpose gives each token its four rows' outputs, written at out + t·rows·4.
+ */
+// @ts-ignore: decorator
+@inline function storeTokens4(a0: v128, a1: v128, a2: v128, a3: v128, out: usize, rows: i32, nr: i32, accumulate: i32): void {
+  const t01l = i32x4.shuffle(a0, a1, 0, 4, 1, 5);
+  const t01h = i32x4.shuffle(a0, a1, 2, 6, 3, 7);
+  const t23l = i32x4.shuffle(a2, a3, 0, 4, 1, 5);
+  const t23h = i32x4.shuffle(a2, a3, 2, 6, 3, 7);
+  const step = <usize>rows << 2;
+  storeRows(out, i64x2.shuffle(t01l, t23l, 0, 2), nr, accumulate);
+  storeRows(out + step, i64x2.shuffle(t01l, t23l, 1, 3), nr, accumulate);
+  storeRows(out + 2 * step, i64x2.shuffle(t01h, t23h, 0, 2), nr, accumulate);
+  storeRows(out + 3 * step, i64x2.shuffle(t01h, t23h, 1, 3), nr, accumulate);
+}
+
 /** Four u32 at p0..p3 as an i32x4. */
 // @ts-ignore: decorator
 @inline function loadU32x4(p0: usize, p1: usize, p2: usize, p3: usize): v128 {
@@ -848,16 +865,7 @@ const K_Q8_0: i32 = 4;
     p3 += wStep;
     x += 34;
   }
-  // lanes are tokens: transpose to one vector of the four rows per token
-  const t01l = i32x4.shuffle(a0, a1, 0, 4, 1, 5);
-  const t01h = i32x4.shuffle(a0, a1, 2, 6, 3, 7);
-  const t23l = i32x4.shuffle(a2, a3, 0, 4, 1, 5);
-  const t23h = i32x4.shuffle(a2, a3, 2, 6, 3, 7);
-  const step = <usize>rows << 2;
-  storeRows(out, i64x2.shuffle(t01l, t23l, 0, 2), nr, accumulate);
-  storeRows(out + step, i64x2.shuffle(t01l, t23l, 1, 3), nr, accumulate);
-  storeRows(out + 2 * step, i64x2.shuffle(t01h, t23h, 0, 2), nr, accumulate);
-  storeRows(out + 3 * step, i64x2.shuffle(t01h, t23h, 1, 3), nr, accumulate);
+  storeTokens4(a0, a1, a2, a3, out, rows, nr, accumulate);
 }
 
 /** One Q8_0 weight row's block at p · four tokens' prepared activations: [t0, t1, t2, t3] sums ×256. */
@@ -993,15 +1001,7 @@ const K_Q8_0: i32 = 4;
     p3 += wStep;
     x += 34;
   }
-  const t01l = i32x4.shuffle(a0, a1, 0, 4, 1, 5);
-  const t01h = i32x4.shuffle(a0, a1, 2, 6, 3, 7);
-  const t23l = i32x4.shuffle(a2, a3, 0, 4, 1, 5);
-  const t23h = i32x4.shuffle(a2, a3, 2, 6, 3, 7);
-  const step = <usize>rows << 2;
-  storeRows(out, i64x2.shuffle(t01l, t23l, 0, 2), nr, accumulate);
-  storeRows(out + step, i64x2.shuffle(t01l, t23l, 1, 3), nr, accumulate);
-  storeRows(out + 2 * step, i64x2.shuffle(t01h, t23h, 0, 2), nr, accumulate);
-  storeRows(out + 3 * step, i64x2.shuffle(t01h, t23h, 1, 3), nr, accumulate);
+  storeTokens4(a0, a1, a2, a3, out, rows, nr, accumulate);
 }
 
 /** i32x4 lanes adding up to 8·Σx over the Q8_0 block at x. */
