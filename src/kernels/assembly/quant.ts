@@ -1125,9 +1125,18 @@ export function interleaveRows4(
     const p = w + <usize>g * 4 * rb;
     memory.copy(tmp, p, 4 * rb);
     for (let b: usize = 0; b < nb; b++) {
-      for (let j: usize = 0; j < 4; j++) memory.copy(p + (4 * b + j) * bb, tmp + j * rb + b * bb, bb);
+      for (let j: usize = 0; j < 4; j++) copyBlock(p + (4 * b + j) * bb, tmp + j * rb + b * bb, bb);
     }
   }
+}
+
+/** Copies n bytes (a weight block) with vector moves: memory.copy costs a runtime call per block in V8. */
+// @ts-ignore: decorator
+@inline function copyBlock(dst: usize, src: usize, n: usize): void {
+  let o: usize = 0;
+  for (; o + 16 <= n; o += 16) v128.store(dst + o, v128.load(src + o));
+  for (; o + 4 <= n; o += 4) store<u32>(dst + o, load<u32>(src + o));
+  for (; o < n; o++) store<u8>(dst + o, load<u8>(src + o));
 }
 
 export function matmulQ4_0(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
