@@ -12,7 +12,6 @@ import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
-import { parseArgs } from "node:util";
 import { Worker } from "node:worker_threads";
 import OpenAI from "openai";
 import { selfInstructPrompt } from "../data/instruction-filters.js";
@@ -20,6 +19,7 @@ import { lcsLength, RougeIndex, rougeTokens } from "../data/rouge.js";
 import { describeRejected, loadSeedTasks, selfInstruct, statePath } from "../data/self-instruct.js";
 import { TeacherClient } from "../data/teacher.js";
 import { UserError } from "../errors.js";
+import { parseBenchArgs, positiveInt } from "./args.js";
 import {
   InstructionMaker,
   type ShareGptPlan,
@@ -101,44 +101,26 @@ function sampleWithChildren(): CpuSample {
   return { ...sample, own: sample.own + Number(rest[13]) + Number(rest[14]) };
 }
 
-function positiveInt(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1)
-    throw new UserError(`--${name}: expected a positive integer, got "${value}"`);
-  return n;
-}
-
 export async function runDataBench(argv: string[]): Promise<void> {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        "size-mb": { type: "string" },
-        seed: { type: "string" },
-        kept: { type: "string" },
-        candidates: { type: "string" },
-        "plain-candidates": { type: "string" },
-        requests: { type: "string" },
-        concurrency: { type: "string" },
-        dir: { type: "string" },
-        "quiet-wait": { type: "string" },
-        json: { type: "boolean" },
-        save: { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-      strict: true,
-      allowPositionals: false,
-    }));
-  } catch (e) {
-    throw new UserError((e as Error).message.split("\n")[0]!);
-  }
-  if (values.help) {
-    process.stdout.write(dataUsage);
-    return;
-  }
-  const str = (k: string) => values[k] as string | undefined;
+  const args = parseBenchArgs(
+    argv,
+    {
+      "size-mb": { type: "string" },
+      seed: { type: "string" },
+      kept: { type: "string" },
+      candidates: { type: "string" },
+      "plain-candidates": { type: "string" },
+      requests: { type: "string" },
+      concurrency: { type: "string" },
+      dir: { type: "string" },
+      "quiet-wait": { type: "string" },
+      json: { type: "boolean" },
+      save: { type: "string" },
+    },
+    dataUsage,
+  );
+  if (!args) return;
+  const { values, str } = args;
   const sizeMb = Number(str("size-mb") ?? 100);
   if (!(sizeMb > 0 && sizeMb <= 100_000))
     throw new UserError(`--size-mb: expected megabytes, got "${str("size-mb")}"`);

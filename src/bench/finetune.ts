@@ -7,7 +7,6 @@ import { execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parseArgs } from "node:util";
 import { UserError } from "../errors.js";
 import { readGgufHeader } from "../formats/gguf.js";
 import { llamaConfigFromMetadata, metadataGetter } from "../model/config.js";
@@ -15,6 +14,7 @@ import { LORA_TARGETS, parseLoraTargets } from "../model/lora.js";
 import { type LlamaShape, randomLlamaFile, SHAPES } from "../model/random-llama.js";
 import type { WeightFormat } from "../runtime/backend.js";
 import { trainMemory } from "../train/model.js";
+import { parseBenchArgs, positiveInt } from "./args.js";
 import { runChild } from "./child.js";
 import type { FinetuneWorkerRequest, FinetuneWorkerResult } from "./finetune-worker.js";
 import { waitForQuiet } from "./infer.js";
@@ -113,14 +113,6 @@ export interface FinetuneBenchResult {
   qloraRssRatioVsPytorch?: number;
 }
 
-function positiveInt(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1)
-    throw new UserError(`--${name}: expected a positive integer, got "${value}"`);
-  return n;
-}
-
 function shapeOf(name: string): LlamaShape {
   const s = SHAPES[name] ?? Object.values(SHAPES).find((x) => x.name.toLowerCase() === name.toLowerCase());
   if (!s) throw new UserError(`unknown shape "${name}" (known: ${Object.keys(SHAPES).join(", ")})`);
@@ -128,40 +120,30 @@ function shapeOf(name: string): LlamaShape {
 }
 
 function parseOptions(argv: string[]): Options | undefined {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        shapes: { type: "string" },
-        targets: { type: "string" },
-        rank: { type: "string" },
-        batch: { type: "string" },
-        seq: { type: "string" },
-        steps: { type: "string" },
-        warmup: { type: "string" },
-        threads: { type: "string" },
-        "qlora-shape": { type: "string" },
-        "qlora-batch": { type: "string" },
-        "qlora-seq": { type: "string" },
-        "qlora-steps": { type: "string" },
-        dir: { type: "string" },
-        "quiet-wait": { type: "string" },
-        json: { type: "boolean" },
-        save: { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-      strict: true,
-      allowPositionals: false,
-    }));
-  } catch (e) {
-    throw new UserError((e as Error).message.split("\n")[0]!);
-  }
-  if (values.help) {
-    process.stdout.write(finetuneUsage);
-    return undefined;
-  }
-  const str = (k: string) => values[k] as string | undefined;
+  const args = parseBenchArgs(
+    argv,
+    {
+      shapes: { type: "string" },
+      targets: { type: "string" },
+      rank: { type: "string" },
+      batch: { type: "string" },
+      seq: { type: "string" },
+      steps: { type: "string" },
+      warmup: { type: "string" },
+      threads: { type: "string" },
+      "qlora-shape": { type: "string" },
+      "qlora-batch": { type: "string" },
+      "qlora-seq": { type: "string" },
+      "qlora-steps": { type: "string" },
+      dir: { type: "string" },
+      "quiet-wait": { type: "string" },
+      json: { type: "boolean" },
+      save: { type: "string" },
+    },
+    finetuneUsage,
+  );
+  if (!args) return undefined;
+  const { values, str } = args;
   const targets = (str("targets") ?? "q,v;all").split(";").map((t) => t.trim());
   for (const t of targets) parseLoraTargets(t);
   const rank = positiveInt("rank", str("rank"), 8);

@@ -6,7 +6,6 @@ import { createHash } from "node:crypto";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { fileURLToPath } from "node:url";
-import { parseArgs } from "node:util";
 import { isUserError, UserError } from "../errors.js";
 import {
   type LlamaShape,
@@ -16,6 +15,7 @@ import {
   SHAPES,
 } from "../model/random-llama.js";
 import { type KernelVariant, kernelVariant } from "../runtime/runtime.js";
+import { list, parseBenchArgs, positiveInt } from "./args.js";
 import { runChild } from "./child.js";
 import type { WorkerRequest, WorkerResult } from "./infer-worker.js";
 
@@ -226,51 +226,26 @@ function memAvailableBytes(): number {
   return m ? Number(m[1]) * 1024 : Number.POSITIVE_INFINITY;
 }
 
-function list(value: string | undefined, fallback: string): string[] {
-  return (value ?? fallback)
-    .split(",")
-    .map((s) => s.trim())
-    .filter((s) => s.length > 0);
-}
-
-function positiveInt(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1)
-    throw new UserError(`--${name}: expected a positive integer, got "${value}"`);
-  return n;
-}
-
 export async function runInferBench(argv: string[]): Promise<void> {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        shapes: { type: "string" },
-        types: { type: "string" },
-        threads: { type: "string" },
-        prefill: { type: "string" },
-        decode: { type: "string" },
-        reps: { type: "string" },
-        large: { type: "boolean" },
-        dir: { type: "string" },
-        "quiet-wait": { type: "string" },
-        json: { type: "boolean" },
-        save: { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-      strict: true,
-      allowPositionals: false,
-    }));
-  } catch (e) {
-    throw new UserError((e as Error).message.split("\n")[0]!);
-  }
-  if (values.help) {
-    process.stdout.write(inferUsage);
-    return;
-  }
-  const str = (k: string) => values[k] as string | undefined;
+  const args = parseBenchArgs(
+    argv,
+    {
+      shapes: { type: "string" },
+      types: { type: "string" },
+      threads: { type: "string" },
+      prefill: { type: "string" },
+      decode: { type: "string" },
+      reps: { type: "string" },
+      large: { type: "boolean" },
+      dir: { type: "string" },
+      "quiet-wait": { type: "string" },
+      json: { type: "boolean" },
+      save: { type: "string" },
+    },
+    inferUsage,
+  );
+  if (!args) return;
+  const { values, str } = args;
   const threads = positiveInt("threads", str("threads"), 2);
   const prefill = positiveInt("prefill", str("prefill"), 128);
   const decode = positiveInt("decode", str("decode"), 128);

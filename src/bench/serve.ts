@@ -6,9 +6,9 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { fileURLToPath } from "node:url";
-import { parseArgs } from "node:util";
 import { UserError } from "../errors.js";
 import { RANDOM_MODEL_TYPES, type RandomModelType, randomLlamaFile, SHAPES } from "../model/random-llama.js";
+import { list, parseBenchArgs, positiveInt } from "./args.js";
 import { type CpuSample, cpuSample, waitForQuiet } from "./infer.js";
 
 export const serveUsage = `usage: npm run bench -- serve [options]
@@ -57,36 +57,26 @@ interface ShapeResult {
 }
 
 export async function runServeBench(argv: string[]): Promise<void> {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        shapes: { type: "string" },
-        type: { type: "string" },
-        types: { type: "string" },
-        clients: { type: "string" },
-        requests: { type: "string" },
-        prompt: { type: "string" },
-        tokens: { type: "string" },
-        threads: { type: "string" },
-        dir: { type: "string" },
-        "quiet-wait": { type: "string" },
-        json: { type: "boolean" },
-        save: { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-      strict: true,
-      allowPositionals: false,
-    }));
-  } catch (e) {
-    throw new UserError((e as Error).message.split("\n")[0]!);
-  }
-  if (values.help) {
-    process.stdout.write(serveUsage);
-    return;
-  }
-  const str = (k: string) => values[k] as string | undefined;
+  const args = parseBenchArgs(
+    argv,
+    {
+      shapes: { type: "string" },
+      type: { type: "string" },
+      types: { type: "string" },
+      clients: { type: "string" },
+      requests: { type: "string" },
+      prompt: { type: "string" },
+      tokens: { type: "string" },
+      threads: { type: "string" },
+      dir: { type: "string" },
+      "quiet-wait": { type: "string" },
+      json: { type: "boolean" },
+      save: { type: "string" },
+    },
+    serveUsage,
+  );
+  if (!args) return;
+  const { values, str } = args;
   const shapes = list(str("shapes"), "15M,110M");
   for (const s of shapes) {
     if (!SHAPES[s])
@@ -368,19 +358,4 @@ function levelRow(shape: string, type: string, l: Level): string {
     f(l.ttftP99Ms, 0),
   ];
   return `| ${cells.join(" | ")} |${l.disturbed ? ` disturbed (${l.foreignCores.toFixed(2)} foreign cores)` : ""}`;
-}
-
-function list(value: string | undefined, fallback: string): string[] {
-  return (value ?? fallback)
-    .split(",")
-    .map((s) => s.trim())
-    .filter((s) => s.length > 0);
-}
-
-function positiveInt(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1)
-    throw new UserError(`--${name}: expected a positive integer, got "${value}"`);
-  return n;
 }
