@@ -47,26 +47,24 @@ class WordSource {
   }
 
   word(rng: Rng): string {
-    const x = rng.nextFloat() * this.cumulative[this.cumulative.length - 1]!;
-    let lo = 0;
-    let hi = this.cumulative.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (this.cumulative[mid]! < x) lo = mid + 1;
-      else hi = mid;
-    }
-    return this.words[lo]!;
+    return this.draw(rng, 0);
   }
 
   /** A word drawn as by `word`, but never a function word. */
   content(rng: Rng): string {
-    const from = this.cumulative[FUNCTION_WORDS.length - 1]!;
-    const x = from + rng.nextFloat() * (this.cumulative[this.cumulative.length - 1]! - from);
-    let lo = FUNCTION_WORDS.length;
-    let hi = this.cumulative.length - 1;
+    return this.draw(rng, FUNCTION_WORDS.length);
+  }
+
+  /** A word of rank `first` or later, with probability proportional to its weight. */
+  private draw(rng: Rng, first: number): string {
+    const c = this.cumulative;
+    const from = first > 0 ? c[first - 1]! : 0;
+    const x = from + rng.nextFloat() * (c[c.length - 1]! - from);
+    let lo = first;
+    let hi = c.length - 1;
     while (lo < hi) {
       const mid = (lo + hi) >> 1;
-      if (this.cumulative[mid]! < x) lo = mid + 1;
+      if (c[mid]! < x) lo = mid + 1;
       else hi = mid;
     }
     return this.words[lo]!;
