@@ -7,6 +7,7 @@
 import { describe, expect, it } from "vitest";
 import { GGMLType } from "../src/formats/ggml-types.js";
 import { BLOCK, rowBytes, type WeightFormat } from "../src/runtime/backend.js";
+import { interleaveRows4Ref } from "../src/runtime/reference.js";
 import { Rng } from "../src/util/random.js";
 import { arena, instantiate, plainModule, relaxedModule, weightBytes } from "./helpers/kernel-modules.js";
 
@@ -26,20 +27,6 @@ const FORMATS: [WeightFormat, number, string][] = [
   ["Q5_K", T.Q5_K, "quantizeQ8_K"],
   ["Q6_K", T.Q6_K, "quantizeQ8_K"],
 ];
-
-/** The interleaved layout of `w` (rows × rb bytes, blocks of bb), written out directly. */
-function interleavedRef(w: Uint8Array, rows: number, rb: number, bb: number): Uint8Array {
-  const out = new Uint8Array(w.length);
-  for (let g = 0; g < rows / 4; g++) {
-    for (let b = 0; b < rb / bb; b++) {
-      for (let j = 0; j < 4; j++) {
-        const src = (4 * g + j) * rb + b * bb;
-        out.set(w.subarray(src, src + bb), 4 * g * rb + (4 * b + j) * bb);
-      }
-    }
-  }
-  return out;
-}
 
 describe.each(modules.filter(([, m]) => m !== undefined))("%s module", (_, module) => {
   it.each(FORMATS)(
@@ -61,7 +48,7 @@ describe.each(modules.filter(([, m]) => m !== undefined))("%s module", (_, modul
       // two threads' group ranges
       k.interleaveRows4!(pi, rb, bb, scratch, 4 * rb, 0, 3, 0);
       k.interleaveRows4!(pi, rb, bb, scratch, 4 * rb, 3, rows / 4, 1);
-      expect(new Uint8Array(memory.buffer, pi, w.length)).toEqual(interleavedRef(w, rows, rb, bb));
+      expect(new Uint8Array(memory.buffer, pi, w.length)).toEqual(interleaveRows4Ref(w, rows, rb, bb));
 
       const x = rng.fillNormal(new Float32Array(nMax * cols), 1);
       const px = put(new Uint8Array(x.buffer));

@@ -4,7 +4,7 @@ import { GGMLType, ggmlTypeName } from "../formats/ggml-types.js";
 import { type GgufHeader, type GgufTensorInfo, readGgufHeader, readTensorInto } from "../formats/gguf.js";
 import {
   type AttentionShape,
-  activationBytes,
+  activationScratchBytes,
   type Backend,
   type Buf,
   rowBytes,
@@ -306,7 +306,7 @@ export class LlamaModel {
       const nb = batchSize;
       let b = 0;
       b += align(nb * c.dim * 4) * 2 + align(nb * qDim * 4) * 2 + align(nb * c.ffn * 4) * 2;
-      b += align(2 * activationBytes("Q4_K", widest, nb) + 2 * activationBytes("Q4_1", widest, nb));
+      b += align(activationScratchBytes(widest, nb));
       b += align(threads * contextSize * 4) + align(prepareBytes);
       b += PROJECTIONS.length * align(nb * loraRank * 4);
       if (sequences > 1) b += 2 * align(nb * kvDim * 4);
@@ -454,7 +454,7 @@ export class LlamaModel {
           att: buf(nb * qDim * 4),
           hb: buf(nb * c.ffn * 4),
           hb2: buf(nb * c.ffn * 4),
-          xq: buf(2 * activationBytes("Q4_K", widest, nb) + 2 * activationBytes("Q4_1", widest, nb)),
+          xq: buf(activationScratchBytes(widest, nb)),
           scratch: buf(threads * contextSize * 4),
           prepare: buf(prepareBytes),
           loraTmp: loraRank ? PROJECTIONS.map(() => buf(nb * loraRank * 4)) : [],

@@ -1,4 +1,4 @@
-import type { Runtime } from "./runtime.js";
+import { kernelVariant, type Runtime } from "./runtime.js";
 
 /** A region of f32 activations (or scratch bytes) in one memory shard. */
 export interface Buf {
@@ -14,9 +14,14 @@ export interface Weight {
   format: WeightFormat;
   rows: number;
   cols: number;
-  /** Stored in the backend's own layout (see Backend.prepareWeight), not row after row. */
-  interleaved?: boolean;
+  /**
+   * Stored in one of the backend's own layouts (see Backend.prepareWeight), not row after row:
+   * x4 = four rows' blocks in turn, r4 = Q4_0 with rows in vector lanes (the relaxed kernels).
+   */
+  layout?: WeightLayout;
 }
+
+export type WeightLayout = "x4" | "r4";
 
 export type WeightFormat =
   | "F32"
@@ -46,8 +51,15 @@ export const ACTIVATION_FORMAT: Record<WeightFormat, "Q8_0" | "Q8_1" | "Q8_K" | 
   Q6_K: "Q8_K",
 };
 
+export type ActivationFormat = "Q8_0" | "Q8_1" | "Q8_K" | "Q8_0S";
+
+/** The activation format a prepared weight's product reads: the r4 layout's blocks carry their sums. */
+export function activationFormat(w: Weight): ActivationFormat | null {
+  return w.layout === "r4" ? "Q8_0S" : ACTIVATION_FORMAT[w.format];
+}
+
 /** Block geometry of each weight format: elements per block and bytes per block. */
-export const BLOCK: Record<WeightFormat | "Q8_1" | "Q8_K", { size: number; bytes: number }> = {
+export const BLOCK: Record<WeightFormat | ActivationFormat, { size: number; bytes: number }> = {
   F32: { size: 1, bytes: 4 },
   F16: { size: 1, bytes: 2 },
   BF16: { size: 1, bytes: 2 },
@@ -57,15 +69,16 @@ export const BLOCK: Record<WeightFormat | "Q8_1" | "Q8_K", { size: number; bytes
   Q5_1: { size: 32, bytes: 24 },
   Q8_0: { size: 32, bytes: 34 },
   Q8_1: { size: 32, bytes: 36 },
+  // f32 scale, i32 8·Σq, 32 × i8 (the r4 Q4_0 product's activations)
+  Q8_0S: { size: 32, bytes: 40 },
   Q4_K: { size: 256, bytes: 144 },
   Q5_K: { size: 256, bytes: 176 },
   Q6_K: { size: 256, bytes: 210 },
   Q8_K: { size: 256, bytes: 292 },
 };
 
-/** Bytes of `n` rows of `cols` activations quantized for `format`'s dot product (0 for float weights). */
-export function activationBytes(format: WeightFormat, cols: number, n: number): number {
-  const a = ACTIVATION_FORMAT[format];
+/** Bytes of `n` rows of `cols` activations in format `a` (0 for float weights). */
+export function activationBytes(a: ActivationFormat | null, cols: number, n: number): number {
   if (!a) return 0;
   const b = BLOCK[a];
   return (cols / b.size) * b.bytes * n;
@@ -158,13 +171,23 @@ export interface AttentionShape {
 /** Weight formats whose products have an interleaved-layout kernel (matmul<format>x4). */
 const INTERLEAVED = new Set<WeightFormat>(["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]);
 
+/** The largest activation scratch a matmul of n tokens of `cols` inputs may need, whatever its weights. */
+export function activationScratchBytes(cols: number, n: number): number {
+  // each format at most once (a file may mix weight formats within one product's targets)
+  const all: ActivationFormat[] = ["Q8_0", "Q8_1", "Q8_K", "Q8_0S"];
+  return all.reduce((sum, a) => sum + activationBytes(a, cols, n), 0);
+}
+
 /** The WebAssembly SIMD128 backend: kernels from build/kernels.wasm on the runtime's thread pool. */
 export class WasmBackend implements Backend {
   readonly threads: number;
   private grouped = false;
+  /** Q4_0 matrices take the r4 layout: only the relaxed module has its 8-bit dot product. */
+  private readonly rowLanes: boolean;
 
   constructor(readonly rt: Runtime) {
     this.threads = rt.threads;
+    this.rowLanes = kernelVariant() === "relaxed";
   }
 
   private op(kernel: string, shard: number, rows: number, args: number[], align = 1) {
@@ -188,22 +211,22 @@ export class WasmBackend implements Backend {
     let xqTop = xq.offset;
     this.phase(() => {
       for (const { w } of targets) {
-        const a = ACTIVATION_FORMAT[w.format];
+        const a = activationFormat(w);
         if (!a || formats.has(a)) continue;
         formats.set(a, xqTop);
         this.op(`quantize${a}`, x.shard, n, [x.offset, xqTop, cols, n]);
-        xqTop += activationBytes(w.format, cols, n);
+        xqTop += activationBytes(a, cols, n);
       }
     });
     this.phase(() => {
       for (const { w, out, acc } of targets) {
         if (w.cols !== cols) throw new Error(`matmul: weight has ${w.cols} columns, input ${cols}`);
-        const a = ACTIVATION_FORMAT[w.format];
+        const a = activationFormat(w);
         const input = a ? formats.get(a)! : x.offset;
         // Every kernel here computes each token's outputs as that token alone would get them,
         // so `perToken` needs nothing special.
         this.op(
-          `matmul${w.format}${w.interleaved ? "x4" : ""}`,
+          `matmul${w.format}${w.layout ?? ""}`,
           w.shard,
           w.rows,
           [w.offset, input, out.offset, w.rows, cols, n, acc ? 1 : 0],
@@ -214,12 +237,14 @@ export class WasmBackend implements Backend {
   }
 
   /**
-   * The block formats go into the interleaved layout (four rows' blocks in turn): a
+   * The block formats go into the interleaved layout x4 (four rows' blocks in turn): a
    * product then reads its four rows as one sequential stream, which decoding, bound by how fast
-   * weights come from memory, reads about twice as fast. Needs rows % 4 == 0.
+   * weights come from memory, reads about twice as fast. With the relaxed module, Q4_0 goes one
+   * step further, into r4: each block's nibbles transposed so that vector lanes are rows, which
+   * leaves its product no sums to reduce across lanes (src/kernels/README.md). Needs rows % 4 == 0.
    */
   prepareWeight(w: Weight, scratch: Buf): Weight {
-    if (w.interleaved || !INTERLEAVED.has(w.format) || w.rows % 4 !== 0) return w;
+    if (w.layout || !INTERLEAVED.has(w.format) || w.rows % 4 !== 0) return w;
     if (scratch.shard !== w.shard) throw new Error("prepareWeight: scratch must be in the weight's shard");
     const rb = rowBytes(w.format, w.cols);
     this.op("interleaveRows4", w.shard, w.rows / 4, [
@@ -229,8 +254,13 @@ export class WasmBackend implements Backend {
       scratch.offset,
       4 * rb,
     ]);
+    if (this.rowLanes && w.format === "Q4_0") {
+      this.op("repackQ4_0r4", w.shard, w.rows / 4, [w.offset, w.cols]);
+      this.flush();
+      return { ...w, layout: "r4" };
+    }
     this.flush();
-    return { ...w, interleaved: true };
+    return { ...w, layout: "x4" };
   }
 
   rmsNorm(out: Buf, x: Buf, weight: Buf, n: number, dim: number, eps: number): void {

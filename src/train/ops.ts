@@ -94,7 +94,7 @@ export class TrainOps {
 
   /**
    * out (n × w.rows) (+)= x (n × w.cols) · Wᵀ for a weight in any format; quantized formats
-   * quantize x into `xq` first (activationBytes(format, cols, n) bytes).
+   * quantize x into `xq` first (activationBytes(ACTIVATION_FORMAT[format], cols, n) bytes).
    */
   matmul(w: Weight, x: number, n: number, out: number, acc: boolean, xq = 0): void {
     const a = ACTIVATION_FORMAT[w.format];

@@ -1148,6 +1148,189 @@ export function matmulQ4_0x4(w: usize, xq: usize, out: usize, rows: i32, cols: i
   matmul32(K_Q4_0, 18, 34, w, xq, out, rows, cols, n, acc, r0, r1, true);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Q4_0 in the row-lane layout (kernels-relaxed.wasm): lanes are weight rows, not tokens
+// ---------------------------------------------------------------------------------------------
+//
+// repackQ4_0r4 rewrites each interleaved group of four rows (interleaveRows4) so that block b of
+// the group holds the four rows' f16 scales (8 bytes), then four vectors Q0..Q3 where Qj is the
+// 4-byte word j of each row's qs in turn (a 4×4 transpose of 32-bit words; 72 bytes, as before).
+// The low nibbles of Qj are then elements 4j..4j+3 of rows 0..3, its high nibbles elements
+// 16+4j..16+4j+3: one relaxed 8-bit dot of a nibble vector with a token's four activations in
+// every 32-bit lane (a 4-byte splat) gives each row's partial sum in its own 32-bit lane pair.
+// A token's eight dots add up in i16 (each lane sums 16 products |q·x| <= 15·127: at most 30480),
+// one widening dot makes them the four rows' sums, and no reduction across lanes is left. The
+// activations come as Q8_0S blocks, whose scale and 8·Σx are stored ready to splat.
+
+/** Q8_0S blocks (40 bytes: f32 scale/256, i32 8·Σq, 32 × i8 q) of tokens [r0, r1); see quantizeQ8_0. */
+export function quantizeQ8_0S(x: usize, xq: usize, cols: i32, n: i32, r0: i32, r1: i32): void {
+  const nb = cols >> 5;
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
+  for (let t = r0; t < r1; t++) {
+    let px = x + <usize>t * <usize>cols * 4;
+    let pq = xq + <usize>t * <usize>nb * 40;
+    for (let b = 0; b < nb; b++) {
+      const r = quantize32(px, pq + 8);
+      // the f16 Q8_0 stores, as the products read it (halfSplat with the /256 magic)
+      const h = <i32>f32ToHalf(f32x4.extract_lane(r, 0));
+      store<f32>(pq, f32x4.extract_lane(halfHigh(i32x4.splat(h << 16), hmask, hmagic), 0));
+      store<i32>(pq, i32x4.extract_lane(r, 1) << 3, 4);
+      px += 128;
+      pq += 40;
+    }
+  }
+}
+
+/** Rewrites row groups [r0, r1) of an interleaved Q4_0 matrix (interleaveRows4) in place into the row-lane layout. */
+export function repackQ4_0r4(w: usize, cols: i32, r0: i32, r1: i32): void {
+  const nb = cols >> 5;
+  for (let g = r0; g < r1; g++) {
+    let p = w + <usize>g * <usize>nb * 72;
+    for (let b = 0; b < nb; b++) {
+      const h0 = load<u16>(p);
+      const h1 = load<u16>(p, 18);
+      const h2 = load<u16>(p, 36);
+      const h3 = load<u16>(p, 54);
+      const r0q = v128.load(p, 2);
+      const r1q = v128.load(p, 20);
+      const r2q = v128.load(p, 38);
+      const r3q = v128.load(p, 56);
+      const t01l = i32x4.shuffle(r0q, r1q, 0, 4, 1, 5);
+      const t23l = i32x4.shuffle(r2q, r3q, 0, 4, 1, 5);
+      const t01h = i32x4.shuffle(r0q, r1q, 2, 6, 3, 7);
+      const t23h = i32x4.shuffle(r2q, r3q, 2, 6, 3, 7);
+      store<u16>(p, h0);
+      store<u16>(p, h1, 2);
+      store<u16>(p, h2, 4);
+      store<u16>(p, h3, 6);
+      v128.store(p, i64x2.shuffle(t01l, t23l, 0, 2), 8);
+      v128.store(p, i64x2.shuffle(t01l, t23l, 1, 3), 24);
+      v128.store(p, i64x2.shuffle(t01h, t23h, 0, 2), 40);
+      v128.store(p, i64x2.shuffle(t01h, t23h, 1, 3), 56);
+      p += 72;
+    }
+  }
+}
+
+/**
+ * matmulQ4_0 on weights in the row-lane layout (repackQ4_0r4), activations as Q8_0S; rows % 4 == 0.
+ * Each token gets matmulQ4_0's bits: the same integer sums, then the same float operations.
+ */
+export function matmulQ4_0r4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  // (the plain module has no 8-bit dot: the backend uses this layout only with the relaxed one)
+  if (!ASC_FEATURE_RELAXED_SIMD) unreachable();
+  else {
+    const nb = cols >> 5;
+    const xRow = <usize>nb * 40;
+    const step = <usize>rows << 2;
+    for (let t0 = 0; t0 < n; t0 += TOKEN_CHUNK) {
+      const t1 = min(n, t0 + TOKEN_CHUNK);
+      for (let r = r0; r < r1; r += 4) {
+        const pg = w + <usize>r * <usize>nb * 18;
+        let t = t0;
+        for (; t + 4 <= t1; t += 4) {
+          q4r4Tokens4(pg, xq + <usize>t * xRow, xRow, nb, out + <usize>t * step + (<usize>r << 2), step, acc);
+        }
+        for (; t < t1; t++) {
+          q4r4Token1(pg, xq + <usize>t * xRow, nb, out + <usize>t * step + (<usize>r << 2), acc);
+        }
+      }
+    }
+  }
+}
+
+/** The four rows' f16 scales at p as f32 lanes. */
+// @ts-ignore: decorator
+@inline function q4r4Scales(p: usize, hmask: v128, hmagic: v128): v128 {
+  const d = v128.load64_zero(p);
+  return halfHigh(i8x16.shuffle(d, d, 0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7), hmask, hmagic);
+}
+
+/** i16 partial sums of q·x for word j's low (elements 4j..) and high (16+4j..) nibbles `lo`, `hi` and the token at x. */
+// @ts-ignore: decorator
+@inline function q4r4Word(x: usize, j: usize, lo: v128, hi: v128): v128 {
+  return i16x8.add(
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x + 4 * j, 8), lo),
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x + 4 * j, 24), hi),
+  );
+}
+
+/** The float term of one block for one token: 256·(Σqx - 8Σx) · (dw · dx), from the i16 sums s. */
+// @ts-ignore: decorator
+@inline function q4r4Term(s: v128, x: usize, ones: v128, dw: v128): v128 {
+  const sumi = f32x4.convert_i32x4_s(i32x4.sub(i32x4.dot_i16x8_s(s, ones), v128.load32_splat(x, 4)));
+  return f32x4.mul(sumi, f32x4.mul(dw, v128.load32_splat(x)));
+}
+
+/** Four row-lane rows · four tokens (Q8_0S rows xRow apart): out rows step apart. */
+// @ts-ignore: decorator
+@inline function q4r4Tokens4(p: usize, x: usize, xRow: usize, nb: i32, out: usize, step: usize, acc: i32): void {
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
+  const z = i32x4.splat(0);
+  let a0 = f32x4.splat(0);
+  let a1 = a0;
+  let a2 = a0;
+  let a3 = a0;
+  for (let b = 0; b < nb; b++) {
+    const x1 = x + xRow;
+    const x2 = x1 + xRow;
+    const x3 = x2 + xRow;
+    const nib = constant(CONST_0F0F);
+    let q = v128.load(p, 8);
+    let lo = v128.and(q, nib);
+    let hi = v128.and(i16x8.shr_u(q, 4), nib);
+    let s0 = q4r4Word(x, 0, lo, hi);
+    let s1 = q4r4Word(x1, 0, lo, hi);
+    let s2 = q4r4Word(x2, 0, lo, hi);
+    let s3 = q4r4Word(x3, 0, lo, hi);
+    for (let j: usize = 1; j < 4; j++) {
+      q = v128.load(p + 16 * j, 8);
+      lo = v128.and(q, nib);
+      hi = v128.and(i16x8.shr_u(q, 4), nib);
+      s0 = i16x8.add(s0, q4r4Word(x, j, lo, hi));
+      s1 = i16x8.add(s1, q4r4Word(x1, j, lo, hi));
+      s2 = i16x8.add(s2, q4r4Word(x2, j, lo, hi));
+      s3 = i16x8.add(s3, q4r4Word(x3, j, lo, hi));
+    }
+    const ones = constant(CONST_ONES);
+    const dw = q4r4Scales(p, hmask, hmagic);
+    a0 = f32x4.add(a0, q4r4Term(s0, x, ones, dw));
+    a1 = f32x4.add(a1, q4r4Term(s1, x1, ones, dw));
+    a2 = f32x4.add(a2, q4r4Term(s2, x2, ones, dw));
+    a3 = f32x4.add(a3, q4r4Term(s3, x3, ones, dw));
+    p += 72;
+    x += 40;
+  }
+  storeRows(out, a0, 4, acc);
+  storeRows(out + step, a1, 4, acc);
+  storeRows(out + 2 * step, a2, 4, acc);
+  storeRows(out + 3 * step, a3, 4, acc);
+}
+
+/** Four row-lane rows · one token. */
+// @ts-ignore: decorator
+@inline function q4r4Token1(p: usize, x: usize, nb: i32, out: usize, acc: i32): void {
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
+  const z = i32x4.splat(0);
+  let a0 = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const nib = constant(CONST_0F0F);
+    let s0 = z;
+    for (let j: usize = 0; j < 4; j++) {
+      const q = v128.load(p + 16 * j, 8);
+      const w = q4r4Word(x, j, v128.and(q, nib), v128.and(i16x8.shr_u(q, 4), nib));
+      s0 = j == 0 ? w : i16x8.add(s0, w);
+    }
+    a0 = f32x4.add(a0, q4r4Term(s0, x, constant(CONST_ONES), q4r4Scales(p, hmask, hmagic)));
+    p += 72;
+    x += 40;
+  }
+  storeRows(out, a0, 4, acc);
+}
+
 export function matmulQ4_1(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
   matmul32(K_Q4_1, 20, 36, w, xq, out, rows, cols, n, acc, r0, r1, false);
 }
