@@ -6,8 +6,8 @@
  */
 import { describe, expect, it } from "vitest";
 import { GGMLType } from "../src/formats/ggml-types.js";
+import { interleaveRows4Ref } from "../src/quant/layout-reference.js";
 import { BLOCK, rowBytes, type WeightFormat } from "../src/runtime/backend.js";
-import { interleaveRows4Ref } from "../src/runtime/reference.js";
 import { Rng } from "../src/util/random.js";
 import { arena, instantiate, plainModule, relaxedModule, weightBytes } from "./helpers/kernel-modules.js";
 

@@ -1,17 +1,31 @@
 /**
- * Q4_0 in the r4 layout (the relaxed module's Q4_0 products; Backend.prepareWeight): repackQ4_0r4
- * lays an interleaved matrix out as repackQ4_0r4Ref states, quantizeQ8_0S writes the reference's
- * Q8_0S blocks, and matmulQ4_0r4 gives every token matmulQ4_0's bits, at token counts that use
- * both tiles, on row ranges split as threads split them, and at the ends of the i16 range its sums
- * use. The plain module, which has no 8-bit dot product, refuses the r4 product.
+ * The row-lane layout r4 (the relaxed module's Q4_0, Q4_K and Q6_K products; Backend.prepareWeight):
+ * repack<T>r4 lays a matrix out as the references in src/quant/layout-reference.ts state,
+ * quantizeQ8_0S writes the reference's Q8_0S blocks, and each matmul<T>r4 gives every token
+ * matmul<T>'s bits, at token counts that use both tiles, on row ranges split as threads split
+ * them, and at the ends of the i16 range its sums use. The plain
+ * module, which has no 8-bit dot product, refuses the r4 products.
  */
 import { describe, expect, it } from "vitest";
 import { GGMLType } from "../src/formats/ggml-types.js";
+import {
+  interleaveRows4Ref,
+  q8_0ToQ8_0S,
+  repackQ4_0r4Ref,
+  repackQ4_Kr4Ref,
+  repackQ6_Kr4Ref,
+} from "../src/quant/layout-reference.js";
 import { quantizeRow } from "../src/quant/reference.js";
 import { rowBytes } from "../src/runtime/backend.js";
-import { interleaveRows4Ref, q8_0ToQ8_0S, repackQ4_0r4Ref } from "../src/runtime/reference.js";
 import { Rng } from "../src/util/random.js";
-import { arena, instantiate, plainModule, relaxedModule, weightBytes } from "./helpers/kernel-modules.js";
+import {
+  arena,
+  instantiate,
+  type Kernels,
+  plainModule,
+  relaxedModule,
+  weightBytes,
+} from "./helpers/kernel-modules.js";
 
 const T = GGMLType;
 
@@ -20,7 +34,7 @@ function setup(module: WebAssembly.Module) {
   return { memory, k: instantiate(module, memory), put: arena(memory) };
 }
 
-/** Activations with blocks that stress the quantizer: zeros, ties, equal magnitudes, tiny, huge. */
+/** Activations with blocks that stress the quantizers: zeros, ties, equal magnitudes, tiny, huge. */
 function activations(rng: Rng, n: number, cols: number): Float32Array {
   const x = rng.fillNormal(new Float32Array(n * cols), 1);
   const t1 = x.subarray(cols, 2 * cols);
@@ -28,6 +42,21 @@ function activations(rng: Rng, n: number, cols: number): Float32Array {
   for (let j = 32; j < 64; j++) t1[j] = (j % 2 ? -1 : 1) * ((j % 127) + 0.5);
   for (let j = 64; j < 96; j++) t1[j] = (rng.nextFloat() - 0.5) * 1e-30;
   for (let j = 96; j < 128; j++) t1[j] = (rng.nextFloat() - 0.5) * 1e4;
+  return x;
+}
+
+/** Activations at the ends of the 8-bit range (±127 once quantized), in six sign patterns. */
+function extremeActivations(cols: number): Float32Array {
+  const n = 6;
+  const x = new Float32Array(n * cols);
+  for (let j = 0; j < cols; j++) {
+    x[j] = 1;
+    x[cols + j] = -1;
+    x[2 * cols + j] = j % 2 ? -1 : 1;
+    x[3 * cols + j] = j % 3 ? 0.5 : -1;
+    x[4 * cols + j] = j < 16 || (j >= 64 && j < 80) ? 1 : -1;
+    x[5 * cols + j] = j % 32 < 16 ? -1 : 1;
+  }
   return x;
 }
 
@@ -58,85 +87,145 @@ describe.each(modules.filter(([, m]) => m !== undefined))("%s module", (_, modul
 
   it("repackQ4_0r4 turns the x4 layout into the r4 layout", () => {
     const { memory, k, put } = setup(module!);
-    const rng = new Rng(5);
     const rows = 16;
     const cols = 96;
-    const rb = rowBytes("Q4_0", cols);
-    const w = weightBytes("Q4_0", T.Q4_0, rows, cols, rng);
-    const p = put(interleaveRows4Ref(w, rows, rb, 18));
+    const w = weightBytes("Q4_0", T.Q4_0, rows, cols, new Rng(5));
+    const p = put(interleaveRows4Ref(w, rows, rowBytes("Q4_0", cols), 18));
     k.repackQ4_0r4!(p, cols, 0, 1);
     k.repackQ4_0r4!(p, cols, 1, rows / 4);
     expect(new Uint8Array(memory.buffer, p, w.length)).toEqual(repackQ4_0r4Ref(w, rows, cols));
   });
+
+  it.each([
+    ["Q4_K", T.Q4_K, repackQ4_Kr4Ref],
+    ["Q6_K", T.Q6_K, repackQ6_Kr4Ref],
+  ] as const)("repack%sr4 turns the row-major matrix into the r4 layout", (format, type, ref) => {
+    const { memory, k, put } = setup(module!);
+    const rows = 12;
+    const cols = 512;
+    const rb = rowBytes(format, cols);
+    const w = weightBytes(format, type, rows, cols, new Rng(6));
+    const p = put(w);
+    const scratch = put(new Uint8Array(2 * 4 * rb));
+    // two threads' group ranges, each with its own scratch
+    k[`repack${format}r4`]!(p, cols, scratch, 4 * rb, 0, 1, 0);
+    k[`repack${format}r4`]!(p, cols, scratch, 4 * rb, 1, rows / 4, 1);
+    expect(new Uint8Array(memory.buffer, p, w.length)).toEqual(ref(w, rows, cols));
+  });
 });
 
-describe.skipIf(!relaxedModule)("relaxed module: matmulQ4_0r4", () => {
-  /** matmulQ4_0 (row-major, Q8_0) and matmulQ4_0r4 (r4, Q8_0S) on the same weights and inputs. */
+interface RowLane {
+  format: "Q4_0" | "Q4_K" | "Q6_K";
+  type: number;
+  block: number;
+  /** the r4 layout, and the activation quantizers of the row-major and the r4 product */
+  repack: (w: Uint8Array, rows: number, cols: number) => Uint8Array;
+  quantize: string;
+  quantizeR4: string;
+  /** sets every quant of row r's block at byte o to its extreme pattern */
+  extreme: (w: Uint8Array, o: number, r: number) => void;
+}
+
+const NIBBLES = [[0x00], [0xff], [0x0f, 0xf0], [0x80, 0x08], [0xff], [0x00], [0xf0], [0x0f]];
+const fill = (w: Uint8Array, from: number, to: number, pattern: number[]) => {
+  for (let j = from; j < to; j++) w[j] = pattern[(j - from) % pattern.length]!;
+};
+
+const ROW_LANE: RowLane[] = [
+  {
+    format: "Q4_0",
+    type: T.Q4_0,
+    block: 32,
+    repack: repackQ4_0r4Ref,
+    quantize: "quantizeQ8_0",
+    quantizeR4: "quantizeQ8_0S",
+    extreme: (w, o, r) => fill(w, o + 2, o + 18, NIBBLES[r]!),
+  },
+  {
+    format: "Q4_K",
+    type: T.Q4_K,
+    block: 256,
+    repack: repackQ4_Kr4Ref,
+    quantize: "quantizeQ8_K",
+    quantizeR4: "quantizeQ8_K",
+    // largest 6-bit scales and mins (63), then the nibble pattern
+    extreme: (w, o, r) => {
+      fill(w, o + 4, o + 16, [0xff]);
+      fill(w, o + 16, o + 144, NIBBLES[r]!);
+    },
+  },
+  {
+    format: "Q6_K",
+    type: T.Q6_K,
+    block: 256,
+    repack: repackQ6_Kr4Ref,
+    quantize: "quantizeQ8_K",
+    quantizeR4: "quantizeQ8_K",
+    // scales at both ends (127, -128 in turn), then quants 0 or 63 (all bits of ql and qh alike)
+    extreme: (w, o, r) => {
+      fill(w, o + 192, o + 208, [0x7f, 0x80]);
+      fill(w, o, o + 192, [[0x00], [0xff], [0xff], [0x00], [0xff], [0x00], [0xff], [0x00]][r]!);
+    },
+  },
+];
+
+describe.skipIf(!relaxedModule).each(ROW_LANE)("relaxed module: matmul$format r4", (f) => {
+  /** matmul<format> (row-major) and matmul<format>r4 on the same weights and inputs. */
   function compare(w: Uint8Array, x: Float32Array, rows: number, cols: number, ns: number[], acc: number) {
     const { memory, put } = setup(relaxedModule!);
     const kernels = { plain: instantiate(plainModule, memory), relaxed: instantiate(relaxedModule!, memory) };
     const nMax = x.length / cols;
     const pw = put(w);
-    const pr = put(repackQ4_0r4Ref(w, rows, cols));
+    const pr = put(f.repack(w, rows, cols));
     const px = put(new Uint8Array(x.buffer));
     const pq = put(new Uint8Array(nMax * cols * 2));
     const ps = put(new Uint8Array(nMax * cols * 2));
-    kernels.plain.quantizeQ8_0!(px, pq, cols, nMax, 0, nMax);
-    kernels.relaxed.quantizeQ8_0S!(px, ps, cols, nMax, 0, nMax);
+    kernels.plain[f.quantize]!(px, pq, cols, nMax, 0, nMax);
+    kernels.relaxed[f.quantizeR4]!(px, ps, cols, nMax, 0, nMax);
     const start = new Float32Array(nMax * rows).map((_, i) => i / 7);
     for (const n of ns) {
-      const run = (kernel: string, k: typeof kernels.plain, weights: number, input: number) => {
+      const run = (kernel: string, k: Kernels, weights: number, input: number) => {
         const o = put(new Uint8Array(start.buffer));
         const split = 4 * Math.floor(rows / 8);
         k[kernel]!(weights, input, o, rows, cols, n, acc, 0, split);
         k[kernel]!(weights, input, o, rows, cols, n, acc, split, rows);
         return Array.from(new Uint32Array(memory.buffer, o, n * rows));
       };
-      const want = run("matmulQ4_0", kernels.plain, pw, pq);
-      expect(run("matmulQ4_0r4", kernels.relaxed, pr, ps), `n=${n} acc=${acc}`).toEqual(want);
-      expect(run("matmulQ4_0", kernels.relaxed, pw, pq), `n=${n} acc=${acc}`).toEqual(want);
+      const want = run(`matmul${f.format}`, kernels.plain, pw, pq);
+      expect(run(`matmul${f.format}r4`, kernels.relaxed, pr, ps), `n=${n} acc=${acc}`).toEqual(want);
+      expect(run(`matmul${f.format}`, kernels.relaxed, pw, pq), `n=${n} acc=${acc}`).toEqual(want);
     }
   }
 
-  it("gives matmulQ4_0's bits for every token count and row split", () => {
-    const rng = new Rng(21);
+  it("gives the row-major product's bits for every token count and row split", () => {
+    const rng = new Rng(21 + f.type);
     const rows = 24;
-    const cols = 320;
-    const w = weightBytes("Q4_0", T.Q4_0, rows, cols, rng);
+    const cols = 5 * f.block;
+    const w = weightBytes(f.format, f.type, rows, cols, rng);
     const x = activations(rng, 19, cols);
     compare(w, x, rows, cols, [1, 2, 3, 4, 5, 7, 8, 16, 17, 19], 0);
     compare(w, x, rows, cols, [1, 6, 19], 1);
   });
 
   it("keeps exact sums at the extremes: nibbles 0 and 15 against activations ±127", () => {
-    const rng = new Rng(22);
     const rows = 8;
-    const cols = 128;
-    const w = weightBytes("Q4_0", T.Q4_0, rows, cols, rng);
-    const fill = [[0x00], [0xff], [0x0f, 0xf0], [0x80, 0x08], [0xff], [0x00], [0xf0], [0x0f]];
+    const cols = 4 * f.block;
+    const w = weightBytes(f.format, f.type, rows, cols, new Rng(22 + f.type));
+    const rb = rowBytes(f.format, cols);
+    const bytes = rb / (cols / f.block);
     for (let r = 0; r < rows; r++) {
-      for (let b = 0; b < cols / 32; b++) {
-        const o = r * rowBytes("Q4_0", cols) + b * 18;
-        for (let j = 2; j < 18; j++) w[o + j] = fill[r]![(j - 2) % fill[r]!.length]!;
-      }
+      for (let b = 0; b < cols / f.block; b++) f.extreme(w, r * rb + b * bytes, r);
     }
-    const n = 6;
-    const x = new Float32Array(n * cols);
-    for (let j = 0; j < cols; j++) {
-      x[j] = 1;
-      x[cols + j] = -1;
-      x[2 * cols + j] = j % 2 ? -1 : 1;
-      x[3 * cols + j] = j % 3 ? 0.5 : -1;
-      x[4 * cols + j] = j < 16 || (j >= 64 && j < 80) ? 1 : -1;
-      x[5 * cols + j] = j % 32 < 16 ? -1 : 1;
-    }
-    compare(w, x, rows, cols, [1, 4, 6], 0);
+    compare(w, extremeActivations(cols), rows, cols, [1, 4, 6], 0);
   });
 });
 
 describe("plain module", () => {
-  it("refuses matmulQ4_0r4 (it has no 8-bit dot product)", () => {
-    const { k } = setup(plainModule);
-    expect(() => k.matmulQ4_0r4!(1 << 20, 1 << 20, 1 << 20, 4, 32, 1, 0, 0, 4)).toThrow(/unreachable/);
-  });
+  it.each(["matmulQ4_0r4", "matmulQ4_Kr4", "matmulQ6_Kr4"])(
+    "refuses %s (it has no 8-bit dot product)",
+    (kernel) => {
+      const { k } = setup(plainModule);
+      expect(() => k[kernel]!(1 << 20, 1 << 20, 1 << 20, 4, 256, 1, 0, 0, 4)).toThrow(/unreachable/);
+    },
+  );
 });

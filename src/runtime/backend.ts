@@ -16,7 +16,7 @@ export interface Weight {
   cols: number;
   /**
    * Stored in one of the backend's own layouts (see Backend.prepareWeight), not row after row:
-   * x4 = four rows' blocks in turn, r4 = Q4_0 with rows in vector lanes (the relaxed kernels).
+   * x4 = four rows' blocks in turn, r4 = Q4_0, Q4_K or Q6_K with rows in vector lanes (the relaxed kernels).
    */
   layout?: WeightLayout;
 }
@@ -53,9 +53,9 @@ export const ACTIVATION_FORMAT: Record<WeightFormat, "Q8_0" | "Q8_1" | "Q8_K" | 
 
 export type ActivationFormat = "Q8_0" | "Q8_1" | "Q8_K" | "Q8_0S";
 
-/** The activation format a prepared weight's product reads: the r4 layout's blocks carry their sums. */
+/** The activation format a prepared weight's product reads: Q4_0's r4 product wants its blocks' sums stored. */
 export function activationFormat(w: Weight): ActivationFormat | null {
-  return w.layout === "r4" ? "Q8_0S" : ACTIVATION_FORMAT[w.format];
+  return w.layout === "r4" && w.format === "Q4_0" ? "Q8_0S" : ACTIVATION_FORMAT[w.format];
 }
 
 /** Block geometry of each weight format: elements per block and bytes per block. */
@@ -182,7 +182,7 @@ export function activationScratchBytes(cols: number, n: number): number {
 export class WasmBackend implements Backend {
   readonly threads: number;
   private grouped = false;
-  /** Q4_0 matrices take the r4 layout: only the relaxed module has its 8-bit dot product. */
+  /** Q4_0, Q4_K and Q6_K matrices take the r4 layout: only the relaxed module has its 8-bit dot product. */
   private readonly rowLanes: boolean;
 
   constructor(readonly rt: Runtime) {
@@ -239,14 +239,19 @@ export class WasmBackend implements Backend {
   /**
    * The block formats go into the interleaved layout x4 (four rows' blocks in turn): a
    * product then reads its four rows as one sequential stream, which decoding, bound by how fast
-   * weights come from memory, reads about twice as fast. With the relaxed module, Q4_0 goes one
-   * step further, into r4: each block's nibbles transposed so that vector lanes are rows, which
-   * leaves its product no sums to reduce across lanes (src/kernels/README.md). Needs rows % 4 == 0.
+   * weights come from memory, reads about twice as fast. With the relaxed module, Q4_0, Q4_K and Q6_K go
+   * further, into r4: each block's nibbles transposed so that vector lanes are rows, which leaves
+   * their products no sums to reduce across lanes (src/kernels/README.md). Needs rows % 4 == 0.
    */
   prepareWeight(w: Weight, scratch: Buf): Weight {
     if (w.layout || !INTERLEAVED.has(w.format) || w.rows % 4 !== 0) return w;
     if (scratch.shard !== w.shard) throw new Error("prepareWeight: scratch must be in the weight's shard");
     const rb = rowBytes(w.format, w.cols);
+    if (this.rowLanes && (w.format === "Q4_K" || w.format === "Q6_K")) {
+      this.op(`repack${w.format}r4`, w.shard, w.rows / 4, [w.offset, w.cols, scratch.offset, 4 * rb]);
+      this.flush();
+      return { ...w, layout: "r4" };
+    }
     this.op("interleaveRows4", w.shard, w.rows / 4, [
       w.offset,
       rb,

@@ -1,6 +1,5 @@
 /**
- * Pure TypeScript twins of the f32 kernels in src/kernels/assembly/f32.ts, and of the weight
- * layouts and activation format the quantized products read (quant.ts).
+ * Pure TypeScript twins of the f32 kernels in src/kernels/assembly/f32.ts.
  *
  * Each function takes the same arguments as its kernel, with typed arrays in place of pointers
  * and the whole output (no row range), and computes in float64 where that makes it a better
@@ -309,74 +308,4 @@ export function softmaxRef(x: Float32Array, cols: number): void {
     }
     for (let i = 0; i < cols; i++) x[base + i] = e[i]! / sum;
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Weight layouts (Backend.prepareWeight) and the Q8_0S activation format
-// ---------------------------------------------------------------------------------------------
-
-/**
- * The x4 layout (interleaveRows4) of `rows` rows of `rowBytes` bytes in blocks of `blockBytes`:
- * block b of row j of each group of four rows goes to (4·b + j) blocks from the group's start.
- */
-export function interleaveRows4Ref(
-  w: Uint8Array,
-  rows: number,
-  rowBytes: number,
-  blockBytes: number,
-): Uint8Array {
-  const out = new Uint8Array(w.length);
-  for (let g = 0; g < rows / 4; g++) {
-    for (let b = 0; b < rowBytes / blockBytes; b++) {
-      for (let j = 0; j < 4; j++) {
-        const src = (4 * g + j) * rowBytes + b * blockBytes;
-        out.set(w.subarray(src, src + blockBytes), 4 * g * rowBytes + (4 * b + j) * blockBytes);
-      }
-    }
-  }
-  return out;
-}
-
-/**
- * The r4 layout of a row-major Q4_0 matrix (rows % 4 == 0): for each group of four rows and each
- * block, the four rows' f16 scales (8 bytes), then 16-byte vectors Q0..Q3 where byte 4r + i of Qj
- * is byte 4j + i of row r's qs.
- */
-export function repackQ4_0r4Ref(w: Uint8Array, rows: number, cols: number): Uint8Array {
-  const nb = cols / 32;
-  const out = new Uint8Array(w.length);
-  for (let g = 0; g < rows / 4; g++) {
-    for (let b = 0; b < nb; b++) {
-      const dst = (g * nb + b) * 72;
-      for (let r = 0; r < 4; r++) {
-        const src = ((4 * g + r) * nb + b) * 18;
-        out[dst + 2 * r] = w[src]!;
-        out[dst + 2 * r + 1] = w[src + 1]!;
-        for (let j = 0; j < 4; j++) {
-          for (let i = 0; i < 4; i++) out[dst + 8 + 16 * j + 4 * r + i] = w[src + 2 + 4 * j + i]!;
-        }
-      }
-    }
-  }
-  return out;
-}
-
-/**
- * Q8_0 blocks (f16 d, 32 × i8) as Q8_0S blocks, the r4 Q4_0 product's activations: the same
- * quants, with d as an f32 and 8·Σq as an i32 in front (40 bytes).
- */
-export function q8_0ToQ8_0S(q8: Uint8Array): Uint8Array {
-  const nb = q8.length / 34;
-  const out = new Uint8Array(nb * 40);
-  const view = new DataView(out.buffer);
-  for (let b = 0; b < nb; b++) {
-    const src = q8.subarray(b * 34, (b + 1) * 34);
-    const qs = new Int8Array(src.buffer, src.byteOffset + 2, 32);
-    let sum = 0;
-    for (const q of qs) sum += q;
-    view.setFloat32(b * 40, f16ToF32(src[0]! | (src[1]! << 8)), true);
-    view.setInt32(b * 40 + 4, 8 * sum, true);
-    out.set(src.subarray(2), b * 40 + 8);
-  }
-  return out;
 }

@@ -314,6 +314,8 @@ const CONSTS: usize = memory.data<u16>(
     0x0300, 0x0300, 0x0300, 0x0300, 0x0300, 0x0300, 0x0300, 0x0300, // bits 8..9
     0x0f0f, 0x0f0f, 0x0f0f, 0x0f0f, 0x0f0f, 0x0f0f, 0x0f0f, 0x0f0f, // low nibble of every byte
     1, 1, 1, 1, 1, 1, 1, 1, // ones: pairwise i16 -> i32 sums
+    0x8000, 0x8000, 0x8001, 0x8001, 0x8002, 0x8002, 0x8003, 0x8003, // bytes 0..3 to i16 pairs (swizzle)
+    0x0000, 0x0202, 0x0404, 0x0606, 0, 0, 0, 0, // bytes 0, 0, 2, 2, 4, 4, 6, 6 (swizzle)
   ],
   16,
 );
@@ -337,6 +339,8 @@ const CONST_3000: usize = 256;
 const CONST_0300: usize = 272;
 const CONST_0F0F: usize = 288;
 const CONST_ONES: usize = 304;
+const CONST_PAIRS: usize = 320;
+const CONST_EVEN_PAIRS: usize = 336;
 
 /** halfHighToF32 with its two constants passed in (loaded once per call from the table). */
 // @ts-ignore: decorator
@@ -1329,6 +1333,407 @@ export function matmulQ4_0r4(w: usize, xq: usize, out: usize, rows: i32, cols: i
     x += 40;
   }
   storeRows(out, a0, 4, acc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q4_K in the row-lane layout (kernels-relaxed.wasm)
+// ---------------------------------------------------------------------------------------------
+//
+// The same idea as Q4_0's r4 for the super-blocks of Q4_K, still 576 bytes per four rows:
+//   0: the four rows' d (f16), 8: their dmin (f16),
+//   16: A, 32: B — the low 4 bits of the 6-bit scales and mins: scale j of row r is index 4j + r
+//       of A, min j of row r index 8(j >> 1) + 2r + (j & 1) of B; index i < 16 is the low
+//       nibble of byte i, index 16 + i its high nibble,
+//   48: C — their high 2 bits: byte i holds (scale i, scale 16+i, min i, min 16+i) in bit pairs,
+//   64: 32 nibble vectors, (chunk c, word w) at 64 + 16·(8c + w): byte 4r + i is byte
+//       32c + 4w + i of row r's qs (low nibbles: elements 64c + 4w + i, high: 64c + 32 + 4w + i).
+// Sub-block j's eight relaxed dots add up in i16 (16 products of 15·127 at most per lane), and a
+// widening dot with the row's scale in both lanes of its pair gives sc·Σq·x per row. The mins
+// dot the activations' 32-sums (from Q8_K's bsums) two sub-blocks at a time. The integers are
+// matmulQ4_K's, and so is the float work after them: the same bits.
+
+/**
+ * Rewrites row groups [r0, r1) of a row-major Q4_K matrix in place into the row-lane layout; each
+ * thread copies its group to scratch + tid·scratchStride (4 rows' bytes) first. Done once, at load.
+ */
+export function repackQ4_Kr4(w: usize, cols: i32, scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32): void {
+  const nb = <usize>(cols >> 8);
+  const rb = nb * 144;
+  const tmp = scratch + <usize>tid * <usize>scratchStride;
+  for (let g = r0; g < r1; g++) {
+    const p = w + <usize>g * 4 * rb;
+    memory.copy(tmp, p, 4 * rb);
+    for (let b: usize = 0; b < nb; b++) {
+      const dst = p + b * 576;
+      for (let r: usize = 0; r < 4; r++) {
+        const src = tmp + r * rb + b * 144;
+        store<u16>(dst + 2 * r, load<u16>(src));
+        store<u16>(dst + 8 + 2 * r, load<u16>(src, 2));
+      }
+      // the 64 six-bit values: scales at index 4j + r, mins at 8(j >> 1) + 2r + (j & 1)
+      for (let i: usize = 0; i < 48; i++) store<u8>(dst + 16 + i, 0);
+      for (let r: usize = 0; r < 4; r++) {
+        const sc = tmp + r * rb + b * 144 + 4;
+        for (let j: usize = 0; j < 8; j++) {
+          let scale: u32, min: u32;
+          if (j < 4) {
+            scale = load<u8>(sc + j) & 63;
+            min = load<u8>(sc + j + 4) & 63;
+          } else {
+            scale = (load<u8>(sc + j + 4) & 0xf) | ((load<u8>(sc + j - 4) >> 6) << 4);
+            min = (load<u8>(sc + j + 4) >> 4) | ((load<u8>(sc + j) >> 6) << 4);
+          }
+          k4Put(dst, 16, 0, 4 * j + r, scale);
+          k4Put(dst, 32, 4, 8 * (j >> 1) + 2 * r + (j & 1), min);
+        }
+      }
+      for (let c: usize = 0; c < 4; c++) {
+        for (let wd: usize = 0; wd < 8; wd++) {
+          for (let r: usize = 0; r < 4; r++) {
+            store<u32>(dst + 64 + 16 * (8 * c + wd) + 4 * r, load<u32>(tmp + r * rb + b * 144 + 16 + 32 * c + 4 * wd));
+          }
+        }
+      }
+    }
+  }
+}
+
+/** Stores six-bit value v at index i of the nibble vector at dst + lowAt, its high bits in C (bit pair base). */
+// @ts-ignore: decorator
+@inline function k4Put(dst: usize, lowAt: usize, pairBase: u32, i: usize, v: u32): void {
+  const byte = i & 15;
+  const high: u32 = i >= 16 ? 1 : 0;
+  store<u8>(dst + lowAt + byte, load<u8>(dst + lowAt + byte) | <u8>((v & 15) << (4 * high)));
+  store<u8>(dst + 48 + byte, load<u8>(dst + 48 + byte) | <u8>((v >> 4) << (pairBase + 2 * high)));
+}
+
+/** matmulQ4_K on weights in the row-lane layout (repackQ4_Kr4), Q8_K activations; rows % 4 == 0. */
+export function matmulQ4_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  // (the plain module has no 8-bit dot: the backend uses this layout only with the relaxed one)
+  if (!ASC_FEATURE_RELAXED_SIMD) unreachable();
+  else {
+    const nb = cols >> 8;
+    const xRow = <usize>nb * 292;
+    const step = <usize>rows << 2;
+    for (let t0 = 0; t0 < n; t0 += TOKEN_CHUNK) {
+      const t1 = min(n, t0 + TOKEN_CHUNK);
+      for (let r = r0; r < r1; r += 4) {
+        const pg = w + <usize>r * <usize>nb * 144;
+        let t = t0;
+        for (; t + 4 <= t1; t += 4) {
+          k4r4Tokens(4, pg, xq + <usize>t * xRow, xRow, nb, out + <usize>t * step + (<usize>r << 2), step, acc);
+        }
+        for (; t < t1; t++) {
+          k4r4Tokens(1, pg, xq + <usize>t * xRow, xRow, nb, out + <usize>t * step + (<usize>r << 2), step, acc);
+        }
+      }
+    }
+  }
+}
+
+/** Four row-lane Q4_K rows · nt tokens (1 or 4; Q8_K rows xRow apart): out rows step apart. */
+// @ts-ignore: decorator
+@inline function k4r4Tokens(nt: i32, p: usize, x: usize, xRow: usize, nb: i32, out: usize, step: usize, acc: i32): void {
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
+  const z = i32x4.splat(0);
+  let a0 = f32x4.splat(0);
+  let a1 = a0;
+  let a2 = a0;
+  let a3 = a0;
+  for (let b = 0; b < nb; b++) {
+    const x1 = x + xRow;
+    const x2 = x1 + xRow;
+    const x3 = x2 + xRow;
+    const lowBits = constant(CONST_0F0F);
+    // the scales: low nibbles of A, then its high nibbles, each with its bit pair from C
+    const sa = v128.load(p, 16);
+    const sc = v128.load(p, 48);
+    const mask3 = i8x16.splat(3);
+    const sLo = v128.or(v128.and(sa, lowBits), i8x16.shl(v128.and(sc, mask3), 4));
+    const sHi = v128.or(v128.and(i16x8.shr_u(sa, 4), lowBits), i8x16.shl(v128.and(i8x16.shr_u(sc, 2), mask3), 4));
+    let u0 = z, u1 = z, u2 = z, u3 = z;
+    // chunk c: sub-blocks 2c (its vectors' low nibbles) and 2c + 1 (high nibbles), whose scales
+    // are bytes 4(2c & 3).. and 4((2c + 1) & 3).. of sLo (c < 2) or sHi, as i16 pairs
+    let idx = constant(CONST_PAIRS);
+    for (let c: usize = 0; c < 4; c++) {
+      const q = p + 64 + 128 * c;
+      const xo = 4 + 64 * c;
+      const src = c < 2 ? sLo : sHi;
+      const scLo = i8x16.swizzle(src, idx);
+      const scHi = i8x16.swizzle(src, i8x16.add(idx, i8x16.splat(4)));
+      idx = c == 1 ? constant(CONST_PAIRS) : i8x16.add(idx, i8x16.splat(8));
+      if (nt == 1) {
+        let sl = z, sh = z;
+        for (let wd: usize = 0; wd < 8; wd++) {
+          const v = v128.load(q + 16 * wd);
+          sl = i16x8.add(sl, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x + xo + 4 * wd), v128.and(v, lowBits)));
+          sh = i16x8.add(sh, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x + xo + 32 + 4 * wd), v128.and(i16x8.shr_u(v, 4), lowBits)));
+        }
+        u0 = i32x4.add(u0, i32x4.add(i32x4.dot_i16x8_s(sl, scLo), i32x4.dot_i16x8_s(sh, scHi)));
+      } else {
+        // four tokens share each unpacked vector; low nibbles first, then high
+        let s0 = z, s1 = z, s2 = z, s3 = z;
+        for (let wd: usize = 0; wd < 8; wd++) {
+          const v = v128.and(v128.load(q + 16 * wd), lowBits);
+          const o = xo + 4 * wd;
+          s0 = i16x8.add(s0, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x + o), v));
+          s1 = i16x8.add(s1, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x1 + o), v));
+          s2 = i16x8.add(s2, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x2 + o), v));
+          s3 = i16x8.add(s3, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x3 + o), v));
+        }
+        u0 = i32x4.add(u0, i32x4.dot_i16x8_s(s0, scLo));
+        u1 = i32x4.add(u1, i32x4.dot_i16x8_s(s1, scLo));
+        u2 = i32x4.add(u2, i32x4.dot_i16x8_s(s2, scLo));
+        u3 = i32x4.add(u3, i32x4.dot_i16x8_s(s3, scLo));
+        s0 = z;
+        s1 = z;
+        s2 = z;
+        s3 = z;
+        for (let wd: usize = 0; wd < 8; wd++) {
+          const v = v128.and(i16x8.shr_u(v128.load(q + 16 * wd), 4), lowBits);
+          const o = xo + 32 + 4 * wd;
+          s0 = i16x8.add(s0, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x + o), v));
+          s1 = i16x8.add(s1, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x1 + o), v));
+          s2 = i16x8.add(s2, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x2 + o), v));
+          s3 = i16x8.add(s3, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x3 + o), v));
+        }
+        u0 = i32x4.add(u0, i32x4.dot_i16x8_s(s0, scHi));
+        u1 = i32x4.add(u1, i32x4.dot_i16x8_s(s1, scHi));
+        u2 = i32x4.add(u2, i32x4.dot_i16x8_s(s2, scHi));
+        u3 = i32x4.add(u3, i32x4.dot_i16x8_s(s3, scHi));
+      }
+    }
+    // the mins as i16 pairs (two sub-blocks per row), from B's nibbles and C's bits 4..7
+    const sb = v128.load(p, 32);
+    const mLo = v128.or(v128.and(sb, lowBits), v128.and(sc, i8x16.splat(0x30)));
+    const mHi = v128.or(v128.and(i16x8.shr_u(sb, 4), lowBits), v128.and(i8x16.shr_u(sc, 2), i8x16.splat(0x30)));
+    const m0 = i16x8.extend_low_i8x16_u(mLo);
+    const m1 = i16x8.extend_high_i8x16_u(mLo);
+    const m2 = i16x8.extend_low_i8x16_u(mHi);
+    const m3 = i16x8.extend_high_i8x16_u(mHi);
+    const dm = v128.load(p);
+    const dw = halfHigh(i8x16.shuffle(dm, dm, 0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7), hmask, hmagic);
+    const dmin = halfHigh(i8x16.shuffle(dm, dm, 8, 9, 8, 9, 10, 11, 10, 11, 12, 13, 12, 13, 14, 15, 14, 15), hmask, hmagic);
+    a0 = k4Term(a0, u0, x, m0, m1, m2, m3, dw, dmin);
+    if (nt > 1) {
+      a1 = k4Term(a1, u1, x1, m0, m1, m2, m3, dw, dmin);
+      a2 = k4Term(a2, u2, x2, m0, m1, m2, m3, dw, dmin);
+      a3 = k4Term(a3, u3, x3, m0, m1, m2, m3, dw, dmin);
+    }
+    p += 576;
+    x += 292;
+  }
+  storeRows(out, a0, 4, acc);
+  if (nt > 1) {
+    storeRows(out + step, a1, 4, acc);
+    storeRows(out + 2 * step, a2, 4, acc);
+    storeRows(out + 3 * step, a3, 4, acc);
+  }
+}
+
+/** acc + sumi·(d·dx) - Σ min·bsum · (dmin·dx), as matmulQ4_K does it, for the token's Q8_K block at x. */
+// @ts-ignore: decorator
+@inline function k4Term(acc: v128, sumi: v128, x: usize, m0: v128, m1: v128, m2: v128, m3: v128, dw: v128, dmin: v128): v128 {
+  // the 32-element sums of the activations, as i16 pairs [b2p, b2p+1] in every lane
+  const bs = i16x8.narrow_i32x4_s(
+    i32x4.extadd_pairwise_i16x8_s(v128.load(x, 260)),
+    i32x4.extadd_pairwise_i16x8_s(v128.load(x, 276)),
+  );
+  const summ = i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(m0, i32x4.shuffle(bs, bs, 0, 0, 0, 0)), i32x4.dot_i16x8_s(m1, i32x4.shuffle(bs, bs, 1, 1, 1, 1))),
+    i32x4.add(i32x4.dot_i16x8_s(m2, i32x4.shuffle(bs, bs, 2, 2, 2, 2)), i32x4.dot_i16x8_s(m3, i32x4.shuffle(bs, bs, 3, 3, 3, 3))),
+  );
+  const dx = f32x4.splat(load<f32>(x));
+  const a = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(sumi), f32x4.mul(dw, dx)));
+  return f32x4.sub(a, f32x4.mul(f32x4.convert_i32x4_s(summ), f32x4.mul(dmin, dx)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q6_K in the row-lane layout (kernels-relaxed.wasm)
+// ---------------------------------------------------------------------------------------------
+//
+// Four rows' super-block, still 840 bytes:
+//   0: the four rows' d (f16),
+//   8: 64 scale bytes, scale j of row r at 8·(j >> 1) + 2r + (j & 1): for two sub-blocks at a
+//      time, the four rows' scales as i16 pairs after one sign extension,
+//   72: per sub-block j (16 elements), 48 bytes L0, L1, H holding four vectors V0..V3 of 6-bit
+//       quants (byte 4r + i of Vg: element 16j + 4g + i of row r): the low 4 bits of V0 | V1 << 4
+//       in L0, of V2 | V3 << 4 in L1, and the high 2 bits of V0..V3 in bit pairs 0..7 of H.
+// The quants are unsigned (0..63), so they go into the relaxed dot unshifted; two dots fill an i16
+// lane (4 products of 63·127 at most: 32004), so each pair is widened with the rows' scales. The
+// +32 offset leaves through the bsums, as in matmulQ6_K, whose integers and float work these are.
+
+/** Element e (0..255) of the Q6_K block at src as its unsigned 6-bit quant. */
+// @ts-ignore: decorator
+@inline function q6At(src: usize, e: usize): u32 {
+  const n = e >> 7;
+  const l = e & 127;
+  const quarter = l >> 5;
+  const ll = l & 31;
+  const low = (<u32>load<u8>(src + 64 * n + ll + 32 * (quarter & 1)) >> (4 * <u32>(quarter >> 1))) & 15;
+  const high = (<u32>load<u8>(src + 128 + 32 * n + ll) >> (2 * <u32>quarter)) & 3;
+  return low | (high << 4);
+}
+
+/**
+ * Rewrites row groups [r0, r1) of a row-major Q6_K matrix in place into the row-lane layout; each
+ * thread copies its group to scratch + tid·scratchStride (4 rows' bytes) first. Done once, at load.
+ */
+export function repackQ6_Kr4(w: usize, cols: i32, scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32): void {
+  const nb = <usize>(cols >> 8);
+  const rb = nb * 210;
+  const tmp = scratch + <usize>tid * <usize>scratchStride;
+  for (let g = r0; g < r1; g++) {
+    const p = w + <usize>g * 4 * rb;
+    memory.copy(tmp, p, 4 * rb);
+    for (let b: usize = 0; b < nb; b++) {
+      const dst = p + b * 840;
+      memory.fill(dst + 72, 0, 768);
+      for (let r: usize = 0; r < 4; r++) {
+        const src = tmp + r * rb + b * 210;
+        store<u16>(dst + 2 * r, load<u16>(src, 208));
+        for (let j: usize = 0; j < 16; j++) store<u8>(dst + 8 + 8 * (j >> 1) + 2 * r + (j & 1), load<u8>(src + 192 + j));
+        for (let e: usize = 0; e < 256; e++) {
+          const q = q6At(src, e);
+          const group = (e >> 2) & 3;
+          const at = dst + 72 + 48 * (e >> 4) + 4 * r + (e & 3);
+          const l = at + 16 * (group >> 1);
+          store<u8>(l, load<u8>(l) | <u8>((q & 15) << (4 * <u32>(group & 1))));
+          store<u8>(at + 32, load<u8>(at + 32) | <u8>((q >> 4) << (2 * <u32>group)));
+        }
+      }
+    }
+  }
+}
+
+/** matmulQ6_K on weights in the row-lane layout (repackQ6_Kr4), Q8_K activations; rows % 4 == 0. */
+export function matmulQ6_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  // (the plain module has no 8-bit dot: the backend uses this layout only with the relaxed one)
+  if (!ASC_FEATURE_RELAXED_SIMD) unreachable();
+  else {
+    const nb = cols >> 8;
+    const xRow = <usize>nb * 292;
+    const step = <usize>rows << 2;
+    for (let t0 = 0; t0 < n; t0 += TOKEN_CHUNK) {
+      const t1 = min(n, t0 + TOKEN_CHUNK);
+      for (let r = r0; r < r1; r += 4) {
+        const pg = w + <usize>r * <usize>nb * 210;
+        let t = t0;
+        for (; t + 4 <= t1; t += 4) {
+          k6r4Tokens(4, pg, xq + <usize>t * xRow, xRow, nb, out + <usize>t * step + (<usize>r << 2), step, acc);
+        }
+        for (; t < t1; t++) {
+          k6r4Tokens(1, pg, xq + <usize>t * xRow, xRow, nb, out + <usize>t * step + (<usize>r << 2), step, acc);
+        }
+      }
+    }
+  }
+}
+
+/** u + sc·Σq·x per row for one token's sub-block at x (V0..V3 the sub-block's quant vectors). */
+// @ts-ignore: decorator
+@inline function k6Sub(u: v128, x: usize, v0: v128, v1: v128, v2: v128, v3: v128, sc: v128): v128 {
+  const a = i16x8.add(
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x), v0),
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x, 4), v1),
+  );
+  const b = i16x8.add(
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x, 8), v2),
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x, 12), v3),
+  );
+  return i32x4.add(u, i32x4.add(i32x4.dot_i16x8_s(a, sc), i32x4.dot_i16x8_s(b, sc)));
+}
+
+/** acc + (sumi - 32·Σ sc·bsum)·(d·dx), as matmulQ6_K does it, for the token's Q8_K block at x. */
+// @ts-ignore: decorator
+@inline function k6Term(acc: v128, u: v128, x: usize, s0: v128, s1: v128, s2: v128, s3: v128, dw: v128): v128 {
+  // the rows' scales as i16 pairs (sub-blocks 2p, 2p + 1) against the bsums' pair p
+  const b0 = v128.load(x, 260);
+  const b1 = v128.load(x, 276);
+  const c0 = i32x4.add(
+    i32x4.add(
+      i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(s0), i32x4.shuffle(b0, b0, 0, 0, 0, 0)),
+      i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(s0), i32x4.shuffle(b0, b0, 1, 1, 1, 1)),
+    ),
+    i32x4.add(
+      i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(s1), i32x4.shuffle(b0, b0, 2, 2, 2, 2)),
+      i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(s1), i32x4.shuffle(b0, b0, 3, 3, 3, 3)),
+    ),
+  );
+  const c1 = i32x4.add(
+    i32x4.add(
+      i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(s2), i32x4.shuffle(b1, b1, 0, 0, 0, 0)),
+      i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(s2), i32x4.shuffle(b1, b1, 1, 1, 1, 1)),
+    ),
+    i32x4.add(
+      i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(s3), i32x4.shuffle(b1, b1, 2, 2, 2, 2)),
+      i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(s3), i32x4.shuffle(b1, b1, 3, 3, 3, 3)),
+    ),
+  );
+  const sumi = i32x4.sub(u, i32x4.shl(i32x4.add(c0, c1), 5));
+  return f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(sumi), f32x4.mul(dw, f32x4.splat(load<f32>(x)))));
+}
+
+/** Four row-lane Q6_K rows · nt tokens (1 or 4; Q8_K rows xRow apart): out rows step apart. */
+// @ts-ignore: decorator
+@inline function k6r4Tokens(nt: i32, p: usize, x: usize, xRow: usize, nb: i32, out: usize, step: usize, acc: i32): void {
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
+  const z = i32x4.splat(0);
+  let a0 = f32x4.splat(0);
+  let a1 = a0;
+  let a2 = a0;
+  let a3 = a0;
+  for (let b = 0; b < nb; b++) {
+    const x1 = x + xRow;
+    const x2 = x1 + xRow;
+    const x3 = x2 + xRow;
+    let u0 = z, u1 = z, u2 = z, u3 = z;
+    for (let j: usize = 0; j < 16; j++) {
+      const lowBits = constant(CONST_0F0F);
+      const q = p + 72 + 48 * j;
+      const l0 = v128.load(q);
+      const l1 = v128.load(q, 16);
+      const h = v128.load(q, 32);
+      const m30 = i8x16.splat(0x30);
+      const v0 = v128.or(v128.and(l0, lowBits), i16x8.shl(v128.and(h, i8x16.splat(3)), 4));
+      const v1 = v128.or(v128.and(i16x8.shr_u(l0, 4), lowBits), v128.and(i16x8.shl(h, 2), m30));
+      const v2 = v128.or(v128.and(l1, lowBits), v128.and(h, m30));
+      const v3 = v128.or(v128.and(i16x8.shr_u(l1, 4), lowBits), v128.and(i16x8.shr_u(h, 2), m30));
+      // sub-block j's scales as i16 pairs: bytes 8(j >> 1) + 2r + (j & 1), sign-extended
+      const sv = v128.load(p + 8 + 16 * (j >> 2));
+      const at = i8x16.splat(<i8>(8 * ((j >> 1) & 1) + (j & 1)));
+      const sc = i16x8.extend_low_i8x16_s(i8x16.swizzle(sv, i8x16.add(constant(CONST_EVEN_PAIRS), at)));
+      const xo = 4 + 16 * j;
+      u0 = k6Sub(u0, x + xo, v0, v1, v2, v3, sc);
+      if (nt > 1) {
+        u1 = k6Sub(u1, x1 + xo, v0, v1, v2, v3, sc);
+        u2 = k6Sub(u2, x2 + xo, v0, v1, v2, v3, sc);
+        u3 = k6Sub(u3, x3 + xo, v0, v1, v2, v3, sc);
+      }
+    }
+    const s0 = v128.load(p, 8);
+    const s1 = v128.load(p, 24);
+    const s2 = v128.load(p, 40);
+    const s3 = v128.load(p, 56);
+    const dm = v128.load64_zero(p);
+    const dw = halfHigh(i8x16.shuffle(dm, dm, 0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7), hmask, hmagic);
+    a0 = k6Term(a0, u0, x, s0, s1, s2, s3, dw);
+    if (nt > 1) {
+      a1 = k6Term(a1, u1, x1, s0, s1, s2, s3, dw);
+      a2 = k6Term(a2, u2, x2, s0, s1, s2, s3, dw);
+      a3 = k6Term(a3, u3, x3, s0, s1, s2, s3, dw);
+    }
+    p += 840;
+    x += 292;
+  }
+  storeRows(out, a0, 4, acc);
+  if (nt > 1) {
+    storeRows(out + step, a1, 4, acc);
+    storeRows(out + 2 * step, a2, 4, acc);
+    storeRows(out + 3 * step, a3, 4, acc);
+  }
 }
 
 export function matmulQ4_1(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {

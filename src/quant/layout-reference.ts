@@ -1,0 +1,164 @@
+/**
+ * Pure TypeScript references of the weight layouts the wasm backend rewrites quantized matrices
+ * into at load (Backend.prepareWeight, src/kernels/README.md), and of the Q8_0S activation format
+ * of its row-lane Q4_0 product: the layout kernels are tested byte for byte against these. (The
+ * Q6_K quants are decoded here the way ggml's dequantize_row_q6_K reads them.)
+ */
+
+import { f16ToF32 } from "./fp16.js";
+import { scaleMinK4 } from "./reference.js";
+
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * The x4 layout (interleaveRows4) of `rows` rows of `rowBytes` bytes in blocks of `blockBytes`:
+ * block b of row j of each group of four rows goes to (4·b + j) blocks from the group's start.
+ */
+export function interleaveRows4Ref(
+  w: Uint8Array,
+  rows: number,
+  rowBytes: number,
+  blockBytes: number,
+): Uint8Array {
+  const out = new Uint8Array(w.length);
+  for (let g = 0; g < rows / 4; g++) {
+    for (let b = 0; b < rowBytes / blockBytes; b++) {
+      for (let j = 0; j < 4; j++) {
+        const src = (4 * g + j) * rowBytes + b * blockBytes;
+        out.set(w.subarray(src, src + blockBytes), 4 * g * rowBytes + (4 * b + j) * blockBytes);
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * The r4 layout of a row-major Q4_0 matrix (rows % 4 == 0): for each group of four rows and each
+ * block, the four rows' f16 scales (8 bytes), then 16-byte vectors Q0..Q3 where byte 4r + i of Qj
+ * is byte 4j + i of row r's qs.
+ */
+export function repackQ4_0r4Ref(w: Uint8Array, rows: number, cols: number): Uint8Array {
+  const nb = cols / 32;
+  const out = new Uint8Array(w.length);
+  for (let g = 0; g < rows / 4; g++) {
+    for (let b = 0; b < nb; b++) {
+      const dst = (g * nb + b) * 72;
+      for (let r = 0; r < 4; r++) {
+        const src = ((4 * g + r) * nb + b) * 18;
+        out[dst + 2 * r] = w[src]!;
+        out[dst + 2 * r + 1] = w[src + 1]!;
+        for (let j = 0; j < 4; j++) {
+          for (let i = 0; i < 4; i++) out[dst + 8 + 16 * j + 4 * r + i] = w[src + 2 + 4 * j + i]!;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Q8_0 blocks (f16 d, 32 × i8) as Q8_0S blocks, the r4 Q4_0 product's activations: the same
+ * quants, with d as an f32 and 8·Σq as an i32 in front (40 bytes).
+ */
+export function q8_0ToQ8_0S(q8: Uint8Array): Uint8Array {
+  const nb = q8.length / 34;
+  const out = new Uint8Array(nb * 40);
+  const view = new DataView(out.buffer);
+  for (let b = 0; b < nb; b++) {
+    const src = q8.subarray(b * 34, (b + 1) * 34);
+    const qs = new Int8Array(src.buffer, src.byteOffset + 2, 32);
+    let sum = 0;
+    for (const q of qs) sum += q;
+    view.setFloat32(b * 40, f16ToF32(src[0]! | (src[1]! << 8)), true);
+    view.setInt32(b * 40 + 4, 8 * sum, true);
+    out.set(src.subarray(2), b * 40 + 8);
+  }
+  return out;
+}
+
+/**
+ * The r4 layout of a row-major Q4_K matrix (rows % 4 == 0), 576 bytes per four rows' super-block:
+ * d ×4 and dmin ×4 (f16); A, B: the low 4 bits of the 6-bit scales (scale j of row r at index
+ * 4j + r) and mins (min j of row r at index 8·(j >> 1) + 2r + (j & 1)), index i < 16 in the low
+ * nibble of byte i, 16 + i in its high nibble; C: their high 2 bits, byte i holding scale i,
+ * scale 16 + i, min i, min 16 + i in bit pairs 0..1, 2..3, 4..5, 6..7; then 32 vectors, (chunk c,
+ * word w) at 64 + 16·(8c + w), whose byte 4r + i is byte 32c + 4w + i of row r's qs.
+ */
+export function repackQ4_Kr4Ref(w: Uint8Array, rows: number, cols: number): Uint8Array {
+  const nb = cols / 256;
+  const out = new Uint8Array(w.length);
+  const put = (dst: number, at: number, pair: number, i: number, v: number) => {
+    const high = i >= 16 ? 1 : 0;
+    out[dst + at + (i & 15)]! |= (v & 15) << (4 * high);
+    out[dst + 48 + (i & 15)]! |= (v >> 4) << (pair + 2 * high);
+  };
+  for (let g = 0; g < rows / 4; g++) {
+    for (let b = 0; b < nb; b++) {
+      const dst = (g * nb + b) * 576;
+      for (let r = 0; r < 4; r++) {
+        const src = ((4 * g + r) * nb + b) * 144;
+        out.set(w.subarray(src, src + 2), dst + 2 * r);
+        out.set(w.subarray(src + 2, src + 4), dst + 8 + 2 * r);
+        for (let j = 0; j < 8; j++) {
+          const [scale, min] = scaleMinK4(j, w, src + 4);
+          put(dst, 16, 0, 4 * j + r, scale);
+          put(dst, 32, 4, 8 * (j >> 1) + 2 * r + (j & 1), min);
+        }
+        for (let c = 0; c < 4; c++) {
+          for (let wd = 0; wd < 8; wd++) {
+            const from = src + 16 + 32 * c + 4 * wd;
+            out.set(w.subarray(from, from + 4), dst + 64 + 16 * (8 * c + wd) + 4 * r);
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * The r4 layout of a row-major Q6_K matrix (rows % 4 == 0), 840 bytes per four rows' super-block:
+ * d ×4 (f16); 64 scale bytes, scale j of row r at 8 + 8·(j >> 1) + 2r + (j & 1); then per
+ * sub-block j (16 elements) 48 bytes L0, L1, H at 72 + 48j: with Vg (g < 4) the vector whose byte
+ * 4r + i is the unsigned 6-bit quant of element 16j + 4g + i of row r, L0 = low 4 bits of V0 |
+ * V1 << 4, L1 = those of V2 | V3 << 4, H = the high 2 bits of V0..V3 in bit pairs 0..1 .. 6..7.
+ */
+export function repackQ6_Kr4Ref(w: Uint8Array, rows: number, cols: number): Uint8Array {
+  const nb = cols / 256;
+  const out = new Uint8Array(w.length);
+  for (let g = 0; g < rows / 4; g++) {
+    for (let b = 0; b < nb; b++) {
+      const dst = (g * nb + b) * 840;
+      for (let r = 0; r < 4; r++) {
+        const src = ((4 * g + r) * nb + b) * 210;
+        out.set(w.subarray(src + 208, src + 210), dst + 2 * r);
+        for (let j = 0; j < 16; j++) out[dst + 8 + 8 * (j >> 1) + 2 * r + (j & 1)] = w[src + 192 + j]!;
+        const q = q6KQuants(w, src);
+        for (let e = 0; e < 256; e++) {
+          const group = (e >> 2) & 3;
+          const at = dst + 72 + 48 * (e >> 4) + 4 * r + (e & 3);
+          out[at + 16 * (group >> 1)]! |= (q[e]! & 15) << (4 * (group & 1));
+          out[at + 32]! |= (q[e]! >> 4) << (2 * group);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** The 256 unsigned 6-bit quants of the Q6_K block at `o` (before the -32 offset), in element order. */
+function q6KQuants(w: Uint8Array, o: number): Uint8Array {
+  const q = new Uint8Array(256);
+  for (let half = 0; half < 2; half++) {
+    for (let l = 0; l < 32; l++) {
+      const ql = o + 64 * half;
+      const qh = w[o + 128 + 32 * half + l]!;
+      const e = 128 * half + l;
+      q[e] = (w[ql + l]! & 15) | ((qh & 3) << 4);
+      q[e + 32] = (w[ql + l + 32]! & 15) | (((qh >> 2) & 3) << 4);
+      q[e + 64] = (w[ql + l]! >> 4) | (((qh >> 4) & 3) << 4);
+      q[e + 96] = (w[ql + l + 32]! >> 4) | (((qh >> 6) & 3) << 4);
+    }
+  }
+  return q;
+}
