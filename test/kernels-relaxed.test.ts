@@ -51,19 +51,35 @@ describe.skipIf(!relaxedModule)("relaxed SIMD kernels", () => {
     }
   });
 
-  it("a Q4_0 model writes the same text with either module", async () => {
+  it.each([
+    ["q4_0", 128, 2, 320],
+    ["q4_k_m", 256, 8, 512],
+  ] as const)("a %s model writes the same text with either module", async (type, dim, layers, ffn) => {
     const { mkdtempSync, rmSync } = await import("node:fs");
     const { tmpdir } = await import("node:os");
     const { join } = await import("node:path");
     const { writeRandomLlama } = await import("../src/model/random-llama.js");
     const dir = mkdtempSync(join(tmpdir(), "sh-relaxed-"));
     try {
-      const path = join(dir, "q4.gguf");
+      const path = join(dir, `${type}.gguf`);
       writeRandomLlama(
         path,
-        { name: "q4", dim: 128, layers: 2, heads: 4, kvHeads: 2, ffn: 320, vocab: 32000, contextLength: 256 },
-        "q4_0",
+        { name: type, dim, layers, heads: 4, kvHeads: 2, ffn, vocab: 32000, contextLength: 256 },
+        type,
       );
+      if (type === "q4_k_m") {
+        // llama.cpp's mix: Q6_K for the output and for attn_v and ffn_down in layers 0, 3, 6 and 7 of 8
+        const { readGgufHeader } = await import("../src/formats/gguf.js");
+        const types = new Map(readGgufHeader(path).tensors.map((t) => [t.name, t.type]));
+        expect(types.get("output.weight")).toBe(GGMLType.Q6_K);
+        const six = [0, 1, 2, 3, 4, 5, 6, 7].filter(
+          (l) => types.get(`blk.${l}.ffn_down.weight`) === GGMLType.Q6_K,
+        );
+        expect(six).toEqual([0, 3, 6, 7]);
+        expect(types.get("blk.3.attn_v.weight")).toBe(GGMLType.Q6_K);
+        expect(types.get("blk.1.attn_v.weight")).toBe(GGMLType.Q4_K);
+        expect(types.get("blk.1.ffn_gate.weight")).toBe(GGMLType.Q4_K);
+      }
       const args = [
         "generate",
         "-m",

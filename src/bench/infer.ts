@@ -25,7 +25,9 @@ Prefill and greedy decode tokens/s of smallhammer and llama.cpp on random-weight
 (written once into --dir), same file and thread count, each engine in its own process.
 
   --shapes LIST      15M,110M,1.1B (default all three; 7B is accepted too)
-  --types LIST       q4_0,q8_0,f32 (default all; f32 runs for 15M only unless named alone)
+  --types LIST       q4_0,q8_0,q4_k_m,f32 (default all; f32 runs for 15M only unless named alone;
+                     q4_k_m, llama.cpp's mix of Q4_K and Q6_K, for shapes whose dim and ffn are
+                     multiples of 256, so not for 15M)
   --threads N        compute threads for both engines (default 2)
   --prefill N        prompt tokens (default 128)
   --decode N         generated tokens (default 128)
@@ -262,7 +264,7 @@ export async function runInferBench(argv: string[]): Promise<void> {
     if (!SHAPES[s])
       throw new UserError(`--shapes: unknown shape "${s}" (known: ${Object.keys(SHAPES).join(", ")})`);
   }
-  const types = list(str("types"), "q4_0,q8_0,f32");
+  const types = list(str("types"), "q4_0,q8_0,q4_k_m,f32");
   for (const t of types) {
     if (!RANDOM_MODEL_TYPES.includes(t as RandomModelType)) {
       throw new UserError(`--types: unknown type "${t}" (known: ${RANDOM_MODEL_TYPES.join(", ")})`);
@@ -274,8 +276,10 @@ export async function runInferBench(argv: string[]): Promise<void> {
     [];
   for (const s of shapes) {
     for (const t of types as RandomModelType[]) {
-      if (t !== "f32" || s === "15M" || fullF32)
-        plan.push({ shape: SHAPES[s]!, type: t, prefill, decode, reps });
+      const shape = SHAPES[s]!;
+      if (t === "f32" && s !== "15M" && !fullF32) continue;
+      if (t === "q4_k_m" && (shape.dim % 256 !== 0 || shape.ffn % 256 !== 0)) continue;
+      plan.push({ shape, type: t, prefill, decode, reps });
     }
   }
   if (values.large === true)

@@ -17,7 +17,7 @@ Aggregate generated tokens/s and time to first token of \`smallhammer serve\` wi
 streaming clients on loopback, on random-weight Llama GGUF files (written once into --dir).
 
   --shapes LIST      15M,110M (default both)
-  --types LIST       weight types, each of q8_0, q4_0, f32 (default q8_0,f32; --type is the same)
+  --types LIST       weight types, each of q8_0, q4_0, q4_k_m, f32 (default q8_0,f32; --type is the same)
   --clients LIST     concurrent clients per level (default 1,4,16)
   --requests N       requests per level: at least N, and 2 per client (default 8)
   --prompt N         prompt tokens per request (default 32)

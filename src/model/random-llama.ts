@@ -1,5 +1,5 @@
-// Random-weight Llama GGUF files for benchmarks: any shape, F32, Q8_0 or Q4_0, written block by
-// block from a fast PRNG (no float weights are ever materialised, so a 1.1B or 7B file takes
+// Random-weight Llama GGUF files for benchmarks: any shape, F32, Q8_0, Q4_0 or llama.cpp's
+// Q4_K_M mix of Q4_K and Q6_K, written block by block from a fast PRNG (no float weights are ever materialised, so a 1.1B or 7B file takes
 // seconds and bounded memory), with a SentencePiece ('llama') vocabulary that llama.cpp and
 // smallhammer both load. Files are cached by shape and type and rewritten only when stale.
 import { existsSync, mkdirSync, statfsSync } from "node:fs";
@@ -37,16 +37,30 @@ export const SHAPES: Record<string, LlamaShape> = {
   "7B": shape("7B", 4096, 32, 32, 32, 11008),
 };
 
-export type RandomModelType = "f32" | "q8_0" | "q4_0";
-export const RANDOM_MODEL_TYPES: readonly RandomModelType[] = ["f32", "q8_0", "q4_0"];
+export type RandomModelType = "f32" | "q8_0" | "q4_0" | "q4_k_m";
+export const RANDOM_MODEL_TYPES: readonly RandomModelType[] = ["f32", "q8_0", "q4_0", "q4_k_m"];
 
-const GGML_OF: Record<RandomModelType, GGMLType> = {
-  f32: GGMLType.F32,
-  q8_0: GGMLType.Q8_0,
-  q4_0: GGMLType.Q4_0,
-};
-/** general.file_type (llama_ftype): ALL_F32 = 0, MOSTLY_Q4_0 = 2, MOSTLY_Q8_0 = 7. */
-const FILE_TYPE_OF: Record<RandomModelType, number> = { f32: 0, q8_0: 7, q4_0: 2 };
+/** general.file_type (llama_ftype): ALL_F32 = 0, MOSTLY_Q4_0 = 2, MOSTLY_Q8_0 = 7, MOSTLY_Q4_K_M = 15. */
+const FILE_TYPE_OF: Record<RandomModelType, number> = { f32: 0, q8_0: 7, q4_0: 2, q4_k_m: 15 };
+
+/**
+ * The ggml type of matrix `name` in a file of `type`. Q4_K_M follows llama.cpp's mix: Q6_K for the
+ * output head, and for attn_v and ffn_down in the layers its use_more_bits picks (the first and
+ * last eighth, and every third layer between); Q4_K for every other matrix.
+ */
+function matrixType(type: RandomModelType, name: string, layers: number): GGMLType {
+  if (type === "f32") return GGMLType.F32;
+  if (type === "q8_0") return GGMLType.Q8_0;
+  if (type === "q4_0") return GGMLType.Q4_0;
+  if (name === "output.weight") return GGMLType.Q6_K;
+  const layer = Number(/^blk\.(\d+)\./.exec(name)?.[1] ?? -1);
+  // (C's integer division, as llama.cpp computes it)
+  const eighth = Math.floor(layers / 8);
+  const moreBits =
+    layer >= 0 && (layer < eighth || layer >= Math.floor((7 * layers) / 8) || (layer - eighth) % 3 === 2);
+  if (moreBits && (name.endsWith("attn_v.weight") || name.endsWith("ffn_down.weight"))) return GGMLType.Q6_K;
+  return GGMLType.Q4_K;
+}
 
 /** Bumped whenever the bytes this module writes change, so cached files are rewritten. */
 const GENERATOR_VERSION = 2;
@@ -86,7 +100,8 @@ export function parameterCountOf(s: LlamaShape): number {
 /** Bytes of tensor data a random Llama of `s` in `type` takes (the header adds about 1 MB). */
 export function tensorDataBytes(s: LlamaShape, type: RandomModelType): number {
   return tensorList(s).reduce(
-    (n, [, dims, matrix]) => n + tensorBytes(matrix ? GGML_OF[type] : GGMLType.F32, dims),
+    (n, [name, dims, matrix]) =>
+      n + tensorBytes(matrix ? matrixType(type, name, s.layers) : GGMLType.F32, dims),
     0,
   );
 }
@@ -97,11 +112,11 @@ export function tensorDataBytes(s: LlamaShape, type: RandomModelType): number {
  * in [-127, 127], the range ggml's quantizer produces and its dot products assume); for Q4_0 no
  * nibble is 0 (it becomes 8, value q - 8 = 0), so the values -7..7 have mean 0.
  */
-function fillRandomWords(dst: Uint8Array, seed: number, type: RandomModelType): void {
+function fillRandomWords(dst: Uint8Array, seed: number, type: GGMLType): void {
   const n = dst.byteLength >>> 2;
   const words = new Uint32Array(dst.buffer, dst.byteOffset, n);
   let s = seed >>> 0 || 0x9e3779b9;
-  if (type === "q8_0") {
+  if (type === GGMLType.Q8_0) {
     for (let i = 0; i < n; i++) {
       s ^= s << 13;
       s ^= s >>> 17;
@@ -111,7 +126,7 @@ function fillRandomWords(dst: Uint8Array, seed: number, type: RandomModelType): 
       const lowNonZero = ((s & 0x7f7f7f7f) + 0x7f7f7f7f) & 0x80808080;
       words[i] = s | ((s & 0x80808080 & ~lowNonZero) >>> 7);
     }
-  } else if (type === "q4_0") {
+  } else if (type === GGMLType.Q4_0) {
     for (let i = 0; i < n; i++) {
       s ^= s << 13;
       s ^= s >>> 17;
@@ -132,14 +147,16 @@ function fillRandomWords(dst: Uint8Array, seed: number, type: RandomModelType): 
 
 /**
  * Random weights of `type` in `dst` whose values spread like N(0, WEIGHT_STD) weights: for the
- * block formats, random quants under one fixed f16 scale per block (Q8_0 quants uniform in
- * [-127, 127] have std ≈ 73.6; Q4_0 values q - 8 in -7..7, 0 twice as likely, have std ≈ 4.18).
- * The scale bytes are written over the random ones; a tensor's few bytes past its last whole
- * word stay zero (GgufWriter hands over a zeroed buffer), which only ever touches quants.
+ * block formats, random quants (and, for the K-quants, random 6- or 8-bit sub-block scales) under
+ * one fixed f16 scale per block (Q8_0 quants uniform in [-127, 127] have std ≈ 73.6; Q4_0 values
+ * q - 8 in -7..7, 0 twice as likely, have std ≈ 4.18; Q4_K's sc·q - m·dmin/d, with dmin = 7.5·d
+ * to centre it, about 256; Q6_K's sc·(q - 32) about 1370). The scale bytes are written over the
+ * random ones; a tensor's few bytes past its last whole word stay zero (GgufWriter hands over a
+ * zeroed buffer), which only ever touches quants.
  */
-function fillRandomWeights(type: RandomModelType, dst: Uint8Array, seed: number): void {
+function fillRandomWeights(type: GGMLType, dst: Uint8Array, seed: number): void {
   fillRandomWords(dst, seed, type);
-  if (type === "f32") {
+  if (type === GGMLType.F32) {
     const n = dst.byteLength >>> 2;
     const f = new Float32Array(dst.buffer, dst.byteOffset, n);
     const u = new Int32Array(dst.buffer, dst.byteOffset, n);
@@ -148,14 +165,19 @@ function fillRandomWeights(type: RandomModelType, dst: Uint8Array, seed: number)
     for (let i = 0; i < n; i++) f[i] = u[i]! * a;
     return;
   }
-  const blockBytes = type === "q8_0" ? 34 : 18;
-  const d = f32ToF16(WEIGHT_STD / (type === "q8_0" ? 73.6 : 4.18));
-  const lo = d & 0xff;
-  const hi = d >>> 8;
-  for (let o = 0; o < dst.length; o += blockBytes) {
-    dst[o] = lo;
-    dst[o + 1] = hi;
-  }
+  const view = new DataView(dst.buffer, dst.byteOffset, dst.byteLength);
+  const put = (bytes: number, at: number, d: number, at2 = -1, d2 = 0) => {
+    for (let o = 0; o + bytes <= dst.length; o += bytes) {
+      view.setUint16(o + at, d, true);
+      if (at2 >= 0) view.setUint16(o + at2, d2, true);
+    }
+  };
+  if (type === GGMLType.Q8_0) put(34, 0, f32ToF16(WEIGHT_STD / 73.6));
+  else if (type === GGMLType.Q4_0) put(18, 0, f32ToF16(WEIGHT_STD / 4.18));
+  else if (type === GGMLType.Q4_K)
+    put(144, 0, f32ToF16(WEIGHT_STD / 256), 2, f32ToF16((7.5 * WEIGHT_STD) / 256));
+  else if (type === GGMLType.Q6_K) put(210, 208, f32ToF16(WEIGHT_STD / 1370));
+  else throw new Error(`random weights: no generator for ggml type ${type}`);
 }
 
 /**
@@ -192,7 +214,11 @@ export function writeRandomLlama(path: string, s: LlamaShape, type: RandomModelT
   if (s.dim % s.heads !== 0 || s.heads % s.kvHeads !== 0) {
     throw new UserError(`shape ${s.name}: heads must divide dim and kvHeads must divide heads`);
   }
-  const ggml = GGML_OF[type];
+  if (type === "q4_k_m" && (s.dim % 256 !== 0 || s.ffn % 256 !== 0)) {
+    throw new UserError(
+      `shape ${s.name}: q4_k_m needs dim and ffn to be multiples of 256 (K-quant super-blocks)`,
+    );
+  }
   const headDim = s.dim / s.heads;
   const w = new GgufWriter();
   w.setString("general.architecture", "llama");
@@ -225,7 +251,8 @@ export function writeRandomLlama(path: string, s: LlamaShape, type: RandomModelT
     if (matrix) {
       const tensorSeed = seed;
       seed = (Math.imul(seed, 0x9e3779b1) + 0x7f4a7c15) >>> 0;
-      w.addTensor(name, dims, ggml, (dst) => fillRandomWeights(type, dst, tensorSeed));
+      const ggml = matrixType(type, name, s.layers);
+      w.addTensor(name, dims, ggml, (dst) => fillRandomWeights(ggml, dst, tensorSeed));
     } else {
       w.addTensor(name, dims, GGMLType.F32, (dst) =>
         new Float32Array(dst.buffer, dst.byteOffset, dims[0]!).fill(1),
@@ -253,7 +280,9 @@ function isCurrent(path: string, s: LlamaShape, type: RandomModelType): boolean 
       u32("llama.feed_forward_length") === s.ffn &&
       h.tensors.length === want.length &&
       h.tensors.every(
-        (t, i) => t.name === want[i]![0] && t.type === (want[i]![2] ? GGML_OF[type] : GGMLType.F32),
+        (t, i) =>
+          t.name === want[i]![0] &&
+          t.type === (want[i]![2] ? matrixType(type, t.name, s.layers) : GGMLType.F32),
       )
     );
   } catch {
