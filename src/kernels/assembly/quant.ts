@@ -1458,7 +1458,7 @@ export function matmulQ4_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
     let idx = constant(CONST_PAIRS);
     for (let c: usize = 0; c < 4; c++) {
       const q = p + 64 + 128 * c;
-      const xo = 4 + 64 * c;
+      const xo: usize = 4 + 64 * c;
       const src = c < 2 ? sLo : sHi;
       const scLo = i8x16.swizzle(src, idx);
       const scHi = i8x16.swizzle(src, i8x16.add(idx, i8x16.splat(4)));
@@ -1705,7 +1705,7 @@ export function matmulQ6_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
       const sv = v128.load(p + 8 + 16 * (j >> 2));
       const at = i8x16.splat(<i8>(8 * ((j >> 1) & 1) + (j & 1)));
       const sc = i16x8.extend_low_i8x16_s(i8x16.swizzle(sv, i8x16.add(constant(CONST_EVEN_PAIRS), at)));
-      const xo = 4 + 16 * j;
+      const xo: usize = 4 + 16 * j;
       u0 = k6Sub(u0, x + xo, v0, v1, v2, v3, sc);
       if (nt > 1) {
         u1 = k6Sub(u1, x1 + xo, v0, v1, v2, v3, sc);
