@@ -1222,31 +1222,53 @@ export function repackQ4_0r4(w: usize, cols: i32, r0: i32, r1: i32): void {
  * Each token gets matmulQ4_0's bits: the same integer sums, then the same float operations.
  */
 export function matmulQ4_0r4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
-  // (the plain module has no 8-bit dot: the backend uses this layout only with the relaxed one)
+  matmulR4(R4_Q4_0, w, xq, out, rows, cols, n, acc, r0, r1);
+}
+
+const R4_Q4_0: i32 = 0;
+const R4_Q4_K: i32 = 1;
+const R4_Q6_K: i32 = 2;
+
+/**
+ * The shared loop of the row-lane products: for each chunk of tokens, each group of four rows
+ * runs its tile over four tokens at a time, then one at a time.
+ */
+// @ts-ignore: decorator
+@inline function matmulR4(kind: i32, w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  // (the plain module has no 8-bit dot: the backend uses these layouts only with the relaxed one)
   if (!ASC_FEATURE_RELAXED_SIMD) unreachable();
   else {
-    const nb = cols >> 5;
-    const xRow = <usize>nb * 40;
+    const nb = kind == R4_Q4_0 ? cols >> 5 : cols >> 8;
+    const wBytes: usize = kind == R4_Q4_0 ? 18 : kind == R4_Q4_K ? 144 : 210;
+    const xRow = <usize>nb * (kind == R4_Q4_0 ? 40 : 292);
     const step = <usize>rows << 2;
     for (let t0 = 0; t0 < n; t0 += TOKEN_CHUNK) {
       const t1 = min(n, t0 + TOKEN_CHUNK);
       for (let r = r0; r < r1; r += 4) {
-        const pg = w + <usize>r * <usize>nb * 18;
+        const pg = w + <usize>r * <usize>nb * wBytes;
         let t = t0;
         for (; t + 4 <= t1; t += 4) {
-          q4r4Tokens4(pg, xq + <usize>t * xRow, xRow, nb, out + <usize>t * step + (<usize>r << 2), step, acc);
+          const x = xq + <usize>t * xRow;
+          const o = out + <usize>t * step + (<usize>r << 2);
+          if (kind == R4_Q4_0) q4r4Tokens4(pg, x, xRow, nb, o, step, acc);
+          else if (kind == R4_Q4_K) k4r4Tokens(4, pg, x, xRow, nb, o, step, acc);
+          else k6r4Tokens(4, pg, x, xRow, nb, o, step, acc);
         }
         for (; t < t1; t++) {
-          q4r4Token1(pg, xq + <usize>t * xRow, nb, out + <usize>t * step + (<usize>r << 2), acc);
+          const x = xq + <usize>t * xRow;
+          const o = out + <usize>t * step + (<usize>r << 2);
+          if (kind == R4_Q4_0) q4r4Token1(pg, x, nb, o, acc);
+          else if (kind == R4_Q4_K) k4r4Tokens(1, pg, x, xRow, nb, o, step, acc);
+          else k6r4Tokens(1, pg, x, xRow, nb, o, step, acc);
         }
       }
     }
   }
 }
 
-/** The four rows' f16 scales at p as f32 lanes. */
+/** Four rows' f16 scales, consecutive at p, as f32 lanes. */
 // @ts-ignore: decorator
-@inline function q4r4Scales(p: usize, hmask: v128, hmagic: v128): v128 {
+@inline function rowScales4(p: usize, hmask: v128, hmagic: v128): v128 {
   const d = v128.load64_zero(p);
   return halfHigh(i8x16.shuffle(d, d, 0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7), hmask, hmagic);
 }
@@ -1299,7 +1321,7 @@ export function matmulQ4_0r4(w: usize, xq: usize, out: usize, rows: i32, cols: i
       s3 = i16x8.add(s3, q4r4Word(x3, j, lo, hi));
     }
     const ones = constant(CONST_ONES);
-    const dw = q4r4Scales(p, hmask, hmagic);
+    const dw = rowScales4(p, hmask, hmagic);
     a0 = f32x4.add(a0, q4r4Term(s0, x, ones, dw));
     a1 = f32x4.add(a1, q4r4Term(s1, x1, ones, dw));
     a2 = f32x4.add(a2, q4r4Term(s2, x2, ones, dw));
@@ -1328,7 +1350,7 @@ export function matmulQ4_0r4(w: usize, xq: usize, out: usize, rows: i32, cols: i
       const w = q4r4Word(x, j, v128.and(q, nib), v128.and(i16x8.shr_u(q, 4), nib));
       s0 = j == 0 ? w : i16x8.add(s0, w);
     }
-    a0 = f32x4.add(a0, q4r4Term(s0, x, constant(CONST_ONES), q4r4Scales(p, hmask, hmagic)));
+    a0 = f32x4.add(a0, q4r4Term(s0, x, constant(CONST_ONES), rowScales4(p, hmask, hmagic)));
     p += 72;
     x += 40;
   }
@@ -1409,26 +1431,7 @@ export function repackQ4_Kr4(w: usize, cols: i32, scratch: usize, scratchStride:
 
 /** matmulQ4_K on weights in the row-lane layout (repackQ4_Kr4), Q8_K activations; rows % 4 == 0. */
 export function matmulQ4_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
-  // (the plain module has no 8-bit dot: the backend uses this layout only with the relaxed one)
-  if (!ASC_FEATURE_RELAXED_SIMD) unreachable();
-  else {
-    const nb = cols >> 8;
-    const xRow = <usize>nb * 292;
-    const step = <usize>rows << 2;
-    for (let t0 = 0; t0 < n; t0 += TOKEN_CHUNK) {
-      const t1 = min(n, t0 + TOKEN_CHUNK);
-      for (let r = r0; r < r1; r += 4) {
-        const pg = w + <usize>r * <usize>nb * 144;
-        let t = t0;
-        for (; t + 4 <= t1; t += 4) {
-          k4r4Tokens(4, pg, xq + <usize>t * xRow, xRow, nb, out + <usize>t * step + (<usize>r << 2), step, acc);
-        }
-        for (; t < t1; t++) {
-          k4r4Tokens(1, pg, xq + <usize>t * xRow, xRow, nb, out + <usize>t * step + (<usize>r << 2), step, acc);
-        }
-      }
-    }
-  }
+  matmulR4(R4_Q4_K, w, xq, out, rows, cols, n, acc, r0, r1);
 }
 
 /** Four row-lane Q4_K rows · nt tokens (1 or 4; Q8_K rows xRow apart): out rows step apart. */
@@ -1512,9 +1515,8 @@ export function matmulQ4_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
     const m1 = i16x8.extend_high_i8x16_u(mLo);
     const m2 = i16x8.extend_low_i8x16_u(mHi);
     const m3 = i16x8.extend_high_i8x16_u(mHi);
-    const dm = v128.load(p);
-    const dw = halfHigh(i8x16.shuffle(dm, dm, 0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7), hmask, hmagic);
-    const dmin = halfHigh(i8x16.shuffle(dm, dm, 8, 9, 8, 9, 10, 11, 10, 11, 12, 13, 12, 13, 14, 15, 14, 15), hmask, hmagic);
+    const dw = rowScales4(p, hmask, hmagic);
+    const dmin = rowScales4(p + 8, hmask, hmagic);
     a0 = k4Term(a0, u0, x, m0, m1, m2, m3, dw, dmin);
     if (nt > 1) {
       a1 = k4Term(a1, u1, x1, m0, m1, m2, m3, dw, dmin);
@@ -1609,26 +1611,7 @@ export function repackQ6_Kr4(w: usize, cols: i32, scratch: usize, scratchStride:
 
 /** matmulQ6_K on weights in the row-lane layout (repackQ6_Kr4), Q8_K activations; rows % 4 == 0. */
 export function matmulQ6_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
-  // (the plain module has no 8-bit dot: the backend uses this layout only with the relaxed one)
-  if (!ASC_FEATURE_RELAXED_SIMD) unreachable();
-  else {
-    const nb = cols >> 8;
-    const xRow = <usize>nb * 292;
-    const step = <usize>rows << 2;
-    for (let t0 = 0; t0 < n; t0 += TOKEN_CHUNK) {
-      const t1 = min(n, t0 + TOKEN_CHUNK);
-      for (let r = r0; r < r1; r += 4) {
-        const pg = w + <usize>r * <usize>nb * 210;
-        let t = t0;
-        for (; t + 4 <= t1; t += 4) {
-          k6r4Tokens(4, pg, xq + <usize>t * xRow, xRow, nb, out + <usize>t * step + (<usize>r << 2), step, acc);
-        }
-        for (; t < t1; t++) {
-          k6r4Tokens(1, pg, xq + <usize>t * xRow, xRow, nb, out + <usize>t * step + (<usize>r << 2), step, acc);
-        }
-      }
-    }
-  }
+  matmulR4(R4_Q6_K, w, xq, out, rows, cols, n, acc, r0, r1);
 }
 
 /** u + sc·Σq·x per row for one token's sub-block at x (V0..V3 the sub-block's quant vectors). */
@@ -1717,8 +1700,7 @@ export function matmulQ6_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
     const s1 = v128.load(p, 24);
     const s2 = v128.load(p, 40);
     const s3 = v128.load(p, 56);
-    const dm = v128.load64_zero(p);
-    const dw = halfHigh(i8x16.shuffle(dm, dm, 0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7), hmask, hmagic);
+    const dw = rowScales4(p, hmask, hmagic);
     a0 = k6Term(a0, u0, x, s0, s1, s2, s3, dw);
     if (nt > 1) {
       a1 = k6Term(a1, u1, x1, s0, s1, s2, s3, dw);
