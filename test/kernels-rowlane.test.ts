@@ -1,5 +1,5 @@
 /**
- * The row-lane layout r4 (the relaxed module's Q4_0, Q4_K and Q6_K products; Backend.prepareWeight):
+ * The row-lane layout r4 (the relaxed module's Q4_0 and K-quant products; Backend.prepareWeight):
  * repack<T>r4 lays a matrix out as the references in src/quant/layout-reference.ts state,
  * quantizeQ8_0S writes the reference's Q8_0S blocks, and each matmul<T>r4 gives every token
  * matmul<T>'s bits, at token counts that use both tiles, on row ranges split as threads split
@@ -13,6 +13,7 @@ import {
   q8_0ToQ8_0S,
   repackQ4_0r4Ref,
   repackQ4_Kr4Ref,
+  repackQ5_Kr4Ref,
   repackQ6_Kr4Ref,
 } from "../src/quant/layout-reference.js";
 import { quantizeRow } from "../src/quant/reference.js";
@@ -98,6 +99,7 @@ describe.each(modules.filter(([, m]) => m !== undefined))("%s module", (_, modul
 
   it.each([
     ["Q4_K", T.Q4_K, repackQ4_Kr4Ref],
+    ["Q5_K", T.Q5_K, repackQ5_Kr4Ref],
     ["Q6_K", T.Q6_K, repackQ6_Kr4Ref],
   ] as const)("repack%sr4 turns the row-major matrix into the r4 layout", (format, type, ref) => {
     const { memory, k, put } = setup(module!);
@@ -115,7 +117,7 @@ describe.each(modules.filter(([, m]) => m !== undefined))("%s module", (_, modul
 });
 
 interface RowLane {
-  format: "Q4_0" | "Q4_K" | "Q6_K";
+  format: "Q4_0" | "Q4_K" | "Q5_K" | "Q6_K";
   type: number;
   block: number;
   /** the r4 layout, and the activation quantizers of the row-major and the r4 product */
@@ -152,6 +154,20 @@ const ROW_LANE: RowLane[] = [
     extreme: (w, o, r) => {
       fill(w, o + 4, o + 16, [0xff]);
       fill(w, o + 16, o + 144, NIBBLES[r]!);
+    },
+  },
+  {
+    format: "Q5_K",
+    type: T.Q5_K,
+    block: 256,
+    repack: repackQ5_Kr4Ref,
+    quantize: "quantizeQ8_K",
+    quantizeR4: "quantizeQ8_K",
+    // largest scales and mins, the nibble pattern, and every fifth bit set (quants up to 31) or clear
+    extreme: (w, o, r) => {
+      fill(w, o + 4, o + 16, [0xff]);
+      fill(w, o + 16, o + 48, [r % 2 ? 0x00 : 0xff]);
+      fill(w, o + 48, o + 176, NIBBLES[r]!);
     },
   },
   {

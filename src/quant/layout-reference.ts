@@ -85,7 +85,21 @@ export function q8_0ToQ8_0S(q8: Uint8Array): Uint8Array {
  * word w) at 64 + 16·(8c + w), whose byte 4r + i is byte 32c + 4w + i of row r's qs.
  */
 export function repackQ4_Kr4Ref(w: Uint8Array, rows: number, cols: number): Uint8Array {
+  return repackK45r4Ref(w, rows, cols, false);
+}
+
+/**
+ * The r4 layout of a row-major Q5_K matrix: Q4_K's 576 bytes, then 8 vectors of high bits (704
+ * bytes): bit w of byte 4r + i of vector j is the fifth bit of element 32j + 4w + i of row r.
+ */
+export function repackQ5_Kr4Ref(w: Uint8Array, rows: number, cols: number): Uint8Array {
+  return repackK45r4Ref(w, rows, cols, true);
+}
+
+function repackK45r4Ref(w: Uint8Array, rows: number, cols: number, five: boolean): Uint8Array {
   const nb = cols / 256;
+  const bytes = five ? 176 : 144;
+  const qs = five ? 48 : 16;
   const out = new Uint8Array(w.length);
   const put = (dst: number, at: number, pair: number, i: number, v: number) => {
     const high = i >= 16 ? 1 : 0;
@@ -94,9 +108,9 @@ export function repackQ4_Kr4Ref(w: Uint8Array, rows: number, cols: number): Uint
   };
   for (let g = 0; g < rows / 4; g++) {
     for (let b = 0; b < nb; b++) {
-      const dst = (g * nb + b) * 576;
+      const dst = (g * nb + b) * 4 * bytes;
       for (let r = 0; r < 4; r++) {
-        const src = ((4 * g + r) * nb + b) * 144;
+        const src = ((4 * g + r) * nb + b) * bytes;
         out.set(w.subarray(src, src + 2), dst + 2 * r);
         out.set(w.subarray(src + 2, src + 4), dst + 8 + 2 * r);
         for (let j = 0; j < 8; j++) {
@@ -106,8 +120,17 @@ export function repackQ4_Kr4Ref(w: Uint8Array, rows: number, cols: number): Uint
         }
         for (let c = 0; c < 4; c++) {
           for (let wd = 0; wd < 8; wd++) {
-            const from = src + 16 + 32 * c + 4 * wd;
+            const from = src + qs + 32 * c + 4 * wd;
             out.set(w.subarray(from, from + 4), dst + 64 + 16 * (8 * c + wd) + 4 * r);
+          }
+        }
+        if (five) {
+          // element 32j + l (l < 32) of a Q5_K block has its fifth bit at bit j of qh[l]
+          for (let j = 0; j < 8; j++) {
+            for (let l = 0; l < 32; l++) {
+              const bit = (w[src + 16 + l]! >> j) & 1;
+              out[dst + 576 + 16 * j + 4 * r + (l & 3)]! |= bit << (l >> 2);
+            }
           }
         }
       }

@@ -16,7 +16,7 @@ export interface Weight {
   cols: number;
   /**
    * Stored in one of the backend's own layouts (see Backend.prepareWeight), not row after row:
-   * x4 = four rows' blocks in turn, r4 = Q4_0, Q4_K or Q6_K with rows in vector lanes (the relaxed kernels).
+   * x4 = four rows' blocks in turn, r4 = Q4_0 or a K-quant with rows in vector lanes (the relaxed kernels).
    */
   layout?: WeightLayout;
 }
@@ -182,7 +182,7 @@ export function activationScratchBytes(cols: number, n: number): number {
 export class WasmBackend implements Backend {
   readonly threads: number;
   private grouped = false;
-  /** Q4_0, Q4_K and Q6_K matrices take the r4 layout: only the relaxed module has its 8-bit dot product. */
+  /** Q4_0, Q4_K, Q5_K and Q6_K matrices take the r4 layout: only the relaxed module has its 8-bit dot product. */
   private readonly rowLanes: boolean;
 
   constructor(readonly rt: Runtime) {
@@ -239,7 +239,7 @@ export class WasmBackend implements Backend {
   /**
    * The block formats go into the interleaved layout x4 (four rows' blocks in turn): a
    * product then reads its four rows as one sequential stream, which decoding, bound by how fast
-   * weights come from memory, reads about twice as fast. With the relaxed module, Q4_0, Q4_K and Q6_K go
+   * weights come from memory, reads about twice as fast. With the relaxed module, Q4_0 and the K-quants go
    * further, into r4: each block's nibbles transposed so that vector lanes are rows, which leaves
    * their products no sums to reduce across lanes (src/kernels/README.md). Needs rows % 4 == 0.
    */
@@ -247,7 +247,7 @@ export class WasmBackend implements Backend {
     if (w.layout || !INTERLEAVED.has(w.format) || w.rows % 4 !== 0) return w;
     if (scratch.shard !== w.shard) throw new Error("prepareWeight: scratch must be in the weight's shard");
     const rb = rowBytes(w.format, w.cols);
-    if (this.rowLanes && (w.format === "Q4_K" || w.format === "Q6_K")) {
+    if (this.rowLanes && (w.format === "Q4_K" || w.format === "Q5_K" || w.format === "Q6_K")) {
       this.op(`repack${w.format}r4`, w.shard, w.rows / 4, [w.offset, w.cols, scratch.offset, 4 * rb]);
       this.flush();
       return { ...w, layout: "r4" };

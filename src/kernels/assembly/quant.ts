@@ -1228,6 +1228,7 @@ export function matmulQ4_0r4(w: usize, xq: usize, out: usize, rows: i32, cols: i
 const R4_Q4_0: i32 = 0;
 const R4_Q4_K: i32 = 1;
 const R4_Q6_K: i32 = 2;
+const R4_Q5_K: i32 = 3;
 
 /**
  * The shared loop of the row-lane products: for each chunk of tokens, each group of four rows
@@ -1239,7 +1240,7 @@ const R4_Q6_K: i32 = 2;
   if (!ASC_FEATURE_RELAXED_SIMD) unreachable();
   else {
     const nb = kind == R4_Q4_0 ? cols >> 5 : cols >> 8;
-    const wBytes: usize = kind == R4_Q4_0 ? 18 : kind == R4_Q4_K ? 144 : 210;
+    const wBytes: usize = kind == R4_Q4_0 ? 18 : kind == R4_Q4_K ? 144 : kind == R4_Q5_K ? 176 : 210;
     const xRow = <usize>nb * (kind == R4_Q4_0 ? 40 : 292);
     const step = <usize>rows << 2;
     for (let t0 = 0; t0 < n; t0 += TOKEN_CHUNK) {
@@ -1251,14 +1252,16 @@ const R4_Q6_K: i32 = 2;
           const x = xq + <usize>t * xRow;
           const o = out + <usize>t * step + (<usize>r << 2);
           if (kind == R4_Q4_0) q4r4Tokens4(pg, x, xRow, nb, o, step, acc);
-          else if (kind == R4_Q4_K) k4r4Tokens(4, pg, x, xRow, nb, o, step, acc);
+          else if (kind == R4_Q4_K) k45r4Tokens(false, 4, pg, x, xRow, nb, o, step, acc);
+          else if (kind == R4_Q5_K) k45r4Tokens(true, 4, pg, x, xRow, nb, o, step, acc);
           else k6r4Tokens(4, pg, x, xRow, nb, o, step, acc);
         }
         for (; t < t1; t++) {
           const x = xq + <usize>t * xRow;
           const o = out + <usize>t * step + (<usize>r << 2);
           if (kind == R4_Q4_0) q4r4Token1(pg, x, nb, o, acc);
-          else if (kind == R4_Q4_K) k4r4Tokens(1, pg, x, xRow, nb, o, step, acc);
+          else if (kind == R4_Q4_K) k45r4Tokens(false, 1, pg, x, xRow, nb, o, step, acc);
+          else if (kind == R4_Q5_K) k45r4Tokens(true, 1, pg, x, xRow, nb, o, step, acc);
           else k6r4Tokens(1, pg, x, xRow, nb, o, step, acc);
         }
       }
@@ -1358,7 +1361,7 @@ const R4_Q6_K: i32 = 2;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Q4_K in the row-lane layout (kernels-relaxed.wasm)
+// Q4_K and Q5_K in the row-lane layout (kernels-relaxed.wasm)
 // ---------------------------------------------------------------------------------------------
 //
 // The same idea as Q4_0's r4 for the super-blocks of Q4_K, still 576 bytes per four rows:
@@ -1368,7 +1371,10 @@ const R4_Q6_K: i32 = 2;
 //       nibble of byte i, index 16 + i its high nibble,
 //   48: C — their high 2 bits: byte i holds (scale i, scale 16+i, min i, min 16+i) in bit pairs,
 //   64: 32 nibble vectors, (chunk c, word w) at 64 + 16·(8c + w): byte 4r + i is byte
-//       32c + 4w + i of row r's qs (low nibbles: elements 64c + 4w + i, high: 64c + 32 + 4w + i).
+//       32c + 4w + i of row r's qs (low nibbles: elements 64c + 4w + i, high: 64c + 32 + 4w + i),
+//   and for Q5_K (704 bytes) 576: 8 vectors of fifth bits, bit w of byte 4r + i of vector j
+//       belonging to element 32j + 4w + i of row r (a lane then holds 8 products of 31·127 at most,
+//       so Q5_K widens every four dots).
 // Sub-block j's eight relaxed dots add up in i16 (16 products of 15·127 at most per lane), and a
 // widening dot with the row's scale in both lanes of its pair gives sc·Σq·x per row. The mins
 // dot the activations' 32-sums (from Q8_K's bsums) two sub-blocks at a time. The integers are
@@ -1379,23 +1385,37 @@ const R4_Q6_K: i32 = 2;
  * thread copies its group to scratch + tid·scratchStride (4 rows' bytes) first. Done once, at load.
  */
 export function repackQ4_Kr4(w: usize, cols: i32, scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32): void {
+  repackK45r4(false, w, cols, scratch, scratchStride, r0, r1, tid);
+}
+
+/** repackQ4_Kr4 for Q5_K, whose row-lane super-block adds the high bits (704 bytes per four rows). */
+export function repackQ5_Kr4(w: usize, cols: i32, scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32): void {
+  repackK45r4(true, w, cols, scratch, scratchStride, r0, r1, tid);
+}
+
+// @ts-ignore: decorator
+@inline function repackK45r4(
+  five: bool, w: usize, cols: i32, scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32,
+): void {
+  const bytes: usize = five ? 176 : 144;
+  const qs: usize = five ? 48 : 16;
   const nb = <usize>(cols >> 8);
-  const rb = nb * 144;
+  const rb = nb * bytes;
   const tmp = scratch + <usize>tid * <usize>scratchStride;
   for (let g = r0; g < r1; g++) {
     const p = w + <usize>g * 4 * rb;
     memory.copy(tmp, p, 4 * rb);
     for (let b: usize = 0; b < nb; b++) {
-      const dst = p + b * 576;
+      const dst = p + b * 4 * bytes;
       for (let r: usize = 0; r < 4; r++) {
-        const src = tmp + r * rb + b * 144;
+        const src = tmp + r * rb + b * bytes;
         store<u16>(dst + 2 * r, load<u16>(src));
         store<u16>(dst + 8 + 2 * r, load<u16>(src, 2));
       }
       // the 64 six-bit values: scales at index 4j + r, mins at 8(j >> 1) + 2r + (j & 1)
-      for (let i: usize = 0; i < 48; i++) store<u8>(dst + 16 + i, 0);
+      memory.fill(dst + 16, 0, 48);
       for (let r: usize = 0; r < 4; r++) {
-        const sc = tmp + r * rb + b * 144 + 4;
+        const sc = tmp + r * rb + b * bytes + 4;
         for (let j: usize = 0; j < 8; j++) {
           let scale: u32, min: u32;
           if (j < 4) {
@@ -1412,7 +1432,22 @@ export function repackQ4_Kr4(w: usize, cols: i32, scratch: usize, scratchStride:
       for (let c: usize = 0; c < 4; c++) {
         for (let wd: usize = 0; wd < 8; wd++) {
           for (let r: usize = 0; r < 4; r++) {
-            store<u32>(dst + 64 + 16 * (8 * c + wd) + 4 * r, load<u32>(tmp + r * rb + b * 144 + 16 + 32 * c + 4 * wd));
+            store<u32>(dst + 64 + 16 * (8 * c + wd) + 4 * r, load<u32>(tmp + r * rb + b * bytes + qs + 32 * c + 4 * wd));
+          }
+        }
+      }
+      if (five) {
+        // sub-block j's high bits: bit wd of byte 4r + i is the one of element 32j + 4wd + i of row r
+        // (in Q5_K, bit j of qh[l] belongs to element 64·(j >> 1) + 32·(j & 1) + l)
+        memory.fill(dst + 576, 0, 128);
+        for (let r: usize = 0; r < 4; r++) {
+          const qh = tmp + r * rb + b * bytes + 16;
+          for (let j: usize = 0; j < 8; j++) {
+            for (let l: usize = 0; l < 32; l++) {
+              const bit = (<u32>load<u8>(qh + l) >> <u32>j) & 1;
+              const at = dst + 576 + 16 * j + 4 * r + (l & 3);
+              store<u8>(at, load<u8>(at) | <u8>(bit << <u32>(l >> 2)));
+            }
           }
         }
       }
@@ -1434,9 +1469,16 @@ export function matmulQ4_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
   matmulR4(R4_Q4_K, w, xq, out, rows, cols, n, acc, r0, r1);
 }
 
-/** Four row-lane Q4_K rows · nt tokens (1 or 4; Q8_K rows xRow apart): out rows step apart. */
+/** matmulQ5_K on weights in the row-lane layout (repackQ5_Kr4), Q8_K activations; rows % 4 == 0. */
+export function matmulQ5_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmulR4(R4_Q5_K, w, xq, out, rows, cols, n, acc, r0, r1);
+}
+
+/** Four row-lane Q4_K (Q5_K with `five`) rows · nt tokens (1 or 4; Q8_K rows xRow apart): out rows step apart. */
 // @ts-ignore: decorator
-@inline function k4r4Tokens(nt: i32, p: usize, x: usize, xRow: usize, nb: i32, out: usize, step: usize, acc: i32): void {
+@inline function k45r4Tokens(
+  five: bool, nt: i32, p: usize, x: usize, xRow: usize, nb: i32, out: usize, step: usize, acc: i32,
+): void {
   const hmask = constant(CONST_HALF_MASK);
   const hmagic = constant(CONST_HALF_MAGIC);
   const z = i32x4.splat(0);
@@ -1466,7 +1508,38 @@ export function matmulQ4_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
       const scLo = i8x16.swizzle(src, idx);
       const scHi = i8x16.swizzle(src, i8x16.add(idx, i8x16.splat(4)));
       idx = c == 1 ? constant(CONST_PAIRS) : i8x16.add(idx, i8x16.splat(8));
-      if (nt == 1) {
+      if (five) {
+        // Q5_K: sub-block j = 2c + h takes bit wd of its high-bit vector's bytes as bit 4 of word
+        // wd's quants (0..31); an i16 lane holds eight products of 31·127, so four words at a time
+        for (let h = 0; h < 2; h++) {
+          const scales = h == 0 ? scLo : scHi;
+          let hb = v128.load(p + 576 + 16 * (2 * c + <usize>h));
+          for (let half: usize = 0; half < 2; half++) {
+            let s0 = z, s1 = z, s2 = z, s3 = z;
+            for (let k: usize = 0; k < 4; k++) {
+              const wd: usize = 4 * half + k;
+              const v = v128.or(
+                v128.and(i16x8.shr_u(v128.load(q + 16 * wd), 4 * h), lowBits),
+                v128.and(i16x8.shl(hb, 4), i8x16.splat(0x10)),
+              );
+              hb = i16x8.shr_u(hb, 1);
+              const o = xo + 32 * <usize>h + 4 * wd;
+              s0 = i16x8.add(s0, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x + o), v));
+              if (nt > 1) {
+                s1 = i16x8.add(s1, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x1 + o), v));
+                s2 = i16x8.add(s2, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x2 + o), v));
+                s3 = i16x8.add(s3, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x3 + o), v));
+              }
+            }
+            u0 = i32x4.add(u0, i32x4.dot_i16x8_s(s0, scales));
+            if (nt > 1) {
+              u1 = i32x4.add(u1, i32x4.dot_i16x8_s(s1, scales));
+              u2 = i32x4.add(u2, i32x4.dot_i16x8_s(s2, scales));
+              u3 = i32x4.add(u3, i32x4.dot_i16x8_s(s3, scales));
+            }
+          }
+        }
+      } else if (nt == 1) {
         let sl = z, sh = z;
         for (let wd: usize = 0; wd < 8; wd++) {
           const v = v128.load(q + 16 * wd);
@@ -1523,7 +1596,7 @@ export function matmulQ4_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
       a2 = k4Term(a2, u2, x2, m0, m1, m2, m3, dw, dmin);
       a3 = k4Term(a3, u3, x3, m0, m1, m2, m3, dw, dmin);
     }
-    p += 576;
+    p += five ? 704 : 576;
     x += 292;
   }
   storeRows(out, a0, 4, acc);
