@@ -426,7 +426,7 @@ export async function runInferBench(argv: string[]): Promise<void> {
 
 const COLUMNS: [title: string, width: number][] = [
   ["shape", 5],
-  ["type", 4],
+  ["type", 6],
   ["file MiB", 8],
   ["prefill tok/s ours", 18],
   ["llama.cpp", 9],
