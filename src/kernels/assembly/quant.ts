@@ -1508,7 +1508,26 @@ export function matmulQ5_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
       const scLo = i8x16.swizzle(src, idx);
       const scHi = i8x16.swizzle(src, i8x16.add(idx, i8x16.splat(4)));
       idx = c == 1 ? constant(CONST_PAIRS) : i8x16.add(idx, i8x16.splat(8));
-      if (five) {
+      if (five && nt == 1) {
+        // Q5_K, one token: both sub-blocks of the chunk in one pass over its vectors (see below)
+        let hbLo = v128.load(p + 576 + 32 * c);
+        let hbHi = v128.load(p + 592 + 32 * c);
+        const bit4 = i8x16.splat(0x10);
+        for (let half: usize = 0; half < 2; half++) {
+          let sl = z, sh = z;
+          for (let k: usize = 0; k < 4; k++) {
+            const wd: usize = 4 * half + k;
+            const v = v128.load(q + 16 * wd);
+            const lo = v128.or(v128.and(v, lowBits), v128.and(i16x8.shl(hbLo, 4), bit4));
+            const hi = v128.or(v128.and(i16x8.shr_u(v, 4), lowBits), v128.and(i16x8.shl(hbHi, 4), bit4));
+            hbLo = i16x8.shr_u(hbLo, 1);
+            hbHi = i16x8.shr_u(hbHi, 1);
+            sl = i16x8.add(sl, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x + xo + 4 * wd), lo));
+            sh = i16x8.add(sh, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x + xo + 32 + 4 * wd), hi));
+          }
+          u0 = i32x4.add(u0, i32x4.add(i32x4.dot_i16x8_s(sl, scLo), i32x4.dot_i16x8_s(sh, scHi)));
+        }
+      } else if (five) {
         // Q5_K: sub-block j = 2c + h takes bit wd of its high-bit vector's bytes as bit 4 of word
         // wd's quants (0..31); an i16 lane holds eight products of 31·127, so four words at a time
         for (let h = 0; h < 2; h++) {
