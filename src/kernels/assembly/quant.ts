@@ -1251,7 +1251,7 @@ const R4_Q5_K: i32 = 3;
         for (; t + 4 <= t1; t += 4) {
           const x = xq + <usize>t * xRow;
           const o = out + <usize>t * step + (<usize>r << 2);
-          if (kind == R4_Q4_0) q4r4Tokens4(pg, x, xRow, nb, o, step, acc);
+          if (kind == R4_Q4_0) q4r4Tokens(4, pg, x, xRow, nb, o, step, acc);
           else if (kind == R4_Q4_K) k45r4Tokens(false, 4, pg, x, xRow, nb, o, step, acc);
           else if (kind == R4_Q5_K) k45r4Tokens(true, 4, pg, x, xRow, nb, o, step, acc);
           else k6r4Tokens(4, pg, x, xRow, nb, o, step, acc);
@@ -1259,7 +1259,7 @@ const R4_Q5_K: i32 = 3;
         for (; t < t1; t++) {
           const x = xq + <usize>t * xRow;
           const o = out + <usize>t * step + (<usize>r << 2);
-          if (kind == R4_Q4_0) q4r4Token1(pg, x, nb, o, acc);
+          if (kind == R4_Q4_0) q4r4Tokens(1, pg, x, xRow, nb, o, step, acc);
           else if (kind == R4_Q4_K) k45r4Tokens(false, 1, pg, x, xRow, nb, o, step, acc);
           else if (kind == R4_Q5_K) k45r4Tokens(true, 1, pg, x, xRow, nb, o, step, acc);
           else k6r4Tokens(1, pg, x, xRow, nb, o, step, acc);
@@ -1292,9 +1292,9 @@ const R4_Q5_K: i32 = 3;
   return f32x4.mul(sumi, f32x4.mul(dw, v128.load32_splat(x)));
 }
 
-/** Four row-lane rows · four tokens (Q8_0S rows xRow apart): out rows step apart. */
+/** Four row-lane Q4_0 rows · nt tokens (1 or 4; Q8_0S rows xRow apart): out rows step apart. */
 // @ts-ignore: decorator
-@inline function q4r4Tokens4(p: usize, x: usize, xRow: usize, nb: i32, out: usize, step: usize, acc: i32): void {
+@inline function q4r4Tokens(nt: i32, p: usize, x: usize, xRow: usize, nb: i32, out: usize, step: usize, acc: i32): void {
   const hmask = constant(CONST_HALF_MASK);
   const hmagic = constant(CONST_HALF_MAGIC);
   const z = i32x4.splat(0);
@@ -1311,53 +1311,46 @@ const R4_Q5_K: i32 = 3;
     let lo = v128.and(q, nib);
     let hi = v128.and(i16x8.shr_u(q, 4), nib);
     let s0 = q4r4Word(x, 0, lo, hi);
-    let s1 = q4r4Word(x1, 0, lo, hi);
-    let s2 = q4r4Word(x2, 0, lo, hi);
-    let s3 = q4r4Word(x3, 0, lo, hi);
+    let s1 = z, s2 = z, s3 = z;
+    if (nt > 1) {
+      s1 = q4r4Word(x1, 0, lo, hi);
+      s2 = q4r4Word(x2, 0, lo, hi);
+      s3 = q4r4Word(x3, 0, lo, hi);
+    }
     for (let j: usize = 1; j < 4; j++) {
       q = v128.load(p + 16 * j, 8);
       lo = v128.and(q, nib);
       hi = v128.and(i16x8.shr_u(q, 4), nib);
       s0 = i16x8.add(s0, q4r4Word(x, j, lo, hi));
-      s1 = i16x8.add(s1, q4r4Word(x1, j, lo, hi));
-      s2 = i16x8.add(s2, q4r4Word(x2, j, lo, hi));
-      s3 = i16x8.add(s3, q4r4Word(x3, j, lo, hi));
+      if (nt > 1) {
+        s1 = i16x8.add(s1, q4r4Word(x1, j, lo, hi));
+        s2 = i16x8.add(s2, q4r4Word(x2, j, lo, hi));
+        s3 = i16x8.add(s3, q4r4Word(x3, j, lo, hi));
+      }
     }
     const ones = constant(CONST_ONES);
     const dw = rowScales4(p, hmask, hmagic);
     a0 = f32x4.add(a0, q4r4Term(s0, x, ones, dw));
-    a1 = f32x4.add(a1, q4r4Term(s1, x1, ones, dw));
-    a2 = f32x4.add(a2, q4r4Term(s2, x2, ones, dw));
-    a3 = f32x4.add(a3, q4r4Term(s3, x3, ones, dw));
+    if (nt > 1) {
+      a1 = f32x4.add(a1, q4r4Term(s1, x1, ones, dw));
+      a2 = f32x4.add(a2, q4r4Term(s2, x2, ones, dw));
+      a3 = f32x4.add(a3, q4r4Term(s3, x3, ones, dw));
+    }
     p += 72;
     x += 40;
   }
-  storeRows(out, a0, 4, acc);
-  storeRows(out + step, a1, 4, acc);
-  storeRows(out + 2 * step, a2, 4, acc);
-  storeRows(out + 3 * step, a3, 4, acc);
+  storeTile(nt, out, step, a0, a1, a2, a3, acc);
 }
 
-/** Four row-lane rows · one token. */
+/** A row-lane tile's results: token t's four rows (a0..a3) at out + t·step, for the first nt tokens. */
 // @ts-ignore: decorator
-@inline function q4r4Token1(p: usize, x: usize, nb: i32, out: usize, acc: i32): void {
-  const hmask = constant(CONST_HALF_MASK);
-  const hmagic = constant(CONST_HALF_MAGIC);
-  const z = i32x4.splat(0);
-  let a0 = f32x4.splat(0);
-  for (let b = 0; b < nb; b++) {
-    const nib = constant(CONST_0F0F);
-    let s0 = z;
-    for (let j: usize = 0; j < 4; j++) {
-      const q = v128.load(p + 16 * j, 8);
-      const w = q4r4Word(x, j, v128.and(q, nib), v128.and(i16x8.shr_u(q, 4), nib));
-      s0 = j == 0 ? w : i16x8.add(s0, w);
-    }
-    a0 = f32x4.add(a0, q4r4Term(s0, x, constant(CONST_ONES), rowScales4(p, hmask, hmagic)));
-    p += 72;
-    x += 40;
-  }
+@inline function storeTile(nt: i32, out: usize, step: usize, a0: v128, a1: v128, a2: v128, a3: v128, acc: i32): void {
   storeRows(out, a0, 4, acc);
+  if (nt > 1) {
+    storeRows(out + step, a1, 4, acc);
+    storeRows(out + 2 * step, a2, 4, acc);
+    storeRows(out + 3 * step, a3, 4, acc);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1618,12 +1611,7 @@ export function matmulQ5_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
     p += five ? 704 : 576;
     x += 292;
   }
-  storeRows(out, a0, 4, acc);
-  if (nt > 1) {
-    storeRows(out + step, a1, 4, acc);
-    storeRows(out + 2 * step, a2, 4, acc);
-    storeRows(out + 3 * step, a3, 4, acc);
-  }
+  storeTile(nt, out, step, a0, a1, a2, a3, acc);
 }
 
 /** acc + sumi·(d·dx) - Σ min·bsum · (dmin·dx), as matmulQ4_K does it, for the token's Q8_K block at x. */
@@ -1802,12 +1790,7 @@ export function matmulQ6_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
     p += 840;
     x += 292;
   }
-  storeRows(out, a0, 4, acc);
-  if (nt > 1) {
-    storeRows(out + step, a1, 4, acc);
-    storeRows(out + 2 * step, a2, 4, acc);
-    storeRows(out + 3 * step, a3, 4, acc);
-  }
+  storeTile(nt, out, step, a0, a1, a2, a3, acc);
 }
 
 export function matmulQ4_1(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
