@@ -37,8 +37,8 @@ import {
   writeVocabGguf,
 } from "./helpers/shakespeare-vocab.js";
 
-const SHAREGPT = new URL("../../shared/data/sharegpt_dummy_conversation.json", import.meta.url).pathname;
-const SEEDS = new URL("../../shared/data/alpaca_seed_tasks.jsonl", import.meta.url).pathname;
+const SHAREGPT = new URL("./fixtures/sharegpt_dummy_conversation.json", import.meta.url).pathname;
+const SEEDS = new URL("./fixtures/alpaca_seed_tasks.jsonl", import.meta.url).pathname;
 
 let dir: string;
 let records: DatasetRecord[];

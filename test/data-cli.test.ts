@@ -12,8 +12,8 @@ import { renderChat } from "../src/model/templates.js";
 import { ensureBuilt, runCli } from "./helpers/cli.js";
 import { spmDescription, writeVocabGguf } from "./helpers/shakespeare-vocab.js";
 
-const SHAREGPT = new URL("../../shared/data/sharegpt_dummy_conversation.json", import.meta.url).pathname;
-const SEEDS = new URL("../../shared/data/alpaca_seed_tasks.jsonl", import.meta.url).pathname;
+const SHAREGPT = new URL("./fixtures/sharegpt_dummy_conversation.json", import.meta.url).pathname;
+const SEEDS = new URL("./fixtures/alpaca_seed_tasks.jsonl", import.meta.url).pathname;
 const ZEPHYR =
   "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}{% endfor %}" +
   "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}";

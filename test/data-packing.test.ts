@@ -16,7 +16,7 @@ import { UserError } from "../src/errors.js";
 import { Rng } from "../src/util/random.js";
 import { spmTokenizer } from "./helpers/shakespeare-vocab.js";
 
-const SHAREGPT = new URL("../../shared/data/sharegpt_dummy_conversation.json", import.meta.url).pathname;
+const SHAREGPT = new URL("./fixtures/sharegpt_dummy_conversation.json", import.meta.url).pathname;
 
 function example(ids: number[], mask: number[], line = 1): TokenizedExample {
   return { ids: Int32Array.from(ids), lossMask: Uint8Array.from(mask), source: { file: "f", line } };

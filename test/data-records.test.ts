@@ -15,8 +15,8 @@ import {
 } from "../src/data/records.js";
 import { UserError } from "../src/errors.js";
 
-const SHAREGPT = new URL("../../shared/data/sharegpt_dummy_conversation.json", import.meta.url).pathname;
-const SEEDS = new URL("../../shared/data/alpaca_seed_tasks.jsonl", import.meta.url).pathname;
+const SHAREGPT = new URL("./fixtures/sharegpt_dummy_conversation.json", import.meta.url).pathname;
+const SEEDS = new URL("./fixtures/alpaca_seed_tasks.jsonl", import.meta.url).pathname;
 
 let dir: string;
 beforeAll(() => {

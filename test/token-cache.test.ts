@@ -35,7 +35,7 @@ import { tokenizeCorpus } from "../src/tokenizer/train-corpus.js";
 import { CLI, ensureBuilt, runCli } from "./helpers/cli.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
 
-const CORPUS_PATH = new URL("../../shared/data/tinyshakespeare.txt", import.meta.url).pathname;
+const CORPUS_PATH = new URL("./fixtures/tinyshakespeare.txt", import.meta.url).pathname;
 const CORPUS = readFileSync(CORPUS_PATH, "utf8");
 
 let dir: string;

@@ -19,7 +19,7 @@ import {
   TokenType,
 } from "../src/tokenizer/index.js";
 
-const CORPUS = readFileSync(new URL("../../shared/data/tinyshakespeare.txt", import.meta.url), "utf8");
+const CORPUS = readFileSync(new URL("./fixtures/tinyshakespeare.txt", import.meta.url), "utf8");
 const TRAIN = CORPUS.slice(0, 200_000);
 
 function lcg(seed: number): () => number {

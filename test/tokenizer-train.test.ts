@@ -18,7 +18,7 @@ import {
 } from "../src/tokenizer/train.js";
 import { ensureBuilt, runCli } from "./helpers/cli.js";
 
-const CORPUS_PATH = new URL("../../shared/data/tinyshakespeare.txt", import.meta.url).pathname;
+const CORPUS_PATH = new URL("./fixtures/tinyshakespeare.txt", import.meta.url).pathname;
 const CORPUS = readFileSync(CORPUS_PATH, "utf8");
 const SPEECHES = CORPUS.split(/\n\s*\n/);
 

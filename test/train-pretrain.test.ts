@@ -50,7 +50,7 @@ beforeAll(() => {
   const tokPath = join(dir, "tokenizer.gguf");
   writeTinyLlama(tokPath);
   tokenizer = Tokenizer.fromGgufMetadata(metadataGetter(readGgufHeader(tokPath)));
-  const text = readFileSync(join(__dirname, "../../shared/data/tinyshakespeare.txt"), "utf8")
+  const text = readFileSync(join(__dirname, "./fixtures/tinyshakespeare.txt"), "utf8")
     .slice(0, 60_000)
     .toLowerCase();
   const ids = Int32Array.from(tokenizer.encode(text));

@@ -216,7 +216,7 @@ export async function runTrainBench(argv: string[]): Promise<void> {
       );
     }
   }
-  const corpus = readFileSync(new URL("../../../shared/data/tinyshakespeare.txt", import.meta.url), "utf8");
+  const corpus = readFileSync(new URL("../../test/fixtures/tinyshakespeare.txt", import.meta.url), "utf8");
   const t0 = performance.now();
   await trainTokenizer(corpus.split(/\n\n+/), { vocabSize: 8192 });
   const seconds = (performance.now() - t0) / 1000;

@@ -15,7 +15,7 @@ import {
   TokenType,
 } from "../../src/tokenizer/index.js";
 
-const CORPUS = readFileSync(new URL("../../../shared/data/tinyshakespeare.txt", import.meta.url), "utf8");
+const CORPUS = readFileSync(new URL("../fixtures/tinyshakespeare.txt", import.meta.url), "utf8");
 const TRAIN = CORPUS.slice(0, 150_000);
 
 /** Greedy BPE: the most frequent adjacent pair merges first. */
