@@ -7,6 +7,7 @@ import { getLlama, type Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadModel } from "../src/model/model.js";
 import { quantizeModel } from "../src/quant/quantize-model.js";
+import { ensureBuilt, runCli } from "./helpers/cli.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
 
 const TOKENS = 40;
@@ -130,5 +131,28 @@ describe("greedy continuation matches llama.cpp", () => {
     } finally {
       await model.dispose();
     }
+  });
+});
+
+// People check `generate --temp 0` against llama.cpp, whose repeat penalty is off by default. On a
+// repetitive prompt a penalty changes the greedy path, so the CLI's defaults must leave it off.
+describe("greedy generation with default settings matches llama.cpp", () => {
+  it("generate --temp 0 on a repetitive prompt writes llama.cpp's greedy continuation", async () => {
+    ensureBuilt();
+    const path = join(dir, "tiny-repeat.gguf");
+    writeTinyLlama(path, { dim: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 128, seed: 5, weightScale: 0.2 });
+    const text = "the cat the cat the cat the cat the cat the cat";
+    const model = await loadModel(path, { threads: 1 });
+    const prompt = model.tokenize(text);
+    const ref = model.detokenize(await llamaCppGreedy(path, prompt, TOKENS));
+    await model.dispose();
+
+    const greedy = ["generate", "-m", path, "-p", text, "-n", String(TOKENS), "--temp", "0", "--json"];
+    const ours = await runCli(greedy);
+    expect(ours.status, ours.stderr).toBe(0);
+    expect(JSON.parse(ours.stdout).text).toBe(ref);
+    // The prompt is one where a penalty would change the path: the check above can fail.
+    const penalised = await runCli([...greedy, "--repeat-penalty", "1.1"]);
+    expect(JSON.parse(penalised.stdout).text).not.toBe(ref);
   });
 });

@@ -25,7 +25,8 @@ export interface SamplerOptions {
   topP?: number;
   /** Drop tokens less likely than minP times the most likely one; 0 = off. Default 0.05. */
   minP?: number;
-  /** Divide positive logits (multiply negative ones) of recently seen tokens by this; 1 = off. Default 1.1. */
+  /** Divide positive logits (multiply negative ones) of recently seen tokens by this; 1 = off.
+   * Default 1 (off), as in llama.cpp, so that greedy decoding is plain argmax. */
   repeatPenalty?: number;
   /** How many of the last tokens the penalty looks at; 0 = none, -1 = the whole history. Default 64. */
   repeatLastN?: number;
@@ -40,7 +41,7 @@ export const DEFAULT_SAMPLER_OPTIONS: Readonly<Omit<ResolvedSamplerOptions, "see
   topK: 40,
   topP: 0.95,
   minP: 0.05,
-  repeatPenalty: 1.1,
+  repeatPenalty: 1,
   repeatLastN: 64,
 };
 
