@@ -77,11 +77,17 @@ export interface CliResult {
  * Runs `smallhammer ARGS` as a child process with pipes (not a TTY) and waits for it without
  * blocking the test worker's event loop (a worker blocked for a minute misses the test runner's
  * RPC deadline). `input` is written to its stdin; without it stdin is empty; `nodeArgs` go to
- * node before the script; `env` replaces the environment.
+ * node before the script; `env` replaces the environment; `cwd` defaults to the repository.
  */
 export function runCli(
   args: string[],
-  options: { input?: string; timeoutMs?: number; nodeArgs?: string[]; env?: NodeJS.ProcessEnv } = {},
+  options: {
+    input?: string;
+    timeoutMs?: number;
+    nodeArgs?: string[];
+    env?: NodeJS.ProcessEnv;
+    cwd?: string;
+  } = {},
 ): Promise<CliResult> {
   return runNode([...(options.nodeArgs ?? []), CLI, ...args], options);
 }
@@ -89,11 +95,11 @@ export function runCli(
 /** Runs `node ARGS` as runCli runs the CLI. */
 export function runNode(
   args: string[],
-  options: { input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+  options: { input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv; cwd?: string } = {},
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, args, {
-      cwd: ROOT,
+      cwd: options.cwd ?? ROOT,
       env: options.env,
       stdio: ["pipe", "pipe", "pipe"],
     });
