@@ -22,6 +22,7 @@ import {
   readTensorInto,
 } from "../src/formats/gguf.js";
 import { Rng } from "../src/util/random.js";
+import { GgufBytes, randomMetadataGguf } from "./helpers/gguf-bytes.js";
 import { DEFAULT_PIECES, writeTinyLlama } from "./helpers/tiny-llama.js";
 
 let dir: string;
@@ -683,6 +684,81 @@ describe("GGUF validation", () => {
           .bytes(),
       "lies outside the file",
     ],
+    [
+      "overlapping-tensors",
+      () =>
+        new Bytes()
+          .header(2, 0)
+          .tensor("a", [16], GGMLType.F32, 0)
+          .tensor("b", [16], GGMLType.F32, 32)
+          .padTo(32)
+          .zeros(96)
+          .bytes(),
+      'tensors "a" (64 bytes at data offset 0) and "b" (at data offset 32) overlap',
+    ],
+    [
+      "overlapping-tensors-out-of-order",
+      () =>
+        new Bytes()
+          .header(3, 0)
+          .tensor("c", [8], GGMLType.F32, 64)
+          .tensor("a", [4], GGMLType.F32, 0)
+          .tensor("b", [32], GGMLType.F32, 32)
+          .padTo(32)
+          .zeros(192)
+          .bytes(),
+      'tensors "b" (128 bytes at data offset 32) and "c" (at data offset 64) overlap',
+    ],
+    [
+      "shared-offset",
+      () =>
+        new Bytes()
+          .header(2, 0)
+          .tensor("a", [4], GGMLType.F32, 0)
+          .tensor("b", [4], GGMLType.F32, 0)
+          .padTo(32)
+          .zeros(32)
+          .bytes(),
+      'tensors "a" and "b" share the data offset 0',
+    ],
+    [
+      "tensor-name-too-long",
+      () => new Bytes().header(1, 0).tensor("x".repeat(64), [4], 0, 0).padTo(32).zeros(32).bytes(),
+      "longer than 63 bytes",
+    ],
+    [
+      "name-with-control-and-bidi-characters",
+      () => new Bytes().header(0, 1).str("k\u202e\u001b[2J").u32(13).bytes(),
+      'metadata key "k\\u202e\\u001b[2J" has unknown value type 13',
+    ],
+    [
+      "millions-of-empty-arrays",
+      () => {
+        const b = new GgufBytes().header(0, 1).str("a").u32(GgufValueType.ARRAY).u32(GgufValueType.ARRAY);
+        b.u64(100_000);
+        for (let i = 0; i < 100_000; i++) b.u32(GgufValueType.UINT8).u64(0);
+        return b.bytes();
+      },
+      'metadata key "a": the header would take over',
+    ],
+    [
+      "a-flood-of-tiny-keys",
+      () => {
+        const b = new GgufBytes().header(0, 200_000);
+        for (let i = 0; i < 200_000; i++) b.str(i.toString(36)).u32(GgufValueType.BOOL).u8(1);
+        return b.bytes();
+      },
+      "metadata count 200000: the header would take over",
+    ],
+    [
+      "a-flood-of-tiny-tensors",
+      () => {
+        const b = new GgufBytes().header(100_000, 0);
+        for (let i = 0; i < 100_000; i++) b.tensorInfo(i.toString(36), [1], GGMLType.F32, 32 * i);
+        return b.padTo(32).zeros(3_200_000).bytes();
+      },
+      "tensor count 100000: the header would take over",
+    ],
   ];
 
   for (const [name, make, expected] of cases) {
@@ -710,6 +786,35 @@ describe("GGUF validation", () => {
       expect(h.alignment).toBe(64);
       expect(h.tensor("b")).toMatchObject({ offset: 64, byteSize: 68, fileOffset: h.dataOffset + 64 });
     }
+  });
+
+  it("accepts tensors stored out of order and with gaps, as long as none overlap", () => {
+    const path = join(dir, "out-of-order.gguf");
+    const b = new Bytes().header(3, 0);
+    b.tensor("late", [8], GGMLType.F32, 128).tensor("early", [8], GGMLType.F32, 0);
+    b.tensor("middle", [8], GGMLType.F32, 32).padTo(32).zeros(160);
+    writeFileSync(path, b.bytes());
+    const h = readGgufHeader(path);
+    expect(h.tensors.map((t) => [t.name, t.offset])).toEqual([
+      ["late", 128],
+      ["early", 0],
+      ["middle", 32],
+    ]);
+  });
+
+  it("reads large honest metadata: a vocabulary of 200,000 short tokens with scores", () => {
+    const path = join(dir, "vocabulary.gguf");
+    const tokens = Array.from({ length: 200_000 }, (_, i) =>
+      i % 3 === 0 ? `▁${i.toString(36)}` : i.toString(36),
+    );
+    const w = new GgufWriter();
+    w.setString("general.architecture", "llama");
+    w.setStringArray("tokenizer.ggml.tokens", tokens);
+    w.setF32Array("tokenizer.ggml.scores", new Float32Array(tokens.length));
+    w.setI32Array("tokenizer.ggml.token_type", new Int32Array(tokens.length).fill(1));
+    w.write(path);
+    const h = readGgufHeader(path);
+    expect(h.getStringArray("tokenizer.ggml.tokens")).toEqual(tokens);
   });
 
   it("names the file when it cannot be opened", () => {
@@ -823,6 +928,43 @@ describe("GGUF reader fuzzing", () => {
     // some mutations hit tensor data or values only and the file stays readable
     expect(parsed).toBeGreaterThan(0);
     expect(parsed).toBeLessThan(iterations);
+  });
+
+  it("either parses or throws a one-line UserError for 1500 generated metadata shapes", () => {
+    // Nested arrays of every element type, lying counts and string lengths (up to 2^64 - 1), deep
+    // nesting past the limit, unknown types, odd key bytes, overlapping tensors, truncations.
+    // gguf-limits.test.ts reads the same shapes in a child process and measures their memory.
+    const rng = new Rng(777);
+    const path = join(dir, "fuzz-shapes.gguf");
+    const outcomes = new Map<string, number>();
+    for (let iter = 0; iter < 1500; iter++) {
+      writeFileSync(path, randomMetadataGguf(rng));
+      let outcome = "parsed";
+      try {
+        const file = GgufFile.open(path);
+        try {
+          for (const t of file.header.tensors) file.readTensor(t);
+        } finally {
+          file.close();
+        }
+      } catch (e) {
+        if (!(e instanceof UserError)) {
+          throw new Error(`case ${iter} threw ${String(e)} instead of a UserError`);
+        }
+        expect(e.message).toContain(path);
+        expect(e.message).not.toContain("\n");
+        expect(e.message).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/);
+        // what went wrong, without the file name and the numbers
+        outcome = e.message
+          .slice(path.length + 2)
+          .replace(/"[^"]*"|\d+/g, "#")
+          .slice(0, 40);
+      }
+      outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+    }
+    // The generator reaches many different checks, and some files are valid.
+    expect(outcomes.get("parsed")).toBeGreaterThan(50);
+    expect(outcomes.size).toBeGreaterThan(15);
   });
 });
 

@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { escapeJsonForDisplay } from "../formats/escape.js";
 import { inspectGguf } from "../model/inspect.js";
 import { intArg } from "./options.js";
 
@@ -15,7 +16,9 @@ export function registerInspect(program: Command) {
     )
     .action((file: string, flags: { json?: boolean; ctx?: number }) => {
       const report = inspectGguf(file, { contextSize: flags.ctx });
-      if (flags.json) process.stdout.write(`${JSON.stringify(report.json, null, 2)}\n`);
+      if (flags.json) process.stdout.write(`${escapeJsonForDisplay(JSON.stringify(report.json, null, 2))}\n`);
       else process.stdout.write(report.text);
+      // A file with impossible hyper-parameters is shown, then refused like every other command does.
+      if (report.problem) throw report.problem;
     });
 }

@@ -1,4 +1,5 @@
 import { UserError } from "../errors.js";
+import { quoteText } from "../formats/escape.js";
 import { type GgufHeader, GgufValueType } from "../formats/gguf.js";
 
 /** Hyper-parameters of a Llama-family model, read from GGUF metadata. */
@@ -19,6 +20,32 @@ export interface LlamaConfig {
 /** Architectures that run as the Llama graph (same tensors, same ops). */
 const LLAMA_LIKE = new Set(["llama", "mistral"]);
 
+/**
+ * The largest hyper-parameters a model file may declare. They sit far above every released
+ * Llama-family model (Llama 3.1 405B: embedding 16384, 126 blocks, 128 heads, feed-forward
+ * 53248; Llama 4 Scout: a 10M-token context) and low enough that every size computed from them
+ * stays an exact integer. README lists them.
+ */
+export const LLAMA_LIMITS = {
+  contextLength: 1 << 24,
+  embeddingLength: 1 << 17,
+  blockCount: 4096,
+  headCount: 4096,
+  headDim: 1 << 14,
+  feedForwardLength: 1 << 20,
+  vocab: 1 << 24,
+} as const;
+
+/**
+ * A hyper-parameter the file has but no model can run with: zero, negative, fractional, NaN,
+ * infinite or absurdly large, or inconsistent with another (head counts, vocabulary sizes).
+ * The message names the key and its value. A missing key or an unsupported architecture is a
+ * plain UserError instead: such a file (a vocabulary, an adapter) is not a model, not a broken one.
+ */
+export class InvalidModelConfigError extends UserError {
+  override name = "InvalidModelConfigError";
+}
+
 export type MetadataGetter = (key: string) => unknown;
 
 /** A getter of plain metadata values (arrays as their values) over a GGUF header. */
@@ -30,59 +57,140 @@ export function metadataGetter(header: GgufHeader): MetadataGetter {
   };
 }
 
-function num(get: MetadataGetter, key: string, file: string, fallback?: number): number {
-  const v = get(key);
-  if (v === undefined) {
-    if (fallback === undefined) throw new UserError(`${file}: metadata key ${key} is missing`);
-    return fallback;
-  }
-  const n = typeof v === "bigint" ? Number(v) : v;
-  if (typeof n !== "number" || !Number.isFinite(n))
-    throw new UserError(`${file}: metadata key ${key} is not a number`);
-  return n;
+/** A metadata value as a message shows it: numbers exactly, text quoted and escaped. */
+function shown(v: unknown): string {
+  if (typeof v === "string") return quoteText(v, 40);
+  if (typeof v === "number" || typeof v === "bigint" || typeof v === "boolean") return String(v);
+  if (v !== null && typeof v === "object" && "length" in v)
+    return `an array of ${(v as ArrayLike<unknown>).length}`;
+  return String(v);
 }
 
-/** Reads and validates the model shape; `vocab` comes from the embedding table. */
+/** Reads numeric hyper-parameters from one file's metadata, failing with one line per problem. */
+class HyperParameters {
+  constructor(
+    private readonly get: MetadataGetter,
+    private readonly file: string,
+  ) {}
+
+  invalid(key: string, value: unknown, rule: string): never {
+    throw new InvalidModelConfigError(`${this.file}: metadata ${key} = ${shown(value)} is invalid: ${rule}`);
+  }
+
+  /** The raw number (bigints as they are), or undefined when the key is absent. */
+  private raw(key: string, required: boolean): number | bigint | undefined {
+    const v = this.get(key);
+    if (v === undefined) {
+      if (required) throw new UserError(`${this.file}: metadata key ${key} is missing`);
+      return undefined;
+    }
+    if (typeof v !== "number" && typeof v !== "bigint") this.invalid(key, v, "must be a number");
+    return v;
+  }
+
+  /** An integer from `min` to `max`; `fallback` when the key is absent (required without one). */
+  integer(key: string, min: number, max: number, fallback?: number): number {
+    const v = this.raw(key, fallback === undefined);
+    if (v === undefined) return fallback!;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) {
+      this.invalid(key, v, `must be an integer from ${min} to ${max}`);
+    }
+    return n;
+  }
+
+  /** A finite number above 0 (and below `below`, when given); `fallback` when absent. */
+  positive(key: string, fallback: number, below?: number): number {
+    const v = this.raw(key, false);
+    if (v === undefined) return fallback;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0 || (below !== undefined && n >= below)) {
+      this.invalid(
+        key,
+        v,
+        `must be a finite number above 0${below !== undefined ? ` and below ${below}` : ""}`,
+      );
+    }
+    return n;
+  }
+}
+
+/**
+ * Reads and validates the model shape. `vocab` is the embedding table's row count (0 when unknown:
+ * the vocabulary checks are skipped). Throws InvalidModelConfigError for a value no model can run
+ * with, naming the key and the value, so every command refuses such a file the same way.
+ */
 export function llamaConfigFromMetadata(get: MetadataGetter, file: string, vocab: number): LlamaConfig {
   const architecture = get("general.architecture");
   if (typeof architecture !== "string") throw new UserError(`${file}: general.architecture is missing`);
   if (!LLAMA_LIKE.has(architecture)) {
     throw new UserError(
-      `${file}: architecture "${architecture}" is not supported (supported: llama, mistral)`,
+      `${file}: architecture ${quoteText(architecture, 40)} is not supported (supported: llama, mistral)`,
     );
   }
   const a = architecture;
-  const dim = num(get, `${a}.embedding_length`, file);
-  const layers = num(get, `${a}.block_count`, file);
-  const heads = num(get, `${a}.attention.head_count`, file);
-  const kvHeads = num(get, `${a}.attention.head_count_kv`, file, heads);
-  const ffn = num(get, `${a}.feed_forward_length`, file);
-  const positive = { dim, layers, heads, kvHeads, ffn };
-  for (const [k, v] of Object.entries(positive)) {
-    if (!Number.isInteger(v) || v <= 0)
-      throw new UserError(`${file}: ${k} must be a positive integer, got ${v}`);
-  }
-  if (dim % heads !== 0)
-    throw new UserError(`${file}: embedding length ${dim} is not divisible by ${heads} heads`);
-  if (heads % kvHeads !== 0)
-    throw new UserError(`${file}: ${heads} heads are not divisible by ${kvHeads} KV heads`);
-  const headDim = num(get, `${a}.attention.key_length`, file, dim / heads);
-  if (headDim % 2 !== 0) throw new UserError(`${file}: head dimension ${headDim} must be even`);
-  const ropeDim = num(get, `${a}.rope.dimension_count`, file, headDim);
-  if (ropeDim > headDim || ropeDim % 2 !== 0)
-    throw new UserError(`${file}: rope dimension ${ropeDim} is invalid`);
-  let freqScale = 1;
-  const scalingType = get(`${a}.rope.scaling.type`);
-  const factor = get(`${a}.rope.scaling.factor`) ?? get(`${a}.rope.scale_linear`);
-  if (scalingType === "linear" || (scalingType === undefined && factor !== undefined)) {
-    const f = Number(factor ?? 1);
-    if (!(f > 0)) throw new UserError(`${file}: rope scaling factor ${factor} is invalid`);
-    freqScale = 1 / f;
-  } else if (scalingType !== undefined && scalingType !== "none") {
-    throw new UserError(
-      `${file}: rope scaling "${String(scalingType)}" is not supported (supported: none, linear)`,
+  const p = new HyperParameters(get, file);
+  const L = LLAMA_LIMITS;
+  const dimKey = `${a}.embedding_length`;
+  const headsKey = `${a}.attention.head_count`;
+  const kvHeadsKey = `${a}.attention.head_count_kv`;
+  const dim = p.integer(dimKey, 1, L.embeddingLength);
+  const layers = p.integer(`${a}.block_count`, 1, L.blockCount);
+  const heads = p.integer(headsKey, 1, L.headCount);
+  const kvHeads = p.integer(kvHeadsKey, 1, heads, heads);
+  if (heads % kvHeads !== 0) p.invalid(kvHeadsKey, kvHeads, `must divide ${headsKey} = ${heads}`);
+  const ffn = p.integer(`${a}.feed_forward_length`, 1, L.feedForwardLength);
+  if (dim % heads !== 0) p.invalid(headsKey, heads, `must divide ${dimKey} = ${dim}`);
+  const headDimKey = `${a}.attention.key_length`;
+  const headDim = p.integer(headDimKey, 1, L.headDim, dim / heads);
+  // Rotary embeddings turn pairs of dimensions, so every rotated head needs an even width.
+  if (headDim % 2 !== 0) {
+    if (get(headDimKey) !== undefined) p.invalid(headDimKey, headDim, "must be even for rotary embeddings");
+    p.invalid(
+      headsKey,
+      heads,
+      `gives an odd head dimension ${dim} / ${heads} = ${headDim} (rotary embeddings need an even one)`,
     );
   }
+  const valueDimKey = `${a}.attention.value_length`;
+  const valueDim = p.integer(valueDimKey, 1, L.headDim, headDim);
+  if (valueDim !== headDim) p.invalid(valueDimKey, valueDim, `must equal the key head dimension ${headDim}`);
+  const ropeDimKey = `${a}.rope.dimension_count`;
+  const ropeDim = p.integer(ropeDimKey, 1, headDim, headDim);
+  if (ropeDim % 2 !== 0) p.invalid(ropeDimKey, ropeDim, "must be even for rotary embeddings");
+  const contextLength = p.integer(`${a}.context_length`, 1, L.contextLength, 2048);
+  const normEps = p.positive(`${a}.attention.layer_norm_rms_epsilon`, 1e-5, 1);
+  const freqBase = p.positive(`${a}.rope.freq_base`, 10000);
+
+  let freqScale = 1;
+  const scalingKey = `${a}.rope.scaling.type`;
+  const scalingType = get(scalingKey);
+  const factorKey =
+    get(`${a}.rope.scaling.factor`) !== undefined ? `${a}.rope.scaling.factor` : `${a}.rope.scale_linear`;
+  const hasFactor = get(factorKey) !== undefined;
+  if (scalingType === "linear" || (scalingType === undefined && hasFactor)) {
+    freqScale = 1 / p.positive(factorKey, 1);
+  } else if (scalingType !== undefined && scalingType !== "none") {
+    throw new UserError(
+      `${file}: metadata ${scalingKey} = ${shown(scalingType)} is not supported (supported: none, linear)`,
+    );
+  }
+
+  if (vocab > 0) {
+    const vocabKey = `${a}.vocab_size`;
+    const declared = p.integer(vocabKey, 1, L.vocab, vocab);
+    if (declared !== vocab) p.invalid(vocabKey, declared, `token_embd.weight has ${vocab} rows`);
+    const tokens = get("tokenizer.ggml.tokens");
+    if (tokens !== null && typeof tokens === "object" && "length" in tokens) {
+      const count = (tokens as ArrayLike<unknown>).length;
+      if (count !== vocab) {
+        throw new InvalidModelConfigError(
+          `${file}: metadata tokenizer.ggml.tokens has ${count} tokens but token_embd.weight has ${vocab} rows`,
+        );
+      }
+    }
+  }
+
   return {
     architecture,
     dim,
@@ -92,9 +200,9 @@ export function llamaConfigFromMetadata(get: MetadataGetter, file: string, vocab
     headDim,
     ffn,
     vocab,
-    contextLength: num(get, `${a}.context_length`, file, 2048),
-    normEps: num(get, `${a}.attention.layer_norm_rms_epsilon`, file, 1e-5),
-    rope: { dim: ropeDim, freqBase: num(get, `${a}.rope.freq_base`, file, 10000), freqScale, neox: false },
+    contextLength,
+    normEps,
+    rope: { dim: ropeDim, freqBase, freqScale, neox: false },
   };
 }
 

@@ -1,11 +1,29 @@
 import { UserError } from "../errors.js";
+import { escapeText, quoteText } from "../formats/escape.js";
 import { ggmlTypeName } from "../formats/ggml-types.js";
-import { type GgufKv, GgufValueType, readGgufHeader } from "../formats/gguf.js";
-import { type LlamaConfig, llamaConfigFromMetadata, metadataGetter, parameterCount } from "./config.js";
+import {
+  type GgufArray,
+  type GgufKv,
+  GgufValueType,
+  ggufValueTypeName,
+  readGgufHeader,
+} from "../formats/gguf.js";
+import {
+  InvalidModelConfigError,
+  type LlamaConfig,
+  llamaConfigFromMetadata,
+  metadataGetter,
+  parameterCount,
+} from "./config.js";
 
 export interface InspectReport {
   text: string;
   json: Record<string, unknown>;
+  /**
+   * Set when the file declares hyper-parameters no model can run with: the report still shows
+   * the file, and the caller should fail with this error after printing it.
+   */
+  problem?: InvalidModelConfigError;
 }
 
 function human(bytes: number): string {
@@ -19,30 +37,80 @@ function human(bytes: number): string {
   return `${v.toFixed(u === 0 ? 0 : 1)} ${units[u]}`;
 }
 
-/** A one-line rendering of a metadata value; long arrays are summarized. */
+/** How much of a metadata value the text report shows: elements per array, nesting, characters. */
+const TEXT_ITEMS = 6;
+const TEXT_DEPTH = 4;
+const TEXT_CHARS = 160;
+/** How much the JSON report spells out before it summarises an array by its type and length. */
+const JSON_ITEMS_PER_ARRAY = 64;
+const JSON_ITEMS_PER_VALUE = 1024;
+const JSON_DEPTH = 8;
+
+function items(n: number): string {
+  return n === 1 ? "1 item" : `${n} items`;
+}
+
+/** One scalar as text: numbers and 64-bit integers exactly, strings quoted with escapes. */
+function showScalar(v: unknown, maxChars: number): string {
+  return typeof v === "string" ? quoteText(v, maxChars) : String(v);
+}
+
+/**
+ * An array as one line, nested arrays with their brackets: at most TEXT_ITEMS elements a level,
+ * TEXT_DEPTH levels and about TEXT_CHARS characters, with the element count where it is cut.
+ */
+function showArray(arr: GgufArray, depth: number, room: { chars: number }): string {
+  const values = arr.values as ArrayLike<unknown>;
+  const n = values.length;
+  if (n === 0) return "[]";
+  if (depth >= TEXT_DEPTH) return `[… ${items(n)}]`;
+  const parts: string[] = [];
+  for (let i = 0; i < Math.min(n, TEXT_ITEMS) && room.chars > 0; i++) {
+    const v = values[i];
+    const part =
+      arr.elementType === GgufValueType.ARRAY
+        ? showArray(v as GgufArray, depth + 1, room)
+        : showScalar(v, Math.max(8, Math.min(40, room.chars)));
+    room.chars -= part.length + 2;
+    parts.push(part);
+  }
+  const cut = parts.length < n ? `${parts.length > 0 ? ", " : ""}… ${items(n)}` : "";
+  return `[${parts.join(", ")}${cut}]`;
+}
+
+/** A one-line rendering of a metadata value; long and deep arrays are cut, with their counts. */
 function showValue(kv: GgufKv): string {
-  if (kv.type === GgufValueType.ARRAY) {
-    const values = kv.value.values as ArrayLike<unknown>;
-    const head = Array.from({ length: Math.min(values.length, 6) }, (_, i) => values[i]);
-    const shown = head.map((v) =>
-      typeof v === "string" ? JSON.stringify(v) : Array.isArray(v) ? "[…]" : String(v),
-    );
-    return `[${shown.join(", ")}${values.length > head.length ? `, … ${values.length} items` : ""}]`;
+  if (kv.type === GgufValueType.ARRAY) return showArray(kv.value, 0, { chars: TEXT_CHARS });
+  return showScalar(kv.value, 120);
+}
+
+/** A number for JSON: NaN and the infinities have no JSON form and become strings. */
+function jsonNumber(v: number): number | string {
+  return Number.isFinite(v) ? v : String(v);
+}
+
+function jsonScalar(v: unknown): unknown {
+  if (typeof v === "bigint") return v.toString(); // exact: JSON numbers lose digits past 2^53
+  if (typeof v === "number") return jsonNumber(v);
+  return v;
+}
+
+/** An array for JSON, nested arrays as nested JSON arrays; large ones summarised by type and length. */
+function jsonArray(arr: GgufArray, depth: number, room: { items: number }): unknown {
+  const values = arr.values as ArrayLike<unknown>;
+  const n = values.length;
+  if (n > JSON_ITEMS_PER_ARRAY || n > room.items || depth >= JSON_DEPTH) {
+    return { type: "array", elementType: ggufValueTypeName(arr.elementType), length: n };
   }
-  if (kv.type === GgufValueType.STRING) {
-    const s = kv.value;
-    return JSON.stringify(s.length > 120 ? `${s.slice(0, 117)}...` : s);
-  }
-  return String(kv.value);
+  room.items -= n;
+  return Array.from(values, (v) =>
+    arr.elementType === GgufValueType.ARRAY ? jsonArray(v as GgufArray, depth + 1, room) : jsonScalar(v),
+  );
 }
 
 function jsonValue(kv: GgufKv): unknown {
-  if (kv.type === GgufValueType.ARRAY) {
-    const values = kv.value.values as ArrayLike<unknown>;
-    if (values.length > 64) return { type: "array", length: values.length };
-    return Array.from(values as ArrayLike<unknown>, (v) => (typeof v === "bigint" ? v.toString() : v));
-  }
-  return typeof kv.value === "bigint" ? kv.value.toString() : kv.value;
+  if (kv.type === GgufValueType.ARRAY) return jsonArray(kv.value, 0, { items: JSON_ITEMS_PER_VALUE });
+  return jsonScalar(kv.value);
 }
 
 /** Memory a run needs: weights as stored, f32 KV cache for `contextSize` tokens, activations. */
@@ -65,23 +133,25 @@ export function inspectGguf(path: string, options: { contextSize?: number } = {}
   lines.push(
     `format       GGUF v${h.version}, ${h.tensors.length} tensors, ${h.metadata.size} metadata keys, alignment ${h.alignment}`,
   );
-  lines.push(`architecture ${typeof arch === "string" ? arch : "(none)"}`);
+  lines.push(`architecture ${typeof arch === "string" ? escapeText(arch) : "(none)"}`);
   const json: Record<string, unknown> = {
     file: path,
     version: h.version,
     alignment: h.alignment,
-    architecture: arch ?? null,
+    architecture: typeof arch === "string" ? arch : null,
     fileBytes: h.fileSize,
   };
 
   let config: LlamaConfig | undefined;
   let configError: string | undefined;
+  let problem: InvalidModelConfigError | undefined;
   const embd = h.tensor("token_embd.weight");
   try {
     config = llamaConfigFromMetadata(get, path, embd?.dims[1] ?? 0);
   } catch (e) {
     if (!(e instanceof UserError)) throw e;
     configError = e.message;
+    if (e instanceof InvalidModelConfigError) problem = e;
   }
   if (config) {
     const tied = !h.tensor("output.weight");
@@ -108,26 +178,30 @@ export function inspectGguf(path: string, options: { contextSize?: number } = {}
     lines.push(`runnable     no: ${configError}`);
     json.runnable = false;
     json.reason = configError;
+    // A broken file, not merely one that is not a model (a vocabulary, an adapter, another architecture).
+    json.invalid = problem !== undefined;
   }
 
   lines.push("", "metadata");
-  const meta: Record<string, unknown> = {};
+  // No prototype: a key named "__proto__" is an ordinary key here.
+  const meta: Record<string, unknown> = Object.create(null);
   for (const [key, kv] of h.metadata) {
-    lines.push(`  ${key.padEnd(44)} ${showValue(kv)}`);
+    lines.push(`  ${escapeText(key).padEnd(44)} ${showValue(kv)}`);
     meta[key] = jsonValue(kv);
   }
   json.metadata = meta;
 
   lines.push("", "tensors");
   const byType = new Map<string, { count: number; bytes: number }>();
-  const nameWidth = Math.max(6, ...h.tensors.map((t) => t.name.length));
+  const names = h.tensors.map((t) => escapeText(t.name));
+  const nameWidth = names.reduce((w, name) => Math.max(w, name.length), 6);
   lines.push(
     `  ${"name".padEnd(nameWidth)}  ${"type".padEnd(6)} ${"shape".padEnd(18)} ${"size".padStart(10)}`,
   );
-  for (const t of h.tensors) {
+  for (const [i, t] of h.tensors.entries()) {
     const type = ggmlTypeName(t.type);
     lines.push(
-      `  ${t.name.padEnd(nameWidth)}  ${type.padEnd(6)} ${`[${t.dims.join(", ")}]`.padEnd(18)} ${human(t.byteSize).padStart(10)}`,
+      `  ${names[i]!.padEnd(nameWidth)}  ${type.padEnd(6)} ${`[${t.dims.join(", ")}]`.padEnd(18)} ${human(t.byteSize).padStart(10)}`,
     );
     const e = byType.get(type) ?? { count: 0, bytes: 0 };
     e.count++;
@@ -143,5 +217,5 @@ export function inspectGguf(path: string, options: { contextSize?: number } = {}
     dims: t.dims,
     bytes: t.byteSize,
   }));
-  return { text: `${lines.join("\n")}\n`, json };
+  return { text: `${lines.join("\n")}\n`, json, problem };
 }
