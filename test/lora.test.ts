@@ -161,7 +161,7 @@ describe("GGUF LoRA adapter", () => {
     const merged = join(dir, "merged.gguf");
     writeLoraGguf(adapterPath, adapter);
     const summary = mergeLora(tiny.path, adapter, merged);
-    expect(summary).toEqual({ merged: adapter.tensors.length, widened: [] });
+    expect(summary).toEqual({ merged: adapter.tensors.length, chatTemplate: "none", widened: [] });
     const prompt = [tiny.bos, 300, 301, 302, 310];
     const base = await llamaCppGreedy(tiny.path, prompt, 24);
     const withAdapter = await llamaCppGreedy(tiny.path, prompt, 24, adapterPath);
@@ -326,7 +326,11 @@ describe("smallhammer merge", () => {
       "--json",
     ]);
     expect(b.status).toBe(0);
-    expect(JSON.parse(b.stdout)).toEqual({ merged: adapter.tensors.length, widened: [] });
+    expect(JSON.parse(b.stdout)).toEqual({
+      merged: adapter.tensors.length,
+      chatTemplate: "none",
+      widened: [],
+    });
     expect(readFileSync(join(dir, "m1.gguf")).equals(readFileSync(join(dir, "m2.gguf")))).toBe(true);
   });
 

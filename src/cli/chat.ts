@@ -2,6 +2,7 @@ import { createInterface, type Interface } from "node:readline";
 import type { Command } from "commander";
 import { UserError } from "../errors.js";
 import { type ChatMessage, loadModel, type Model } from "../model/model.js";
+import { ChatTemplateBudgetError } from "../model/templates.js";
 import {
   addModelOptions,
   addSamplingOptions,
@@ -28,7 +29,7 @@ export function fitHistory(model: Model, messages: ChatMessage[], reserve: numbe
   const out = [...messages];
   const budget = model.contextSize - reserve;
   for (;;) {
-    const n = model.tokenize(model.formatChat(out), { addSpecial: false }).length;
+    const n = model.chatPromptTokens(out).length;
     if (n <= budget) return out;
     const first = out.findIndex((m) => m.role !== "system");
     // Keep at least the newest user message.
@@ -147,7 +148,8 @@ export async function runChat(model: Model, flags: Pick<ChatFlags, "system" | "n
         messages = fitHistory(model, [...base, ...history], Math.min(flags.nPredict, model.contextSize >> 1));
       } catch (e) {
         history.pop();
-        if (e instanceof UserError) {
+        // A template past its rendering budget fails every conversation: that ends the chat.
+        if (e instanceof UserError && !(e instanceof ChatTemplateBudgetError)) {
           out.write(`${e.message}\n`);
           continue;
         }

@@ -8,9 +8,13 @@
  * the prompt or to an assistant reply. The text is then cut into pieces and each piece is
  * tokenized on its own:
  *
- *   prompt   everything that is not a trained reply: template text, system and user messages,
- *            the generation prompt (`ASSISTANT:`, `<|im_start|>assistant\n`), replies with
- *            `train: false`. Special-token texts in it become special tokens, as when chatting.
+ *   prompt   template text that is not a trained reply: role markers, separators, the generation
+ *            prompt (`ASSISTANT:`, `<|im_start|>assistant\n`), and the text of messages that
+ *            cannot make a special token. Special-token texts in it become special tokens.
+ *   message  the text of a system, user or untrained assistant message that contains a special
+ *            token's text (or part of one at its edges): tokenized as plain text, so that a "</s>"
+ *            or "<|im_end|>" in a dataset stays text and cannot end or forge a turn (see
+ *            model/chat-prompt.ts). With `parseSpecialInContent` such text is prompt.
  *   reply    the assistant's span up to its end marker: the reply text and any template text
  *            around it (vicuna's and llama-2's leading space). Tokenized as plain text: a "</s>"
  *            written inside a reply stays text and does not end the example.
@@ -18,16 +22,16 @@
  *            `<|im_end|>`/`<|eot_id|>` (any end-of-generation token of the vocabulary). What the
  *            template writes after it (chatml's newline) is prompt.
  *
- * reply and end are trained on (`lossMask` 1); prompt tokens are not, unless `trainOnPrompt`.
- * Position 0 is never trained on (nothing precedes it to predict it from).
+ * reply and end are trained on (`lossMask` 1); prompt and message tokens are not, unless
+ * `trainOnPrompt`. Position 0 is never trained on (nothing precedes it to predict it from).
  *
  * Agreement with tokenizing the whole rendered string: pieces are encoded with the whole-string
- * rules for SentencePiece's space prefix (a piece that continues text gets none; a piece after a
- * special token gets one, as llama.cpp does), so the ids equal `encode(renderedText)` except where a
- * token of the whole-string encoding would span a cut between pieces; there the pieces keep the
- * cut as a token boundary (test/data-chat-tokens.test.ts shows both). That is intended: the prompt
- * tokens are then exactly what chat inference feeds the model for the same prompt, and the
- * trained tokens are exactly the reply and its end marker.
+ * rules for SentencePiece's space prefix (model/chat-prompt.ts encodePieces), so the ids equal
+ * `encode(renderedText)` except where a token of the whole-string encoding would span a cut
+ * between pieces, or special-token text in a message stays text; there the pieces keep the cut as
+ * a token boundary (test/data-chat-tokens.test.ts shows both). That is intended: the prompt tokens
+ * are then exactly what chat inference feeds the model for the same prompt, and the trained tokens
+ * are exactly the reply and its end marker.
  *
  * BOS: as in chat inference, the rendered text's own BOS (llama-2 writes `<s>`) is kept, and
  * otherwise the vocabulary's BOS is put in front when it adds one.
@@ -39,9 +43,15 @@
 
 import { UserError } from "../errors.js";
 import { readGgufHeader } from "../formats/gguf.js";
+import { encodePieces, mayFormSpecialToken, templateTokens } from "../model/chat-prompt.js";
 import { metadataGetter } from "../model/config.js";
-import { type BuiltinTemplateName, KNOWN_TURN_ENDS, renderChat } from "../model/templates.js";
-import { Tokenizer, TokenType } from "../tokenizer/index.js";
+import {
+  type BuiltinTemplateName,
+  ChatTemplateBudgetError,
+  KNOWN_TURN_ENDS,
+  renderChatMarked,
+} from "../model/templates.js";
+import { Tokenizer } from "../tokenizer/index.js";
 import {
   type DatasetMessage,
   type DatasetRecord,
@@ -66,6 +76,11 @@ export interface TokenizeOptions {
   template?: TemplateChoice;
   /** Train on the prompt tokens too (every token but the first). Default false. */
   trainOnPrompt?: boolean;
+  /**
+   * Let special-token texts in message content and completion prompts become special tokens (for
+   * data whose text deliberately holds them). Default false: a dataset's text is text.
+   */
+  parseSpecialInContent?: boolean;
 }
 
 /** One tokenized record. */
@@ -76,15 +91,11 @@ export interface TokenizedExample {
   source?: RecordSource;
 }
 
-/** A piece of the rendered text and what it is. */
-export type PieceKind = "prompt" | "reply" | "end";
+/** A piece of the rendered text and what it is (see the file comment). */
+export type PieceKind = "prompt" | "message" | "reply" | "end";
 
 /** The template cannot render a record (it raised an error for these messages). */
 class TemplateRenderError extends UserError {}
-
-function bosText(tok: Tokenizer): string {
-  return tok.bosId !== undefined ? tok.tokenText(tok.bosId) : "";
-}
 
 function eosText(tok: Tokenizer): string {
   return tok.eosId !== undefined ? tok.tokenText(tok.eosId) : "";
@@ -136,31 +147,48 @@ function splitReply(span: string, content: string, markers: readonly string[]) {
 }
 
 /**
- * Cuts a conversation's rendering into prompt, reply and end pieces (see the file comment). Their
- * texts concatenated are the template's rendering of the whole conversation.
+ * Cuts a conversation's rendering into prompt, message, reply and end pieces (see the file
+ * comment). Their texts concatenated are the template's rendering of the whole conversation.
  */
 export function chatPieces(
   messages: readonly DatasetMessage[],
   tokenizer: Tokenizer,
   template: TemplateChoice,
+  options: { parseSpecialInContent?: boolean } = {},
 ): { kind: PieceKind; text: string }[] {
   const label =
     template.name !== undefined
       ? `chat template "${template.name}"`
       : "the model file's chat template (tokenizer.chat_template)";
-  const bosToken = bosText(tokenizer);
-  const eosToken = eosText(tokenizer);
+  const tokens = templateTokens(tokenizer);
+  // Every message is rendered once per later message: remember what was found about each text.
+  const found = new Map<string, boolean>();
+  const isPlain = (text: string) => {
+    if (options.parseSpecialInContent) return false;
+    let plain = found.get(text);
+    if (plain === undefined) {
+      plain = mayFormSpecialToken(tokenizer, text);
+      found.set(text, plain);
+    }
+    return plain;
+  };
+  /** Message text ranges of the latest rendering; each rendering extends the one before. */
+  let plain: [number, number][] = [];
   const render = (count: number, addGenerationPrompt: boolean): string => {
     try {
-      return renderChat(messages.slice(0, count), {
+      const r = renderChatMarked(messages.slice(0, count), {
         name: template.name,
         template: template.template,
-        bosToken,
-        eosToken,
+        ...tokens,
         addGenerationPrompt,
+        isPlain,
       });
+      plain = r.plain;
+      return r.text;
     } catch (e) {
-      if (e instanceof UserError) throw new TemplateRenderError(e.message);
+      // A template past its budget is broken for every record: that stops the run.
+      if (e instanceof UserError && !(e instanceof ChatTemplateBudgetError))
+        throw new TemplateRenderError(e.message);
       throw e;
     }
   };
@@ -196,7 +224,37 @@ export function chatPieces(
     }
   }
   pieces.push({ kind: "prompt", text: prompt });
-  return pieces.filter((p) => p.text !== "");
+  return cutMessages(pieces, plain).filter((p) => p.text !== "");
+}
+
+/** Cuts the message text ranges (of the whole rendering) out of the prompt pieces. */
+function cutMessages(
+  pieces: readonly { kind: PieceKind; text: string }[],
+  plain: readonly [number, number][],
+): { kind: PieceKind; text: string }[] {
+  if (plain.length === 0) return [...pieces];
+  const out: { kind: PieceKind; text: string }[] = [];
+  let offset = 0;
+  for (const piece of pieces) {
+    const start = offset;
+    const end = offset + piece.text.length;
+    offset = end;
+    if (piece.kind !== "prompt") {
+      out.push(piece);
+      continue;
+    }
+    let at = start;
+    for (const [from, to] of plain) {
+      const a = Math.max(from, start);
+      const b = Math.min(to, end);
+      if (a >= b) continue;
+      if (a > at) out.push({ kind: "prompt", text: piece.text.slice(at - start, a - start) });
+      out.push({ kind: "message", text: piece.text.slice(a - start, b - start) });
+      at = b;
+    }
+    if (at < end) out.push({ kind: "prompt", text: piece.text.slice(at - start) });
+  }
+  return out;
 }
 
 /** Token ids and loss mask of text pieces, each tokenized on its own (see the file comment). */
@@ -205,21 +263,19 @@ function tokenizePieces(
   pieces: readonly { kind: PieceKind; text: string }[],
   trainOnPrompt: boolean,
 ): { ids: Int32Array; lossMask: Uint8Array } {
+  const encoded = encodePieces(
+    tok,
+    pieces.map((p) => ({ text: p.text, parseSpecial: p.kind === "prompt" || p.kind === "end" })),
+  );
   const ids: number[] = [];
   const mask: number[] = [];
-  for (const piece of pieces) {
-    const last = ids.length > 0 ? ids[ids.length - 1]! : undefined;
-    const out = tok.encode(piece.text, {
-      addSpecial: false,
-      parseSpecial: piece.kind !== "reply",
-      continuation: last !== undefined && !endsFragment(tok, last),
-    });
-    const trained = piece.kind !== "prompt" || trainOnPrompt ? 1 : 0;
-    for (const id of out) {
+  pieces.forEach((piece, i) => {
+    const trained = piece.kind === "reply" || piece.kind === "end" || trainOnPrompt ? 1 : 0;
+    for (const id of encoded[i]!) {
       ids.push(id);
       mask.push(trained);
     }
-  }
+  });
   const bos = tok.bosId;
   if (tok.addBos && bos !== undefined && ids[0] !== bos) {
     ids.unshift(bos);
@@ -230,12 +286,6 @@ function tokenizePieces(
   return { ids: Int32Array.from(ids), lossMask };
 }
 
-/** A special token ends a text fragment: the text after it gets a space prefix, as in llama.cpp. */
-function endsFragment(tok: Tokenizer, id: number): boolean {
-  const type = tok.tokenType(id);
-  return type === TokenType.Control || type === TokenType.UserDefined || type === TokenType.Unknown;
-}
-
 /** Token ids and loss mask of a conversation rendered with a chat template. */
 export function tokenizeChat(
   messages: readonly DatasetMessage[],
@@ -244,7 +294,7 @@ export function tokenizeChat(
   if (options.template === undefined) {
     throw new UserError("a chat template is needed to tokenize conversations; choose one with --template");
   }
-  const pieces = chatPieces(messages, options.tokenizer, options.template);
+  const pieces = chatPieces(messages, options.tokenizer, options.template, options);
   return tokenizePieces(options.tokenizer, pieces, options.trainOnPrompt ?? false);
 }
 
@@ -255,10 +305,11 @@ export function tokenizeCompletion(
   options: TokenizeOptions,
 ): TokenizedExample {
   const tok = options.tokenizer;
+  const promptKind: PieceKind = options.parseSpecialInContent ? "prompt" : "message";
   const pieces: { kind: PieceKind; text: string }[] = [
-    { kind: "prompt", text: prompt },
-    { kind: "reply", text: completion },
-  ].filter((p) => p.text !== "") as { kind: PieceKind; text: string }[];
+    { kind: promptKind, text: prompt },
+    { kind: "reply" as const, text: completion },
+  ].filter((p) => p.text !== "");
   const { ids, lossMask } = tokenizePieces(tok, pieces, options.trainOnPrompt ?? false);
   if (tok.eosId === undefined) return { ids, lossMask };
   const withEos = new Int32Array(ids.length + 1);

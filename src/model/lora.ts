@@ -6,15 +6,20 @@
  * - llama.cpp's GGUF adapter: `general.type = "adapter"`, `adapter.type = "lora"`,
  *   `adapter.lora.alpha`, and per adapted tensor `X.weight.lora_a` (ggml dims [in, rank], i.e.
  *   A as rank rows of `in` values) and `X.weight.lora_b` (dims [rank, out], B as `out` rows of
- *   `rank` values). No hyper-parameters, no vocabulary.
+ *   `rank` values). No hyper-parameters, no vocabulary; a fine-tune also stores the chat template
+ *   it trained with as `tokenizer.chat_template` (llama.cpp ignores keys it does not use).
  * - PEFT's directory: `adapter_config.json` and `adapter_model.safetensors` with tensors named
  *   `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight` [rank, in] and `lora_B.weight`
  *   [out, rank]. PEFT works on Hugging Face's Llama, whose q/k rows are ordered for the
  *   rotate-half RoPE, while GGUF (and our training) uses adjacent pairs; the rows of q and k's B
- *   are permuted on the way (A acts on inputs and needs no change).
+ *   are permuted on the way (A acts on inputs and needs no change). The chat template, if any, is
+ *   `chat_template.jinja` beside them, as transformers saves it.
+ *
+ * `merge` writes the adapter's chat template into the merged model (it is the format the adapter
+ * was trained on); without one, the base's stays.
  */
 
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { UserError } from "../errors.js";
 import { GGMLType, ggmlTypeName } from "../formats/ggml-types.js";
@@ -71,7 +76,16 @@ export interface LoraAdapter {
   /** alpha; the update is scaled by alpha / rank. */
   alpha: number;
   tensors: LoraTensor[];
+  /** Jinja source of the chat template the adapter was trained with, if any. */
+  chatTemplate?: string;
 }
+
+/** The GGUF key of a chat template, in models and in our adapters. */
+const CHAT_TEMPLATE_KEY = "tokenizer.chat_template";
+/** The file of a PEFT directory that holds the chat template. */
+const PEFT_CHAT_TEMPLATE = "chat_template.jinja";
+/** Largest chat template file read from a PEFT directory. */
+const MAX_TEMPLATE_BYTES = 1 << 20;
 
 /** The factor applied to B·A: alpha / rank times the user's scale (llama.cpp's rule: alpha 0 means no alpha/rank). */
 export function loraScale(alpha: number, rank: number, userScale = 1): number {
@@ -86,6 +100,7 @@ export function writeLoraGguf(path: string, adapter: LoraAdapter, name = "smallh
   w.setString("general.name", name);
   w.setString("adapter.type", "lora");
   w.setF32("adapter.lora.alpha", adapter.alpha);
+  if (adapter.chatTemplate !== undefined) w.setString(CHAT_TEMPLATE_KEY, adapter.chatTemplate);
   for (const t of adapter.tensors) {
     w.addTensor(`${t.base}.lora_a`, [t.inFeatures, t.rank], GGMLType.F32, bytesOf(t.a));
     w.addTensor(`${t.base}.lora_b`, [t.rank, t.outFeatures], GGMLType.F32, bytesOf(t.b));
@@ -140,7 +155,13 @@ export function readLoraGguf(path: string): LoraAdapter {
         b: decode(file, b, path),
       });
     }
-    return { architecture: str("general.architecture") ?? "", alpha, tensors };
+    const chatTemplate = str(CHAT_TEMPLATE_KEY);
+    return {
+      architecture: str("general.architecture") ?? "",
+      alpha,
+      tensors,
+      ...(chatTemplate === undefined ? {} : { chatTemplate }),
+    };
   } finally {
     file.close();
   }
@@ -272,6 +293,8 @@ export function writePeftAdapter(dir: string, adapter: LoraAdapter, options: Pef
   try {
     writeFileSync(join(tmp, "adapter_config.json"), `${JSON.stringify(config, null, 2)}\n`);
     writeSafetensors(join(tmp, "adapter_model.safetensors"), tensors.flat());
+    if (adapter.chatTemplate !== undefined)
+      writeFileSync(join(tmp, PEFT_CHAT_TEMPLATE), adapter.chatTemplate);
     rmSync(dir, { recursive: true, force: true });
     renameSync(tmp, dir);
   } catch (e) {
@@ -316,10 +339,29 @@ export function readPeftAdapter(dir: string, heads: number, kvHeads: number): Lo
         b: h ? permuteRopeRows(b, outFeatures, rank, h, false) : b,
       });
     }
-    return { architecture: "llama", alpha: config.lora_alpha ?? 8, tensors };
+    const chatTemplate = readPeftChatTemplate(dir);
+    return {
+      architecture: "llama",
+      alpha: config.lora_alpha ?? 8,
+      tensors,
+      ...(chatTemplate === undefined ? {} : { chatTemplate }),
+    };
   } finally {
     file.close();
   }
+}
+
+/** chat_template.jinja of a PEFT directory, when it has one. */
+function readPeftChatTemplate(dir: string): string | undefined {
+  const path = join(dir, PEFT_CHAT_TEMPLATE);
+  const size = statSync(path, { throwIfNoEntry: false })?.size;
+  if (size === undefined) return undefined;
+  if (size > MAX_TEMPLATE_BYTES) {
+    throw new UserError(
+      `${path}: ${size} bytes; a chat template of at most ${MAX_TEMPLATE_BYTES} bytes is accepted`,
+    );
+  }
+  return readFileSync(path, "utf8");
 }
 
 // --- merging --------------------------------------------------------------------------------
@@ -340,6 +382,8 @@ export function addLoraDelta(w: Float32Array, t: LoraTensor, scale: number): voi
 
 export interface MergeSummary {
   merged: number;
+  /** Where the merged model's chat template comes from. */
+  chatTemplate: "adapter" | "base" | "none";
   /** Adapted tensors whose base type could not be re-encoded and were written as f32. */
   widened: string[];
 }
@@ -347,7 +391,8 @@ export interface MergeSummary {
 /**
  * Writes base + adapter as one model GGUF: every adapted weight becomes W + scale·B·A, stored in
  * the base tensor's own type where the project can encode it (f32, f16, bf16, q8_0, q4_0, q4_1,
- * q5_0, q5_1) and as f32 otherwise. Everything else is copied byte for byte.
+ * q5_0, q5_1) and as f32 otherwise. Everything else is copied byte for byte, the metadata (every
+ * tokenizer key included) too, except that the adapter's chat template replaces the base's.
  */
 export function mergeLora(
   basePath: string,
@@ -376,6 +421,7 @@ export function mergeLora(
     }
     const w = new GgufWriter();
     w.copyMetadataFrom(file.header);
+    if (adapter.chatTemplate !== undefined) w.setString(CHAT_TEMPLATE_KEY, adapter.chatTemplate);
     const widened: string[] = [];
     const progress = options.progress
       ? new Progress("merge", file.header.tensors.length, "tensors")
@@ -416,7 +462,13 @@ export function mergeLora(
     }
     w.write(outPath, { onTensor: () => progress?.tick() });
     progress?.done();
-    return { merged: adapter.tensors.length, widened };
+    const chatTemplate =
+      adapter.chatTemplate !== undefined
+        ? "adapter"
+        : typeof file.header.get(CHAT_TEMPLATE_KEY)?.value === "string"
+          ? "base"
+          : "none";
+    return { merged: adapter.tensors.length, chatTemplate, widened };
   } finally {
     file.close();
   }

@@ -1,10 +1,18 @@
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { UserError } from "../errors.js";
+import { readGgufHeader } from "../formats/gguf.js";
 import { StreamDecoder, Tokenizer } from "../tokenizer/index.js";
+import { type ChatPromptOptions, chatPromptPieces, encodePieces, templateTokens } from "./chat-prompt.js";
 import { metadataGetter } from "./config.js";
 import { type LlamaLoadOptions, LlamaModel } from "./llama.js";
 import { Sampler, type SamplerOptions } from "./sampler.js";
-import { type ChatMessage, type ChosenTemplate, chooseTemplate, renderChat } from "./templates.js";
+import {
+  type ChatMessage,
+  ChatTemplateBudgetError,
+  type ChosenTemplate,
+  chooseTemplate,
+  renderChat,
+} from "./templates.js";
 
 export type { ChatMessage } from "./templates.js";
 
@@ -24,6 +32,15 @@ export interface GenerateOptions extends SamplerOptions {
   addSpecial?: boolean;
   /** Called once when generation ends, with token counts and the reason. */
   onDone?: (info: GenerationInfo) => void;
+}
+
+export interface ChatOptions extends GenerateOptions {
+  /**
+   * Let special-token texts in the messages (such as "<|im_end|>") become special tokens. Only for
+   * trusted messages: by default message content is text, so a message cannot end its turn early
+   * or forge another one; the template's own markup always makes its special tokens.
+   */
+  parseSpecialInContent?: boolean;
 }
 
 export interface GenerationInfo {
@@ -94,10 +111,18 @@ export class Model {
     return this.tokenizer.decode(ids);
   }
 
-  /** The chat template `chat` uses: --template, else the file's tokenizer.chat_template. */
+  /**
+   * The chat template `chat` uses: --template, else the file's tokenizer.chat_template. Without
+   * either, a UserError naming the file.
+   */
   template(): ChosenTemplate {
     const file = metadataGetter(this.llama.header)("tokenizer.chat_template");
-    return chooseTemplate(typeof file === "string" ? file : undefined, this.templateName);
+    try {
+      return chooseTemplate(typeof file === "string" ? file : undefined, this.templateName);
+    } catch (e) {
+      if (e instanceof UserError) throw new UserError(`${this.path}: ${e.message}`);
+      throw e;
+    }
   }
 
   /** Renders messages with the chat template, ready to be generated from. */
@@ -105,14 +130,19 @@ export class Model {
     return formatChatPrompt(this.tokenizer, this.template(), messages);
   }
 
+  /** The prompt tokens `chat` feeds the model for `messages` (see chatPromptTokens). */
+  chatPromptTokens(messages: readonly ChatMessage[], options: ChatPromptOptions = {}): number[] {
+    return chatPromptTokens(this.tokenizer, this.template(), messages, options);
+  }
+
   /** Streams the reply to a conversation, formatted with the chat template. */
-  chat(messages: readonly ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<string> {
+  chat(messages: readonly ChatMessage[], options: ChatOptions = {}): AsyncGenerator<string> {
     const template = this.template();
     const stop = [...(options.stop ?? []), ...template.stopStrings];
-    return this.generateFromTokens(chatPromptTokens(this.tokenizer, template, messages), {
-      ...options,
-      stop,
+    const prompt = chatPromptTokens(this.tokenizer, template, messages, {
+      parseSpecialInContent: options.parseSpecialInContent,
     });
+    return this.generateFromTokens(prompt, { ...options, stop });
   }
 
   /** Streams a continuation of `prompt`. */
@@ -258,26 +288,24 @@ export function formatChatPrompt(
   return renderChat(messages, {
     name: template.name,
     template: template.template,
-    bosToken: tokenizer.bosId !== undefined ? tokenizer.tokenText(tokenizer.bosId) : "",
-    eosToken: tokenizer.eosId !== undefined ? tokenizer.tokenText(tokenizer.eosId) : "",
+    ...templateTokens(tokenizer),
     addGenerationPrompt: true,
   });
 }
 
 /**
- * The prompt tokens of a conversation. The template already holds BOS where the model wants it
- * and special tokens in it are parsed; BOS is added only when the tokenizer adds one and the
- * rendered text does not start with it.
+ * The prompt tokens of a conversation. Special-token texts in the template's markup become special
+ * tokens; message content is text unless `parseSpecialInContent` (see chat-prompt.ts). The
+ * template already holds BOS where the model wants it; BOS is added only when the tokenizer adds
+ * one and the prompt does not start with it.
  */
 export function chatPromptTokens(
   tokenizer: Tokenizer,
   template: ChosenTemplate,
   messages: readonly ChatMessage[],
+  options: ChatPromptOptions = {},
 ): number[] {
-  const ids = tokenizer.encode(formatChatPrompt(tokenizer, template, messages), {
-    addSpecial: false,
-    parseSpecial: true,
-  });
+  const ids = encodePieces(tokenizer, chatPromptPieces(tokenizer, template, messages, options)).flat();
   const bos = tokenizer.bosId;
   if (tokenizer.addBos && bos !== undefined && ids[0] !== bos) ids.unshift(bos);
   return ids;
@@ -305,6 +333,32 @@ function longestStopPrefix(text: string, stop: string[]): number {
     }
   }
   return best;
+}
+
+/**
+ * Why chat cannot work on the model file at `path` with the `requested` built-in template (or
+ * none): the one-line reason (it has no chat template, one that does not parse, or one that goes
+ * past its rendering budget on a one-message conversation), or undefined when it can. Reads only
+ * the file's header.
+ */
+export function chatTemplateProblem(path: string, requested?: string): string | undefined {
+  const get = metadataGetter(readGgufHeader(path));
+  const file = get("tokenizer.chat_template");
+  let template: ChosenTemplate;
+  try {
+    template = chooseTemplate(typeof file === "string" ? file : undefined, requested);
+  } catch (e) {
+    if (e instanceof UserError) return `${path}: ${e.message}`;
+    throw e;
+  }
+  try {
+    formatChatPrompt(Tokenizer.fromGgufMetadata(get), template, [{ role: "user", content: "Hello" }]);
+  } catch (e) {
+    // An error the template raises may be about this conversation only; a budget error is not.
+    if (e instanceof ChatTemplateBudgetError) return `${path}: ${e.message}`;
+    if (!(e instanceof UserError)) throw e;
+  }
+  return undefined;
 }
 
 /** Loads a GGUF model for generation and chat. */

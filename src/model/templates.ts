@@ -12,10 +12,16 @@
  * before every [INST], the other built-ins nowhere, as in the original recipes where the tokenizer
  * adds it). A caller that tokenizes the text adds a BOS token only when the text does not already
  * start with `bosToken`.
+ *
+ * A model file's template is untrusted: it renders within limits on steps, sizes and time
+ * (template-render.ts), and one that goes past them is a ChatTemplateBudgetError. Message text
+ * can be told apart from the template's markup (renderChatMarked), so that special-token texts in
+ * a message are tokenized as text (chat-prompt.ts).
  */
 
-import { Template } from "@huggingface/jinja";
+import type { Template } from "@huggingface/jinja";
 import { UserError } from "../errors.js";
+import { parseTemplate, renderLimits, renderWithin, TemplateBudgetError } from "./template-render.js";
 
 export type ChatRole = "system" | "user" | "assistant";
 
@@ -257,32 +263,156 @@ function noTemplateError(): UserError {
   );
 }
 
-/** Renders a conversation with a built-in (`name`) or the file's template (`template`). */
+/**
+ * A template that went past its rendering limits (see template-render.ts): a fault of the template,
+ * whatever the messages, unlike an error the template raises for some conversations.
+ */
+export class ChatTemplateBudgetError extends UserError {
+  override name = "ChatTemplateBudgetError";
+}
+
+/**
+ * Renders a conversation with a built-in (`name`) or the file's template (`template`), within
+ * limits on steps, sizes and time that any real template stays far below; a template that goes
+ * past them is a ChatTemplateBudgetError.
+ */
 export function renderChat(messages: readonly ChatMessage[], options: RenderChatOptions): string {
-  const { name, template, bosToken, eosToken, addGenerationPrompt = true } = options;
-  let source: string;
-  let label: string;
-  if (name !== undefined) {
-    source = BUILTIN_SOURCES[name];
-    label = name;
-    if (source === undefined) parseTemplateName(name);
-  } else if (template !== undefined && template.trim() !== "") {
-    source = template;
-    label = FILE_LABEL;
-  } else {
-    throw noTemplateError();
+  return renderMessages(messages, options).text;
+}
+
+/**
+ * A rendering whose message texts are known: `plain` lists the [start, end) ranges of `text` that
+ * are the text of messages given to `renderChatMarked` as plain.
+ */
+export interface MarkedRendering {
+  text: string;
+  plain: [start: number, end: number][];
+}
+
+/**
+ * Renders a conversation and tells which parts of the result are message text rather than the
+ * template's own markup, so that a caller can tokenize message text as text: a user message that
+ * contains "<|im_end|>" must not close its turn.
+ *
+ * Each message text for which `isPlain` is true is given to the template as a placeholder (its
+ * index between two private-use characters that appear nowhere in the template or the messages),
+ * keeping the text's leading and trailing white space so that `trim` works as on the text; the
+ * placeholders in the result are then replaced by the texts. A template that does more to such a
+ * text than trimming it (upper-casing it, testing what it starts with) sees only the placeholder,
+ * and the message keeps its whole text. If a placeholder comes out cut (the template slices the
+ * text), the text cannot be told apart from the markup and a UserError says so.
+ */
+export function renderChatMarked(
+  messages: readonly ChatMessage[],
+  options: RenderChatOptions & { isPlain: (text: string) => boolean },
+): MarkedRendering {
+  const texts: string[] = [];
+  const marked = messages.map((m) => ({ ...m }));
+  const [open, close] = placeholderDelimiters(resolveTemplate(options).source, messages);
+  const mark = (text: string): string => {
+    if (!options.isPlain(text)) return text;
+    const core = text.trim();
+    if (core === "") return text;
+    const start = text.indexOf(core);
+    texts.push(core);
+    return `${text.slice(0, start)}${open}${texts.length - 1}${close}${text.slice(start + core.length)}`;
+  };
+  for (const m of marked) {
+    m.content = mark(m.content);
+    if (m.input !== undefined) m.input = mark(m.input);
   }
+  const { text: rendered, label } = renderMessages(marked, options);
+  if (texts.length === 0) return { text: rendered, plain: [] };
+  let text = "";
+  const plain: [number, number][] = [];
+  let from = 0;
+  for (let at = rendered.indexOf(open); at >= 0; at = rendered.indexOf(open, from)) {
+    const end = rendered.indexOf(close, at + 1);
+    const digits = end < 0 ? "" : rendered.slice(at + 1, end);
+    const core = /^\d+$/.test(digits) ? texts[Number(digits)] : undefined;
+    if (core === undefined) break;
+    text += rendered.slice(from, at);
+    plain.push([text.length, text.length + core.length]);
+    text += core;
+    from = end + 1;
+  }
+  text += rendered.slice(from);
+  // Neither the messages nor the template hold the delimiters: one left over is a cut placeholder.
+  if (text.includes(open) || text.includes(close)) {
+    throw new UserError(
+      `${describe(label)} changes the text of a message that contains special-token text, so that text cannot be told apart from the template's markup`,
+    );
+  }
+  return { text, plain };
+}
+
+/**
+ * Two private-use characters that neither the template nor any message contains, to write
+ * placeholders with: a message cannot forge one, and JSON and case changes leave them as they are.
+ */
+function placeholderDelimiters(source: string, messages: readonly ChatMessage[]): [string, string] {
+  const used = new Set<string>();
+  const collect = (text: string) => {
+    for (const m of text.matchAll(/[\uE000-\uF8FF]/g)) used.add(m[0]);
+  };
+  collect(source);
+  for (const m of messages) {
+    collect(m.content);
+    if (m.input !== undefined) collect(m.input);
+  }
+  const free: string[] = [];
+  for (let code = 0xe000; free.length < 2; code++) {
+    const ch = String.fromCharCode(code);
+    if (!used.has(ch)) free.push(ch);
+  }
+  return [free[0]!, free[1]!];
+}
+
+/** Characters of rendering error detail kept in a message (a template's own error text may be long). */
+const MAX_DETAIL = 300;
+
+/** The Jinja source and the label (for messages) of the template the options name. */
+function resolveTemplate(options: Pick<RenderChatOptions, "name" | "template">): {
+  source: string;
+  label: string;
+} {
+  const { name, template } = options;
+  if (name !== undefined) {
+    const source = BUILTIN_SOURCES[name];
+    if (source === undefined) parseTemplateName(name);
+    return { source, label: name };
+  }
+  if (template !== undefined && template.trim() !== "") return { source: template, label: FILE_LABEL };
+  throw noTemplateError();
+}
+
+function renderMessages(
+  messages: readonly ChatMessage[],
+  options: RenderChatOptions,
+): { text: string; label: string } {
+  const { bosToken, eosToken, addGenerationPrompt = true } = options;
+  const { source, label } = resolveTemplate(options);
   const compiled = compile(source, label);
   const keepInput = source.includes("message['input']");
+  let inputChars = bosToken.length + eosToken.length;
+  for (const m of messages) inputChars += m.content.length + (m.input?.length ?? 0);
   const plain = messages.map((m) => toTemplateMessage(m, keepInput));
   try {
-    return compiled.render({
-      messages: plain,
-      bos_token: bosToken,
-      eos_token: eosToken,
-      add_generation_prompt: addGenerationPrompt,
-    });
+    const text = renderWithin(
+      compiled,
+      {
+        messages: plain,
+        bos_token: bosToken,
+        eos_token: eosToken,
+        add_generation_prompt: addGenerationPrompt,
+      },
+      renderLimits(inputChars, messages.length),
+    );
+    return { text, label };
   } catch (e) {
+    if (e instanceof TemplateBudgetError) {
+      throw new ChatTemplateBudgetError(`${describe(label)} exceeded its rendering budget (${e.message})`);
+    }
     throw new UserError(`${describe(label)} failed to render: ${oneLine(e)}`);
   }
 }
@@ -305,8 +435,9 @@ function compile(source: string, label: string): Template {
   if (hit !== undefined) return hit;
   let t: Template;
   try {
-    t = new Template(source);
+    t = parseTemplate(source);
   } catch (e) {
+    if (e instanceof TemplateBudgetError) throw new UserError(`${describe(label)} is refused: ${e.message}`);
     throw new UserError(`${describe(label)} does not parse: ${oneLine(e)}`);
   }
   if (compiledCache.size >= MAX_CACHED) compiledCache.delete(compiledCache.keys().next().value!);
@@ -321,6 +452,7 @@ function describe(label: string): string {
 }
 
 function oneLine(e: unknown): string {
-  const message = e instanceof Error ? e.message : String(e);
-  return message.replace(/\s*\n\s*/g, " ").trim();
+  const message = (e instanceof Error ? e.message : String(e)).slice(0, 4 * MAX_DETAIL);
+  const line = message.replace(/\s*\n\s*/g, " ").trim();
+  return line.length > MAX_DETAIL ? `${line.slice(0, MAX_DETAIL)}...` : line;
 }

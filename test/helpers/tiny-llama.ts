@@ -26,6 +26,10 @@ export interface TinyLlamaOptions {
   tiedEmbeddings?: boolean;
   /** Standard deviation of the random matrices (default 0.02). */
   weightScale?: number;
+  /** Control tokens added after the normal pieces (e.g. "<|im_start|>", "<|im_end|>"). */
+  controlTokens?: string[];
+  /** tokenizer.chat_template to store. */
+  chatTemplate?: string;
 }
 
 export interface TinyLlamaTensor {
@@ -125,6 +129,11 @@ export function writeTinyLlama(path: string, opts: TinyLlamaOptions = {}): TinyL
     types.push(TOKEN_TYPE.normal);
     scoreList.push(-(i + 1));
   });
+  for (const t of opts.controlTokens ?? []) {
+    tokens.push(t);
+    types.push(TOKEN_TYPE.control);
+    scoreList.push(0);
+  }
   if (new Set(tokens).size !== tokens.length) throw new Error("writeTinyLlama: duplicate vocabulary pieces");
   const vocab = tokens.length;
   const scores = Float32Array.from(scoreList);
@@ -153,6 +162,7 @@ export function writeTinyLlama(path: string, opts: TinyLlamaOptions = {}): TinyL
   w.setU32("tokenizer.ggml.unknown_token_id", 0);
   w.setBool("tokenizer.ggml.add_bos_token", true);
   w.setBool("tokenizer.ggml.add_eos_token", false);
+  if (opts.chatTemplate !== undefined) w.setString("tokenizer.chat_template", opts.chatTemplate);
 
   const rng = new Rng(opts.seed ?? 1);
   const tensors = new Map<string, TinyLlamaTensor>();
