@@ -15,3 +15,37 @@ export class UserError extends Error {
 export function isUserError(e: unknown): e is UserError {
   return e instanceof UserError;
 }
+
+/** What the file system said, in words, for the errors a user's path can cause. */
+const PATH_ERRORS: Record<string, string> = {
+  ENOENT: "no such file or directory",
+  EEXIST: "exists already",
+  EISDIR: "is a directory",
+  ENOTDIR: "a part of the path is not a directory",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  EROFS: "the file system is read-only",
+  ENOSPC: "no space left on the device",
+  EDQUOT: "disk quota exceeded",
+  ENAMETOOLONG: "the name is too long",
+  ELOOP: "too many symbolic links",
+};
+
+/**
+ * A Node file-system error about a path (ENOENT, EEXIST, EISDIR, ENOTDIR, EACCES...) as a UserError
+ * naming the path: `out.jsonl: is a directory (EISDIR)`; undefined for any other error. A rename
+ * names its destination, the path the user gave. An error that carries no path (reading a
+ * directory as a file fails in `read`, after the open) says which call failed instead.
+ */
+export function userErrorOfSystemError(e: unknown): UserError | undefined {
+  // Not `instanceof Error`: an error from another realm (a vm context) is still one.
+  if (typeof e !== "object" || e === null) return undefined;
+  const { code, path, dest, syscall } = e as NodeJS.ErrnoException & { dest?: string };
+  if (typeof code !== "string" || !(code in PATH_ERRORS)) return undefined;
+  const named = typeof dest === "string" ? dest : path;
+  if (typeof named === "string") return new UserError(`${named}: ${PATH_ERRORS[code]} (${code})`);
+  if (typeof syscall !== "string") return undefined;
+  const what =
+    code === "EISDIR" ? "a path given is a directory" : `a file operation failed: ${PATH_ERRORS[code]}`;
+  return new UserError(`${what} (${code} in ${syscall})`);
+}

@@ -1,10 +1,22 @@
 // Inputs a user can get wrong: broken or unsupported model files, bad flags, prompts too long for
 // the context. Each must end in one line on stderr that names the file or flag, and exit code 2.
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import {
+  closeSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { UserError } from "../src/errors.js";
+import { MAX_LINE_CHARS } from "../src/data/corpus.js";
+import { UserError, userErrorOfSystemError } from "../src/errors.js";
 import { GGMLType } from "../src/formats/ggml-types.js";
 import { GgufFile, GgufWriter, readGgufHeader } from "../src/formats/gguf.js";
 import { loadModel } from "../src/model/model.js";
@@ -107,37 +119,39 @@ async function expectFileRejected(
 const ALL = ["inspect", "generate", "quantize"] as const;
 
 describe("broken model files", () => {
-  it("a file cut in the middle of the tensor data", () => {
+  it("a file cut in the middle of the tensor data", async () => {
     const bytes = readFileSync(tiny);
     const path = file("cut-data.gguf", bytes.subarray(0, bytes.length >> 1));
-    expectFileRejected(path, /outside the file .*truncated/, [...ALL]);
+    await expectFileRejected(path, /outside the file .*truncated/, [...ALL]);
   });
 
-  it("a file cut inside the header", () => {
+  it("a file cut inside the header", async () => {
     const bytes = readFileSync(tiny);
     const dataOffset = readGgufHeader(tiny).dataOffset;
     for (const at of [0, 3, 10, 20, 100, 2000, dataOffset - 40]) {
       const path = file(`cut-header-${at}.gguf`, bytes.subarray(0, at));
-      expectFileRejected(path, /truncated|too short|past the end of the file|cannot fit/i, [
+      await expectFileRejected(path, /truncated|too short|past the end of the file|cannot fit/i, [
         "inspect",
         "generate",
       ]);
     }
   });
 
-  it("wrong magic", () => {
+  it("wrong magic", async () => {
     const bytes = readFileSync(tiny);
     bytes.write("GGUX", 0, "latin1");
-    expectFileRejected(file("magic.gguf", bytes), /GGUF/, [...ALL]);
-    expectFileRejected(file("text.gguf", Buffer.from("just some text, not a model\n".repeat(10))), /GGUF/, [
-      "inspect",
-    ]);
+    await expectFileRejected(file("magic.gguf", bytes), /GGUF/, [...ALL]);
+    await expectFileRejected(
+      file("text.gguf", Buffer.from("just some text, not a model\n".repeat(10))),
+      /GGUF/,
+      ["inspect"],
+    );
   });
 
-  it("an unknown version", () => {
+  it("an unknown version", async () => {
     const bytes = readFileSync(tiny);
     bytes.writeUInt32LE(99, 4);
-    expectFileRejected(file("version.gguf", bytes), /version 99/, [...ALL]);
+    await expectFileRejected(file("version.gguf", bytes), /version 99/, [...ALL]);
   });
 
   it("a weight in a tensor type smallhammer cannot run (q2_K)", async () => {
@@ -156,14 +170,14 @@ describe("broken model files", () => {
     expect(JSON.parse(r.stdout).tensors).toContainEqual(
       expect.objectContaining({ name: "blk.0.attn_q.weight", type: "q2_K" }),
     );
-    expectFileRejected(path, /blk\.0\.attn_q\.weight .*q2_K/, ["generate", "quantize"]);
+    await expectFileRejected(path, /blk\.0\.attn_q\.weight .*q2_K/, ["generate", "quantize"]);
   });
 
-  it("an unknown tensor type id", () => {
+  it("an unknown tensor type id", async () => {
     const bytes = readFileSync(tiny);
     const field = tensorOffsetField(bytes, "output.weight");
     bytes.writeUInt32LE(1000, field - 4);
-    expectFileRejected(file("type-1000.gguf", bytes), /output\.weight.*type/, [...ALL]);
+    await expectFileRejected(file("type-1000.gguf", bytes), /output\.weight.*type/, [...ALL]);
   });
 
   for (const arch of ["gpt2", "mamba"]) {
@@ -175,23 +189,23 @@ describe("broken model files", () => {
       const r = await runCli(["inspect", path]);
       expect(r.status).toBe(0);
       expect(r.stdout).toMatch(new RegExp(`^runnable +no: .*"${arch}" is not supported`, "m"));
-      expectFileRejected(path, new RegExp(`architecture "${arch}" is not supported`), ["generate"]);
+      await expectFileRejected(path, new RegExp(`architecture "${arch}" is not supported`), ["generate"]);
     });
   }
 
-  it("tensor data outside the file", () => {
+  it("tensor data outside the file", async () => {
     const bytes = readFileSync(tiny);
     const field = tensorOffsetField(bytes, "output.weight");
     bytes.writeBigUInt64LE(1n << 30n, field);
-    expectFileRejected(file("outside.gguf", bytes), /output\.weight.* outside the file/, [...ALL]);
+    await expectFileRejected(file("outside.gguf", bytes), /output\.weight.* outside the file/, [...ALL]);
   });
 
-  it("a missing file, a directory, an empty file", () => {
-    expectFileRejected(join(dir, "missing.gguf"), /cannot open \(ENOENT\)/, [...ALL]);
+  it("a missing file, a directory, an empty file", async () => {
+    await expectFileRejected(join(dir, "missing.gguf"), /cannot open \(ENOENT\)/, [...ALL]);
     const sub = join(dir, "a-directory.gguf");
     mkdirSync(sub);
-    expectFileRejected(sub, /not a regular file/, [...ALL]);
-    expectFileRejected(file("empty.gguf", new Uint8Array(0)), /./, [...ALL]);
+    await expectFileRejected(sub, /not a regular file/, [...ALL]);
+    await expectFileRejected(file("empty.gguf", new Uint8Array(0)), /./, [...ALL]);
   });
 
   it("quantize onto an output that cannot be written leaves the input alone", async () => {
@@ -237,6 +251,183 @@ describe("bad flags and prompts", () => {
     const version = await runCli(["--version"]);
     expect(version.status).toBe(0);
     expect(version.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+});
+
+describe("file-system mistakes and oversized input are one line, never a stack trace", () => {
+  const records = (n: number) =>
+    Array.from({ length: n }, (_, i) =>
+      JSON.stringify({ instruction: `Say the number ${i}.`, input: "", output: `${i}` }),
+    ).join("\n") + "\n";
+
+  it("pretrain and finetune --out naming an existing file", async () => {
+    const taken = file("taken.txt", Buffer.from("a file, not a run directory\n"));
+    const data = file("records.jsonl", Buffer.from(records(4)));
+    const pre = await runCli(["pretrain", "--model", "tiny", "--data", dir, "--out", taken, "--steps", "1"]);
+    expectUserError(pre, `--out ${taken}`, /exists and is not a directory$/);
+    const fine = await runCli(["finetune", "--base", tiny, "--data", data, "--out", taken, "--steps", "1"]);
+    expectUserError(fine, `--out ${taken}`, /exists and is not a directory$/);
+    expect(readFileSync(taken, "utf8")).toBe("a file, not a run directory\n");
+  });
+
+  it("data convert --out a directory, data split with one path for both outputs", async () => {
+    const data = file("split-me.jsonl", Buffer.from(records(20)));
+    const folder = join(dir, "out-folder");
+    mkdirSync(folder);
+    expectUserError(
+      await runCli(["data", "convert", data, "--to", "sharegpt", "--out", folder]),
+      folder,
+      /is a directory; give a file path$/,
+    );
+    const both = join(dir, "both.jsonl");
+    expectUserError(
+      await runCli(["data", "split", data, "--train-out", both, "--validation-out", both]),
+      both,
+      /are the same file/,
+    );
+    expect(existsSync(both)).toBe(false);
+  });
+
+  it("--threads far above the cores is refused for every command that takes it", async () => {
+    const data = file("threads.jsonl", Buffer.from(records(4)));
+    const too = String(4 * availableParallelism() + 1);
+    for (const args of [
+      ["generate", "-m", tiny, "-p", "hi", "-t", "1000"],
+      ["chat", "-m", tiny, "--threads", too],
+      ["eval", "tasks", "-m", tiny, "-t", "1000"],
+      ["pretrain", "--model", "tiny", "--data", dir, "--out", join(dir, "r"), "--steps", "1", "-t", "1000"],
+      ["finetune", "--base", tiny, "--data", data, "--out", join(dir, "r"), "-t", too],
+    ]) {
+      const r = await runCli(args);
+      expectUserError(
+        r,
+        "--threads",
+        /is more than this machine's \d+ cores? can use \(at most \d+, 4 per core\)/,
+      );
+      expect(r.stdout).toBe("");
+    }
+    // At the bound it is accepted.
+    const ok = await runCli([
+      "generate",
+      "-m",
+      tiny,
+      "-p",
+      "hi",
+      "-n",
+      "1",
+      "-t",
+      String(4 * availableParallelism()),
+    ]);
+    expect(ok.stderr).toBe("");
+    expect(ok.status).toBe(0);
+  });
+
+  it("a file-system error about a user's path (here ENOTDIR from creating the run directory)", async () => {
+    const corpus = file(
+      "corpus.txt",
+      Buffer.from("the world is hello and the cat sat on the mat.\n\n".repeat(200)),
+    );
+    const cache = join(dir, "cache");
+    const t = await runCli(["data", "tokenize", corpus, "--tokenizer", tiny, "--out", cache]);
+    expect(t.stderr).toBe("");
+    expect(t.status).toBe(0);
+    const blocker = file("blocker.txt", Buffer.from("in the way\n"));
+    const r = await runCli([
+      ...["pretrain", "--model", "tiny", "--data", cache, "--out", join(blocker, "run")],
+      ...["--steps", "1", "--batch", "1", "--seq", "16", "-t", "1"],
+    ]);
+    expectUserError(r, join(blocker, "run"), /ENOTDIR/);
+  });
+
+  it("turns the file-system errors a path can cause into one line naming the path", () => {
+    const cases: [() => unknown, RegExp][] = [
+      [() => readFileSync(join(dir, "absent.txt")), /absent\.txt: no such file or directory \(ENOENT\)$/],
+      // Reading a directory fails in read(), which knows no path: the call is named instead.
+      [() => readFileSync(dir), /^a path given is a directory \(EISDIR in read\)$/],
+      [() => writeFileSync(dir, "x"), /: is a directory \(EISDIR\)$/],
+      [() => mkdirSync(dir), /: exists already \(EEXIST\)$/],
+      [
+        () => readFileSync(join(tiny, "x")),
+        /tiny\.gguf\/x: a part of the path is not a directory \(ENOTDIR\)$/,
+      ],
+    ];
+    for (const [action, says] of cases) {
+      let thrown: unknown;
+      try {
+        action();
+      } catch (e) {
+        thrown = e;
+      }
+      const e = userErrorOfSystemError(thrown);
+      expect(e).toBeInstanceOf(UserError);
+      expect(e!.message).toMatch(says);
+    }
+    expect(userErrorOfSystemError(new Error("a bug"))).toBeUndefined();
+    expect(userErrorOfSystemError(new RangeError("Invalid string length"))).toBeUndefined();
+  });
+});
+
+describe("a JSONL line over 512 MB", () => {
+  // V8's longest string is about 2^29 characters: a line past it used to end in a RangeError.
+  const LINE_CHARS = 540_000_000;
+  let big: string;
+  beforeAll(() => {
+    big = join(dir, "huge-line.jsonl");
+    const fd = openSync(big, "w");
+    try {
+      writeSync(fd, `${JSON.stringify({ instruction: "First.", input: "", output: "one" })}\n`);
+      writeSync(fd, '{"instruction": "');
+      const block = Buffer.alloc(1 << 20, "a");
+      for (let left = LINE_CHARS; left > 0; left -= block.length) {
+        writeSync(fd, block, 0, Math.min(block.length, left));
+      }
+      writeSync(fd, '", "input": "", "output": "x"}\n');
+      writeSync(fd, `${JSON.stringify({ instruction: "Third.", input: "", output: "three" })}\n`);
+    } finally {
+      closeSync(fd);
+    }
+  });
+  afterAll(() => {
+    if (big) rmSync(big, { force: true });
+  });
+
+  it("data stats and data dedup stop at line 2 with the corpus reader's limit, in one line", async () => {
+    const limit = `${big}:2: line longer than ${MAX_LINE_CHARS} characters`;
+    expectUserError(await runCli(["data", "stats", big]), limit);
+    const out = join(dir, "huge-dedup.jsonl");
+    expectUserError(await runCli(["data", "dedup", big, "--out", out]), limit);
+    expect(existsSync(out)).toBe(false);
+  });
+
+  it("with --skip-invalid the line is skipped and counted, the others read", async () => {
+    const r = await runCli(["data", "stats", big, "--skip-invalid", "--json"]);
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      records: 2,
+      skipped: { total: 1, byReason: { "too long": 1 } },
+    });
+  });
+
+  it("a JSON array element over the limit is one line too", async () => {
+    const array = join(dir, "huge-element.json");
+    const fd = openSync(array, "w");
+    try {
+      writeSync(
+        fd,
+        `[${JSON.stringify({ instruction: "First.", input: "", output: "one" })},\n{"instruction": "`,
+      );
+      const block = Buffer.alloc(1 << 20, "b");
+      for (let left = MAX_LINE_CHARS + (1 << 20); left > 0; left -= block.length) writeSync(fd, block);
+      writeSync(fd, '", "output": "x"}]\n');
+    } finally {
+      closeSync(fd);
+    }
+    expectUserError(
+      await runCli(["data", "stats", array]),
+      `${array}:2 (array index 1): record longer than ${MAX_LINE_CHARS} characters`,
+    );
+    rmSync(array);
   });
 });
 

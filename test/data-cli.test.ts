@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { renderExample } from "../src/cli/data-preview.js";
+import { renderExample, tokenLabel } from "../src/cli/data-preview.js";
 import { readTokenizerFile, tokenizeRecords } from "../src/data/chat-tokens.js";
 import { fitExample } from "../src/data/packing.js";
 import { RecordReader } from "../src/data/records.js";
@@ -316,4 +316,103 @@ describe("data preview", () => {
     expect(plain).not.toContain("\u001b[");
     expect(plain.replace(/[·⟦⟧]/g, "")).toBe(`<s> Hello there\n`);
   });
+
+  it("renders exactly as the token-by-token string building it replaces", () => {
+    const tokenizer = readTokenizerFile(vocab).tokenizer;
+    const texts = ["Hello there", "To be,\nor not\n\nto be:\tthat is the question.\n", "\n", "é ü ☃ 😀 x"];
+    let compared = 0;
+    for (const text of texts) {
+      const ids = tokenizer.encode(text);
+      const masks = [
+        ids.map(() => 0),
+        ids.map(() => 1),
+        ids.map((_, i) => (i % 3 === 1 ? 1 : 0)),
+        ids.map((_, i) => (i >= ids.length >> 1 ? 1 : 0)),
+      ];
+      for (const mask of masks) {
+        const example = { ids: Int32Array.from(ids), lossMask: Uint8Array.from(mask) };
+        for (const color of [false, true]) {
+          expect(renderExample(tokenizer, example, color)).toBe(renderByAppending(tokenizer, example, color));
+          compared++;
+        }
+      }
+    }
+    const empty = { ids: new Int32Array(0), lossMask: new Uint8Array(0) };
+    expect(renderExample(tokenizer, empty, false)).toBe(renderByAppending(tokenizer, empty, false));
+    expect(compared).toBe(32);
+  });
+
+  it("previews a 1 MB record in seconds: the time grows with the record, not its square", async () => {
+    const words = "the king spoke to the people of the city\nand they listened to every word he said".split(
+      " ",
+    );
+    const parts: string[] = [];
+    let length = 0;
+    for (let i = 0; length < 1_000_000; i++) {
+      const word = words[i % words.length]!;
+      parts.push(word);
+      length += word.length + 1;
+    }
+    const output = parts.join(" ");
+    const path = file("long-record.jsonl", `${JSON.stringify({ instruction: "Tell it all.", output })}\n`);
+    const started = performance.now();
+    const r = await runCli([
+      "data",
+      "preview",
+      path,
+      "--tokenizer",
+      vocab,
+      "--template",
+      "alpaca",
+      "-n",
+      "1",
+    ]);
+    const seconds = (performance.now() - started) / 1000;
+    expectOk(r);
+    const header = /── .*long-record\.jsonl:1: (\d+) tokens, (\d+) trained on ──\n/.exec(r.stdout);
+    expect(header).not.toBeNull();
+    expect(Number(header![1])).toBeGreaterThan(100_000);
+    // Every token is shown: the text comes back whole once the marks are taken out.
+    const body = r.stdout.slice(header!.index + header![0].length);
+    expect(body.replace(/[·⟦⟧]/g, "").replaceAll("↵\n", "\n")).toContain(output);
+    // A generous bound (the issue asked for about a second); the old rendering took minutes.
+    expect(seconds).toBeLessThan(5);
+  });
 });
+
+/**
+ * The rendering data preview had before it was made linear, kept as the reference: it appends to
+ * one string and asks it for its last character at every token.
+ */
+function renderByAppending(
+  tok: ReturnType<typeof readTokenizerFile>["tokenizer"],
+  example: { ids: Int32Array; lossMask: Uint8Array },
+  color: boolean,
+): string {
+  const green = (s: string) => `\u001b[1;32m${s}\u001b[0m`;
+  const dim = (s: string) => `\u001b[2m${s}\u001b[0m`;
+  let out = "";
+  let open = false;
+  for (let i = 0; i < example.ids.length; i++) {
+    const trained = example.lossMask[i] === 1;
+    if (open && !trained) {
+      out += "⟧";
+      open = false;
+    }
+    if (i > 0 && !out.endsWith("\n")) out += color ? dim("·") : "·";
+    if (!color && trained && !open) {
+      out += "⟦";
+      open = true;
+    }
+    const label = tokenLabel(tok, example.ids[i]!);
+    out +=
+      color && trained
+        ? label
+            .split("\n")
+            .map((s) => (s ? green(s) : s))
+            .join("\n")
+        : label;
+  }
+  if (open) out += "⟧";
+  return out.endsWith("\n") ? out : `${out}\n`;
+}

@@ -442,6 +442,35 @@ describe("invalid records", () => {
     expect((await readError(join(dir, "absent.jsonl"))).message).toContain("cannot read the file (ENOENT)");
   });
 
+  it("a line or array element over the length limit is an error, or skipped and counted, never held", async () => {
+    const short = (i: number) => JSON.stringify({ instruction: `Task ${i}.`, output: "Done." });
+    const long = JSON.stringify({ instruction: "x".repeat(5000), output: "y" });
+    const jsonl = file("long-line.jsonl", [short(1), long, short(3), long].join("\n"));
+    // The limit in a chunk far smaller than the line: the line is cut off across chunks.
+    const small = { maxLineChars: 1000, chunkBytes: 64 };
+    expect((await readError(jsonl, small)).message).toBe(`${jsonl}:2: line longer than 1000 characters`);
+    const skipped: RecordIssue[] = [];
+    const reader = await RecordReader.open(jsonl, {
+      ...small,
+      skipInvalid: true,
+      onSkip: (i) => skipped.push(i),
+    });
+    const kept: DatasetRecord[] = [];
+    for await (const r of reader) kept.push(r);
+    expect(kept.map((r) => r.source.line)).toEqual([1, 3]);
+    expect(reader.skipped).toEqual(new Map([["too long", 2]]));
+    expect(skipped.map((i) => i.source.line)).toEqual([2, 4]);
+    // Within the limit the same file reads whole.
+    expect(await readAll(jsonl, { chunkBytes: 64 })).toHaveLength(4);
+
+    const array = file("long-element.json", `[\n${short(1)},\n${long},\n${short(3)}\n]\n`);
+    expect((await readError(array, small)).message).toBe(
+      `${array}:3 (array index 1): record longer than 1000 characters`,
+    );
+    const fromArray = await readAll(array, { ...small, skipInvalid: true });
+    expect(fromArray.map((r) => r.source.index)).toEqual([0, 2]);
+  });
+
   it("parseRecord validates an in-memory value", () => {
     const source = { file: "mem", line: 1 };
     const ok = parseRecord({ instruction: "a", output: "b" }, "alpaca", source);

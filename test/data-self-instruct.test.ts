@@ -28,7 +28,7 @@ import {
   type TeacherStep,
 } from "./helpers/scripted-teacher.js";
 
-const SHARED_SEEDS = join(ROOT, "..", "shared", "data", "alpaca_seed_tasks.jsonl");
+const SHARED_SEEDS = join(ROOT, "test", "fixtures", "alpaca_seed_tasks.jsonl");
 
 let dir: string;
 beforeAll(() => {
@@ -506,6 +506,42 @@ describe("self-instruct command", () => {
     const state = JSON.parse(readFileSync(statePath(out), "utf8"));
     expect(state.kept).toBe(summary.kept);
     expect(state.outBytes).toBe(readFileSync(out).length);
+  });
+
+  it("a 200 reply cut off mid-JSON is retried, not fatal; the counters add up", async () => {
+    let next = 7000;
+    const server = await teacherWith((n): TeacherStep => {
+      // Requests 1, 2 and 4 are cut off mid-body; every other one answers with two new tasks, a
+      // repeat of the second (similar) and a task to draw (blacklisted).
+      if (n === 1 || n === 2 || n === 4) return { text: "unfinished", cutAt: 45 + n };
+      const a = distinctTask(next++);
+      const b = distinctTask(next++);
+      const draw = {
+        instruction: "Draw a map of the town square and its shops.",
+        input: "",
+        output: "A map.",
+      };
+      return { text: numberedReply([a, b, b, draw]) };
+    });
+    const out = join(dir, "cut-off.jsonl");
+    const r = await startCli([
+      ...["data", "self-instruct", "--teacher", server.url, "--model", "m", "--num", "6"],
+      ...["--out", out, "--concurrency", "1", "--seeds", SHARED_SEEDS, "--json"],
+    ]).done;
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    const summary = JSON.parse(r.stdout);
+    expect(summary).toMatchObject({ kept: 6, stopped: false, replies: 3, retries: 3 });
+    expect(summary.retriesByReason).toEqual({ "cut off": 3 });
+    expect(server.requests).toHaveLength(6);
+    expect(lines(out)).toHaveLength(6);
+    // The last reply's tasks after the sixth kept one are not judged, and not counted.
+    expect(summary.rejected).toEqual({ similar: 2, "blacklisted word": 2 });
+    const rejected = Object.values(summary.rejected as Record<string, number>).reduce((a, b) => a + b, 0);
+    expect(summary.candidates).toBe(summary.kept + rejected);
+    expect(summary.candidates).toBe(10);
+    const state = JSON.parse(readFileSync(statePath(out), "utf8"));
+    expect(state).toMatchObject({ kept: 6, candidates: 10, retries: 3, retriesByReason: { "cut off": 3 } });
   });
 
   it("user mistakes are one line and exit 2", async () => {

@@ -7,7 +7,7 @@ import { cleanShareGpt, splitByTokens } from "../src/data/sharegpt-clean.js";
 import { ensureBuilt, ROOT, runCli } from "./helpers/cli.js";
 import { spmDescription, spmTokenizer, writeVocabGguf } from "./helpers/shakespeare-vocab.js";
 
-const DUMMY = join(ROOT, "..", "shared", "data", "sharegpt_dummy_conversation.json");
+const DUMMY = join(ROOT, "test", "fixtures", "sharegpt_dummy_conversation.json");
 
 let dir: string;
 beforeAll(() => {
@@ -224,6 +224,7 @@ describe("data clean-sharegpt command", () => {
       "--tokenizer",
       vocab,
       "--json",
+      "--force",
     ]);
     expect(json.status).toBe(0);
     expect(JSON.parse(json.stdout)).toMatchObject({ conversations: 500, kept: 500 });

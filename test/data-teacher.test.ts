@@ -105,11 +105,50 @@ describe("teacher client retry policy", () => {
     expect(retries.map((r) => r.reason)).toEqual(["timeout"]);
   });
 
-  it("a reply that is not a chat completion is an error, not retried", async () => {
-    const server = await teacherWith(() => ({ body: '{"id":"x","choices":[' }));
+  it("a 200 reply cut off mid-JSON is retried like a dropped connection", async () => {
+    // Twice a complete response whose JSON body ends early (a proxy that closed it), then once a
+    // connection dropped in the middle of the body, then the whole reply.
+    const server = await teacherWith((n) =>
+      n < 2
+        ? { text: "whole", cutAt: 40 + n * 17 }
+        : n === 2
+          ? { text: "whole", dropAfter: 50 }
+          : { text: "whole" },
+    );
     const retries: RetryInfo[] = [];
-    await expect(client(server, retries).complete(ask)).rejects.toThrow(/unusable reply/);
+    const reply = await client(server, retries).complete(ask);
+    expect(reply.text).toBe("whole");
+    expect(reply.attempts).toBe(4);
+    expect(retries.map((r) => r.reason)).toEqual(["cut off", "cut off", "connection"]);
+    expect(server.requests).toHaveLength(4);
+  });
+
+  it("a reply cut off every time gives up after the retries, naming the cut", async () => {
+    const server = await teacherWith(() => ({ text: "never whole", cutAt: 60 }));
+    const retries: RetryInfo[] = [];
+    const error = await client(server, retries, { retries: 2 })
+      .complete(ask)
+      .catch((e) => e);
+    expect(error).toBeInstanceOf(TeacherError);
+    expect(error.message).toMatch(
+      /^teacher http:\/\/127\.0\.0\.1:\d+\/v1: gave up after 3 attempts; last: the reply was cut off after 60 characters \(SyntaxError: .*\)$/,
+    );
+    expect(retries.map((r) => r.reason)).toEqual(["cut off", "cut off"]);
+  });
+
+  it("a reply that is not a chat completion is an error, not retried", async () => {
+    const html = await teacherWith(() => ({ body: "<html><body>Welcome to nginx!</body></html>" }));
+    const retries: RetryInfo[] = [];
+    await expect(client(html, retries).complete(ask)).rejects.toThrow(
+      /^teacher http:\/\/127\.0\.0\.1:\d+\/v1: unusable reply: not JSON \("<html><body>Welcome to nginx!/,
+    );
+    const shape = await teacherWith(() => ({ body: '{"object":"list","data":[]}' }));
+    await expect(client(shape, retries).complete(ask)).rejects.toThrow(
+      /unusable reply: not a chat completion \(no "choices" list in \{"object":"list","data":\[\]\}\)$/,
+    );
     expect(retries).toHaveLength(0);
+    expect(html.requests).toHaveLength(1);
+    expect(shape.requests).toHaveLength(1);
   });
 
   it("gives up after the retries with one line naming the teacher and the last failure", async () => {

@@ -10,8 +10,8 @@ import { registerData } from "../src/cli/data.js";
 import { ensureBuilt, ROOT, runCli } from "./helpers/cli.js";
 import { spmDescription, spmTokenizer, writeVocabGguf } from "./helpers/shakespeare-vocab.js";
 
-const DUMMY = join(ROOT, "..", "shared", "data", "sharegpt_dummy_conversation.json");
-const SEEDS = join(ROOT, "..", "shared", "data", "alpaca_seed_tasks.jsonl");
+const DUMMY = join(ROOT, "test", "fixtures", "sharegpt_dummy_conversation.json");
+const SEEDS = join(ROOT, "test", "fixtures", "alpaca_seed_tasks.jsonl");
 
 let dir: string;
 beforeAll(() => {
@@ -282,7 +282,8 @@ describe("data filter", () => {
       "other language": 1,
     });
     expect(readJsonl(out)).toEqual([records[5]]);
-    const required = await run(["filter", file, "--out", out, "--require", "cook, dragon"]);
+    // The same output again: replacing it takes --force.
+    const required = await run(["filter", file, "--out", out, "--require", "cook, dragon", "--force"]);
     expect(required.dropped.byReason).toEqual({ "no required word": 4 });
   });
 
@@ -315,11 +316,11 @@ describe("data filter", () => {
       "too many tokens": all.filter((r) => tokens(r) > 150).length,
     });
     expect(expected.length).toBeGreaterThan(20);
-    expectUserError(
+    await expectUserError(
       ["filter", SEEDS, "--out", path("t.jsonl"), "--max-tokens", "10"],
       /^smallhammer: --min-tokens and --max-tokens need --tokenizer/,
     );
-    expectUserError(
+    await expectUserError(
       ["filter", SEEDS, "--out", path("t.jsonl"), "--exclude", " , "],
       /^smallhammer: --exclude: no words given/,
     );
@@ -396,7 +397,7 @@ describe("data split and sample", () => {
       train: { records: 475 },
       validation: { records: 25 },
     });
-    expectUserError(
+    await expectUserError(
       [
         "split",
         SEEDS,
@@ -449,7 +450,7 @@ describe("outputs", () => {
         path("bad-val.jsonl"),
       ],
     ]) {
-      expectUserError(args, /^smallhammer: .*bad\.jsonl:101: field output: missing\n$/);
+      await expectUserError(args, /^smallhammer: .*bad\.jsonl:101: field output: missing\n$/);
     }
     expect(readdirSync(dir).filter((f) => f.includes("bad-"))).toEqual([]);
     // With --skip-invalid the record is counted and left out.
@@ -465,22 +466,34 @@ describe("outputs", () => {
     expect(summary).toMatchObject({ written: 175, skipped: { total: 1, byReason: { "missing field": 1 } } });
   });
 
-  it("an output that cannot be written is one line, and leaves nothing behind", () => {
+  it("an output that cannot be written is one line, and leaves nothing behind", async () => {
     const missing = path("no-such-dir");
-    expectUserError(
+    await expectUserError(
       ["convert", SEEDS, "--to", "sharegpt", "--out", join(missing, "x.jsonl")],
-      /^smallhammer: .*no-such-dir\/x\.jsonl: cannot write \(ENOENT\)\n$/,
+      /^smallhammer: --out .*no-such-dir\/x\.jsonl: cannot write, the directory .*no-such-dir does not exist\n$/,
     );
-    expectUserError(
+    await expectUserError(
       ["split", SEEDS, "--train-out", path("ok-train.jsonl"), "--validation-out", join(missing, "v.jsonl")],
-      /^smallhammer: .*no-such-dir\/v\.jsonl: cannot write \(ENOENT\)\n$/,
+      /^smallhammer: --validation-out .*no-such-dir\/v\.jsonl: cannot write, the directory .*no-such-dir does not exist\n$/,
     );
     expect(readdirSync(dir).filter((f) => f.includes("ok-train"))).toEqual([]);
   });
 
-  it("may overwrite its own input", async () => {
+  it("never writes over its own input, and replaces another existing output only with --force", async () => {
     const file = jsonl("in-place.jsonl", [...seedRecords(), ...seedRecords()]);
-    expect(await run(["dedup", file, "--out", file])).toMatchObject({ records: 350, written: 175 });
-    expect(readJsonl(file)).toEqual(seedRecords());
+    const before = readFileSync(file, "utf8");
+    await expectUserError(
+      ["dedup", file, "--out", file, "--force"],
+      /^smallhammer: --out .*in-place\.jsonl would overwrite the input .*in-place\.jsonl; write to another path\n$/,
+    );
+    expect(readFileSync(file, "utf8")).toBe(before);
+    const out = jsonl("taken.jsonl", [seedRecords()[0]]);
+    await expectUserError(
+      ["dedup", file, "--out", out],
+      /^smallhammer: --out .*taken\.jsonl exists; add --force/,
+    );
+    expect(readJsonl(out)).toEqual([seedRecords()[0]]);
+    expect(await run(["dedup", file, "--out", out, "--force"])).toMatchObject({ records: 350, written: 175 });
+    expect(readJsonl(out)).toEqual(seedRecords());
   });
 });

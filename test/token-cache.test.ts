@@ -791,7 +791,7 @@ describe("data tokenize (command line)", () => {
     expect(readdirSync(dir).filter((name) => name.includes("interrupted"))).toEqual([]);
   });
 
-  it("refuses bad inputs and outputs in one line", () => {
+  it("refuses bad inputs and outputs in one line", async () => {
     const expectError = async (args: string[], message: string | RegExp) => {
       const r = await tokenize(args);
       expect(r.status).toBe(2);
@@ -802,20 +802,20 @@ describe("data tokenize (command line)", () => {
     const precious = join(dir, "cli-precious");
     mkdirSync(precious);
     writeFileSync(join(precious, "notes.txt"), "keep");
-    expectError(
+    await expectError(
       [jsonl, "--tokenizer", tok, "--out", precious],
       `${precious}: exists and holds files other than a token cache's; choose a new directory`,
     );
     expect(readdirSync(precious)).toEqual(["notes.txt"]);
-    expectError(
+    await expectError(
       [jsonl, "--tokenizer", join(dir, "none.gguf"), "--out", join(dir, "x")],
       /^smallhammer: .*none\.gguf.*\n$/,
     );
-    expectError(
+    await expectError(
       [join(dir, "none.txt"), "--tokenizer", tok, "--out", join(dir, "x")],
       `${join(dir, "none.txt")}: no such file`,
     );
-    expectError(
+    await expectError(
       [jsonl, "--tokenizer", tok, "--out", join(dir, "x"), "--val-fraction", "1"],
       /--val-fraction must be a number from 0 to 0\.99, got "1" \(see --help\)\n$/,
     );

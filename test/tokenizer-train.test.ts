@@ -480,6 +480,7 @@ describe("tokenizer train (command line)", () => {
       join(dir, "bounded.gguf"),
       "--max-words",
       "1000",
+      "--force",
     ]);
     expect(text.stdout).toMatch(/rare words dropped to keep the table under 1,000 \(counts up to \d+\)/);
   });
@@ -522,7 +523,7 @@ describe("tokenizer train (command line)", () => {
     expect(texts.some((t) => t.includes("im_"))).toBe(true);
   });
 
-  it("refuses bad requests in one line", () => {
+  it("refuses bad requests in one line", async () => {
     const expectError = async (args: string[], message: string | RegExp) => {
       const r = await train(args);
       expect(r.status).toBe(2);
@@ -532,33 +533,33 @@ describe("tokenizer train (command line)", () => {
       else expect(r.stderr).toMatch(message);
     };
     const out = join(dir, "refused.gguf");
-    expectError(
+    await expectError(
       [CORPUS_PATH, "--vocab-size", "300", "--out", out],
       /^smallhammer: vocabulary size 300 is too small: the 259 special and byte tokens and 60 characters need 319 \(raise it, or lower the character coverage\)\n$/,
     );
-    expectError(
+    await expectError(
       [join(dir, "nope.txt"), "--vocab-size", "600", "--out", out],
       `${join(dir, "nope.txt")}: no such file`,
     );
-    expectError(
+    await expectError(
       [CORPUS_PATH, "--vocab-size", "600", "--out", out, "--special", "<s>"],
       'special tokens: "<s>" is already a built-in token',
     );
-    expectError(
+    await expectError(
       [CORPUS_PATH, "--vocab-size", "600", "--out", out, "--special", "A,A"],
       'special tokens: "A" is given twice',
     );
-    expectError(
+    await expectError(
       [CORPUS_PATH, "--vocab-size", "600", "--out", out, "--split", "para"],
       /^smallhammer: .*--split must be one of blank-line, line, file, got "para" \(see --help\)\n$/,
     );
-    expectError(
+    await expectError(
       [CORPUS_PATH, "--vocab-size", "10", "--out", out],
       /--vocab-size must be an integer from 260/,
     );
     const empty = join(dir, "empty.txt");
     writeFileSync(empty, "\n \n");
-    expectError([empty, "--vocab-size", "600", "--out", out], "the corpus has no text to learn from");
+    await expectError([empty, "--vocab-size", "600", "--out", out], "the corpus has no text to learn from");
     expect(() => readFileSync(out)).toThrow();
   });
 });

@@ -179,7 +179,9 @@ export async function runDataBench(argv: string[]): Promise<void> {
     );
     const commands: CommandRow[] = [];
     say("timing data clean-sharegpt");
-    const cleaned = await measure(() => runCli(["data", "clean-sharegpt", raw, "--out", clean, "--json"]));
+    const cleaned = await measure(() =>
+      runCli(["data", "clean-sharegpt", raw, "--out", clean, "--json", "--force"]),
+    );
     const cleanReport = cleaned.value.report as {
       conversations: number;
       written: number;
@@ -195,7 +197,9 @@ export async function runDataBench(argv: string[]): Promise<void> {
     print(`${commandLine(commands.at(-1)!, cleanReport.fixed, plan)}\n`);
     say("timing data dedup");
     const cleanBytes = statSync(clean).size;
-    const dedupRun = await measure(() => runCli(["data", "dedup", clean, "--out", deduped, "--json"]));
+    const dedupRun = await measure(() =>
+      runCli(["data", "dedup", clean, "--out", deduped, "--json", "--force"]),
+    );
     const dedupReport = dedupRun.value.report as {
       records: number;
       written: number;

@@ -4,9 +4,10 @@ import { readTokenizerFile } from "../data/chat-tokens.js";
 import { cleanShareGpt } from "../data/sharegpt-clean.js";
 import { DETECTABLE_LANGUAGES } from "../data/text-checks.js";
 import { UserError } from "../errors.js";
+import { checkOutputs } from "../util/output-path.js";
 import { Progress } from "../util/progress.js";
 import { describeCounts } from "./data-transform.js";
-import { intArg } from "./options.js";
+import { FORCE_HELP, intArg } from "./options.js";
 
 interface CleanFlags {
   out: string;
@@ -15,6 +16,7 @@ interface CleanFlags {
   lang?: string;
   dropRefusals?: boolean;
   json?: boolean;
+  force?: boolean;
 }
 
 export function registerDataCleanShareGpt(data: Command): void {
@@ -40,7 +42,16 @@ export function registerDataCleanShareGpt(data: Command): void {
       'drop conversations whose replies hold refusal boilerplate ("As an AI language model", ...)',
     )
     .option("--json", "print a JSON report")
+    .option("--force", FORCE_HELP)
     .action(async (file: string, flags: CleanFlags) => {
+      checkOutputs({
+        inputs: [
+          file,
+          ...(flags.tokenizer === undefined ? [] : [{ path: flags.tokenizer, name: "--tokenizer" }]),
+        ],
+        outputs: [{ path: flags.out, flag: "--out" }],
+        force: flags.force,
+      });
       if (flags.maxTokens !== undefined && flags.tokenizer === undefined) {
         throw new UserError("--max-tokens needs --tokenizer (token counts come from a tokenizer)");
       }

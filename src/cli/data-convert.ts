@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { OUTPUT_FORMATS, toFormat } from "../data/dataset-io.js";
 import { type DatasetFormat, parseFormatName } from "../data/records.js";
 import { UserError } from "../errors.js";
+import { checkOutputs } from "../util/output-path.js";
 import {
   addTransformOptions,
   Counts,
@@ -28,6 +29,7 @@ export function registerDataConvert(data: Command): void {
     .requiredOption("--to <format>", "alpaca, sharegpt, messages or completion")
     .requiredOption("--out <file>", "output (.json: one JSON array; otherwise JSONL)");
   addTransformOptions(cmd).action(async (file: string, flags: ConvertFlags) => {
+    checkOutputs({ inputs: [file], outputs: [{ path: flags.out, flag: "--out" }], force: flags.force });
     const to = parseFormatName(flags.to);
     if (!(OUTPUT_FORMATS as readonly DatasetFormat[]).includes(to))
       throw new UserError(`--to: cannot write ${to}`);

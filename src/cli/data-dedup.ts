@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import { instructionOf, recordKey } from "../data/dataset-io.js";
 import { hashString64, NearDuplicateIndex, U64Set } from "../data/minhash.js";
+import { checkOutputs } from "../util/output-path.js";
 import {
   addTransformOptions,
   Counts,
@@ -38,6 +39,7 @@ export function registerDataDedup(data: Command): void {
     )
     .option("--num-perm <n>", "MinHash functions per instruction", intArg("--num-perm", 16, 1024), 128);
   addTransformOptions(cmd).action(async (file: string, flags: DedupFlags) => {
+    checkOutputs({ inputs: [file], outputs: [{ path: flags.out, flag: "--out" }], force: flags.force });
     const exact = new U64Set();
     const near = flags.exactOnly
       ? undefined

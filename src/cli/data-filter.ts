@@ -3,6 +3,7 @@ import { readTokenizerFile } from "../data/chat-tokens.js";
 import { recordText } from "../data/dataset-io.js";
 import { DETECTABLE_LANGUAGES, findRefusal, inLanguage } from "../data/text-checks.js";
 import { UserError } from "../errors.js";
+import { checkOutputs } from "../util/output-path.js";
 import {
   addTransformOptions,
   Counts,
@@ -65,6 +66,14 @@ export function registerDataFilter(data: Command): void {
       `drop records detected to be in another language (${DETECTABLE_LANGUAGES.join(", ")}); text too short to tell is kept`,
     );
   addTransformOptions(cmd).action(async (file: string, flags: FilterFlags) => {
+    checkOutputs({
+      inputs: [
+        file,
+        ...(flags.tokenizer === undefined ? [] : [{ path: flags.tokenizer, name: "--tokenizer" }]),
+      ],
+      outputs: [{ path: flags.out, flag: "--out" }],
+      force: flags.force,
+    });
     if ((flags.minTokens !== undefined || flags.maxTokens !== undefined) && flags.tokenizer === undefined) {
       throw new UserError(
         "--min-tokens and --max-tokens need --tokenizer (token counts come from a tokenizer)",

@@ -54,35 +54,44 @@ export function tokenLabel(tok: Tokenizer, id: number): string {
 
 /**
  * An example as the model sees it, token by token: boundaries as ·, trained-on tokens in green
- * (color) or inside ⟦ ⟧ (no color).
+ * (color) or inside ⟦ ⟧ (no color). Linear in the example's length: pieces are joined once at the
+ * end, and whether the text so far ends a line is tracked, not looked up in it.
  */
 export function renderExample(tok: Tokenizer, example: TokenizedExample, color: boolean): string {
   const green = (s: string) => `\u001b[1;32m${s}\u001b[0m`;
   const dim = (s: string) => `\u001b[2m${s}\u001b[0m`;
-  let out = "";
+  const pieces: string[] = [];
+  let atLineStart = true; // the text so far is empty or ends with "\n"
+  const add = (s: string) => {
+    if (s === "") return;
+    pieces.push(s);
+    atLineStart = s.endsWith("\n");
+  };
   let open = false;
   for (let i = 0; i < example.ids.length; i++) {
     const trained = example.lossMask[i] === 1;
     if (open && !trained) {
-      out += CLOSE;
+      add(CLOSE);
       open = false;
     }
-    if (i > 0 && !out.endsWith("\n")) out += color ? dim(BOUNDARY) : BOUNDARY;
+    if (i > 0 && !atLineStart) add(color ? dim(BOUNDARY) : BOUNDARY);
     if (!color && trained && !open) {
-      out += OPEN;
+      add(OPEN);
       open = true;
     }
     const label = tokenLabel(tok, example.ids[i]!);
-    out +=
+    add(
       color && trained
         ? label
             .split("\n")
             .map((s) => (s ? green(s) : s))
             .join("\n")
-        : label;
+        : label,
+    );
   }
-  if (open) out += CLOSE;
-  return out.endsWith("\n") ? out : `${out}\n`;
+  if (open) add(CLOSE);
+  if (!atLineStart || pieces.length === 0) pieces.push("\n");
+  return pieces.join("");
 }
 
 export function registerDataPreview(data: Command): void {

@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { chooseIndices, DatasetWriter, isChosen } from "../data/dataset-io.js";
+import { checkOutputs } from "../util/output-path.js";
 import { Progress } from "../util/progress.js";
 import { openDataset } from "./data-options.js";
 import {
@@ -28,6 +29,7 @@ export function registerDataSample(data: Command): void {
     .requiredOption("--out <file>", "output, in the input's format (.json: one JSON array; otherwise JSONL)")
     .option("--seed <n>", "seed of the choice", intArg("--seed", 0, 2 ** 32 - 1), 0);
   addTransformOptions(cmd).action(async (file: string, flags: SampleFlags) => {
+    checkOutputs({ inputs: [file], outputs: [{ path: flags.out, flag: "--out" }], force: flags.force });
     const first = await openDataset(file, flags);
     const megabytes = Math.max(1, Math.ceil(first.size / 1e6));
     const progress = new Progress(

@@ -4,10 +4,14 @@ import {
   loadSeedTasks,
   type SelfInstructState,
   selfInstruct,
+  statePath,
 } from "../data/self-instruct.js";
 import { TeacherClient } from "../data/teacher.js";
 import { UserError } from "../errors.js";
+import { checkOutputs } from "../util/output-path.js";
 import { Progress } from "../util/progress.js";
+import { describeCounts } from "./data-transform.js";
+import { Interruption } from "./interrupt.js";
 import { intArg, numArg } from "./options.js";
 
 interface SelfInstructFlags {
@@ -54,7 +58,12 @@ export function registerDataSelfInstruct(data: Command): void {
     .requiredOption("--out <file>", "Alpaca JSONL output (appended to; <out>.state.json holds the counters)")
     .option("--concurrency <n>", "requests in flight at once", intArg("--concurrency", 1, 256), 4)
     .option("--timeout <seconds>", "limit per request", numArg("--timeout", 0.001), 120)
-    .option("--retries <n>", "retries per request on 429, 5xx, timeouts", intArg("--retries", 0, 100), 6)
+    .option(
+      "--retries <n>",
+      "retries per request on 429, 5xx, timeouts, dropped connections and replies cut off",
+      intArg("--retries", 0, 100),
+      6,
+    )
     .option("--rpm <n>", "most requests per minute", numArg("--rpm", 0.001))
     .option("--tpm <n>", "most tokens (prompt + completion) per minute", numArg("--tpm", 1))
     .option(
@@ -88,6 +97,14 @@ export function registerDataSelfInstruct(data: Command): void {
     .option("--seed <n>", "seed of the example choice", intArg("--seed", 0, 2 ** 32 - 1), 0)
     .option("--json", "print a JSON summary")
     .action(async (flags: SelfInstructFlags) => {
+      // The output is appended to and resumed from (the run checks that it is its own).
+      checkOutputs({
+        inputs: flags.seeds === undefined ? [] : [{ path: flags.seeds, name: "--seeds" }],
+        outputs: [
+          { path: flags.out, flag: "--out", existing: "caller" },
+          { path: statePath(flags.out), flag: "its state file", existing: "caller" },
+        ],
+      });
       let apiKey: string | undefined;
       if (flags.apiKeyEnv !== undefined) {
         apiKey = process.env[flags.apiKeyEnv];
@@ -117,10 +134,8 @@ export function registerDataSelfInstruct(data: Command): void {
         process.stderr.isTTY === true && !flags.json,
         true,
       );
-      let shown = 0;
-      const stop = new AbortController();
-      const onSigint = () => stop.abort();
-      process.once("SIGINT", onSigint);
+      let shown: number | undefined;
+      const interruption = new Interruption();
       let summary: Awaited<ReturnType<typeof selfInstruct>>;
       try {
         summary = await selfInstruct({
@@ -138,14 +153,17 @@ export function registerDataSelfInstruct(data: Command): void {
           seed: flags.seed,
           priceIn: flags.priceIn,
           priceOut: flags.priceOut,
-          signal: stop.signal,
+          signal: interruption.signal,
           onProgress: (state) => {
-            progress.tick(Math.min(state.kept, flags.num) - shown, { detail: detail(state, flags) });
-            shown = Math.min(state.kept, flags.num);
+            const kept = Math.min(state.kept, flags.num);
+            // The first call gives the resumed counts: shown, but not part of the rate and ETA.
+            if (shown === undefined) progress.startAt(kept);
+            progress.tick(kept - (shown ?? kept), { detail: detail(state, flags) });
+            shown = kept;
           },
         });
       } finally {
-        process.off("SIGINT", onSigint);
+        interruption.dispose();
         progress.done();
       }
       if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
@@ -154,12 +172,12 @@ export function registerDataSelfInstruct(data: Command): void {
         process.stdout.write(
           `${flags.out}: ${summary.kept}/${summary.target} tasks (${summary.keptNow} new${summary.resumed ? ", resumed" : ""}); ` +
             `${summary.replies} replies, ${summary.candidates} candidates, rejected: ${describeRejected(summary)}; ` +
-            `${tokens}, cost ${summary.cost.toFixed(4)}${summary.retries ? `; ${summary.retries} retries` : ""}\n`,
+            `${tokens}, cost ${summary.cost.toFixed(4)}${summary.retries ? `; ${summary.retries} retries (${describeCounts(summary.retriesByReason)})` : ""}\n`,
         );
       }
       if (summary.stopped) {
         process.stderr.write(`smallhammer: stopped; run the same command again to resume\n`);
-        process.exitCode = 130;
+        interruption.setExitStatus();
       }
     });
 }

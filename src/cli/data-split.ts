@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import { chooseIndices, DatasetWriter, isChosen } from "../data/dataset-io.js";
 import { UserError } from "../errors.js";
+import { checkOutputs } from "../util/output-path.js";
 import { Progress } from "../util/progress.js";
 import { openDataset } from "./data-options.js";
 import {
@@ -50,6 +51,14 @@ export function registerDataSplit(data: Command): void {
     )
     .option("--seed <n>", "seed of the choice", intArg("--seed", 0, 2 ** 32 - 1), 0);
   addTransformOptions(cmd).action(async (file: string, flags: SplitFlags) => {
+    checkOutputs({
+      inputs: [file],
+      outputs: [
+        { path: flags.trainOut, flag: "--train-out" },
+        { path: flags.validationOut, flag: "--validation-out" },
+      ],
+      force: flags.force,
+    });
     // Two passes: count, then choose exactly that many and write.
     const first = await openDataset(file, flags);
     const megabytes = Math.max(1, Math.ceil(first.size / 1e6));

@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import type { DocumentSplit } from "../data/corpus.js";
 import { tokenizeCorpus } from "../tokenizer/train-corpus.js";
+import { checkOutputs } from "../util/output-path.js";
 import { intArg, numArg } from "./options.js";
 import { documentSplitArg, SPLIT_HELP } from "./tokenizer.js";
 
@@ -46,6 +47,13 @@ export function registerDataTokenize(data: Command) {
           json?: boolean;
         },
       ) => {
+        checkOutputs({
+          // The tokenizer is copied whole before the cache is moved into place, so it may be the
+          // earlier cache's own copy.
+          inputs: [...files, { path: flags.tokenizer, name: "--tokenizer", readFirst: true }],
+          // An earlier token cache there is replaced (the token cache checks that it is one).
+          outputs: [{ path: flags.out, flag: "--out", kind: "directory", existing: "caller" }],
+        });
         // Ctrl-C stops at the next segment and removes the unfinished cache.
         const interrupt = new AbortController();
         const onSigint = () => interrupt.abort();

@@ -3,15 +3,17 @@ import { DatasetWriter, toFormat } from "../data/dataset-io.js";
 import type { DatasetRecord, RecordReader } from "../data/records.js";
 import { Progress } from "../util/progress.js";
 import { addDatasetOptions, type DatasetFlags, describeSkipped, openDataset } from "./data-options.js";
+import { FORCE_HELP } from "./options.js";
 
 /** Flags of the commands that read one dataset and write records. */
 export interface TransformFlags extends DatasetFlags {
   json?: boolean;
+  force?: boolean;
 }
 
-/** --format, --skip-invalid and --json. */
+/** --format, --skip-invalid, --json and --force. */
 export function addTransformOptions(cmd: Command): Command {
-  return addDatasetOptions(cmd).option("--json", "print a JSON summary");
+  return addDatasetOptions(cmd).option("--json", "print a JSON summary").option("--force", FORCE_HELP);
 }
 
 /** `a 1, b 2` for counts by reason, largest first. */

@@ -5,7 +5,7 @@ import { readGgufHeader } from "../formats/gguf.js";
 import { metadataGetter } from "../model/config.js";
 import { loadModel } from "../model/model.js";
 import { Progress } from "../util/progress.js";
-import { intArg } from "./options.js";
+import { intArg, threadsArg } from "./options.js";
 
 interface EvalTasksFlags {
   model: string;
@@ -26,7 +26,7 @@ export function registerEval(program: Command) {
       "exact-match accuracy on the held-out tasks of the quickstart's synthetic world (greedy, one line per answer)",
     )
     .requiredOption("-m, --model <file>", "GGUF model file")
-    .option("-t, --threads <n>", "compute threads (default: all cores)", intArg("--threads", 1, 1024))
+    .option("-t, --threads <n>", "compute threads (default: all cores)", threadsArg)
     .option("--template <name>", "chat template (default: the file's, else alpaca)")
     .option("--per-family <n>", "tasks per family", intArg("--per-family", 1, 1000), 12)
     .option("--world-seed <s>", "seed of the synthetic world", intArg("--world-seed", 0, 2 ** 32 - 1), 1)

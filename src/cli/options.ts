@@ -1,4 +1,6 @@
+import { availableParallelism } from "node:os";
 import { type Command, InvalidArgumentError } from "commander";
+import { DEFAULT_SAMPLER_OPTIONS } from "../model/sampler.js";
 
 /** Commander parser for an integer flag within [min, max]. */
 export function intArg(name: string, min: number, max = Number.MAX_SAFE_INTEGER) {
@@ -22,6 +24,33 @@ export function numArg(name: string, min: number, max = Number.POSITIVE_INFINITY
   };
 }
 
+/** Compute threads per core a command accepts: more only adds memory and contention. */
+export const THREADS_PER_CORE = 4;
+
+/**
+ * Commander parser for --threads: 1 to THREADS_PER_CORE times the cores (each thread holds its own
+ * scratch memory, so a thousand threads on two cores fill the memory before they compute).
+ */
+export function threadsArg(value: string): number {
+  const n = intArg("--threads", 1)(value);
+  const cores = availableParallelism();
+  const most = THREADS_PER_CORE * cores;
+  if (n > most) {
+    throw new InvalidArgumentError(
+      `--threads ${n} is more than this machine's ${cores} core${cores === 1 ? "" : "s"} can use (at most ${most}, ${THREADS_PER_CORE} per core)`,
+    );
+  }
+  return n;
+}
+
+/** The -t, --threads option, parsed the same way for every command. */
+export function addThreadsOption(cmd: Command): Command {
+  return cmd.option("-t, --threads <n>", "compute threads (default: all cores)", threadsArg);
+}
+
+/** Help of --force, for the commands that replace an existing output file only when asked. */
+export const FORCE_HELP = "replace an output file that exists already (never one of the inputs)";
+
 export interface SamplingFlags {
   temp?: number;
   topK?: number;
@@ -33,14 +62,23 @@ export interface SamplingFlags {
 
 /** Sampling flags shared by generate and chat. */
 export function addSamplingOptions(cmd: Command): Command {
+  const d = DEFAULT_SAMPLER_OPTIONS;
   return cmd
-    .option("--temp <t>", "temperature (0 = greedy)", numArg("--temp", 0, 100))
-    .option("--top-k <k>", "keep the k most likely tokens (0 = off)", intArg("--top-k", 0))
-    .option("--top-p <p>", "nucleus sampling mass (1 = off)", numArg("--top-p", 0, 1))
-    .option("--min-p <p>", "drop tokens below p times the top probability (0 = off)", numArg("--min-p", 0, 1))
+    .option("--temp <t>", `temperature, 0 = greedy (default: ${d.temperature})`, numArg("--temp", 0, 100))
+    .option(
+      "--top-k <k>",
+      `keep the k most likely tokens, 0 = off (default: ${d.topK})`,
+      intArg("--top-k", 0),
+    )
+    .option("--top-p <p>", `nucleus sampling mass, 1 = off (default: ${d.topP})`, numArg("--top-p", 0, 1))
+    .option(
+      "--min-p <p>",
+      `drop tokens below p times the top probability, 0 = off (default: ${d.minP})`,
+      numArg("--min-p", 0, 1),
+    )
     .option(
       "--repeat-penalty <r>",
-      "penalty for recently used tokens (1 = off)",
+      `penalty for recently used tokens, 1 = off (default: ${d.repeatPenalty})`,
       numArg("--repeat-penalty", 0),
     )
     .option("--seed <s>", "random seed (same seed, same text)", intArg("--seed", 0, 2 ** 32 - 1));
@@ -59,9 +97,7 @@ export function samplerOptions(f: SamplingFlags) {
 
 /** Model loading flags shared by generate, chat and serve. */
 export function addModelOptions(cmd: Command): Command {
-  return cmd
-    .requiredOption("-m, --model <file>", "GGUF model file")
-    .option("-t, --threads <n>", "compute threads (default: all cores)", intArg("--threads", 1, 1024))
+  return addThreadsOption(cmd.requiredOption("-m, --model <file>", "GGUF model file"))
     .option(
       "-c, --ctx <n>",
       "context size in tokens (default: the model's, at most 4096)",
@@ -73,7 +109,7 @@ export function addModelOptions(cmd: Command): Command {
       "apply a GGUF LoRA adapter at run time (repeatable)",
       (value: string, previous: string[] = []) => [...previous, value],
     )
-    .option("--lora-scale <s>", "scale of the LoRA adapters (default 1)", numArg("--lora-scale", 0));
+    .option("--lora-scale <s>", "scale of the LoRA adapters (default: 1)", numArg("--lora-scale", 0));
 }
 
 export interface ModelFlags {

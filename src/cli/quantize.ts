@@ -1,5 +1,13 @@
 import type { Command } from "commander";
 import { quantizeModel } from "../quant/quantize-model.js";
+import { checkOutputs } from "../util/output-path.js";
+import { FORCE_HELP } from "./options.js";
+
+interface QuantizeFlags {
+  type: string;
+  json?: boolean;
+  force?: boolean;
+}
 
 export function registerQuantize(program: Command) {
   program
@@ -9,7 +17,9 @@ export function registerQuantize(program: Command) {
     .argument("<out>", "output GGUF model")
     .requiredOption("--type <type>", "target type: f16, q8_0, q4_0, q4_1, q5_0, q5_1")
     .option("--json", "print a JSON summary")
-    .action(async (input: string, output: string, flags: { type: string; json?: boolean }) => {
+    .option("--force", FORCE_HELP)
+    .action(async (input: string, output: string, flags: QuantizeFlags) => {
+      checkOutputs({ inputs: [input], outputs: [output], force: flags.force });
       const summary = await quantizeModel(input, output, flags.type, {
         onProgress: process.stderr.isTTY && !flags.json ? "bar" : undefined,
       });

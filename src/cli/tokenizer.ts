@@ -2,7 +2,8 @@ import { type Command, InvalidArgumentError } from "commander";
 import { DOCUMENT_SPLITS, type DocumentSplit } from "../data/corpus.js";
 import { DEFAULT_MAX_WORDS } from "../tokenizer/train.js";
 import { trainTokenizerOnFiles } from "../tokenizer/train-corpus.js";
-import { intArg, numArg } from "./options.js";
+import { checkOutputs } from "../util/output-path.js";
+import { FORCE_HELP, intArg, numArg } from "./options.js";
 
 /** Commander parser for --split. */
 export function documentSplitArg(value: string): DocumentSplit {
@@ -55,6 +56,7 @@ export function registerTokenizer(program: Command) {
     .option("--max-piece-length <n>", "longest piece in characters", intArg("--max-piece-length", 2, 256), 16)
     .option("--skip-invalid", "skip bad JSONL lines (counted by reason) instead of stopping")
     .option("--json", "print a JSON summary")
+    .option("--force", FORCE_HELP)
     .action(
       async (
         files: string[],
@@ -68,8 +70,10 @@ export function registerTokenizer(program: Command) {
           maxPieceLength: number;
           skipInvalid?: boolean;
           json?: boolean;
+          force?: boolean;
         },
       ) => {
+        checkOutputs({ inputs: files, outputs: [{ path: flags.out, flag: "--out" }], force: flags.force });
         const summary = await trainTokenizerOnFiles(files, flags.out, {
           vocabSize: flags.vocabSize,
           specialTokens: flags.special ?? [],

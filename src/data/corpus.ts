@@ -29,8 +29,17 @@ export const DOCUMENT_SPLITS: readonly DocumentSplit[] = ["blank-line", "line", 
 
 /** Longest segment of a document, in UTF-16 code units: 1 Mi. */
 export const SEGMENT_CHARS = 1 << 20;
-/** Longest JSONL line, in UTF-16 code units: 32 Mi. */
+/**
+ * Longest JSONL line (or JSON array element), in UTF-16 code units: 32 Mi. Every JSONL reader
+ * (corpora here, datasets in records.ts) stops collecting a line there, so a line of gigabytes
+ * costs bounded memory and a one-line error instead of a string too long for the engine.
+ */
 export const MAX_LINE_CHARS = 32 << 20;
+
+/** What is wrong with a line over the limit, in every reader's words. */
+export function lineTooLong(limit = MAX_LINE_CHARS): string {
+  return `line longer than ${limit} characters`;
+}
 
 const CHUNK_BYTES = 1 << 20;
 
@@ -286,7 +295,7 @@ async function* jsonlDocuments(
   let overlong = false; // inside a line over the limit, being skipped
   for await (const piece of pieces) {
     if (!piece.ends || overlong) {
-      if (!overlong) skip(lineNo, "line too long", `line longer than ${limit} characters`);
+      if (!overlong) skip(lineNo, "line too long", lineTooLong(limit));
       overlong = !piece.ends;
       if (piece.ends) lineNo++;
       continue;

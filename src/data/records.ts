@@ -9,9 +9,10 @@
  *
  * Files: JSONL (one JSON object per line; blank lines are ignored) or one JSON array of objects.
  * Both are streamed: JSONL line by line, a JSON array element by element, so memory holds one
- * record at a time whatever the file size (bounded by the largest single record). A leading UTF-8
- * byte-order mark is ignored. Which of the two a file is follows from its first non-blank
- * character: `[` is a JSON array, anything else JSONL.
+ * record at a time whatever the file size. A line or element longer than MAX_LINE_CHARS (the
+ * corpus reader's limit, 32 Mi characters) is not held: it is an invalid record, reason "too long".
+ * A leading UTF-8 byte-order mark is ignored. Which of the two a file is follows from its first
+ * non-blank character: `[` is a JSON array, anything else JSONL.
  *
  * Formats (one per file; detected from the first record's keys, or forced with `format`):
  *   alpaca      {instruction, input?, output}; also self-instruct seed tasks
@@ -38,6 +39,7 @@
 import { createReadStream, statSync } from "node:fs";
 import { UserError } from "../errors.js";
 import type { ChatRole } from "../model/templates.js";
+import { lineTooLong, MAX_LINE_CHARS } from "./corpus.js";
 
 export const DATASET_FORMATS = ["alpaca", "sharegpt", "messages", "completion"] as const;
 export type DatasetFormat = (typeof DATASET_FORMATS)[number];
@@ -79,7 +81,8 @@ export type InvalidReason =
   | "empty list"
   | "unknown role"
   | "bad turn order"
-  | "template error";
+  | "template error"
+  | "too long";
 
 export interface RecordIssue {
   source: RecordSource;
@@ -355,6 +358,8 @@ export interface RawItem {
   source: RecordSource;
   value?: unknown;
   error?: string;
+  /** Why, for an error: "invalid JSON" unless said ("too long": over the line limit, not parsed). */
+  reason?: InvalidReason;
 }
 
 const CHUNK_BYTES = 1 << 20;
@@ -368,12 +373,15 @@ function jsonError(e: unknown): string {
 /**
  * Streams a file's JSON values: JSONL lines, or the elements of one top-level array. Each element
  * is collected on its own (strings and nesting tracked character by character) and parsed with
- * JSON.parse, so only one element is in memory at a time.
+ * JSON.parse, so only one element is in memory at a time. A line or element over `maxChars` is
+ * not collected: it is reported as a "too long" item as soon as it passes the limit (so a reader
+ * that stops at the first error stops there), and the rest of it is skipped.
  */
 async function* rawItems(
   path: string,
   chunkBytes: number,
   onBytes: (n: number) => void,
+  maxChars = MAX_LINE_CHARS,
 ): AsyncGenerator<RawItem> {
   const stream = createReadStream(path, { highWaterMark: chunkBytes });
   const decoder = new TextDecoder("utf-8");
@@ -382,6 +390,14 @@ async function* rawItems(
 
   // JSONL state: the text of the current line so far.
   let pendingLine = "";
+  // The current line or element passed maxChars and was reported; the rest of it is skipped.
+  let overlong = false;
+  const tooLong = (source: RecordSource): RawItem => ({
+    source,
+    error: source.index === undefined ? lineTooLong(maxChars) : `record longer than ${maxChars} characters`,
+    reason: "too long",
+  });
+  let elementChars = 0; // characters of the current element collected so far
   // JSON array state.
   let arrayState: "value" | "comma" | "done" = "value"; // what comes next at depth 0
   let index = 0;
@@ -407,15 +423,31 @@ async function* rawItems(
       return { source, error: `invalid JSON: ${jsonError(e)}${hint}` };
     }
   };
-  const arrayItem = (): RawItem => {
+  /** The element just ended, or undefined when it was reported as too long already. */
+  const arrayItem = (): RawItem | undefined => {
+    const source = { file: path, line: elementLine, index: index++ };
+    const chars = elementChars;
+    elementChars = 0;
+    if (overlong) {
+      overlong = false;
+      return undefined;
+    }
+    if (chars > maxChars) {
+      parts = [];
+      return tooLong(source);
+    }
     const text = parts.join("");
     parts = [];
-    const source = { file: path, line: elementLine, index: index++ };
     try {
       return { source, value: JSON.parse(text) };
     } catch (e) {
       return { source, error: `invalid JSON: ${jsonError(e)}` };
     }
+  };
+  /** Adds chunk[from, to) to the current element, unless it is already over the limit. */
+  const collect = (chunk: string, from: number, to: number): void => {
+    elementChars += to - from;
+    if (!overlong && elementChars <= maxChars) parts.push(chunk.slice(from, to));
   };
   const malformed = (what: string): never => {
     throw new UserError(`${path}:${line}: ${what}`);
@@ -450,14 +482,22 @@ async function* rawItems(
     if (mode === "jsonl") {
       let start = 0;
       for (let nl = chunk.indexOf("\n", start); nl >= 0; nl = chunk.indexOf("\n", start)) {
-        const text = pendingLine + chunk.slice(start, nl);
+        if (overlong) overlong = false;
+        else if (pendingLine.length + nl - start > maxChars) yield tooLong({ file: path, line });
+        else {
+          const item = jsonlItem(pendingLine + chunk.slice(start, nl), line);
+          if (item) yield item;
+        }
         pendingLine = "";
-        const item = jsonlItem(text, line);
-        if (item) yield item;
         line++;
         start = nl + 1;
       }
-      pendingLine += chunk.slice(start);
+      if (overlong) continue;
+      if (pendingLine.length + chunk.length - start > maxChars) {
+        pendingLine = "";
+        overlong = true;
+        yield tooLong({ file: path, line });
+      } else pendingLine += chunk.slice(start);
       continue;
     }
     // JSON array: walk the characters.
@@ -471,9 +511,10 @@ async function* rawItems(
           else if (c === 0x22 /* " */) {
             inString = false;
             if (depth === 0) {
-              parts.push(chunk.slice(elementStart, i + 1));
+              collect(chunk, elementStart, i + 1);
               inElement = false;
-              yield arrayItem();
+              const item = arrayItem();
+              if (item) yield item;
               arrayState = "comma";
             }
           } else if (c === 0x0a) line++;
@@ -481,10 +522,11 @@ async function* rawItems(
         }
         if (scalar) {
           if (c === 0x2c || c === 0x5d || c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) {
-            parts.push(chunk.slice(elementStart, i));
+            collect(chunk, elementStart, i);
             inElement = false;
             scalar = false;
-            yield arrayItem();
+            const item = arrayItem();
+            if (item) yield item;
             arrayState = "comma";
             i--; // look at the delimiter again at depth 0
           }
@@ -495,9 +537,10 @@ async function* rawItems(
         else if (c === 0x7d || c === 0x5d) {
           depth--;
           if (depth === 0) {
-            parts.push(chunk.slice(elementStart, i + 1));
+            collect(chunk, elementStart, i + 1);
             inElement = false;
-            yield arrayItem();
+            const item = arrayItem();
+            if (item) yield item;
             arrayState = "comma";
           }
         } else if (c === 0x0a) line++;
@@ -528,16 +571,29 @@ async function* rawItems(
       else if (c === 0x7b || c === 0x5b) depth = 1;
       else scalar = true;
     }
-    if (inElement) parts.push(chunk.slice(elementStart));
+    if (inElement) {
+      collect(chunk, elementStart, chunk.length);
+      if (elementChars > maxChars && !overlong) {
+        parts = [];
+        overlong = true;
+        yield tooLong({ file: path, line: elementLine, index });
+      }
+    }
   }
   const tail = decoder.decode();
   if (mode === "jsonl") {
-    const item = jsonlItem(pendingLine + tail, line);
-    if (item) yield item;
+    if (!overlong) {
+      if (pendingLine.length + tail.length > maxChars) yield tooLong({ file: path, line });
+      else {
+        const item = jsonlItem(pendingLine + tail, line);
+        if (item) yield item;
+      }
+    }
   } else if (mode === "array") {
     if (inElement && scalar && !inString) {
       inElement = false;
-      yield arrayItem();
+      const item = arrayItem();
+      if (item) yield item;
       arrayState = "comma";
     }
     if (arrayState !== "done") {
@@ -558,6 +614,8 @@ export interface ReadRecordsOptions {
   onSkip?: (issue: RecordIssue) => void;
   /** Bytes read from the file at a time (default 1 MiB). */
   chunkBytes?: number;
+  /** Longest line or JSON array element in characters (default MAX_LINE_CHARS, as for corpora). */
+  maxLineChars?: number;
 }
 
 /**
@@ -588,10 +646,15 @@ export class RecordReader implements AsyncIterable<DatasetRecord> {
     const size = datasetFileSize(path);
     let reader: RecordReader | undefined;
     let bytes = 0;
-    const items = rawItems(path, options.chunkBytes ?? CHUNK_BYTES, (n) => {
-      bytes += n;
-      if (reader) reader.bytesRead = bytes;
-    });
+    const items = rawItems(
+      path,
+      options.chunkBytes ?? CHUNK_BYTES,
+      (n) => {
+        bytes += n;
+        if (reader) reader.bytesRead = bytes;
+      },
+      options.maxLineChars,
+    );
     const buffered: RawItem[] = [];
     let format = options.format;
     if (format === undefined) {
@@ -620,7 +683,7 @@ export class RecordReader implements AsyncIterable<DatasetRecord> {
           throw new InvalidRecordError({
             source: bad.source,
             problem,
-            reason: bad.error ? "invalid JSON" : "not an object",
+            reason: bad.error ? (bad.reason ?? "invalid JSON") : "not an object",
           });
         }
         throw new UserError(`${path}: no records to tell the dataset format from; choose one with --format`);
@@ -636,7 +699,11 @@ export class RecordReader implements AsyncIterable<DatasetRecord> {
     this.started = true;
     const handle = (item: RawItem): DatasetRecord[] => {
       if (item.error !== undefined)
-        return this.reject({ source: item.source, problem: item.error, reason: "invalid JSON" });
+        return this.reject({
+          source: item.source,
+          problem: item.error,
+          reason: item.reason ?? "invalid JSON",
+        });
       const parsed = parseRecord(item.value, this.format, item.source);
       return parsed.ok ? parsed.records : this.reject(parsed.issue);
     };
@@ -695,14 +762,19 @@ function datasetFileSize(path: string): number {
  */
 export async function* readJsonValues(
   path: string,
-  options: { chunkBytes?: number; onBytes?: (bytesRead: number) => void } = {},
+  options: { chunkBytes?: number; onBytes?: (bytesRead: number) => void; maxLineChars?: number } = {},
 ): AsyncGenerator<RawItem> {
   datasetFileSize(path);
   let bytes = 0;
-  yield* rawItems(path, options.chunkBytes ?? CHUNK_BYTES, (n) => {
-    bytes += n;
-    options.onBytes?.(bytes);
-  });
+  yield* rawItems(
+    path,
+    options.chunkBytes ?? CHUNK_BYTES,
+    (n) => {
+      bytes += n;
+      options.onBytes?.(bytes);
+    },
+    options.maxLineChars,
+  );
 }
 
 /** Streams the normalized records of a file (see RecordReader for the counts and the format). */

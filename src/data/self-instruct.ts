@@ -112,14 +112,19 @@ export interface SelfInstructState {
   replies: number;
   /** Replies in which no task could be parsed. */
   emptyReplies: number;
-  /** Tasks parsed from replies. */
+  /**
+   * Tasks from replies that were judged: always `kept` plus every count in `rejected` (tasks of a
+   * reply past the wanted number are left unjudged and not counted).
+   */
   candidates: number;
   rejected: Partial<Record<RejectReason, number>>;
   promptTokens: number;
   completionTokens: number;
   /** True when some server reported no usage and counts were estimated. */
   tokensEstimated: boolean;
+  /** Requests sent again, and why ("429", "timeout", "connection", "cut off"...). */
   retries: number;
+  retriesByReason: Record<string, number>;
   /** Bytes of `out` after the last reply written (a longer file has lines written after it). */
   outBytes: number;
 }
@@ -194,7 +199,6 @@ export async function selfInstruct(options: SelfInstructOptions): Promise<SelfIn
   const take = (text: string, finishReason: string | null): boolean => {
     state.replies++;
     const tasks = parseTasks(text);
-    state.candidates += tasks.length;
     if (tasks.length === 0) state.emptyReplies++;
     // A reply cut at max tokens may end in a task cut short.
     if (finishReason === "length" && tasks.length > 0) {
@@ -220,13 +224,16 @@ export async function selfInstruct(options: SelfInstructOptions): Promise<SelfIn
       if (recent.length > RECENT_TASKS) recent.shift();
       lines += `${JSON.stringify({ instruction: task.instruction, input: task.input, output: task.output })}\n`;
       state.kept++;
+      state.candidates++;
       keptHere++;
     }
     if (lines !== "") writeSync(fd, lines);
     saveState();
     return keptHere > 0;
   };
+  // A candidate is counted with its verdict: kept above, or rejected here.
   const reject = (reason: RejectReason) => {
+    state.candidates++;
     state.rejected[reason] = (state.rejected[reason] ?? 0) + 1;
   };
 
@@ -245,8 +252,9 @@ export async function selfInstruct(options: SelfInstructOptions): Promise<SelfIn
           temperature: options.temperature ?? 1,
           topP: options.topP ?? 1,
           signal,
-          onRetry: () => {
+          onRetry: (retry) => {
             state.retries++;
+            state.retriesByReason[retry.reason] = (state.retriesByReason[retry.reason] ?? 0) + 1;
           },
         });
       } catch (e) {
@@ -331,6 +339,7 @@ async function resume(
     completionTokens: 0,
     tokensEstimated: false,
     retries: 0,
+    retriesByReason: {},
     outBytes: 0,
   };
   const hasOut = existsSync(out);
@@ -365,6 +374,11 @@ async function resume(
       count++;
     }
   }
+  // The file is the truth for what was kept: tasks written after the last saved state (a kill
+  // between the two) were judged, tasks lost with a cut line were not kept. Counting the
+  // difference keeps candidates = kept + rejections.
+  state.candidates += count - state.kept;
+  state.retriesByReason ??= {};
   state.kept = count;
   state.teacher = teacher.url;
   state.model = teacher.model;

@@ -14,11 +14,12 @@
  * with a 64-bit hash per kept conversation (8-16 bytes each), so memory does not grow with the text.
  */
 
+import { UserError } from "../errors.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 import { DatasetWriter } from "./dataset-io.js";
 import { htmlToMarkdown, looksLikeHtml } from "./html-to-markdown.js";
 import { hashString64, U64Set } from "./minhash.js";
-import { readJsonValues } from "./records.js";
+import { detectFormat, readJsonValues } from "./records.js";
 import { findRefusal, inLanguage } from "./text-checks.js";
 
 export interface CleanShareGptOptions {
@@ -212,13 +213,23 @@ export async function cleanShareGpt(
   const seen = new U64Set();
   const countTokens = (text: string) =>
     options.tokenizer!.encode(text, { addSpecial: false, parseSpecial: false }).length;
+  // Records holding a `conversations` list, and the first record's format when it has none: a
+  // file with no conversation at all is not ShareGPT, and says so instead of writing nothing.
+  let conversationLists = 0;
+  let firstFormat: string | undefined;
+  let firstObject = true;
   const writer = DatasetWriter.create(output);
   try {
     for await (const item of readJsonValues(input, { onBytes: options.onBytes })) {
       report.conversations++;
       if (item.error !== undefined) {
-        drop("invalid JSON");
+        drop(item.reason === "too long" ? "too long" : "invalid JSON");
         continue;
+      }
+      if (item.value !== null && typeof item.value === "object" && !Array.isArray(item.value)) {
+        if (Array.isArray((item.value as Record<string, unknown>)["conversations"])) conversationLists++;
+        else if (firstObject) firstFormat = detectFormat(item.value);
+        firstObject = false;
       }
       const fixes: [FixKind, number][] = [];
       const cleaned = cleanConversation(item.value, options, (kind, n = 1) => fixes.push([kind, n]));
@@ -256,6 +267,16 @@ export async function cleanShareGpt(
         });
         report.written++;
       }
+    }
+    if (conversationLists === 0) {
+      throw new UserError(
+        report.conversations === 0
+          ? `${input}: no records; expected ShareGPT conversations ({"conversations": [{"from", "value"}, ...]})`
+          : `${input}: not ShareGPT: none of its ${report.conversations} records has a "conversations" list` +
+              (firstFormat
+                ? ` (it looks like ${firstFormat} records; data convert --to sharegpt rewrites them)`
+                : ""),
+      );
     }
     await writer.commit();
   } finally {

@@ -2,16 +2,19 @@
  * A client for a teacher model behind any OpenAI-compatible chat completions endpoint (a hosted
  * API, Ollama, llama.cpp's server, `smallhammer serve`), with our own policy for what goes wrong
  * at scale: a per-request timeout, a client-side rate limit (requests and tokens per minute), and
- * retries with exponential backoff on 429, 408, 409, 5xx, timeouts and dropped connections, waiting
- * as long as the server's Retry-After asks when it sends one.
+ * retries with exponential backoff on 429, 408, 409, 5xx, timeouts and dropped connections (also a
+ * reply cut off mid-body: a 200 whose JSON ends early, as a proxy dropping the connection leaves
+ * it), waiting as long as the server's Retry-After asks when it sends one.
  *
  *   const teacher = new TeacherClient({ url: "http://127.0.0.1:8080/v1", model: "tiny", rpm: 60 });
  *   const reply = await teacher.complete({ messages: [{ role: "user", content: "Hi" }] });
  *
  * The requests go through the official `openai` SDK with its own retries switched off (maxRetries
  * 0) so that one policy, this one, decides; its errors carry the status and the response headers,
- * which is all Retry-After needs. The timeout is ours too (an AbortSignal around the whole call,
- * body included), because the SDK's timer stops once the response headers arrive.
+ * which is all Retry-After needs. The body of a successful reply is read and parsed here, not by
+ * the SDK, to tell a body cut off (retried) from one that is not a chat completion at all (an
+ * error). The timeout is ours too (an AbortSignal around the whole call, body included), because
+ * the SDK's timer stops once the response headers arrive.
  */
 
 import OpenAI from "openai";
@@ -49,7 +52,7 @@ export interface TeacherOptions {
 export interface RetryInfo {
   /** The attempt that failed, from 1. */
   attempt: number;
-  /** Why: "429", "503", "timeout", "connection". */
+  /** Why: "429", "503", "timeout", "connection", "cut off". */
   reason: string;
   delayMs: number;
   /** True when the delay came from the server's Retry-After. */
@@ -274,17 +277,20 @@ export class TeacherClient {
       const signal = request.signal ? AbortSignal.any([request.signal, timeout.signal]) : timeout.signal;
       let failure: RetriableFailure;
       try {
-        const completion = await this.sdk.chat.completions.create(
-          {
-            model: this.model,
-            messages: request.messages,
-            max_tokens: request.maxTokens,
-            temperature: request.temperature,
-            top_p: request.topP,
-            stop: request.stop,
-          },
-          { signal },
-        );
+        const response = await this.sdk.chat.completions
+          .create(
+            {
+              model: this.model,
+              messages: request.messages,
+              max_tokens: request.maxTokens,
+              temperature: request.temperature,
+              top_p: request.topP,
+              stop: request.stop,
+            },
+            { signal },
+          )
+          .asResponse();
+        const completion = await this.readCompletion(response);
         const choice = completion.choices?.[0];
         const text = typeof choice?.message?.content === "string" ? choice.message.content : "";
         const usage = completion.usage;
@@ -305,7 +311,9 @@ export class TeacherClient {
         if (request.signal?.aborted) throw new TeacherAbortError("stopped");
         failure = timeout.signal.aborted
           ? { reason: "timeout", detail: `no reply within ${this.timeoutMs / 1000} s` }
-          : this.classify(e);
+          : e instanceof RetriableReply
+            ? e.failure
+            : this.classify(e);
       } finally {
         clearTimeout(timer);
       }
@@ -325,6 +333,51 @@ export class TeacherClient {
       request.onRetry?.(retry);
       await this.clock.sleep(delayMs, request.signal);
     }
+  }
+
+  /**
+   * The chat completion in a successful reply's body. Throws a RetriableReply when the body is cut
+   * off (the connection dropped while it came, or JSON that starts as an object and ends early),
+   * a TeacherError when it is not a chat completion at all (not JSON, or no `choices` list).
+   */
+  private async readCompletion(response: Response): Promise<ChatCompletionBody> {
+    let body: string;
+    try {
+      body = await response.text();
+    } catch (e) {
+      // An abort (the timeout or the stop signal) is reported by the caller, which checks both.
+      const code = (e as { cause?: { code?: string } }).cause?.code;
+      throw new RetriableReply({
+        reason: "connection",
+        detail: `the connection dropped during the reply${code ? ` (${code})` : ""}`,
+      });
+    }
+    let value: unknown;
+    try {
+      value = JSON.parse(body);
+    } catch (e) {
+      if (body.trimStart().startsWith("{")) {
+        throw new RetriableReply({
+          reason: "cut off",
+          detail: `the reply was cut off after ${body.length} characters (${oneLine(String(e))})`,
+        });
+      }
+      throw new TeacherError(
+        `teacher ${this.url}: unusable reply: not JSON (${JSON.stringify(body.slice(0, 60))}${body.length > 60 ? "..." : ""})`,
+        502,
+      );
+    }
+    if (
+      value === null ||
+      typeof value !== "object" ||
+      !Array.isArray((value as ChatCompletionBody).choices)
+    ) {
+      throw new TeacherError(
+        `teacher ${this.url}: unusable reply: not a chat completion (no "choices" list in ${oneLine(body).slice(0, 80)})`,
+        502,
+      );
+    }
+    return value as ChatCompletionBody;
   }
 
   /** A retriable failure is returned; the others become a TeacherError (or are rethrown when a bug). */
@@ -356,6 +409,19 @@ export class TeacherClient {
       throw new TeacherError(`teacher ${this.url}: unusable reply: ${oneLine(String(e))}`, 502);
     }
     throw e;
+  }
+}
+
+/** The parts of a chat completion body this client reads. */
+interface ChatCompletionBody {
+  choices: { message?: { content?: unknown }; finish_reason?: string | null }[];
+  usage?: { prompt_tokens: number; completion_tokens?: number } | null;
+}
+
+/** Carries a retriable failure found in a reply's body out of the request's try block. */
+class RetriableReply extends Error {
+  constructor(readonly failure: RetriableFailure) {
+    super(failure.detail);
   }
 }
 

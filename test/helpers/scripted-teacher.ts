@@ -11,6 +11,10 @@ export interface TeacherStep {
   body?: string;
   /** Send the headers and this start of a body, then nothing more until the client leaves. */
   stallBody?: string;
+  /** Send the whole reply's first this-many characters, then drop the connection (a proxy failing). */
+  dropAfter?: number;
+  /** Send the whole reply's first this-many characters as a complete response (a body cut short). */
+  cutAt?: number;
   /** Wait before answering. */
   delayMs?: number;
   finishReason?: string;
@@ -88,30 +92,35 @@ export class ScriptedTeacher {
     }
     const text = step.text ?? "";
     const promptChars = (request.body.messages ?? []).reduce((n, m) => n + m.content.length, 0);
-    res.end(
-      JSON.stringify({
-        id: `chatcmpl-${request.n}`,
-        object: "chat.completion",
-        created: 0,
-        model: request.body.model,
-        choices: [
-          {
-            index: 0,
-            message: { role: "assistant", content: text },
-            finish_reason: step.finishReason ?? "stop",
-          },
-        ],
-        ...(step.noUsage
-          ? {}
-          : {
-              usage: {
-                prompt_tokens: Math.ceil(promptChars / 4),
-                completion_tokens: Math.ceil(text.length / 4),
-                total_tokens: Math.ceil(promptChars / 4) + Math.ceil(text.length / 4),
-              },
-            }),
-      }),
-    );
+    const reply = JSON.stringify({
+      id: `chatcmpl-${request.n}`,
+      object: "chat.completion",
+      created: 0,
+      model: request.body.model,
+      choices: [
+        {
+          index: 0,
+          message: { role: "assistant", content: text },
+          finish_reason: step.finishReason ?? "stop",
+        },
+      ],
+      ...(step.noUsage
+        ? {}
+        : {
+            usage: {
+              prompt_tokens: Math.ceil(promptChars / 4),
+              completion_tokens: Math.ceil(text.length / 4),
+              total_tokens: Math.ceil(promptChars / 4) + Math.ceil(text.length / 4),
+            },
+          }),
+    });
+    if (step.dropAfter !== undefined) {
+      // Chunked encoding: the client sees the start of the body, then the connection close.
+      res.write(reply.slice(0, step.dropAfter));
+      setTimeout(() => res.socket?.destroy(), 20);
+      return;
+    }
+    res.end(step.cutAt === undefined ? reply : reply.slice(0, step.cutAt));
   }
 }
 
