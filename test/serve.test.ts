@@ -107,6 +107,8 @@ async function raw(path: string, init: RequestInit = {}, s = server) {
   return { status: r.status, text: await r.text(), headers: r.headers };
 }
 
+const JSON_TYPE = { "content-type": "application/json" };
+
 function expectErrorShape(text: string, status: number) {
   const body = JSON.parse(text);
   expect(Object.keys(body)).toEqual(["error"]);
@@ -253,7 +255,11 @@ describe("errors", () => {
     ];
     for (const [patch, param] of cases) {
       const body = { model: server.modelId, messages: user("hi"), max_tokens: 2, ...patch };
-      const r = await raw("/v1/chat/completions", { method: "POST", body: JSON.stringify(body) });
+      const r = await raw("/v1/chat/completions", {
+        method: "POST",
+        headers: JSON_TYPE,
+        body: JSON.stringify(body),
+      });
       expect(r.status, JSON.stringify(patch)).toBe(400);
       const err = expectErrorShape(r.text, r.status);
       expect(err.param, JSON.stringify(patch)).toBe(param);
@@ -296,7 +302,7 @@ describe("errors", () => {
 
   it("a body over the limit is a 413", async () => {
     const big = JSON.stringify({ model: server.modelId, messages: user("x".repeat(2 << 20)) });
-    const r = await raw("/v1/chat/completions", { method: "POST", body: big });
+    const r = await raw("/v1/chat/completions", { method: "POST", headers: JSON_TYPE, body: big });
     expect(r.status).toBe(413);
     expect(expectErrorShape(r.text, r.status).code).toBe("request_too_large");
   });
@@ -638,6 +644,8 @@ describe("bad input", () => {
     const methods = ["POST", "POST", "POST", "GET", "PUT", "DELETE", "PATCH"];
     const contentTypes = [
       "application/json",
+      "application/json",
+      "application/json",
       "text/plain",
       "application/x-www-form-urlencoded",
       "",
@@ -691,6 +699,7 @@ describe("bad input", () => {
     expect(crashed).toBe(0);
     expect([...statuses.keys()].every((s) => s < 500)).toBe(true);
     expect(statuses.get(400)).toBeGreaterThan(100);
+    expect(statuses.get(415)).toBeGreaterThan(10); // bodies not sent as application/json
     expect((await health()).status).toBe(200);
     expect(await chatText({ messages: user("still there?"), max_tokens: 3 })).not.toBe("");
   });

@@ -1,5 +1,7 @@
 import type { Command } from "commander";
 import { UserError } from "../errors.js";
+import { chatTemplateProblem } from "../model/model.js";
+import { isLoopbackHost } from "../serve/guard.js";
 import { startServer } from "../serve/server.js";
 import { addModelOptions, intArg, type ModelFlags, modelOptions, numArg } from "./options.js";
 
@@ -12,7 +14,11 @@ interface ServeFlags extends ModelFlags {
   timeout: number;
   bodyLimit: number;
   grace: number;
+  cors?: string[];
 }
+
+/** The longest --timeout and --grace, in seconds: what a Node.js timer holds (2^31 - 1 ms). */
+const MAX_SECONDS = 2_147_483;
 
 export function registerServe(program: Command) {
   const cmd = program
@@ -20,17 +26,37 @@ export function registerServe(program: Command) {
     .description("serve a model over an OpenAI-compatible HTTP API, with a web chat page at /")
     .option("--host <address>", "address to bind (0.0.0.0 for every interface)", "127.0.0.1")
     .option("--port <n>", "port (0 = any free port)", intArg("--port", 0, 65535), 8080)
-    .option("--api-key <key>", "require this key on /v1/* (default: $SMALLHAMMER_API_KEY, else none)")
+    .option("--api-key <key>", "require this key on the API (default: $SMALLHAMMER_API_KEY, else none)")
+    .option(
+      "--cors <origin>",
+      "let web pages from this origin call the API, e.g. http://localhost:3000, or * for any (repeatable, or a comma list)",
+      (value: string, previous: string[] = []) => [...previous, value],
+    )
     .option(
       "--parallel <n>",
       "sequences decoded together, each with its own context",
       intArg("--parallel", 1, 256),
       4,
     )
-    .option("--queue <n>", "requests that may wait for a sequence; more get 429", intArg("--queue", 0), 16)
-    .option("--timeout <s>", "longest a request may take, queue wait included", numArg("--timeout", 1), 600)
-    .option("--body-limit <bytes>", "largest request body", intArg("--body-limit", 1024), 1 << 20)
-    .option("--grace <s>", "on SIGTERM, how long requests in flight may still run", numArg("--grace", 0), 10);
+    .option(
+      "--queue <n>",
+      "requests that may wait for a sequence; more get 429",
+      intArg("--queue", 0, 65536),
+      16,
+    )
+    .option(
+      "--timeout <s>",
+      "longest a request may take, queue wait included",
+      numArg("--timeout", 1, MAX_SECONDS),
+      600,
+    )
+    .option("--body-limit <bytes>", "largest request body", intArg("--body-limit", 1024, 1 << 30), 1 << 20)
+    .option(
+      "--grace <s>",
+      "on SIGTERM, how long requests in flight may still run",
+      numArg("--grace", 0, MAX_SECONDS),
+      10,
+    );
   addModelOptions(cmd); // -m, -t, --ctx (of each sequence), --template, --lora, --lora-scale
   cmd.action(async (flags: ServeFlags) => {
     const apiKey = flags.apiKey ?? process.env.SMALLHAMMER_API_KEY;
@@ -46,10 +72,17 @@ export function registerServe(program: Command) {
       queue: flags.queue,
       timeoutMs: Math.round(flags.timeout * 1000),
       bodyLimit: flags.bodyLimit,
+      cors: flags.cors,
     });
     const err = process.stderr;
     err.write(`smallhammer serve: ${server.modelId} on ${server.url} (chat page at ${server.url}/)\n`);
-    if (!apiKey && !isLoopback(flags.host)) {
+    const templateProblem = chatTemplateProblem(flags.model, flags.template);
+    if (templateProblem !== undefined) {
+      err.write(
+        `smallhammer serve: ${templateProblem}; /v1/chat/completions will answer 400, /v1/completions works\n`,
+      );
+    }
+    if (!apiKey && !isLoopbackHost(flags.host)) {
       err.write(
         `smallhammer serve: warning: ${flags.host} is reachable from other machines and no --api-key is set\n`,
       );
@@ -81,8 +114,4 @@ export function registerServe(program: Command) {
       throw e;
     }
   });
-}
-
-function isLoopback(host: string): boolean {
-  return host === "localhost" || host === "::1" || host.startsWith("127.");
 }

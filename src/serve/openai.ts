@@ -94,6 +94,20 @@ export const completionRequestSchema = z.object({
   logprobs: z.null({ error: "logprobs are not supported" }).optional(),
 });
 
+/**
+ * POST /tokenize, beyond OpenAI's API (vLLM's shape): the messages of a chat, rendered as a chat
+ * completion renders them, or a prompt, as a completion reads it.
+ */
+export const tokenizeRequestSchema = z
+  .object({
+    model: z.string().nullish(),
+    messages: z.array(message).min(1).optional(),
+    prompt: z.string().optional(),
+  })
+  .refine((r) => (r.messages === undefined) !== (r.prompt === undefined), {
+    error: "give either messages or prompt",
+  });
+
 export type ChatRequest = z.infer<typeof chatRequestSchema>;
 export type CompletionRequest = z.infer<typeof completionRequestSchema>;
 
@@ -115,7 +129,7 @@ export function parseRequest<S extends z.ZodType>(schema: S, body: unknown): z.i
 }
 
 /** The messages of a chat request as the chat template takes them. */
-export function chatMessages(req: ChatRequest): ChatMessage[] {
+export function chatMessages(req: Pick<ChatRequest, "messages">): ChatMessage[] {
   return req.messages.map((m) => ({
     role: m.role === "developer" ? "system" : m.role,
     content: typeof m.content === "string" ? m.content : m.content.map((p) => p.text).join(""),

@@ -3,16 +3,21 @@
  * server-sent event streaming, a health check, and a web chat page, over one model whose
  * generations are batched together by the inference thread (engine.ts, scheduler.ts).
  *
- * Request path: API key (for /v1/*), loading or shutting-down state, JSON body (size limit),
- * zod validation, model name, prompt rendering and token count against the context, queue room,
- * then the generation, streamed or answered whole. Every error is answered in OpenAI's shape
- * with its status; a client that disconnects has its generation cancelled at the next step.
+ * Request path: shutting-down state, Host and Origin (guard.ts), then for the API's routes the key
+ * and the model's loading state — decided on the route the request was matched to, so that every
+ * spelling of a URL that reaches a handler is checked alike — then the JSON body (only as
+ * application/json, size limit), zod validation, model name, prompt rendering and token count
+ * against the context, queue room, then the generation, streamed or answered whole. Every error
+ * is answered in OpenAI's shape with its status; a client that disconnects has its generation
+ * cancelled at the next step.
  */
-import { randomBytes, timingSafeEqual } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";
-import type { ServerResponse } from "node:http";
+import type { OutgoingHttpHeaders, ServerResponse } from "node:http";
+import { Server as NetServer } from "node:net";
 import { basename } from "node:path";
 import type { Duplex } from "node:stream";
+import { setImmediate } from "node:timers/promises";
 import Fastify, { type FastifyReply } from "fastify";
 import { isUserError, UserError } from "../errors.js";
 import { readGgufHeader } from "../formats/gguf.js";
@@ -23,6 +28,7 @@ import { Sampler, type SamplerOptions } from "../model/sampler.js";
 import { type ChosenTemplate, chooseTemplate } from "../model/templates.js";
 import { Tokenizer } from "../tokenizer/index.js";
 import { Engine, type EngineInfo, type Generation } from "./engine.js";
+import { allowedHostNames, CorsPolicy, hostNameOf, isSameOrigin, keyMatches } from "./guard.js";
 import {
   ApiError,
   type ChatRequest,
@@ -40,9 +46,20 @@ import {
   type ResponseIds,
   samplerOptionsOf,
   stopStringsOf,
+  tokenizeRequestSchema,
   usage,
   usageChunk,
 } from "./openai.js";
+
+declare module "fastify" {
+  interface FastifyContextConfig {
+    /**
+     * The route is open: no key, and no loaded model needed (the chat page, the health check, CORS
+     * preflight). Every other route, and an unknown URL, needs the key when one is set.
+     */
+    open?: boolean;
+  }
+}
 
 export interface ServerOptions {
   /** GGUF model file. */
@@ -51,8 +68,16 @@ export interface ServerOptions {
   host?: string;
   /** Port; default 8080, 0 for any free port. */
   port?: number;
-  /** When set, /v1/* needs `Authorization: Bearer <apiKey>`. */
+  /**
+   * When set, every route but the chat page and /health (the API: /v1/*, /props, /tokenize) needs
+   * `Authorization: Bearer <apiKey>`.
+   */
   apiKey?: string;
+  /**
+   * Web origins (scheme://host[:port], or "*" for any) whose pages may call the API from a
+   * browser. Without them, a request that carries another site's Origin is refused (403).
+   */
+  cors?: string | readonly string[];
   /** Sequences decoded together in each step (each has its own KV cache); default 4. */
   parallel?: number;
   /** Requests that may wait for a free sequence; more are answered 429. Default 16. */
@@ -67,7 +92,7 @@ export interface ServerOptions {
   lora?: LlamaLoadOptions["lora"];
   /** Largest request body in bytes; default 1 MiB. */
   bodyLimit?: number;
-  /** Longest a generation request may take, queue wait included, in ms; default 10 minutes. */
+  /** Longest a generation request may take, queue wait included, in ms (at most 2^31 - 1); default 10 minutes. */
   timeoutMs?: number;
   /** The model starts loading once this settles (until then, and while loading, /v1 answers 503). */
   loadAfter?: Promise<unknown>;
@@ -102,7 +127,15 @@ const DEFAULTS = {
   batchSize: 128,
   /** Default max_tokens of /v1/completions, as OpenAI's. */
   completionMaxTokens: 16,
+  /** Context size when neither the caller nor the file gives one; the largest taken from a file. */
+  contextSize: 2048,
+  maxContextSize: 4096,
 };
+
+/** The longest delay a Node.js timer takes; longer ones fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** After the grace period: how long answers to cancelled requests may take to be written. */
+const FINAL_WRITE_MS = 5_000;
 
 const PUBLIC_DIR = new URL("../../src/serve/public/", import.meta.url);
 const PAGES: Record<string, [file: string, type: string]> = {
@@ -121,14 +154,18 @@ const PAGE_HEADERS = {
 /** How a generation request ends besides finishing: why it was cancelled. */
 type CancelReason = "client" | "timeout" | "shutdown";
 
-/** Starts the server: binds, answers 503 on /v1 while the model loads, then serves. */
+/** Starts the server: binds, answers 503 on the API while the model loads, then serves. */
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const host = options.host ?? DEFAULTS.host;
-  const parallel = positive("parallel", options.parallel ?? DEFAULTS.parallel);
-  const queueLimit = nonNegative("queue", options.queue ?? DEFAULTS.queue);
-  const bodyLimit = positive("bodyLimit", options.bodyLimit ?? DEFAULTS.bodyLimit);
-  const timeoutMs = positive("timeoutMs", options.timeoutMs ?? DEFAULTS.timeoutMs);
+  const listenPort = integerIn("port", options.port ?? DEFAULTS.port, 0, 65535);
+  const parallel = integerIn("parallel", options.parallel ?? DEFAULTS.parallel, 1);
+  const queueLimit = integerIn("queue", options.queue ?? DEFAULTS.queue, 0);
+  const bodyLimit = integerIn("bodyLimit", options.bodyLimit ?? DEFAULTS.bodyLimit, 1);
+  const timeoutMs = integerIn("timeoutMs", options.timeoutMs ?? DEFAULTS.timeoutMs, 1, MAX_TIMER_MS);
+  if (options.contextSize !== undefined) integerIn("contextSize", options.contextSize, 1);
   const apiKey = options.apiKey ? Buffer.from(options.apiKey) : undefined;
+  const cors = new CorsPolicy(typeof options.cors === "string" ? [options.cors] : (options.cors ?? []));
+  const hostNames = allowedHostNames(host);
 
   // The tokenizer and the chat template come from the file's header, read now: a bad file fails
   // here, before anything binds. The weights load in the inference thread.
@@ -144,6 +181,19 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     if (options.template !== undefined || !isUserError(e)) throw e;
     templateProblem = e.message;
   }
+  const contextSize = options.contextSize ?? fileContextSize(meta, options.model);
+  const fromFile = options.contextSize === undefined ? ` (${options.model}: context_length)` : "";
+  if (contextSize < 2) {
+    throw new UserError(
+      `a context of ${contextSize} token${fromFile} leaves no room for a prompt and a reply: raise the context (--ctx)`,
+    );
+  }
+  // A decoding step takes one token of every sequence, and a step holds at most one context.
+  if (contextSize < parallel) {
+    throw new UserError(
+      `a context of ${contextSize} tokens${fromFile} is too small for ${parallel} parallel sequences (each step decodes one token of each, and holds at most one context of tokens): raise the context (--ctx) or lower --parallel`,
+    );
+  }
   const modelId = basename(options.model).replace(/\.gguf$/i, "");
   const created = Math.floor(statSync(options.model).mtimeMs / 1000);
   const pages = new Map(
@@ -155,14 +205,12 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
   let engine: Engine | undefined;
   let closing = false;
+  /** Set once the grace period is over: a generation that would start now is refused. */
+  let cancelling = false;
   /** Generations that ran to their end, and those cancelled (client gone, timeout, shutdown). */
   const generations = { finished: 0, cancelled: 0 };
+  /** Requests with a generation (running or queued), to cancel on shutdown. */
   const active = new Set<{ cancel(reason: CancelReason): void }>();
-  let drained: (() => void) | undefined;
-  const untrack = (a: { cancel(reason: CancelReason): void }) => {
-    active.delete(a);
-    if (active.size === 0) drained?.();
-  };
 
   const app = Fastify({
     bodyLimit,
@@ -172,10 +220,56 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     clientErrorHandler: answerClientError,
   });
 
-  // A JSON body whatever the content type says (curl -d sends form encoding). Bodies are only
-  // read through the zod schemas, which copy the known fields, so keys like __proto__ go nowhere.
+  /** Responses not yet written whole: shutdown closes connections only once they are. */
+  const unanswered = new Set<ServerResponse>();
+  let answered: (() => void) | undefined;
+  app.server.on("request", (_req, res: ServerResponse) => {
+    unanswered.add(res);
+    const done = () => {
+      unanswered.delete(res);
+      if (unanswered.size === 0) answered?.();
+    };
+    res.once("finish", done);
+    res.once("close", done);
+  });
+  let accepted = 0;
+  app.server.on("connection", () => accepted++);
+  /**
+   * Takes the connections the system has completed but the server has not yet accepted (one is
+   * accepted per turn of the event loop): closing the listener would reset them.
+   */
+  const acceptBacklog = async () => {
+    for (let turn = 0; turn < 1000; turn++) {
+      const before = accepted;
+      await nextLoopTurn();
+      if (accepted === before) return;
+    }
+  };
+  /** Resolves true once every response is written, false after `ms`. */
+  const allAnswered = (ms: number) =>
+    new Promise<boolean>((resolve) => {
+      if (unanswered.size === 0) return resolve(true);
+      const timer = setTimeout(() => resolve(false), ms);
+      answered = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+    });
+
+  // JSON bodies only as application/json: other types are what a web page on another site can
+  // send without asking the browser first (text/plain, forms). Bodies are only read through the
+  // zod schemas, which copy the known fields, so keys like __proto__ go nowhere.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser("*", { parseAs: "string" }, (_req, body, done) => {
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
+    const charset = /;\s*charset\s*=\s*"?([^";\s]*)/i.exec(req.headers["content-type"] ?? "")?.[1];
+    if (charset !== undefined && !/^utf-?8$/i.test(charset)) {
+      const e = new ApiError(
+        415,
+        `JSON must be UTF-8, not ${charset.slice(0, 40)}`,
+        "unsupported_media_type",
+      );
+      return done(e, undefined);
+    }
     try {
       done(null, JSON.parse(body as string));
     } catch (e) {
@@ -193,16 +287,44 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     reply.code(e.status).send(e.body());
   });
   app.setNotFoundHandler((req, reply) => {
-    const e = new ApiError(404, `no route ${req.method} ${req.url.split("?")[0]}`, "not_found");
+    const e = new ApiError(404, `no route ${req.method} ${clip(req.url.split("?")[0]!)}`, "not_found");
     reply.code(404).send(e.body());
   });
 
+  // Runs after routing: req.routeOptions is the route whose handler will answer (none for a 404),
+  // whatever spelling of its path the request used (percent-encoding, absolute form, query).
   app.addHook("onRequest", async (req, reply) => {
     if (closing) {
       reply.header("connection", "close");
       throw new ApiError(503, "the server is shutting down", "shutting_down");
     }
-    if (!req.url.startsWith("/v1/") && req.url !== "/v1") return;
+    const hostHeader = req.headers.host;
+    if (hostNames && hostHeader !== undefined) {
+      const name = hostNameOf(hostHeader);
+      if (name === undefined || !hostNames.has(name)) {
+        throw new ApiError(
+          403,
+          `the Host header "${clip(hostHeader)}" is not a name of this server: on ${host} it answers to localhost, 127.0.0.1 and [::1] only`,
+          "host_not_allowed",
+        );
+      }
+    }
+    const origin = req.headers.origin;
+    if (origin !== undefined) {
+      if (cors.allows(origin)) {
+        reply.header("access-control-allow-origin", cors.any ? "*" : origin);
+        if (!cors.any) reply.header("vary", "Origin");
+      } else if (!isSameOrigin(origin, hostHeader)) {
+        throw new ApiError(
+          403,
+          `requests from the web origin ${clip(origin)} are refused; start the server with --cors ${clip(origin)} to allow them`,
+          "origin_not_allowed",
+        );
+      }
+    }
+    // Closed unless the matched route says it is open: a route added later cannot be left
+    // unguarded by mistake, and an unknown URL tells nothing without the key.
+    if (req.routeOptions.config?.open) return;
     if (apiKey && !keyMatches(req.headers.authorization, apiKey)) {
       throw new ApiError(
         401,
@@ -210,18 +332,36 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         "invalid_api_key",
       );
     }
+    if (req.routeOptions.url === undefined) return; // no route: the not-found handler answers
     if (!engine || engine.state === "loading")
       throw new ApiError(503, "the model is loading", "model_loading");
     if (engine.state !== "ready") throw new ApiError(500, `the model is not available: ${engine.failure}`);
   });
+  app.addHook("onSend", async (_req, reply) => {
+    if (closing) reply.header("connection", "close");
+  });
+
+  // CORS preflight: the browser asks before a cross-origin POST with JSON or a key. The Origin
+  // was checked above; the headers the page wants to send are allowed as asked.
+  const open = { config: { open: true } };
+  app.options("*", open, (req, reply) => {
+    reply.code(204).header("allow", "GET, POST, OPTIONS");
+    if (req.headers.origin !== undefined) {
+      reply.header("access-control-allow-methods", "GET, POST, OPTIONS");
+      reply.header("access-control-max-age", "600");
+      const asked = req.headers["access-control-request-headers"];
+      if (asked !== undefined) reply.header("access-control-allow-headers", asked);
+    }
+    reply.send();
+  });
 
   for (const [route, page] of pages) {
-    app.get(route, (_req, reply) => {
+    app.get(route, open, (_req, reply) => {
       reply.headers(PAGE_HEADERS).type(page.type).send(page.body);
     });
   }
 
-  app.get("/health", (_req, reply) => {
+  app.get("/health", open, (_req, reply) => {
     if (!engine || engine.state === "loading") {
       return reply.code(503).send(new ApiError(503, "the model is loading", "model_loading").body());
     }
@@ -244,6 +384,38 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     if (req.params.id !== modelId) throw unknownModel(req.params.id, modelId);
     return modelCard();
   });
+
+  // What a client needs to fit a conversation to the context (the chat page reads it).
+  app.get("/props", () => ({
+    model: modelId,
+    n_ctx: engine!.info!.contextSize,
+    slots: parallel,
+    chat_template: template?.label ?? null,
+  }));
+
+  // Counts the tokens of a chat (as the chat template renders it) or of a prompt, as vLLM's
+  // /tokenize does, so that a client can drop old turns before the context overflows.
+  app.post("/tokenize", (request) => {
+    const req = parseRequest(tokenizeRequestSchema, request.body);
+    if (req.model != null && req.model !== modelId) throw unknownModel(req.model, modelId);
+    let tokens: number[];
+    if (req.messages) {
+      if (!template) throw new ApiError(400, templateProblem, "no_chat_template");
+      tokens = renderChatTokens(req.messages);
+    } else {
+      tokens = tokenizer.encode(req.prompt!, { addSpecial: true, parseSpecial: true });
+    }
+    return { count: tokens.length, max_model_len: engine!.info!.contextSize, tokens };
+  });
+
+  function renderChatTokens(messages: ChatRequest["messages"]): number[] {
+    try {
+      return chatPromptTokens(tokenizer, template!, chatMessages({ messages }));
+    } catch (e) {
+      if (e instanceof UserError) throw new ApiError(400, e.message, "invalid_value", "messages");
+      throw e;
+    }
+  }
 
   /** Checks what every generation request needs and turns it into a job. */
   function prepare(
@@ -270,6 +442,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         "max_tokens",
       );
     }
+    if (cancelling) throw new ApiError(503, "the server is shutting down", "shutting_down");
     const sampling: SamplerOptions = samplerOptionsOf(req);
     try {
       new Sampler(sampling); // the sampler's own checks, before anything is queued
@@ -322,10 +495,18 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const res: ServerResponse = reply.raw;
     let cancelReason: CancelReason | undefined;
     let generation: Generation | undefined;
+    /** Writes the answer to a cancelled request (set below, streamed or not). */
+    let answerCancelled: (e: ApiError) => void = () => {};
+    // A cancelled request is answered at once, not when the inference thread reaches its next step
+    // boundary (a long prompt chunk may take seconds): its 503 or 504 is written before shutdown
+    // closes the connections.
     const tracked = {
       cancel(reason: CancelReason) {
-        cancelReason ??= reason;
+        if (cancelReason) return;
+        cancelReason = reason;
         generation?.cancel();
+        ended();
+        if (reason !== "client") answerCancelled(cancelledError());
       },
     };
     active.add(tracked);
@@ -333,7 +514,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     timer.unref();
     const ended = () => {
       clearTimeout(timer);
-      untrack(tracked);
+      active.delete(tracked);
     };
     // A closed connection before the answer was written: the client went away.
     res.on("close", () => {
@@ -355,6 +536,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     if (!stream) {
       return new Promise((resolve, reject) => {
         let text = "";
+        answerCancelled = reject;
         generation = engine!.generate(job, {
           onText: (t) => {
             text += t;
@@ -362,7 +544,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
           onDone: (info: GenerationInfo) => {
             ended();
             generations[info.finishReason === "abort" ? "cancelled" : "finished"]++;
-            if (info.finishReason === "abort") return reject(cancelledError());
+            if (cancelReason) return reject(cancelledError()); // answered already, unless by the client
+            if (info.finishReason === "abort") return reject(new ApiError(500, "the generation was stopped"));
             const u = usage(info.promptTokens, info.completionTokens);
             const finish = info.finishReason;
             resolve(
@@ -380,9 +563,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
     reply.hijack();
     res.writeHead(200, {
+      ...(reply.getHeaders() as OutgoingHttpHeaders), // CORS headers set by the onRequest hook
       "content-type": "text/event-stream; charset=utf-8",
       "cache-control": "no-cache",
-      connection: "keep-alive",
       "x-accel-buffering": "no",
     });
     const send = (data: unknown) => {
@@ -391,15 +574,19 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const end = () => {
       if (!res.writableEnded && !res.destroyed) res.end("data: [DONE]\n\n");
     };
+    answerCancelled = (e) => {
+      send(e.body());
+      end();
+    };
     if (kind === "chat") send(chunk("", null, true));
     generation = engine!.generate(job, {
       onText: (t) => send(chunk(t, null)),
       onDone: (info) => {
         ended();
         generations[info.finishReason === "abort" ? "cancelled" : "finished"]++;
-        if (info.finishReason === "abort") {
-          if (cancelReason !== "client") send(cancelledError().body());
-        } else {
+        if (cancelReason) return; // answered already, or the client is gone
+        if (info.finishReason === "abort") send(new ApiError(500, "the generation was stopped").body());
+        else {
           send(chunk("", info.finishReason));
           if (includeUsage) send(usageChunk(ids, object, usage(info.promptTokens, info.completionTokens)));
         }
@@ -419,13 +606,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const req = parseRequest(chatRequestSchema, request.body);
     if (!template) throw new ApiError(400, templateProblem, "no_chat_template");
     if (req.model !== modelId) throw unknownModel(req.model, modelId);
-    let prompt: number[];
-    try {
-      prompt = chatPromptTokens(tokenizer, template, chatMessages(req));
-    } catch (e) {
-      if (e instanceof UserError) throw new ApiError(400, e.message, "invalid_value", "messages");
-      throw e;
-    }
+    const prompt = renderChatTokens(req.messages);
     const job = prepare(req, prompt, undefined, [...stopStringsOf(req), ...template.stopStrings]);
     return respond(reply, job, "chat", req.stream === true, req.stream_options?.include_usage === true);
   });
@@ -441,14 +622,14 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   });
 
   try {
-    await app.listen({ host, port: options.port ?? DEFAULTS.port });
+    await app.listen({ host, port: listenPort });
   } catch (e) {
     await app.close();
     const why = (e as NodeJS.ErrnoException).code === "EADDRINUSE" ? "the port is in use" : oneLine(e);
-    throw new UserError(`cannot listen on ${host} port ${options.port ?? DEFAULTS.port}: ${why}`);
+    throw new UserError(`cannot listen on ${host} port ${listenPort}: ${why}`);
   }
   const address = app.server.address();
-  const port = typeof address === "object" && address ? address.port : (options.port ?? DEFAULTS.port);
+  const port = typeof address === "object" && address ? address.port : listenPort;
 
   const ready = (async () => {
     await options.loadAfter;
@@ -456,7 +637,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     engine = new Engine({
       path: options.model,
       threads: options.threads,
-      contextSize: options.contextSize,
+      contextSize,
       lora: options.lora,
       sequences: parallel,
       batchSize: Math.max(DEFAULTS.batchSize, parallel),
@@ -467,22 +648,33 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
   let closed: Promise<void> | undefined;
   const close = (graceMs = 10_000): Promise<void> => {
+    if (!(graceMs >= 0)) {
+      return Promise.reject(new UserError(`the grace period must be a number of ms >= 0, got ${graceMs}`));
+    }
     closed ??= (async () => {
+      // Order matters. Stop accepting connections (those the system has completed are taken
+      // first: closing the listener would reset them), but keep the open ones: a request already
+      // on its way is answered (503) rather than cut off. Let requests finish for the grace
+      // period; then cancel the rest, which answers each (503, or an error event ending its
+      // stream); wait until those answers are written; only then close the connections, and
+      // last the model. (http.Server.close would also drop idle connections, whose request may
+      // sit unread in the socket, so the listener is closed at the net level.)
       closing = true;
-      const serverClosed = app.close();
-      app.server.closeIdleConnections();
-      if (active.size > 0) {
-        const allDone = new Promise<void>((resolve) => {
-          drained = resolve;
-        });
-        const grace = setTimeout(() => {
-          for (const a of active) a.cancel("shutdown");
-        }, graceMs);
-        await allDone;
-        clearTimeout(grace);
+      await acceptBacklog();
+      const stopped = new Promise<void>((resolve) =>
+        NetServer.prototype.close.call(app.server, () => resolve()),
+      );
+      await nextLoopTurn(); // reads the requests that came with them
+      if (!(await allAnswered(Math.min(graceMs, MAX_TIMER_MS)))) {
+        cancelling = true;
+        for (const a of [...active]) a.cancel("shutdown");
+        await allAnswered(FINAL_WRITE_MS);
       }
-      app.server.closeAllConnections();
-      await serverClosed;
+      app.server.closeIdleConnections();
+      const late = setTimeout(() => app.server.closeAllConnections(), FINAL_WRITE_MS);
+      await stopped; // once every connection is closed
+      clearTimeout(late);
+      await app.close();
       await engine?.close(); // a model still waiting for loadAfter never starts loading (see ready)
     })();
     return closed;
@@ -508,12 +700,29 @@ function unknownModel(asked: string, served: string): ApiError {
   );
 }
 
-/** Constant-time comparison of a Bearer token with the key. */
-function keyMatches(authorization: string | undefined, key: Buffer): boolean {
-  const m = /^Bearer\s+(.+)$/i.exec(authorization?.trim() ?? "");
-  if (!m) return false;
-  const given = Buffer.from(m[1]!.trim());
-  return given.length === key.length && timingSafeEqual(given, key);
+/** The context size a model file asks for, at most DEFAULTS.maxContextSize. */
+function fileContextSize(meta: (key: string) => unknown, file: string): number {
+  const value = meta(`${meta("general.architecture")}.context_length`);
+  if (value === undefined) return DEFAULTS.contextSize;
+  const n = typeof value === "bigint" ? Number(value) : value;
+  if (typeof n !== "number" || !Number.isSafeInteger(n) || n < 1) {
+    throw new UserError(
+      `${file}: context_length ${String(value)} is not a positive integer; give a context size with --ctx`,
+    );
+  }
+  return Math.min(n, DEFAULTS.maxContextSize);
+}
+
+/** Resolves after the event loop has polled for I/O at least once more. */
+async function nextLoopTurn(): Promise<void> {
+  // An immediate set during the poll phase runs right after it; the second runs after the next poll.
+  await setImmediate();
+  await setImmediate();
+}
+
+/** A header value cut to a length fit for an error message. */
+function clip(s: string): string {
+  return s.length > 100 ? `${s.slice(0, 100)}…` : s;
 }
 
 /** Any error thrown while handling a request, as the ApiError to answer. */
@@ -523,6 +732,13 @@ function toApiError(err: unknown, bodyLimit: number): ApiError {
   const e = err as { code?: string; statusCode?: number; message?: string };
   if (e.code === "FST_ERR_CTP_BODY_TOO_LARGE") {
     return new ApiError(413, `the request body is over the limit of ${bodyLimit} bytes`, "request_too_large");
+  }
+  if (e.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
+    return new ApiError(
+      415,
+      "the request body must be JSON sent as Content-Type: application/json",
+      "unsupported_media_type",
+    );
   }
   if (e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
     return new ApiError(e.statusCode, oneLine(err), e.code ?? null);
@@ -535,13 +751,10 @@ function oneLine(e: unknown): string {
   return message.replace(/\s*\n\s*/g, " ").trim();
 }
 
-function positive(name: string, v: number): number {
-  if (!Number.isInteger(v) || v < 1) throw new UserError(`${name} must be an integer >= 1, got ${v}`);
-  return v;
-}
-
-function nonNegative(name: string, v: number): number {
-  if (!Number.isInteger(v) || v < 0) throw new UserError(`${name} must be an integer >= 0, got ${v}`);
+function integerIn(name: string, v: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (!Number.isSafeInteger(v) || v < min || v > max) {
+    throw new UserError(`${name} must be an integer from ${min} to ${max}, got ${v}`);
+  }
   return v;
 }
 

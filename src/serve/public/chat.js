@@ -4,6 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const els = {
   model: $("model"),
+  context: $("context"),
   messages: $("messages"),
   status: $("status"),
   composer: $("composer"),
@@ -18,10 +19,17 @@ const els = {
   apiKey: $("api-key"),
 };
 
-/** The conversation so far: {role, content} as the API takes it. */
+/**
+ * The conversation still sent with each request: {role, content, el}, el being the message on the
+ * page. Turns that no longer fit the context leave it (and stay on the page, faded).
+ */
 let history = [];
 /** The model id the server serves (sent with every request). */
 let modelId = "";
+/** The context size of the server's sequences, in tokens (0 until known). */
+let contextSize = 0;
+/** Room kept for a reply when no max tokens are set: at most this, and half the context. */
+const REPLY_ROOM = 512;
 /** Aborts the reply being streamed. */
 let controller = null;
 
@@ -84,6 +92,66 @@ async function connect() {
   modelId = list.data?.[0]?.id ?? "";
   els.model.textContent = modelId;
   setStatus("");
+  try {
+    const props = await fetch("/props", { headers: headers() });
+    if (props.ok) contextSize = (await props.json()).n_ctx ?? 0;
+  } catch {}
+  showContext(0);
+}
+
+/** Shows how many tokens of the context the conversation takes. */
+function showContext(used) {
+  els.context.textContent = contextSize ? `context used: ${used} / ${contextSize}` : "";
+}
+
+/** The tokens `messages` take as a prompt (the server renders the chat template), or null. */
+async function countTokens(messages, signal) {
+  try {
+    const res = await fetch("/tokenize", {
+      method: "POST",
+      headers: headers(),
+      body: JSON.stringify({ model: modelId, messages }),
+      signal,
+    });
+    if (!res.ok) return null;
+    return (await res.json()).count ?? null;
+  } catch (e) {
+    if (signal.aborted) throw e;
+    return null;
+  }
+}
+
+/** The messages of a request: the system prompt, then the conversation. */
+function requestMessages() {
+  const system = els.system.value.trim();
+  const turns = history.map(({ role, content }) => ({ role, content }));
+  return system ? [{ role: "system", content: system }, ...turns] : turns;
+}
+
+/**
+ * Drops the oldest turns (a user message and the reply to it) until the prompt leaves `reserve`
+ * tokens for the reply, keeping the system prompt and the newest message, as the terminal chat
+ * does. Returns the prompt's token count, or null when the server cannot count.
+ */
+async function fitContext(reserve, signal) {
+  let dropped = 0;
+  for (;;) {
+    const count = await countTokens(requestMessages(), signal);
+    if (count === null || count + reserve <= contextSize || history.length <= 1) {
+      if (dropped) {
+        setStatus(
+          `${dropped} earlier message${dropped > 1 ? "s" : ""} no longer fit the context of ${contextSize} tokens and ${dropped > 1 ? "are" : "is"} left out (faded).`,
+        );
+      }
+      return count;
+    }
+    const n = history[1]?.role === "assistant" && history.length > 2 ? 2 : 1;
+    for (const turn of history.splice(0, n)) {
+      turn.el.classList.add("dropped");
+      turn.el.title = "left out: no longer fits the model's context";
+      dropped++;
+    }
+  }
 }
 
 function addMessage(role, text) {
@@ -134,24 +202,30 @@ async function readEvents(body, onData) {
 
 async function send(text) {
   if (!modelId) await connect();
-  history.push({ role: "user", content: text });
-  addMessage("user", text);
+  history.push({ role: "user", content: text, el: addMessage("user", text) });
   const reply = addMessage("assistant", "");
   const content = reply.querySelector(".content");
   reply.dataset.state = "streaming";
   setStreaming(true);
+  setStatus("");
   controller = new AbortController();
-  const system = els.system.value.trim();
   const maxTokens = Number.parseInt(els.maxTokens.value, 10);
-  const body = {
-    model: modelId,
-    messages: system ? [{ role: "system", content: system }, ...history] : history,
-    temperature: Number(els.temperature.value),
-    stream: true,
-  };
-  if (maxTokens > 0) body.max_tokens = maxTokens;
   let finish = null;
   try {
+    // Without max tokens the reply may run to the end of the context; keep room for one.
+    if (contextSize) {
+      const reserve = maxTokens > 0 ? maxTokens : Math.min(REPLY_ROOM, Math.floor(contextSize / 2));
+      const used = await fitContext(reserve, controller.signal);
+      if (used !== null) showContext(used);
+    }
+    const body = {
+      model: modelId,
+      messages: requestMessages(),
+      temperature: Number(els.temperature.value),
+      stream: true,
+      stream_options: { include_usage: true },
+    };
+    if (maxTokens > 0) body.max_tokens = maxTokens;
     const res = await fetch("/v1/chat/completions", {
       method: "POST",
       headers: headers(),
@@ -163,6 +237,7 @@ async function send(text) {
       if (data === "[DONE]") return false;
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.usage) showContext(chunk.usage.total_tokens);
       const choice = chunk.choices?.[0];
       if (choice?.delta?.content) {
         content.textContent += choice.delta.content;
@@ -171,7 +246,9 @@ async function send(text) {
       if (choice?.finish_reason) finish = choice.finish_reason;
     });
     reply.dataset.state = "done";
-    if (finish === "length") note(reply, "(stopped at the token limit)");
+    if (finish === "length") {
+      note(reply, maxTokens > 0 ? "(stopped at the token limit)" : "(stopped: the context is full)");
+    }
   } catch (e) {
     if (controller.signal.aborted) {
       reply.dataset.state = "stopped";
@@ -185,7 +262,7 @@ async function send(text) {
     controller = null;
     setStreaming(false);
     // Keep what was written, stopped or not, so the conversation goes on from it.
-    if (content.textContent) history.push({ role: "assistant", content: content.textContent });
+    if (content.textContent) history.push({ role: "assistant", content: content.textContent, el: reply });
     else history.pop();
     els.prompt.focus();
   }
@@ -210,6 +287,7 @@ els.newChat.addEventListener("click", () => {
   history = [];
   els.messages.replaceChildren();
   setStatus("");
+  showContext(0);
   els.prompt.focus();
 });
 
