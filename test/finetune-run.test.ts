@@ -5,7 +5,9 @@
  * same losses and the same adapter bytes; QLoRA trains from a quantized base; a full fine-tune
  * writes a model `generate` runs; bad input through the command line is one line and exit 2.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getLlama, type Llama } from "node-llama-cpp";
@@ -18,6 +20,7 @@ import { mergeLora, readLoraGguf, readPeftAdapter } from "../src/model/lora.js";
 import { loadModel } from "../src/model/model.js";
 import { builtinTemplateSource } from "../src/model/templates.js";
 import { Tokenizer } from "../src/tokenizer/index.js";
+import { readCheckpoint } from "../src/train/checkpoint.js";
 import {
   ExampleBatches,
   type FinetuneEvent,
@@ -25,7 +28,7 @@ import {
   finetune,
   resumeFinetune,
 } from "../src/train/finetune.js";
-import { ensureBuilt, runCli } from "./helpers/cli.js";
+import { CLI, ensureBuilt, ROOT, runCli } from "./helpers/cli.js";
 import { type TinyLlama, writeTinyLlama } from "./helpers/tiny-llama.js";
 
 let dir: string;
@@ -102,6 +105,18 @@ function metricsOf(run: string): { step: number; loss: number }[] {
     .trim()
     .split("\n")
     .map((l) => JSON.parse(l));
+}
+
+/**
+ * Each file's bytes (as a hash) and identity (inode and modification time), so that a file
+ * rewritten with the same bytes shows as changed too.
+ */
+function snapshot(run: string, files: string[]) {
+  return files.map((f) => {
+    const path = join(run, f);
+    const { ino, mtimeMs } = statSync(path);
+    return { f, sha256: createHash("sha256").update(readFileSync(path)).digest("hex"), ino, mtimeMs };
+  });
 }
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -285,6 +300,20 @@ describe("resume", () => {
     expect(rest).toMatchObject({ interrupted: false, step: 8, ranSteps: 5 });
     expect(metricsOf(cut).map((m) => m.loss)).toEqual(metricsOf(whole).map((m) => m.loss));
     expect(readFileSync(join(cut, "adapter.gguf"))).toEqual(readFileSync(join(whole, "adapter.gguf")));
+
+    // Cut short between its last checkpoint and its outputs, a run writes them on resume, training nothing.
+    const adapter = readFileSync(join(cut, "adapter.gguf"));
+    rmSync(join(cut, "adapter.gguf"));
+    const events: string[] = [];
+    const outputs = await resumeFinetune(cut, { threads: 1, onEvent: (e) => events.push(e.type) });
+    expect(outputs).toMatchObject({ step: 8, ranSteps: 0, alreadyDone: false, interrupted: false });
+    expect(events).toEqual(["data"]);
+    expect(readFileSync(join(cut, "adapter.gguf"))).toEqual(adapter);
+    expect(metricsOf(cut).map((m) => m.loss)).toEqual(metricsOf(whole).map((m) => m.loss));
+    // and then it has nothing left to do
+    const done = await resumeFinetune(cut, { threads: 1, onEvent: (e) => events.push(e.type) });
+    expect(done).toMatchObject({ step: 8, steps: 8, ranSteps: 0, alreadyDone: true, loss: outputs.loss });
+    expect(events).toEqual(["data"]);
   });
 });
 
@@ -360,5 +389,131 @@ describe("command line", () => {
     expect(lines[1]).toMatch(/^lora: 3,584 trainable parameters \(\d+\.\d\d%\)$/);
     expect(lines[2]).toMatch(/^memory: /);
     expect(r.stdout).toMatch(/wrote .*adapter\.gguf \(llama\.cpp LoRA\)/);
+  });
+
+  it("a finished run resumed with nothing to do says so and changes no file; --steps and --epochs extend it", async () => {
+    ensureBuilt();
+    const out = join(dir, "cli-finished");
+    const r = await runCli([
+      "finetune",
+      ...["--base", tiny.path, "--data", data, "--template", "alpaca", "--targets", "q,v"],
+      ...[
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--seq",
+        "256",
+        "--threads",
+        "2",
+        "--eval-every",
+        "0",
+        "--out",
+        out,
+      ],
+    ]);
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    const files = [
+      "checkpoint.gguf",
+      "metrics.jsonl",
+      "config.json",
+      "adapter.gguf",
+      "peft/adapter_config.json",
+      "peft/adapter_model.safetensors",
+    ];
+    const before = snapshot(out, files);
+    const finished = `${out} is finished: 3 of 3 steps; pass --steps N above 3 (or more --epochs) to extend it\n`;
+    for (const extra of [[], ["--steps", "3"]]) {
+      const again = await runCli(["finetune", "--resume", out, ...extra]);
+      expect(again.stderr).toBe("");
+      expect(again.status).toBe(0);
+      expect(again.stdout).toBe(finished);
+      expect(snapshot(out, files)).toEqual(before);
+    }
+    const json = await runCli(["finetune", "--resume", out, "--json"]);
+    expect(json.status).toBe(0);
+    expect(JSON.parse(json.stdout)).toMatchObject({
+      steps: 3,
+      step: 3,
+      ranSteps: 0,
+      alreadyDone: true,
+      adapter: join(out, "adapter.gguf"),
+      examples: { train: 23, validation: 1 },
+    });
+    const below = await runCli(["finetune", "--resume", out, "--steps", "2"]);
+    expect(below.status).toBe(2);
+    expect(below.stderr).toBe(
+      `smallhammer: --steps 2: ${out} has already done 3 steps; give more to extend it\n`,
+    );
+    expect(snapshot(out, files)).toEqual(before);
+
+    const metricsBefore = readFileSync(join(out, "metrics.jsonl"), "utf8");
+    const extended = await runCli(["finetune", "--resume", out, "--steps", "5", "--threads", "2"]);
+    expect(extended.stderr).toBe("");
+    expect(extended.status).toBe(0);
+    expect(extended.stdout).toContain("training: steps 4 to 5 on 2 threads");
+    expect(extended.stdout).toMatch(/done: 5 steps, loss \d+\.\d{4}/);
+    expect(readFileSync(join(out, "metrics.jsonl"), "utf8").startsWith(metricsBefore)).toBe(true);
+    expect(metricsOf(out).map((m) => m.step)).toEqual([1, 2, 3, 4, 5]);
+    const { info } = readCheckpoint(join(out, "checkpoint.gguf"));
+    expect(info.trainer.step).toBe(5);
+    expect(info.optimizer.totalSteps).toBe(5);
+    expect(JSON.parse(readFileSync(join(out, "config.json"), "utf8"))).toMatchObject({ steps: 5 });
+    // the adapter written at the end is the extended run's
+    expect(snapshot(out, ["adapter.gguf"])[0]!.sha256).not.toBe(before[3]!.sha256);
+
+    // --epochs counts the run's own batches: the data line gives the steps it comes to
+    const byEpochs = await runCli(["finetune", "--resume", out, "--epochs", "2", "--threads", "2"]);
+    expect(byEpochs.stderr).toBe("");
+    expect(byEpochs.status).toBe(0);
+    const steps = Number(/; (\d+) steps$/m.exec(byEpochs.stdout)?.[1]);
+    expect(steps).toBeGreaterThan(5);
+    expect(byEpochs.stdout).toContain(`training: steps 6 to ${steps} on 2 threads`);
+    expect(readCheckpoint(join(out, "checkpoint.gguf")).info.trainer.step).toBe(steps);
+    const done = await runCli(["finetune", "--resume", out, "--epochs", "2"]);
+    expect(done.stdout).toBe(
+      `${out} is finished: ${steps} of ${steps} steps; pass --steps N above ${steps} (or more --epochs) to extend it\n`,
+    );
+  });
+
+  it("Ctrl-C saves a checkpoint, exits 130, and --resume goes on from it", async () => {
+    ensureBuilt();
+    const out = join(dir, "cli-interrupted");
+    const child = spawn(
+      process.execPath,
+      [
+        ...[CLI, "finetune", "--base", tiny.path, "--data", data, "--template", "alpaca", "--targets", "q,v"],
+        ...["--steps", "2000", "--batch", "2", "--seq", "256", "--threads", "2", "--out", out],
+      ],
+      { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => {
+      stdout += d;
+    });
+    child.stderr.on("data", (d) => {
+      stderr += d;
+    });
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    const metrics = join(out, "metrics.jsonl");
+    while (!(existsSync(metrics) && readFileSync(metrics, "utf8").split("\n").length > 3)) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    child.kill("SIGINT");
+    expect(await exited).toBe(130);
+    expect(stderr).toBe("");
+    const step = Number(/interrupted after step (\d+) of 2000: saved /.exec(stdout)?.[1]);
+    expect(step).toBeGreaterThanOrEqual(3);
+    expect(stdout).toContain(`continue with: smallhammer finetune --resume ${out}`);
+    expect(readCheckpoint(join(out, "checkpoint.gguf")).info.trainer.step).toBe(step);
+    expect(existsSync(join(out, "adapter.gguf"))).toBe(false);
+    // resumed to a shorter length, it finishes from the checkpoint and writes the adapter
+    const rest = await runCli(["finetune", "--resume", out, "--steps", String(step + 2), "--json"]);
+    expect(rest.stderr).toBe("");
+    expect(rest.status).toBe(0);
+    expect(JSON.parse(rest.stdout)).toMatchObject({ step: step + 2, ranSteps: 2, interrupted: false });
+    expect(existsSync(join(out, "adapter.gguf"))).toBe(true);
   });
 });

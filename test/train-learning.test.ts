@@ -12,7 +12,7 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { openTokenCache } from "../src/data/token-cache.js";
 import { ensureBuilt, ROOT, runCli } from "./helpers/cli.js";
 
-const corpus = join(ROOT, "..", "shared", "data", "tinyshakespeare.txt");
+const corpus = join(ROOT, "test", "fixtures", "tinyshakespeare.txt");
 let dir: string;
 
 beforeAll(() => {

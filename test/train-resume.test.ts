@@ -20,7 +20,7 @@ beforeAll(async () => {
   ensureBuilt();
   dir = mkdtempSync(join(tmpdir(), "sh-resume-"));
   const corpus = join(dir, "corpus.txt");
-  const text = readFileSync(join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"), "utf8");
+  const text = readFileSync(join(ROOT, "test", "fixtures", "tinyshakespeare.txt"), "utf8");
   writeFileSync(corpus, text.slice(0, 200_000));
   const tokenizer = join(dir, "tokenizer.gguf");
   cache = join(dir, "cache");

@@ -10,8 +10,10 @@ import {
   resumeFinetune,
 } from "../train/finetune.js";
 import type { TrainMemory } from "../train/model.js";
+import { checkOutputs } from "../util/output-path.js";
 import { describeSkipped } from "./data-options.js";
-import { intArg, numArg } from "./options.js";
+import { Interruption } from "./interrupt.js";
+import { intArg, numArg, threadsArg } from "./options.js";
 import { RunProgress } from "./run-progress.js";
 
 interface FinetuneFlags {
@@ -59,7 +61,7 @@ function describeMemory(m: TrainMemory): string {
   return `${mib(m.total)} MiB (weights ${mib(m.weights)}, gradients ${mib(m.gradients)}, optimizer ${mib(m.optimizer)}, activations ${mib(m.activations)}, scratch ${mib(m.scratch)})`;
 }
 
-/** Flags that only a new run takes (a resumed run keeps its own settings). */
+/** Flags that only a new run takes (a resumed run keeps its own settings; --epochs or --steps extend it). */
 const NEW_RUN_FLAGS = [
   "base",
   "data",
@@ -73,8 +75,6 @@ const NEW_RUN_FLAGS = [
   "dropout",
   "targets",
   "baseType",
-  "epochs",
-  "steps",
   "batch",
   "seq",
   "accum",
@@ -123,13 +123,17 @@ export function registerFinetune(program: Command) {
     .option("--dropout <p>", "dropout on the LoRA input path", numArg("--dropout", 0, 0.99), 0.05)
     .option("--targets <list>", "projections to adapt: q,k,v,o,gate,up,down or all", "q,k,v,o,gate,up,down")
     .option("--base-type <type>", "QLoRA: q4_0 or q8_0 (default: the base's own quantization, else q4_0)")
-    .option("--epochs <n>", "passes over the training examples (default 1)", intArg("--epochs", 1))
-    .option("--steps <n>", "optimizer steps (instead of --epochs)", intArg("--steps", 1))
+    .option(
+      "--epochs <n>",
+      "passes over the training examples (default: 1; with --resume: a new total, to extend the run)",
+      intArg("--epochs", 1),
+    )
+    .option("--steps <n>", "optimizer steps (instead of --epochs; with --resume too)", intArg("--steps", 1))
     .option("--batch <n>", "sequences per micro-batch", intArg("--batch", 1), 4)
     .option("--seq <n>", "tokens per sequence (longer examples are cut)", intArg("--seq", 2), 512)
     .option("--accum <n>", "micro-batches per optimizer step", intArg("--accum", 1), 1)
-    .option("--lr <x>", "peak learning rate (default 2e-4 for LoRA/QLoRA, 2e-5 for full)", numArg("--lr", 0))
-    .option("--min-lr <x>", "learning rate at the end of the cosine (default lr/10)", numArg("--min-lr", 0))
+    .option("--lr <x>", "peak learning rate (default: 2e-4 for LoRA/QLoRA, 2e-5 for full)", numArg("--lr", 0))
+    .option("--min-lr <x>", "learning rate at the end of the cosine (default: lr/10)", numArg("--min-lr", 0))
     .option(
       "--warmup <n>",
       "warmup steps (default: a tenth of the steps, at most 100)",
@@ -172,13 +176,11 @@ export function registerFinetune(program: Command) {
       intArg("--checkpoint-every", 0),
       100,
     )
-    .option("-t, --threads <n>", "compute threads (default: all cores)", intArg("--threads", 1, 1024))
+    .option("-t, --threads <n>", "compute threads (default: all cores)", threadsArg)
     .option("--json", "print a JSON summary instead of text");
   cmd.action(async (flags: FinetuneFlags) => {
-    const out = (line: string) => {
-      if (!flags.json) process.stdout.write(`${line}\n`);
-    };
-    const progress = new RunProgress("finetune", out, Boolean(flags.json));
+    const progress = new RunProgress("finetune", Boolean(flags.json), flags.resume ?? flags.out);
+    const out = progress.print;
     const onEvent = (e: FinetuneEvent) => {
       switch (e.type) {
         case "data": {
@@ -196,9 +198,7 @@ export function registerFinetune(program: Command) {
           progress.onEvent(e);
       }
     };
-    const controller = new AbortController();
-    const onSigint = () => controller.abort();
-    process.once("SIGINT", onSigint);
+    const interruption = new Interruption();
     let summary: FinetuneSummary;
     try {
       if (flags.resume) {
@@ -210,14 +210,24 @@ export function registerFinetune(program: Command) {
           );
         }
         summary = await resumeFinetune(flags.resume, {
+          steps: flags.steps,
+          epochs: flags.epochs,
           threads: flags.threads,
-          signal: controller.signal,
+          signal: interruption.signal,
           onEvent,
         });
       } else {
         if (!flags.base) throw new UserError("--base is required (or --resume)");
         if (!flags.data) throw new UserError("--data is required (or --resume)");
         if (!flags.out) throw new UserError("--out is required (or --resume)");
+        checkOutputs({
+          inputs: [
+            { path: flags.base, name: "--base" },
+            { path: flags.data, name: "--data" },
+          ],
+          // An existing run directory is the trainer's to check (it refuses one holding a run).
+          outputs: [{ path: flags.out, flag: "--out", kind: "directory", existing: "caller" }],
+        });
         const settings: FinetuneSettings = {
           base: flags.base,
           data: flags.data,
@@ -265,20 +275,30 @@ export function registerFinetune(program: Command) {
           ...settings,
           out: flags.out,
           threads: flags.threads,
-          signal: controller.signal,
+          signal: interruption.signal,
           onEvent,
         });
       }
     } finally {
-      process.off("SIGINT", onSigint);
+      interruption.dispose();
       progress.done();
     }
+    if (summary.interrupted) interruption.setExitStatus();
     if (flags.json) {
-      process.stdout.write(`${JSON.stringify(summary)}\n`);
+      const report = progress.reportPath === undefined ? {} : { report: progress.reportPath };
+      process.stdout.write(`${JSON.stringify({ ...summary, ...report })}\n`);
+      return;
+    }
+    const reportLine = progress.reportLine();
+    if (summary.alreadyDone) {
+      out(
+        `${summary.run} is finished: ${summary.step} of ${summary.steps} steps; pass --steps N above ${summary.step} (or more --epochs) to extend it`,
+      );
       return;
     }
     if (summary.interrupted) {
       out(`interrupted after step ${summary.step} of ${summary.steps}: saved ${summary.checkpoint}`);
+      if (reportLine) out(reportLine);
       out(`continue with: smallhammer finetune --resume ${summary.run}`);
       return;
     }
@@ -286,5 +306,6 @@ export function registerFinetune(program: Command) {
     out(`done: ${summary.steps} steps, loss ${summary.loss.toFixed(4)}${val}`);
     if (summary.adapter) out(`wrote ${summary.adapter} (llama.cpp LoRA) and ${summary.peft}/ (PEFT)`);
     if (summary.model) out(`wrote ${summary.model}`);
+    if (reportLine) out(reportLine);
   });
 }

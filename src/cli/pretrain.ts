@@ -3,6 +3,7 @@ import { UserError } from "../errors.js";
 import type { LlamaConfig } from "../model/config.js";
 import type { TrainMemory } from "../train/model.js";
 import {
+  finishedPretraining,
   type OpenedPretrainData,
   type PretrainEvent,
   type PretrainSettings,
@@ -13,7 +14,9 @@ import {
   readRun,
   resumePretraining,
 } from "../train/pretrain.js";
-import { intArg, numArg } from "./options.js";
+import { checkOutputs } from "../util/output-path.js";
+import { Interruption } from "./interrupt.js";
+import { intArg, numArg, threadsArg } from "./options.js";
 import { RunProgress } from "./run-progress.js";
 
 interface PretrainFlags {
@@ -49,12 +52,10 @@ function describeMemory(m: TrainMemory): string {
   return `${mib(m.total)} MiB (weights ${mib(m.weights)}, gradients ${mib(m.gradients)}, optimizer ${mib(m.optimizer)}, activations ${mib(m.activations)}, scratch ${mib(m.scratch)})`;
 }
 
-/** Flags that only a new run takes (a resumed run keeps its own settings). */
+/** Flags that only a new run takes (a resumed run keeps its own settings; --steps or --tokens extend it). */
 const NEW_RUN_FLAGS = [
   "model",
   "out",
-  "steps",
-  "tokens",
   "batch",
   "seq",
   "accum",
@@ -81,16 +82,20 @@ export function registerPretrain(program: Command, openData: (dir: string) => Pr
     .command("pretrain")
     .description("train a Llama model from scratch on a token cache")
     .option("--model <preset|file>", "model shape: tiny, small, 15m, 42m, 110m, or a config.json")
-    .option("--data <dir>", "token cache directory (from the tokenizer's cache command)")
+    .option("--data <dir>", "token cache directory, made by `data tokenize`")
     .option("--out <dir>", "run directory for checkpoint.gguf, metrics.jsonl, samples.jsonl, config.json")
     .option("--resume <dir>", "continue the run in this directory from its checkpoint")
-    .option("--steps <n>", "optimizer steps", intArg("--steps", 1))
-    .option("--tokens <n>", "tokens to train on (sets the steps)", intArg("--tokens", 1))
+    .option(
+      "--steps <n>",
+      "optimizer steps (with --resume: a new total, to extend the run)",
+      intArg("--steps", 1),
+    )
+    .option("--tokens <n>", "tokens to train on (sets the steps; with --resume too)", intArg("--tokens", 1))
     .option("--batch <n>", "sequences per micro-batch", intArg("--batch", 1), 8)
     .option("--seq <n>", "tokens per sequence", intArg("--seq", 1), 256)
     .option("--accum <n>", "micro-batches per optimizer step", intArg("--accum", 1), 1)
     .option("--lr <x>", "peak learning rate", numArg("--lr", 0), 1e-3)
-    .option("--min-lr <x>", "learning rate at the end of the cosine (default lr/10)", numArg("--min-lr", 0))
+    .option("--min-lr <x>", "learning rate at the end of the cosine (default: lr/10)", numArg("--min-lr", 0))
     .option(
       "--warmup <n>",
       "warmup steps (default: a tenth of the steps, at most 100)",
@@ -128,13 +133,11 @@ export function registerPretrain(program: Command, openData: (dir: string) => Pr
       intArg("--checkpoint-every", 0),
       100,
     )
-    .option("-t, --threads <n>", "compute threads (default: all cores)", intArg("--threads", 1, 1024))
+    .option("-t, --threads <n>", "compute threads (default: all cores)", threadsArg)
     .option("--json", "print a JSON summary instead of text");
   cmd.action(async (flags: PretrainFlags) => {
-    const out = (line: string) => {
-      if (!flags.json) process.stdout.write(`${line}\n`);
-    };
-    const progress = new RunProgress("pretrain", out, Boolean(flags.json));
+    const progress = new RunProgress("pretrain", Boolean(flags.json), flags.resume ?? flags.out);
+    const out = progress.print;
     let described = false;
     const describe = (c: LlamaConfig, parameters: number, memory: TrainMemory) => {
       out(
@@ -147,9 +150,7 @@ export function registerPretrain(program: Command, openData: (dir: string) => Pr
       if (e.type === "start" && !described) describe(e.config, e.parameters, e.memory);
       progress.onEvent(e);
     };
-    const controller = new AbortController();
-    const onSigint = () => controller.abort();
-    process.once("SIGINT", onSigint);
+    const interruption = new Interruption();
     let summary: PretrainSummary;
     try {
       if (flags.resume) {
@@ -159,20 +160,36 @@ export function registerPretrain(program: Command, openData: (dir: string) => Pr
             `--resume continues a run with its own settings; drop --${given[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`,
           );
         }
-        const data = await openData(flags.data ?? readRun(flags.resume).data);
-        try {
-          summary = await resumePretraining(flags.resume, data, {
-            threads: flags.threads,
-            signal: controller.signal,
-            onEvent,
-          });
-        } finally {
-          data.close();
+        const change = { steps: flags.steps, tokens: flags.tokens };
+        // A finished run says so without opening its data (which may be gone by now).
+        const finished = finishedPretraining(flags.resume, change);
+        if (finished) {
+          summary = finished;
+        } else {
+          const data = await openData(flags.data ?? readRun(flags.resume).data);
+          try {
+            summary = await resumePretraining(flags.resume, data, {
+              ...change,
+              threads: flags.threads,
+              signal: interruption.signal,
+              onEvent,
+            });
+          } finally {
+            data.close();
+          }
         }
       } else {
         if (!flags.model) throw new UserError("--model is required (or --resume)");
         if (!flags.data) throw new UserError("--data is required (or --resume)");
         if (!flags.out) throw new UserError("--out is required (or --resume)");
+        checkOutputs({
+          inputs: [
+            { path: flags.data, name: "--data" },
+            { path: flags.model, name: "--model" },
+          ],
+          // An existing run directory is the trainer's to check (it refuses one holding a run).
+          outputs: [{ path: flags.out, flag: "--out", kind: "directory", existing: "caller" }],
+        });
         if (flags.steps === undefined && flags.tokens === undefined)
           throw new UserError("give --steps or --tokens");
         if (flags.steps !== undefined && flags.tokens !== undefined)
@@ -204,7 +221,7 @@ export function registerPretrain(program: Command, openData: (dir: string) => Pr
           describe(plan.config, plan.parameters, plan.memory);
           summary = await pretrain(settings, data, flags.out, {
             threads: flags.threads,
-            signal: controller.signal,
+            signal: interruption.signal,
             onEvent,
           });
         } finally {
@@ -212,19 +229,28 @@ export function registerPretrain(program: Command, openData: (dir: string) => Pr
         }
       }
     } finally {
-      process.off("SIGINT", onSigint);
+      interruption.dispose();
       progress.done();
     }
+    if (summary.interrupted) interruption.setExitStatus();
     if (flags.json) {
-      process.stdout.write(`${JSON.stringify(summary)}\n`);
+      const report = progress.reportPath === undefined ? {} : { report: progress.reportPath };
+      process.stdout.write(`${JSON.stringify({ ...summary, ...report })}\n`);
       return;
     }
-    if (summary.interrupted) {
+    const reportLine = progress.reportLine();
+    if (summary.alreadyDone) {
+      out(
+        `${summary.run} is finished: ${summary.step} of ${summary.steps} steps; pass --steps N above ${summary.step} to extend it`,
+      );
+    } else if (summary.interrupted) {
       out(`interrupted after step ${summary.step} of ${summary.steps}: saved ${summary.checkpoint}`);
+      if (reportLine) out(reportLine);
       out(`continue with: smallhammer pretrain --resume ${summary.run}`);
     } else {
       const val = summary.valLoss !== undefined ? `, validation loss ${summary.valLoss.toFixed(4)}` : "";
       out(`done: ${summary.steps} steps, loss ${summary.loss.toFixed(4)}${val}; saved ${summary.checkpoint}`);
+      if (reportLine) out(reportLine);
     }
   });
 }

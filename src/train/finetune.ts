@@ -6,15 +6,17 @@
 // The run directory holds config.json, metrics.jsonl, checkpoint.gguf (everything a resume needs:
 // the base's tensors, the adapters, the AdamW moments and the data position) and, when the run is
 // done, adapter.gguf (llama.cpp's LoRA format) and peft/ (a PEFT adapter directory), or model.gguf
-// for a full fine-tune (with the chat template the data was rendered with).
-import { existsSync, mkdirSync } from "node:fs";
+// for a full fine-tune (with the chat template the data was rendered with). A resume may give the
+// run a new length (extending it; the cosine schedule is recomputed for the new total); a finished
+// run resumed with nothing new to do changes no file.
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { type TemplateChoice, type TokenizedExample, tokenizeRecords } from "../data/chat-tokens.js";
 import { type PackedBatch, packBatches, shuffled, splitValidation } from "../data/packing.js";
 import { parseFormatName, RecordReader } from "../data/records.js";
 import { UserError } from "../errors.js";
 import { GGMLType } from "../formats/ggml-types.js";
-import { type GgufHeader, GgufWriter, readGgufHeader } from "../formats/gguf.js";
+import { GgufHeader, GgufValueType, GgufWriter, readGgufHeader } from "../formats/gguf.js";
 import { type LlamaConfig, llamaConfigFromMetadata, metadataGetter } from "../model/config.js";
 import {
   LORA_TARGETS,
@@ -38,6 +40,7 @@ import {
 import type { BatchSource } from "./data.js";
 import {
   CHECKPOINT,
+  lastMetrics,
   METRICS,
   type RunOptions,
   runTrainingLoop,
@@ -152,6 +155,14 @@ export interface FinetuneRunOptions extends Omit<RunOptions, "onEvent"> {
   onEvent?: (e: FinetuneEvent) => void;
 }
 
+/** How to continue a run: the run options, and optionally a new length for it. */
+export interface ResumeFinetuneOptions extends FinetuneRunOptions {
+  /** A new total of optimizer steps (not below the steps done). */
+  steps?: number;
+  /** A new total of passes over the training examples (sets the steps). */
+  epochs?: number;
+}
+
 /** A new run: its settings, the run directory, and how to run it (threads, signal, events). */
 export interface FinetuneOptions extends FinetuneSettings, FinetuneRunOptions {
   /** The run directory (created; must not hold a run already). */
@@ -173,6 +184,8 @@ export interface FinetuneSummary {
   valLoss?: number;
   tokensSeen: number;
   interrupted: boolean;
+  /** True when the run had already reached its last step and written its outputs: nothing ran and no file changed. */
+  alreadyDone: boolean;
   parameters: number;
   trainable: number;
   /** Examples trained on and held out, and records skipped (with skipInvalid) by reason. */
@@ -491,9 +504,11 @@ class FixedBatches implements BatchSource {
 interface FinetuneRunInfo {
   kind: "finetune";
   settings: ResolvedSettings;
-  /** Steps of the whole run (fixed when it started). */
+  /** Steps of the whole run (set when it started, or by a resume that extends it). */
   steps: number;
   baseName: string;
+  /** How the data split (absent in runs started before it was recorded). */
+  examples?: FinetuneSummary["examples"];
 }
 
 function baseNameOf(header: GgufHeader, path: string): string {
@@ -530,12 +545,7 @@ async function startFinetune(
   checkMemoryFits(planOf(s, header, config, options.threads).memory, `fine-tuning ${s.base}`);
   const data = await prepareData(s, header, tokenizer);
   const source = newSource(s, data, tokenizer);
-  let steps = s.steps;
-  if (steps === undefined) {
-    let batches = 0;
-    for (let e = 0; e < s.epochs; e++) batches += source.batchesIn(e);
-    steps = Math.max(1, Math.ceil(batches / s.accumulation));
-  }
+  const steps = s.steps ?? stepsOfEpochs(source, s.epochs, s.accumulation);
   emitData(options, data, steps);
   const model = await LlamaTrainModel.load(
     s.base,
@@ -548,6 +558,7 @@ async function startFinetune(
       settings: s,
       steps,
       baseName: baseNameOf(header, s.base),
+      examples: examplesOf(data),
     };
     writeAtomic(
       join(out, "config.json"),
@@ -561,38 +572,150 @@ async function startFinetune(
   }
 }
 
-/** Continues the fine-tuning run in `run` from its checkpoint until its last step. */
+function examplesOf(data: PreparedData): FinetuneSummary["examples"] {
+  return { train: data.train.length, validation: data.validation.length, skipped: data.skipped };
+}
+
+/** Optimizer steps of `epochs` passes over the training examples. */
+function stepsOfEpochs(source: ExampleBatches, epochs: number, accumulation: number): number {
+  let batches = 0;
+  for (let e = 0; e < epochs; e++) batches += source.batchesIn(e);
+  return Math.max(1, Math.ceil(batches / accumulation));
+}
+
+/** What a finished run wrote at its end (the adapter and PEFT directory, or the model). */
+function outputsOf(run: string, method: FinetuneMethod): Pick<FinetuneSummary, "adapter" | "peft" | "model"> {
+  return method === "full"
+    ? { model: join(run, "model.gguf") }
+    : { adapter: join(run, "adapter.gguf"), peft: join(run, "peft") };
+}
+
+/**
+ * Continues the fine-tuning run in `run` from its checkpoint until its last step: its own, or the
+ * new `options.steps` / `options.epochs`, which extends (or shortens) it with the cosine schedule
+ * recomputed for the new total. A run that has reached its last step and written its outputs
+ * returns at once, changing nothing (one cut short after its last checkpoint writes its outputs).
+ */
 export async function resumeFinetune(
   run: string,
-  options: FinetuneRunOptions = {},
+  options: ResumeFinetuneOptions = {},
 ): Promise<FinetuneSummary> {
+  const { steps: newSteps, epochs: newEpochs, ...runOptions } = options;
+  if (newSteps !== undefined && newEpochs !== undefined)
+    throw new UserError("give --epochs or --steps, not both");
   const path = join(run, CHECKPOINT);
   if (!existsSync(path)) throw new UserError(`${run}: no ${CHECKPOINT} to resume from`);
   const { info, header } = readCheckpoint(path);
   const r = info.run as Partial<FinetuneRunInfo> | null;
   if (r?.kind !== "finetune" || !r.settings || !r.steps)
     throw new UserError(`${path}: not a fine-tuning checkpoint`);
-  const runInfo = r as FinetuneRunInfo;
-  const s = runInfo.settings;
+  const stored = r as FinetuneRunInfo;
+  const done = info.trainer.step;
   const tokenizer = Tokenizer.fromGgufMetadata(metadataGetter(header));
-  const data = await prepareData(s, header, tokenizer);
-  const source = newSource(s, data, tokenizer);
-  emitData(options, data, runInfo.steps);
+  // The data is read only when needed: epochs count its batches; a finished run needs none.
+  let data: PreparedData | undefined;
+  let source: ExampleBatches | undefined;
+  const readData = async () => {
+    data ??= await prepareData(stored.settings, header, tokenizer);
+    source ??= newSource(stored.settings, data, tokenizer);
+    return { data, source };
+  };
+  let steps = newSteps ?? stored.steps;
+  let settings = newSteps === undefined ? stored.settings : { ...stored.settings, steps: newSteps };
+  let given = `--steps ${newSteps}`;
+  if (newEpochs !== undefined) {
+    if (!(Number.isInteger(newEpochs) && newEpochs >= 1))
+      throw new UserError(`--epochs must be a positive integer, got ${newEpochs}`);
+    steps = stepsOfEpochs((await readData()).source, newEpochs, stored.settings.accumulation);
+    settings = { ...stored.settings, epochs: newEpochs, steps: undefined };
+    given = `--epochs ${newEpochs} (${steps} steps)`;
+  }
+  if (!(Number.isInteger(steps) && steps >= 1))
+    throw new UserError(`--steps must be a positive integer, got ${steps}`);
+  if (steps < done)
+    throw new UserError(`${given}: ${run} has already done ${done} steps; give more to extend it`);
+  const outputs = outputsOf(run, stored.settings.method);
+  if (steps === done && Object.values(outputs).every((p) => existsSync(p))) {
+    const examples = stored.examples ?? examplesOf((await readData()).data);
+    return finishedSummary(run, info, header, stored, steps, examples, outputs);
+  }
+  const runInfo: FinetuneRunInfo = { ...stored, settings, steps };
+  const ready = await readData();
+  emitData(runOptions, ready.data, steps);
+  const s = runInfo.settings;
   const model = await LlamaTrainModel.create(info.config, {
-    ...modelOptions(s, (name) => header.tensor(name)?.type, options.threads),
+    ...modelOptions(s, (name) => header.tensor(name)?.type, runOptions.threads),
     tiedEmbeddings: info.tiedEmbeddings,
   });
   try {
     restoreCheckpoint(path, header, model);
-    const trainer = new LlamaTrainer(model, source, { ...info.optimizer, accumulation: info.accumulation });
+    const trainer = new LlamaTrainer(model, ready.source, {
+      ...info.optimizer,
+      totalSteps: steps,
+      accumulation: info.accumulation,
+    });
     trainer.restore(info.trainer);
     // Dropout masks are keyed by the pass: continue where the interrupted run was.
     model.loraPass = trainer.step * trainer.accumulation;
     trimRunForResume(run, trainer.step);
-    return await runFinetune(runInfo, trainer, data, tokenizer, header, run, options);
+    const onSaved = steps === stored.steps ? undefined : () => updateRunConfig(run, runInfo);
+    return await runFinetune(runInfo, trainer, ready.data, tokenizer, header, run, runOptions, onSaved);
   } finally {
     await model.dispose();
   }
+}
+
+/** A new length in config.json, once a checkpoint records it (resume reads the checkpoint). */
+function updateRunConfig(run: string, info: FinetuneRunInfo): void {
+  const path = join(run, "config.json");
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
+  } catch {
+    return; // config.json only describes the run; the checkpoint is what a resume reads
+  }
+  writeAtomic(
+    path,
+    `${JSON.stringify({ ...config, settings: info.settings, steps: info.steps }, null, 2)}\n`,
+  );
+}
+
+/** The summary of a run that had nothing left to do, from its checkpoint and metrics. */
+function finishedSummary(
+  run: string,
+  info: CheckpointInfo,
+  header: GgufHeader,
+  stored: FinetuneRunInfo,
+  steps: number,
+  examples: FinetuneSummary["examples"],
+  outputs: Pick<FinetuneSummary, "adapter" | "peft" | "model">,
+): FinetuneSummary {
+  let all = 0;
+  let trainable = 0;
+  for (const t of header.tensors) {
+    const n = t.dims.reduce((a, b) => a * b, 1);
+    if (t.name.startsWith("adam_m.")) trainable += n;
+    else if (!t.name.startsWith("adam_v.")) all += n;
+  }
+  const last = lastMetrics(run);
+  return {
+    run,
+    method: stored.settings.method,
+    checkpoint: join(run, CHECKPOINT),
+    steps,
+    step: info.trainer.step,
+    ranSteps: 0,
+    loss: last?.loss ?? Number.NaN,
+    firstLoss: Number.NaN,
+    valLoss: last?.val_loss,
+    tokensSeen: info.trainer.tokensSeen,
+    interrupted: false,
+    alreadyDone: true,
+    parameters: all - (stored.settings.method === "full" ? 0 : trainable),
+    trainable,
+    examples,
+    ...outputs,
+  };
 }
 
 function newSource(s: ResolvedSettings, data: PreparedData, tokenizer: Tokenizer): ExampleBatches {
@@ -635,9 +758,12 @@ async function runFinetune(
   header: GgufHeader,
   out: string,
   options: FinetuneRunOptions,
+  onSaved?: () => void,
 ): Promise<FinetuneSummary> {
   const s = info.settings;
   const model = trainer.model;
+  // Every file the run writes carries the template it trained with (export and merge keep it).
+  const tokenizerHeader = withChatTemplate(header, data.template?.source);
   const validation: TokenBatch[] = [];
   if (data.validation.length > 0) {
     const padId = tokenizer.padId ?? tokenizer.eosId ?? 0;
@@ -685,7 +811,8 @@ async function runFinetune(
           trainer: trainer.state(),
           run: info,
         };
-        saveCheckpoint(join(out, CHECKPOINT), model, checkpoint, header);
+        saveCheckpoint(join(out, CHECKPOINT), model, checkpoint, tokenizerHeader);
+        onSaved?.();
       },
       validate: () =>
         validation.length === 0
@@ -693,9 +820,12 @@ async function runFinetune(
           : trainer.evaluate(new FixedBatches(validation, s.batch, s.seq), validation.length),
       sample: () => {
         const prompt = samplePrompt.slice(-Math.max(1, model.seq - s.sampleTokens));
-        return tokenizer.decode(
-          trainer.generate(prompt, s.sampleTokens, { temperature: 0 }, tokenizer.eosId),
-        );
+        return {
+          prompt: tokenizer.decode(prompt),
+          text: tokenizer.decode(
+            trainer.generate(prompt, s.sampleTokens, { temperature: 0 }, tokenizer.eosId),
+          ),
+        };
       },
     },
     { ...options, onEvent },
@@ -712,16 +842,22 @@ async function runFinetune(
     valLoss: result.valLoss,
     tokensSeen: trainer.tokensSeen,
     interrupted: result.interrupted,
+    alreadyDone: false,
     parameters: model.parameterCount - (s.method === "full" ? 0 : model.trainableCount),
     trainable: model.trainableCount,
-    examples: { train: data.train.length, validation: data.validation.length, skipped: data.skipped },
+    examples: examplesOf(data),
   };
   if (result.interrupted) return summary;
   if (s.method === "full") {
     summary.model = join(out, "model.gguf");
-    writeFullModel(summary.model, model, header, data.template?.source, info.baseName);
+    writeFullModel(summary.model, model, tokenizerHeader, info.baseName);
   } else {
-    const adapter: LoraAdapter = { architecture: "llama", alpha: s.alpha, tensors: model.loraTensors() };
+    const adapter: LoraAdapter = {
+      architecture: "llama",
+      alpha: s.alpha,
+      tensors: model.loraTensors(),
+      ...(data.template === undefined ? {} : { chatTemplate: data.template.source }),
+    };
     summary.adapter = join(out, "adapter.gguf");
     writeLoraGguf(summary.adapter, adapter, `${info.baseName} LoRA`);
     summary.peft = join(out, "peft");
@@ -735,18 +871,35 @@ async function runFinetune(
   return summary;
 }
 
-/** The fully fine-tuned model as an f32 GGUF with the base's tokenizer and the run's chat template. */
+/**
+ * `header` with `templateSource` as its tokenizer.chat_template: the tokenizer metadata a run's
+ * files carry (a run on completion records has no template and keeps the base's, if any).
+ */
+function withChatTemplate(header: GgufHeader, templateSource: string | undefined): GgufHeader {
+  if (templateSource === undefined) return header;
+  const metadata = new Map(header.metadata);
+  metadata.set("tokenizer.chat_template", { type: GgufValueType.STRING, value: templateSource });
+  return new GgufHeader(
+    header.path,
+    header.version,
+    header.fileSize,
+    header.alignment,
+    header.dataOffset,
+    metadata,
+    header.tensors,
+  );
+}
+
+/** The fully fine-tuned model as an f32 GGUF with the run's tokenizer metadata (template included). */
 function writeFullModel(
   path: string,
   model: LlamaTrainModel,
   tokenizerHeader: GgufHeader,
-  templateSource: string | undefined,
   baseName: string,
 ): void {
   const w = new GgufWriter();
   setLlamaMetadata(w, model.config, `${baseName} fine-tuned`, 0);
   copyTokenizerMetadata(w, tokenizerHeader);
-  if (templateSource !== undefined) w.setString("tokenizer.chat_template", templateSource);
   for (const p of model.params) w.addTensor(p.name, p.dims, GGMLType.F32, model.storedBytes(p));
   w.write(path);
 }

@@ -53,8 +53,8 @@ export interface LoopHooks {
   save(): void;
   /** The validation loss, or undefined when the run has no validation data. */
   validate(): number | undefined;
-  /** A sample of the model's text (appended to samples.jsonl). */
-  sample?(): string;
+  /** A sample of the model's text, and the prompt it continues when there is one (appended to samples.jsonl). */
+  sample?(): string | { prompt: string; text: string };
 }
 
 export interface LoopResult {
@@ -96,7 +96,22 @@ export function trimRunForResume(run: string, step: number): void {
   }
 }
 
-/** Runs `trainer` from its current step to `schedule.steps` in the run directory `run`. */
+/** The last line of a run's metrics.jsonl (undefined when there is none). */
+export function lastMetrics(run: string): { step: number; loss: number; val_loss?: number } | undefined {
+  const path = join(run, METRICS);
+  if (!existsSync(path)) return undefined;
+  const lines = readFileSync(path, "utf8").trimEnd().split("\n");
+  try {
+    return JSON.parse(lines.at(-1) ?? "") as { step: number; loss: number; val_loss?: number };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Runs `trainer` from its current step to `schedule.steps` in the run directory `run`. A trainer
+ * already at the last step runs nothing and changes no file (no event, no checkpoint).
+ */
 export async function runTrainingLoop(
   trainer: LlamaTrainer,
   schedule: LoopSchedule,
@@ -108,6 +123,10 @@ export async function runTrainingLoop(
   const emit = options.onEvent ?? (() => {});
   const checkpointPath = join(run, CHECKPOINT);
   const fromStep = trainer.step;
+  if (fromStep >= schedule.steps) {
+    const last = lastMetrics(run);
+    return { loss: last?.loss ?? Number.NaN, valLoss: last?.val_loss, interrupted: false, fromStep };
+  }
   emit({
     type: "start",
     config: model.config,
@@ -127,9 +146,12 @@ export async function runTrainingLoop(
     if (v !== undefined) emit({ type: "eval", step: trainer.step, valLoss: v });
     return v;
   };
-  const sample = (sampler: () => string) => {
-    const text = sampler();
-    writeFileSync(join(run, SAMPLES), `${JSON.stringify({ step: trainer.step, text })}\n`, { flag: "a" });
+  const sample = (sampler: NonNullable<LoopHooks["sample"]>) => {
+    const made = sampler();
+    const { prompt, text } = typeof made === "string" ? { prompt: undefined, text: made } : made;
+    writeFileSync(join(run, SAMPLES), `${JSON.stringify({ step: trainer.step, prompt, text })}\n`, {
+      flag: "a",
+    });
     emit({ type: "sample", step: trainer.step, text });
   };
 

@@ -1,7 +1,9 @@
 // Pretraining runs: a model shape, token data and a run directory holding config.json,
 // checkpoint.gguf, metrics.jsonl (one line per step) and samples.jsonl. A run stops at its last
 // step or when `signal` aborts (the CLI's SIGINT), saving a checkpoint either way; `resume`
-// continues a run from its checkpoint with the same losses an uninterrupted run would have had.
+// continues a run from its checkpoint with the same losses an uninterrupted run would have had,
+// or, given a new length, extends (or shortens) it: the cosine schedule is recomputed for the new
+// total. A finished run resumed with nothing new to do runs nothing and changes no file.
 import { existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { UserError } from "../errors.js";
@@ -12,6 +14,7 @@ import { type CheckpointInfo, readCheckpoint, restoreCheckpoint, saveCheckpoint 
 import { RandomWindows, type TokenSequence } from "./data.js";
 import {
   CHECKPOINT,
+  lastMetrics,
   METRICS,
   type RunOptions,
   runTrainingLoop,
@@ -25,6 +28,14 @@ import { configOfShape, type ModelShape, readModelShape } from "./presets.js";
 import { LlamaTrainer } from "./trainer.js";
 
 export type { RunOptions };
+
+/** How to continue a run: the run options, and optionally a new length for it. */
+export interface ResumePretrainOptions extends RunOptions {
+  /** A new total of optimizer steps (not below the steps done). */
+  steps?: number;
+  /** A new total of tokens, as for a new run (sets the steps). */
+  tokens?: number;
+}
 
 /** Token data to pretrain on: train and validation ids and the tokenizer that made them. */
 export interface PretrainData {
@@ -93,6 +104,8 @@ export interface PretrainSummary {
   valLoss?: number;
   tokensSeen: number;
   interrupted: boolean;
+  /** True when the run had already reached its last step: nothing ran and no file changed. */
+  alreadyDone: boolean;
   parameters: number;
 }
 
@@ -186,10 +199,7 @@ export async function pretrain(
   try {
     model.initialize(s.seed);
     mkdirSync(out, { recursive: true });
-    writeAtomic(
-      join(out, "config.json"),
-      `${JSON.stringify({ model: config, tiedEmbeddings: tied, settings: s, data: resolve(data.source) }, null, 2)}\n`,
-    );
+    writeRunConfig(out, config, tied, s, resolve(data.source));
     writeAtomic(join(out, METRICS), "");
     writeAtomic(join(out, SAMPLES), "");
     const trainer = new LlamaTrainer(model, new RandomWindows(data.train, s.batch, s.seq, s.seed), {
@@ -202,13 +212,23 @@ export async function pretrain(
   }
 }
 
-/** The settings and data location stored in a run's checkpoint. */
-export function readRun(run: string): {
+/** config.json: what the run is, for people and tools (resume reads the checkpoint). */
+function writeRunConfig(out: string, config: LlamaConfig, tied: boolean, s: ResolvedSettings, data: string) {
+  writeAtomic(
+    join(out, "config.json"),
+    `${JSON.stringify({ model: config, tiedEmbeddings: tied, settings: s, data }, null, 2)}\n`,
+  );
+}
+
+interface StoredRun {
   info: CheckpointInfo;
   header: GgufHeader;
   settings: ResolvedSettings;
   data: string;
-} {
+}
+
+/** The settings and data location stored in a run's checkpoint. */
+export function readRun(run: string): StoredRun {
   const path = join(run, CHECKPOINT);
   if (!existsSync(path)) throw new UserError(`${run}: no ${CHECKPOINT} to resume from`);
   const { info, header } = readCheckpoint(path);
@@ -218,13 +238,85 @@ export function readRun(run: string): {
   return { info, header, settings: r.settings, data: r.data };
 }
 
-/** Continues the run in `run` from its checkpoint until its last step. */
+/**
+ * The steps done and the length of the run when resumed with `change` (a new --steps or --tokens,
+ * else its own). Refuses a length below the steps done.
+ */
+function targetOf(
+  run: string,
+  { info, settings: s }: StoredRun,
+  change: { steps?: number; tokens?: number },
+): { step: number; steps: number } {
+  const step = info.trainer.step;
+  if (change.steps !== undefined && change.tokens !== undefined)
+    throw new UserError("give --steps or --tokens, not both");
+  let steps = s.steps;
+  let given = "";
+  if (change.steps !== undefined) {
+    steps = change.steps;
+    given = `--steps ${change.steps}`;
+  } else if (change.tokens !== undefined) {
+    steps = Math.ceil(change.tokens / (s.batch * s.seq * s.accumulation));
+    given = `--tokens ${change.tokens} (${steps} steps)`;
+  }
+  if (!Number.isInteger(steps) || steps < 1)
+    throw new UserError(`steps must be a positive integer, got ${steps}`);
+  if (steps < step)
+    throw new UserError(`${given}: ${run} has already done ${step} steps; give more to extend it`);
+  return { step, steps };
+}
+
+/**
+ * The summary of the run in `run` when it has nothing to do under `change` (it has reached its
+ * last step): read from its files, which stay untouched. Undefined when there are steps to run.
+ */
+export function finishedPretraining(
+  run: string,
+  change: { steps?: number; tokens?: number } = {},
+): PretrainSummary | undefined {
+  return finishedOf(run, readRun(run), change);
+}
+
+function finishedOf(
+  run: string,
+  stored: StoredRun,
+  change: { steps?: number; tokens?: number },
+): PretrainSummary | undefined {
+  const { step, steps } = targetOf(run, stored, change);
+  if (step < steps) return undefined;
+  const { info } = stored;
+  const last = lastMetrics(run);
+  return {
+    run,
+    checkpoint: join(run, CHECKPOINT),
+    steps,
+    step,
+    ranSteps: 0,
+    loss: last?.loss ?? Number.NaN,
+    valLoss: last?.val_loss,
+    tokensSeen: info.trainer.tokensSeen,
+    interrupted: false,
+    alreadyDone: true,
+    parameters: trainParameterCount(info.config, info.tiedEmbeddings),
+  };
+}
+
+/**
+ * Continues the run in `run` from its checkpoint until its last step: its own, or the new
+ * `options.steps` / `options.tokens`, which extends (or shortens) it with the cosine schedule
+ * recomputed for the new total. A run with nothing left to do returns at once, changing nothing.
+ */
 export async function resumePretraining(
   run: string,
   data: PretrainData,
-  options: RunOptions = {},
+  options: ResumePretrainOptions = {},
 ): Promise<PretrainSummary> {
-  const { info, header, settings: s, data: dataSource } = readRun(run);
+  const stored = readRun(run);
+  const finished = finishedOf(run, stored, options);
+  if (finished) return finished;
+  const { steps } = targetOf(run, stored, options);
+  const { info, header, data: dataSource } = stored;
+  const s: ResolvedSettings = { ...stored.settings, steps };
   const tokenizer = tokenizerOf(header, join(run, CHECKPOINT));
   if (tokenizer.vocabSize !== info.config.vocab) {
     throw new UserError(
@@ -248,11 +340,17 @@ export async function resumePretraining(
     restoreCheckpoint(join(run, CHECKPOINT), header, model);
     const trainer = new LlamaTrainer(model, new RandomWindows(data.train, s.batch, s.seq, s.seed), {
       ...info.optimizer,
+      totalSteps: steps,
       accumulation: info.accumulation,
     });
     trainer.restore(info.trainer);
     trimRunForResume(run, trainer.step);
-    return await runLoop(s, trainer, data, tokenizer, header, run, options, dataSource);
+    // A new length reaches config.json once a checkpoint records it (resume reads the checkpoint).
+    const onSaved =
+      steps === stored.settings.steps
+        ? undefined
+        : () => writeRunConfig(run, info.config, info.tiedEmbeddings, s, dataSource);
+    return await runLoop(s, trainer, data, tokenizer, header, run, options, dataSource, onSaved);
   } finally {
     await model.dispose();
   }
@@ -267,6 +365,7 @@ async function runLoop(
   out: string,
   options: RunOptions,
   dataSource: string,
+  onSaved?: () => void,
 ): Promise<PretrainSummary> {
   const model = trainer.model;
   const result = await runTrainingLoop(
@@ -286,6 +385,7 @@ async function runLoop(
           run: { kind: "pretrain", settings: s, data: dataSource },
         };
         saveCheckpoint(join(out, CHECKPOINT), model, info, tokenizerHeader);
+        onSaved?.();
       },
       validate: () => {
         if (!data.val || data.val.tokens < s.seq + 1) return undefined;
@@ -317,6 +417,7 @@ async function runLoop(
     valLoss: result.valLoss,
     tokensSeen: trainer.tokensSeen,
     interrupted: result.interrupted,
+    alreadyDone: false,
     parameters: model.parameterCount,
   };
 }
