@@ -120,6 +120,17 @@ export {
   type TokenSplit,
 } from "./data/token-cache.js";
 export { isUserError, UserError } from "./errors.js";
+export {
+  DEFAULT_REPORT_LIMITS,
+  LiveRunReport,
+  type ReportLimits,
+  RunReader,
+  type RunReportData,
+  renderRunReport,
+  type WriteReportOptions,
+  type WrittenReport,
+  writeRunReport,
+} from "./eval/report.js";
 export { evaluateTasks } from "./eval/tasks.js";
 export { GGMLType, ggmlTypeName, parseGgmlTypeName, tensorBytes } from "./formats/ggml-types.js";
 export {
@@ -131,7 +142,7 @@ export {
   readTensorInto,
 } from "./formats/gguf.js";
 export { SafetensorsFile, writeSafetensors } from "./formats/safetensors.js";
-export { type LlamaConfig, parameterCount } from "./model/config.js";
+export { InvalidModelConfigError, LLAMA_LIMITS, type LlamaConfig, parameterCount } from "./model/config.js";
 export { inspectGguf } from "./model/inspect.js";
 export { type LlamaLoadOptions, LlamaModel } from "./model/llama.js";
 export {
@@ -146,6 +157,7 @@ export {
 } from "./model/lora.js";
 export {
   type ChatMessage,
+  type ChatOptions,
   type GenerateOptions,
   type GenerationInfo,
   type LoadModelOptions,
@@ -153,7 +165,12 @@ export {
   Model,
 } from "./model/model.js";
 export { Sampler, type SamplerOptions } from "./model/sampler.js";
-export { BUILTIN_TEMPLATE_NAMES, chooseTemplate, renderChat } from "./model/templates.js";
+export {
+  BUILTIN_TEMPLATE_NAMES,
+  ChatTemplateBudgetError,
+  chooseTemplate,
+  renderChat,
+} from "./model/templates.js";
 export { quantizeModel } from "./quant/quantize-model.js";
 export { dequantizeRow, quantizeRow } from "./quant/reference.js";
 export { type QuickstartOptions, type QuickstartResult, runQuickstart } from "./quickstart.js";
@@ -190,6 +207,7 @@ export {
   type FinetuneSummary,
   finetune,
   finetunePlan,
+  type ResumeFinetuneOptions,
   resumeFinetune,
 } from "./train/finetune.js";
 export {
@@ -210,6 +228,7 @@ export {
   type PretrainSettings,
   type PretrainSummary,
   pretrain,
+  type ResumePretrainOptions,
   resumePretraining,
 } from "./train/pretrain.js";
 export { LlamaTrainer, type StepMetrics, type TrainerOptions, type TrainerState } from "./train/trainer.js";

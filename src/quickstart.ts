@@ -11,10 +11,21 @@
  *  7. score base, tuned F32 and tuned Q4_0 on held-out tasks (`eval tasks`).
  */
 
-import { mkdirSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { evalTasks, makeWorld, tuningTasks, worldCorpus } from "./data/synthetic.js";
 import { openTokenCache } from "./data/token-cache.js";
+import { UserError } from "./errors.js";
+import { LiveRunReport, REPORT_FILE, writeRunReport } from "./eval/report.js";
 import { evaluateTasks, type TaskEvalResult } from "./eval/tasks.js";
 import { mergeLora, readLoraGguf } from "./model/lora.js";
 import { loadModel } from "./model/model.js";
@@ -35,6 +46,11 @@ export interface QuickstartOptions {
   /** Held-out tasks per family (default 12). */
   evalPerFamily?: number;
   seed?: number;
+  /**
+   * Reuse the stages an earlier run in `dir` finished with the same settings (the evaluation always
+   * runs). Without it, an earlier quickstart's files in `dir` are removed and the recipe starts afresh.
+   */
+  resume?: boolean;
   /** Called at every stage and training step, for progress display. */
   onStage?: (stage: QuickstartStage) => void;
   onTrainEvent?: (phase: "pretrain" | "finetune", e: PretrainEvent) => void;
@@ -46,6 +62,8 @@ export interface QuickstartStage {
   /** Set when the stage finished: its seconds and a one-line result. */
   seconds?: number;
   result?: string;
+  /** Set with `seconds` when the stage's outputs came from an earlier run (`resume`). */
+  reused?: boolean;
 }
 
 export interface QuickstartResult {
@@ -58,6 +76,9 @@ export interface QuickstartResult {
     adapter: string;
     tuned: string;
     tunedQ4: string;
+    /** The training runs' report pages (`smallhammer report`). */
+    pretrainReport: string;
+    finetuneReport: string;
   };
   pretrainLoss: number;
   pretrainValLoss?: number;
@@ -69,20 +90,108 @@ export interface QuickstartResult {
 /** The recipe's model: about a million parameters, enough to learn the world in minutes. */
 export const QUICKSTART_SHAPE = { dim: 128, layers: 4, heads: 4, kvHeads: 4, ffn: 384, contextLength: 256 };
 
+/** The file in a quickstart directory that marks it as one and records the stages it finished. */
+const MARKER = "quickstart.json";
+const MARKER_KIND = "smallhammer-quickstart";
+
+interface QuickstartMarker {
+  kind: typeof MARKER_KIND;
+  /** Per stage key: the settings it ran with and its (JSON) result. */
+  stages: Record<string, { settings: string; result: unknown }>;
+}
+
+/** Every file and directory a quickstart writes in its directory, the marker last. */
+const OUTPUTS = [
+  "corpus.txt",
+  "tasks.jsonl",
+  "tasks.txt",
+  "tokenizer.gguf",
+  "cache",
+  "pretrain",
+  "base-f32.gguf",
+  "finetune",
+  "tuned-f32.gguf",
+  "tuned-q4_0.gguf",
+  MARKER,
+];
+
+/**
+ * Makes `dir` ready: created when missing; an earlier quickstart's directory (it holds the marker)
+ * is emptied of the quickstart's files, or kept for `resume`; any other non-empty directory, or a
+ * file, is refused so that no one else's files are touched.
+ */
+function openQuickstartDir(dir: string, resume: boolean): QuickstartMarker {
+  const fresh: QuickstartMarker = { kind: MARKER_KIND, stages: {} };
+  if (!existsSync(dir)) {
+    mkdirSync(dir, { recursive: true });
+    return fresh;
+  }
+  if (!statSync(dir).isDirectory()) throw new UserError(`--dir ${dir}: exists and is not a directory`);
+  const markerPath = join(dir, MARKER);
+  if (!existsSync(markerPath)) {
+    if (readdirSync(dir).length === 0) return fresh;
+    throw new UserError(
+      `--dir ${dir}: not empty and not a quickstart's directory (no ${MARKER}); choose another --dir`,
+    );
+  }
+  let marker: QuickstartMarker | undefined;
+  try {
+    const parsed = JSON.parse(readFileSync(markerPath, "utf8"));
+    if (parsed?.kind === MARKER_KIND && typeof parsed.stages === "object") marker = parsed;
+  } catch {
+    // An unreadable marker is treated as a run with nothing to reuse.
+  }
+  if (resume && marker) return marker;
+  for (const name of OUTPUTS) rmSync(join(dir, name), { recursive: true, force: true });
+  return fresh;
+}
+
+function saveMarker(dir: string, marker: QuickstartMarker): void {
+  const path = join(dir, MARKER);
+  writeFileSync(`${path}.tmp`, `${JSON.stringify(marker, null, 2)}\n`);
+  renameSync(`${path}.tmp`, path);
+}
+
 export async function runQuickstart(options: QuickstartOptions): Promise<QuickstartResult> {
   const dir = options.dir;
   const seed = options.seed ?? 1;
-  mkdirSync(dir, { recursive: true });
+  const marker = openQuickstartDir(dir, options.resume ?? false);
   const started = performance.now();
   let index = 0;
-  const stage = async <T>(name: string, work: () => Promise<T>, result: (r: T) => string): Promise<T> => {
+  // Once one stage runs, every later one runs too: it depends on what the earlier ones wrote.
+  let reusing = true;
+  /**
+   * Runs (or, resuming, reuses) one stage. `settings` are what its outputs depend on besides the
+   * earlier stages; `outputs` are removed before it runs; its result must survive JSON.
+   */
+  const stage = async <T>(
+    key: string,
+    name: string,
+    settings: object,
+    outputs: string[],
+    work: () => Promise<T>,
+    result: (r: T) => string,
+  ): Promise<T> => {
     index++;
+    const fingerprint = JSON.stringify(settings);
+    const done = marker.stages[key];
+    if (reusing && done?.settings === fingerprint && outputs.every((p) => existsSync(p))) {
+      const r = done.result as T;
+      options.onStage?.({ index, name, seconds: 0, result: result(r), reused: true });
+      return r;
+    }
+    reusing = false;
+    delete marker.stages[key];
+    for (const p of outputs) rmSync(p, { recursive: true, force: true });
     options.onStage?.({ index, name });
     const t = performance.now();
     const r = await work();
+    marker.stages[key] = { settings: fingerprint, result: r };
+    saveMarker(dir, marker);
     options.onStage?.({ index, name, seconds: (performance.now() - t) / 1000, result: result(r) });
     return r;
   };
+  saveMarker(dir, marker);
   const files = {
     corpus: join(dir, "corpus.txt"),
     tasks: join(dir, "tasks.jsonl"),
@@ -92,11 +201,18 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
     adapter: join(dir, "finetune", "adapter.gguf"),
     tuned: join(dir, "tuned-f32.gguf"),
     tunedQ4: join(dir, "tuned-q4_0.gguf"),
+    pretrainReport: join(dir, "pretrain", REPORT_FILE),
+    finetuneReport: join(dir, "finetune", REPORT_FILE),
   };
   const world = makeWorld(seed);
+  const pretrainSteps = options.pretrainSteps ?? 500;
+  const finetuneSteps = options.finetuneSteps ?? 300;
 
   await stage(
+    "world",
     "write the synthetic world: corpus and tuning tasks",
+    { seed },
+    [files.corpus, files.tasksText, files.tasks],
     async () => {
       writeFileSync(files.corpus, worldCorpus(world, 1_500_000));
       const tasks = tuningTasks(world, 4000);
@@ -125,34 +241,50 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
     },
     (n) => `${files.corpus}, ${n} tasks in ${files.tasks}`,
   );
-  const tok = await stage(
+  await stage(
+    "tokenizer",
     "train a tokenizer",
-    () =>
-      trainTokenizerOnFiles([files.corpus, files.tasksText], files.tokenizer, {
+    { seed },
+    [files.tokenizer],
+    async () => {
+      const s = await trainTokenizerOnFiles([files.corpus, files.tasksText], files.tokenizer, {
         vocabSize: 512,
         progress: false,
-      }),
+      });
+      return { vocabSize: s.vocabSize, merges: s.merges };
+    },
     (s) => `${s.vocabSize} tokens, ${s.merges} merges`,
   );
   const cacheDir = join(dir, "cache");
-  const cacheIndex = await stage(
+  await stage(
+    "cache",
     "tokenize the corpus",
-    () =>
-      tokenizeCorpus([files.corpus], files.tokenizer, cacheDir, { valFraction: 0.02, seed, progress: false }),
-    (i) => `${i.splits.train.tokens} train and ${i.splits.val.tokens} validation tokens`,
+    { seed },
+    [cacheDir],
+    async () => {
+      const i = await tokenizeCorpus([files.corpus], files.tokenizer, cacheDir, {
+        valFraction: 0.02,
+        seed,
+        progress: false,
+      });
+      return { train: i.splits.train.tokens, val: i.splits.val.tokens };
+    },
+    (i) => `${i.train} train and ${i.val} validation tokens`,
   );
-  void tok;
-  void cacheIndex;
+  const pretrainRun = join(dir, "pretrain");
   const pre = await stage(
+    "pretrain",
     "pretrain the base model",
+    { seed, pretrainSteps },
+    [pretrainRun],
     async () => {
       const cache = await openTokenCache(cacheDir);
+      const report = new LiveRunReport(pretrainRun);
       try {
-        const run = join(dir, "pretrain");
-        return await pretrain(
+        const s = await pretrain(
           {
             shape: QUICKSTART_SHAPE,
-            steps: options.pretrainSteps ?? 500,
+            steps: pretrainSteps,
             batch: 16,
             seq: 128,
             lr: 2e-3,
@@ -168,9 +300,16 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
             val: cache.split("val"),
             tokenizerPath: cache.tokenizerPath,
           },
-          run,
-          { threads: options.threads, onEvent: (e) => options.onTrainEvent?.("pretrain", e) },
+          pretrainRun,
+          {
+            threads: options.threads,
+            onEvent: (e) => {
+              report.onEvent(e);
+              options.onTrainEvent?.("pretrain", e);
+            },
+          },
         );
+        return { parameters: s.parameters, loss: s.loss, valLoss: s.valLoss };
       } finally {
         cache.close();
       }
@@ -178,15 +317,27 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
     (s) =>
       `${s.parameters} parameters, loss ${s.loss.toFixed(3)}${s.valLoss !== undefined ? `, validation ${s.valLoss.toFixed(3)}` : ""}`,
   );
+  // Written afresh also for a reused stage, so the page is there and current.
+  await writeRunReport([pretrainRun]);
   await stage(
+    "export",
     "export the base model",
-    () => exportCheckpoint(join(dir, "pretrain"), files.base, "f32"),
-    () => files.base,
+    { seed, pretrainSteps },
+    [files.base],
+    async () => {
+      await exportCheckpoint(pretrainRun, files.base, "f32");
+      return files.base;
+    },
+    (path) => path,
   );
   const tuned = await stage(
+    "finetune",
     "LoRA-tune it on the tasks (alpaca template)",
-    () =>
-      finetune({
+    { seed, pretrainSteps, finetuneSteps },
+    [join(dir, "finetune")],
+    async () => {
+      const report = new LiveRunReport(join(dir, "finetune"));
+      const s = await finetune({
         base: files.base,
         data: files.tasks,
         template: "alpaca",
@@ -194,7 +345,7 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
         rank: 8,
         alpha: 16,
         targets: "all",
-        steps: options.finetuneSteps ?? 300,
+        steps: finetuneSteps,
         // The Alpaca prompt alone is about 100 tokens with this small vocabulary.
         batch: 8,
         seq: 256,
@@ -203,22 +354,31 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
         // validation at the end only.
         dropout: 0,
         beta2: 0.95,
-        warmupSteps: Math.min(20, Math.floor((options.finetuneSteps ?? 300) / 10)),
+        warmupSteps: Math.min(20, Math.floor(finetuneSteps / 10)),
         evalEvery: 0,
         out: join(dir, "finetune"),
         threads: options.threads,
         seed,
         onEvent: (e) => {
-          if (e.type !== "data") options.onTrainEvent?.("finetune", e);
+          if (e.type === "data") return;
+          report.onEvent(e);
+          options.onTrainEvent?.("finetune", e);
         },
-      }),
+      });
+      return { loss: s.loss };
+    },
     (s) => `loss ${s.loss.toFixed(3)}, adapter ${files.adapter}`,
   );
+  await writeRunReport([join(dir, "finetune")]);
   await stage(
+    "merge",
     "merge the adapter and quantize to q4_0",
+    { seed, pretrainSteps, finetuneSteps },
+    [files.tuned, files.tunedQ4],
     async () => {
       mergeLora(files.base, readLoraGguf(files.adapter), files.tuned);
-      return quantizeModel(files.tuned, files.tunedQ4, "q4_0");
+      const q = await quantizeModel(files.tuned, files.tunedQ4, "q4_0");
+      return { outputBytes: q.outputBytes };
     },
     (q) => `${files.tuned}, ${files.tunedQ4} (${(q.outputBytes / 1048576).toFixed(2)} MiB)`,
   );
@@ -231,16 +391,20 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
       await model.dispose();
     }
   };
-  const scores = await stage(
-    `score ${tasks.length} held-out tasks`,
-    async () => ({
-      base: await score(files.base),
-      tuned: await score(files.tuned),
-      tunedQ4: await score(files.tunedQ4),
-    }),
-    (s) =>
-      `exact match: base ${pct(s.base.accuracy)}, tuned f32 ${pct(s.tuned.accuracy)}, tuned q4_0 ${pct(s.tunedQ4.accuracy)}`,
-  );
+  // Scored afresh on every run (the number of tasks may differ), and not recorded in the marker.
+  const scoreStage = { index: ++index, name: `score ${tasks.length} held-out tasks` };
+  options.onStage?.(scoreStage);
+  const scoreStarted = performance.now();
+  const scores = {
+    base: await score(files.base),
+    tuned: await score(files.tuned),
+    tunedQ4: await score(files.tunedQ4),
+  };
+  options.onStage?.({
+    ...scoreStage,
+    seconds: (performance.now() - scoreStarted) / 1000,
+    result: `exact match: base ${pct(scores.base.accuracy)}, tuned f32 ${pct(scores.tuned.accuracy)}, tuned q4_0 ${pct(scores.tunedQ4.accuracy)}`,
+  });
   return {
     files,
     pretrainLoss: pre.loss,

@@ -256,7 +256,7 @@ describe("options", () => {
       topK: 40,
       topP: 0.95,
       minP: 0.05,
-      repeatPenalty: 1.1,
+      repeatPenalty: 1,
       repeatLastN: 64,
     });
   });

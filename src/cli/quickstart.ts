@@ -5,7 +5,7 @@ import type { PretrainEvent } from "../train/pretrain.js";
 import { Progress } from "../util/progress.js";
 import { runChat } from "./chat.js";
 import { formatTaskScores } from "./eval.js";
-import { intArg } from "./options.js";
+import { intArg, threadsArg } from "./options.js";
 
 export function registerQuickstart(program: Command) {
   program
@@ -13,8 +13,13 @@ export function registerQuickstart(program: Command) {
     .description(
       "the whole recipe on the built-in synthetic world: tokenizer, pretraining, LoRA tuning, merge, q4_0, accuracy table, then chat",
     )
-    .option("--dir <dir>", "where every file goes", "smallhammer-quickstart")
-    .option("-t, --threads <n>", "compute threads (default: all cores)", intArg("--threads", 1, 1024))
+    .option(
+      "--dir <dir>",
+      "where every file goes (an earlier quickstart's files there are replaced)",
+      "smallhammer-quickstart",
+    )
+    .option("--resume", "reuse the stages an earlier run in --dir finished with the same settings")
+    .option("-t, --threads <n>", "compute threads (default: all cores)", threadsArg)
     .option("--pretrain-steps <n>", "pretraining steps", intArg("--pretrain-steps", 1), 500)
     .option("--finetune-steps <n>", "LoRA steps", intArg("--finetune-steps", 1), 300)
     .option("--eval-per-family <n>", "held-out tasks per family", intArg("--eval-per-family", 1, 1000), 12)
@@ -28,6 +33,7 @@ export function registerQuickstart(program: Command) {
         finetuneSteps: number;
         evalPerFamily: number;
         chat: boolean;
+        resume?: boolean;
         json?: boolean;
       }) => {
         const say = (line: string) => {
@@ -42,15 +48,16 @@ export function registerQuickstart(program: Command) {
           pretrainSteps: flags.pretrainSteps,
           finetuneSteps: flags.finetuneSteps,
           evalPerFamily: flags.evalPerFamily,
+          resume: flags.resume,
           onStage: (s) => {
             if (s.seconds === undefined) {
               if (!flags.json && !process.stdout.isTTY) return;
               if (!flags.json) process.stdout.write(`${s.index}. ${s.name} ...\n`);
               return;
             }
-            say(
-              `${process.stdout.isTTY ? "   " : `${s.index}. ${s.name}: `}${s.result} (${s.seconds.toFixed(1)} s)`,
-            );
+            const took = s.reused ? "reused from the earlier run" : `${s.seconds.toFixed(1)} s`;
+            if (s.reused && process.stdout.isTTY) say(`${s.index}. ${s.name}:`);
+            say(`${process.stdout.isTTY ? "   " : `${s.index}. ${s.name}: `}${s.result} (${took})`);
           },
           onTrainEvent: (phase: "pretrain" | "finetune", e: PretrainEvent) => {
             if (flags.json || !process.stderr.isTTY) return;
@@ -99,12 +106,13 @@ export function registerQuickstart(program: Command) {
             { label: "tuned q4_0", result: result.scores.tunedQ4 },
           ]).trimEnd(),
         );
+        say(`\ndone in ${result.seconds.toFixed(0)} s. Try: npx smallhammer chat -m ${result.files.tunedQ4}`);
         say(
-          `\ndone in ${result.seconds.toFixed(0)} s. Try: npx smallhammer chat -m ${result.files.tunedQ4} --template alpaca`,
+          `training reports (open them in a browser): ${result.files.pretrainReport} and ${result.files.finetuneReport}`,
         );
         if (!flags.chat || !process.stdin.isTTY) return;
         say('opening a chat on the tuned q4_0 model (ask it, e.g., "What is 7 + 5?")');
-        const model = await loadModel(result.files.tunedQ4, { threads: flags.threads, template: "alpaca" });
+        const model = await loadModel(result.files.tunedQ4, { threads: flags.threads });
         try {
           await runChat(model, { nPredict: 32, temp: 0 });
         } finally {
