@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readGgufHeader } from "../src/formats/gguf.js";
-import { CLI, ensureBuilt, ROOT, runCli } from "./helpers/cli.js";
+import { CLI, ensureBuilt, expectOk, expectUserError, ROOT, runCli } from "./helpers/cli.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
 
 let dir: string;
@@ -22,22 +22,6 @@ beforeAll(() => {
 afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
-
-/** Exit 0 and nothing on stderr: progress and timings stay off when stderr is a pipe. */
-function expectOk(r: { status: number | null; stderr: string }) {
-  expect(r.stderr).toBe("");
-  expect(r.status).toBe(0);
-}
-
-/** Exit 2 with exactly one line on stderr that starts "smallhammer:" and contains `mention`. */
-function expectUserError(r: { status: number | null; stderr: string }, mention: string) {
-  expect(r.status).toBe(2);
-  expect(r.stderr).not.toContain("    at ");
-  const lines = r.stderr.replace(/\n$/, "").split("\n");
-  expect(lines).toHaveLength(1);
-  expect(lines[0]).toMatch(/^smallhammer: /);
-  expect(lines[0]).toContain(mention);
-}
 
 interface InspectJson {
   architecture: string;

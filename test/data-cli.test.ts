@@ -9,7 +9,7 @@ import { readTokenizerFile, tokenizeRecords } from "../src/data/chat-tokens.js";
 import { fitExample } from "../src/data/packing.js";
 import { RecordReader } from "../src/data/records.js";
 import { renderChat } from "../src/model/templates.js";
-import { ensureBuilt, runCli } from "./helpers/cli.js";
+import { ensureBuilt, expectOk, runCli } from "./helpers/cli.js";
 import { spmDescription, writeVocabGguf } from "./helpers/shakespeare-vocab.js";
 
 const SHAREGPT = new URL("./fixtures/sharegpt_dummy_conversation.json", import.meta.url).pathname;
@@ -39,11 +39,6 @@ function file(name: string, text: string): string {
   const path = join(dir, name);
   writeFileSync(path, text);
   return path;
-}
-
-function expectOk(r: { status: number | null; stderr: string }) {
-  expect(r.stderr).toBe("");
-  expect(r.status).toBe(0);
 }
 
 /** Exit 2 with exactly one line on stderr: `smallhammer: <line>`. */

@@ -21,6 +21,7 @@ import {
 } from "./helpers/scripted-teacher.js";
 import { HAS_SCRIPT, runCliOnTerminal, screenLines, withoutEscapes } from "./helpers/terminal.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
+import { writeTinyAlpaca } from "./helpers/train-setup.js";
 
 /** The sparkline's characters, lowest first. */
 const SPARKS = "▁▂▃▄▅▆▇█";
@@ -163,21 +164,7 @@ describe("on a terminal", () => {
       contextLength: 256,
       weightScale: 0.05,
     });
-    const data = join(dir, "alpaca.jsonl");
-    const records = ["say hello", "write the world", "spell a bird", "repeat the sea", "say the wind"].map(
-      (instruction, i) => ({
-        instruction,
-        input: "",
-        output: `${instruction.split(" ").slice(1).join(" ")} ${i}`,
-      }),
-    );
-    writeFileSync(
-      data,
-      records
-        .map((r) => `${JSON.stringify(r)}\n`)
-        .join("")
-        .repeat(4),
-    );
+    const data = writeTinyAlpaca(join(dir, "alpaca.jsonl"));
     const out = join(dir, "finetune");
     const r = await runCliOnTerminal([
       ...["finetune", "--base", tiny.path, "--data", data, "--template", "alpaca", "--targets", "q,v"],

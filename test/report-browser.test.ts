@@ -5,14 +5,15 @@
  * runs' colours are on the canvas), nothing from the runs' files runs as script or markup, the page
  * fits a phone's width in dark mode, and screenshots are saved (their paths are printed).
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RUN_COLORS } from "../src/eval/report-page.js";
-import { ensureBuilt, ROOT, runCli } from "./helpers/cli.js";
+import { ensureBuilt, expectOk, runCli } from "./helpers/cli.js";
+import { makeShakespeareCache } from "./helpers/train-setup.js";
 
 const CHROMIUM = [process.env.CHROMIUM_PATH, "/usr/bin/chromium", "/usr/bin/chromium-browser"].find(
   (p): p is string => !!p && existsSync(p),
@@ -32,11 +33,6 @@ const CHART_IDS = [
 ];
 const HOSTILE = `<script>document.title = "owned"</script><img src=x onerror="document.title='owned'">`;
 
-function expectOk(r: { status: number | null; stderr: string }) {
-  expect(r.stderr).toBe("");
-  expect(r.status).toBe(0);
-}
-
 (CHROMIUM ? describe : describe.skip)("run report page", () => {
   let dir: string;
   let page: string;
@@ -45,27 +41,7 @@ function expectOk(r: { status: number | null; stderr: string }) {
   beforeAll(async () => {
     ensureBuilt();
     dir = mkdtempSync(join(tmpdir(), "sh-report-browser-"));
-    const corpus = join(dir, "corpus.txt");
-    writeFileSync(
-      corpus,
-      readFileSync(join(ROOT, "test", "fixtures", "tinyshakespeare.txt"), "utf8").slice(0, 60_000),
-    );
-    const tokenizer = join(dir, "tokenizer.gguf");
-    const cache = join(dir, "cache");
-    expectOk(await runCli(["tokenizer", "train", corpus, "--vocab-size", "400", "--out", tokenizer]));
-    expectOk(
-      await runCli([
-        "data",
-        "tokenize",
-        corpus,
-        "--tokenizer",
-        tokenizer,
-        "--out",
-        cache,
-        "--val-fraction",
-        "0.1",
-      ]),
-    );
+    const { cache } = await makeShakespeareCache(dir, 60_000);
     const model = join(dir, "model.json");
     writeFileSync(
       model,

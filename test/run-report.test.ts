@@ -14,17 +14,13 @@ import { RUN_COLORS } from "../src/eval/report-page.js";
 import type { TrainEvent } from "../src/train/loop.js";
 import { pretrain } from "../src/train/pretrain.js";
 import { openPretrainData } from "../src/train/token-data.js";
-import { ensureBuilt, ROOT, runCli } from "./helpers/cli.js";
+import { ensureBuilt, expectOk, runCli } from "./helpers/cli.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
+import { makeShakespeareCache, writeTinyAlpaca } from "./helpers/train-setup.js";
 
 let dir: string;
 let cache: string;
 let model: string;
-
-function expectOk(r: { status: number | null; stderr: string }) {
-  expect(r.stderr).toBe("");
-  expect(r.status).toBe(0);
-}
 
 /** Exit 2 with exactly one line on stderr that starts "smallhammer:" and contains `mention`. */
 function expectUserError(r: { status: number | null; stderr: string; stdout: string }, mention: string) {
@@ -68,27 +64,7 @@ const pretrainArgs = (out: string, lr: string) => [
 beforeAll(async () => {
   ensureBuilt();
   dir = mkdtempSync(join(tmpdir(), "sh-run-report-"));
-  const corpus = join(dir, "corpus.txt");
-  writeFileSync(
-    corpus,
-    readFileSync(join(ROOT, "test", "fixtures", "tinyshakespeare.txt"), "utf8").slice(0, 60_000),
-  );
-  const tokenizer = join(dir, "tokenizer.gguf");
-  cache = join(dir, "cache");
-  expectOk(await runCli(["tokenizer", "train", corpus, "--vocab-size", "400", "--out", tokenizer]));
-  expectOk(
-    await runCli([
-      "data",
-      "tokenize",
-      corpus,
-      "--tokenizer",
-      tokenizer,
-      "--out",
-      cache,
-      "--val-fraction",
-      "0.1",
-    ]),
-  );
+  ({ cache } = await makeShakespeareCache(dir, 60_000));
   model = join(dir, "model.json");
   writeFileSync(
     model,
@@ -323,21 +299,7 @@ it("finetune writes its report, with the prompt of each sample", async () => {
     contextLength: 256,
     weightScale: 0.05,
   });
-  const data = join(dir, "alpaca.jsonl");
-  const records = ["say hello", "write the world", "spell a bird", "repeat the sea", "say the wind"].map(
-    (instruction, i) => ({
-      instruction,
-      input: "",
-      output: `${instruction.split(" ").slice(1).join(" ")} ${i}`,
-    }),
-  );
-  writeFileSync(
-    data,
-    records
-      .map((r) => `${JSON.stringify(r)}\n`)
-      .join("")
-      .repeat(4),
-  );
+  const data = writeTinyAlpaca(join(dir, "alpaca.jsonl"));
   const out = join(dir, "finetune");
   const r = await runCli([
     ...["finetune", "--base", tiny.path, "--data", data, "--template", "alpaca", "--targets", "q,v"],

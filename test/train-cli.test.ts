@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readGgufHeader } from "../src/formats/gguf.js";
 import { readCheckpoint } from "../src/train/checkpoint.js";
 import { learningRate } from "../src/train/optimizer.js";
-import { CLI, ensureBuilt, ROOT, runCli } from "./helpers/cli.js";
+import { CLI, ensureBuilt, expectOk, expectUserError, ROOT, runCli } from "./helpers/cli.js";
+import { makeShakespeareCache } from "./helpers/train-setup.js";
 
 let dir: string;
 let cache: string;
@@ -18,25 +19,7 @@ let model: string;
 beforeAll(async () => {
   ensureBuilt();
   dir = mkdtempSync(join(tmpdir(), "sh-train-cli-"));
-  const corpus = join(dir, "corpus.txt");
-  const text = readFileSync(join(ROOT, "test", "fixtures", "tinyshakespeare.txt"), "utf8");
-  writeFileSync(corpus, text.slice(0, 100_000));
-  const tokenizer = join(dir, "tokenizer.gguf");
-  cache = join(dir, "cache");
-  expectOk(await runCli(["tokenizer", "train", corpus, "--vocab-size", "400", "--out", tokenizer]));
-  expectOk(
-    await runCli([
-      "data",
-      "tokenize",
-      corpus,
-      "--tokenizer",
-      tokenizer,
-      "--out",
-      cache,
-      "--val-fraction",
-      "0.1",
-    ]),
-  );
+  ({ cache } = await makeShakespeareCache(dir, 100_000));
   model = join(dir, "model.json");
   writeFileSync(
     model,
@@ -47,20 +30,6 @@ beforeAll(async () => {
 afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
-
-function expectOk(r: { status: number | null; stderr: string }) {
-  expect(r.stderr).toBe("");
-  expect(r.status).toBe(0);
-}
-
-/** Exit 2 with exactly one line on stderr that starts "smallhammer:" and contains `mention`. */
-function expectUserError(r: { status: number | null; stderr: string }, mention: string) {
-  expect(r.status).toBe(2);
-  const lines = r.stderr.replace(/\n$/, "").split("\n");
-  expect(lines).toHaveLength(1);
-  expect(lines[0]).toMatch(/^smallhammer: /);
-  expect(lines[0]).toContain(mention);
-}
 
 const common = ["--batch", "4", "--seq", "32", "--lr", "3e-3", "--threads", "2"];
 

@@ -2,6 +2,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { expect } from "vitest";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 /** The built CLI, as `npm test` and the package's bin run it. */
@@ -120,4 +121,20 @@ export function runNode(
       resolve({ status, signal, stdout, stderr });
     });
   });
+}
+
+/** Exit 0 and nothing on stderr: progress and timings stay off when stderr is a pipe. */
+export function expectOk(r: { status: number | null; stderr: string }): void {
+  expect(r.stderr).toBe("");
+  expect(r.status).toBe(0);
+}
+
+/** Exit 2 with exactly one line on stderr that starts "smallhammer:" and contains `mention`, no stack. */
+export function expectUserError(r: { status: number | null; stderr: string }, mention: string): void {
+  expect(r.status).toBe(2);
+  expect(r.stderr).not.toContain("    at ");
+  const lines = r.stderr.replace(/\n$/, "").split("\n");
+  expect(lines).toHaveLength(1);
+  expect(lines[0]).toMatch(/^smallhammer: /);
+  expect(lines[0]).toContain(mention);
 }
