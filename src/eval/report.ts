@@ -103,6 +103,18 @@ export interface RunReportData {
   notes: string[];
 }
 
+/** A JSONL line of metrics.jsonl or samples.jsonl as an object, or undefined when it is not one. */
+function stepRecord(text: string): Record<string, unknown> | undefined {
+  try {
+    const o: unknown = JSON.parse(text);
+    return typeof o === "object" && o !== null && !Array.isArray(o)
+      ? (o as Record<string, unknown>)
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 const finite = (v: unknown): number | undefined =>
   typeof v === "number" && Number.isFinite(v) ? v : undefined;
 
@@ -258,16 +270,9 @@ class MetricsReader {
 
   private line(text: string): void {
     if (text.trim() === "") return;
-    let o: unknown;
-    try {
-      o = JSON.parse(text);
-    } catch {
-      this.invalid++;
-      return;
-    }
-    const r = o as Record<string, unknown>;
+    const r = stepRecord(text);
     const step = finite(r?.step);
-    if (typeof o !== "object" || o === null || step === undefined || step < 0) {
+    if (r === undefined || step === undefined || step < 0) {
       this.invalid++;
       return;
     }
@@ -376,16 +381,9 @@ class SamplesReader {
 
   private line(text: string): void {
     if (text.trim() === "") return;
-    let o: unknown;
-    try {
-      o = JSON.parse(text);
-    } catch {
-      this.invalid++;
-      return;
-    }
-    const r = o as Record<string, unknown>;
+    const r = stepRecord(text);
     const step = finite(r?.step);
-    if (typeof o !== "object" || o === null || step === undefined || typeof r.text !== "string") {
+    if (r === undefined || step === undefined || typeof r.text !== "string") {
       this.invalid++;
       return;
     }

@@ -294,12 +294,12 @@ export interface MarkedRendering {
  * template's own markup, so that a caller can tokenize message text as text: a user message that
  * contains "<|im_end|>" must not close its turn.
  *
- * Each message text for which `isPlain` is true is given to the template as a placeholder (its
+ * Each message text for which `isPlain` is true is given to the template as a marker (its
  * index between two private-use characters that appear nowhere in the template or the messages),
  * keeping the text's leading and trailing white space so that `trim` works as on the text; the
- * placeholders in the result are then replaced by the texts. A template that does more to such a
- * text than trimming it (upper-casing it, testing what it starts with) sees only the placeholder,
- * and the message keeps its whole text. If a placeholder comes out cut (the template slices the
+ * markers in the result are then replaced by the texts. A template that does more to such a
+ * text than trimming it (upper-casing it, testing what it starts with) sees only the marker,
+ * and the message keeps its whole text. If a marker comes out cut (the template slices the
  * text), the text cannot be told apart from the markup and a UserError says so.
  */
 export function renderChatMarked(
@@ -308,7 +308,7 @@ export function renderChatMarked(
 ): MarkedRendering {
   const texts: string[] = [];
   const marked = messages.map((m) => ({ ...m }));
-  const [open, close] = placeholderDelimiters(resolveTemplate(options).source, messages);
+  const [open, close] = markerDelimiters(resolveTemplate(options).source, messages);
   const mark = (text: string): string => {
     if (!options.isPlain(text)) return text;
     const core = text.trim();
@@ -337,7 +337,7 @@ export function renderChatMarked(
     from = end + 1;
   }
   text += rendered.slice(from);
-  // Neither the messages nor the template hold the delimiters: one left over is a cut placeholder.
+  // Neither the messages nor the template hold the delimiters: one left over is a cut marker.
   if (text.includes(open) || text.includes(close)) {
     throw new UserError(
       `${describe(label)} changes the text of a message that contains special-token text, so that text cannot be told apart from the template's markup`,
@@ -348,9 +348,9 @@ export function renderChatMarked(
 
 /**
  * Two private-use characters that neither the template nor any message contains, to write
- * placeholders with: a message cannot forge one, and JSON and case changes leave them as they are.
+ * markers with: a message cannot forge one, and JSON and case changes leave them as they are.
  */
-function placeholderDelimiters(source: string, messages: readonly ChatMessage[]): [string, string] {
+function markerDelimiters(source: string, messages: readonly ChatMessage[]): [string, string] {
   const used = new Set<string>();
   const collect = (text: string) => {
     for (const m of text.matchAll(/[\uE000-\uF8FF]/g)) used.add(m[0]);

@@ -86,7 +86,7 @@ export class Progress {
     const withDetail = o.detail ?? detail;
     this.multi = new cliProgress.MultiBar(
       {
-        // The whole line is made here, so no placeholder can be drawn unfilled.
+        // The whole line is made here, so no field can be drawn unfilled.
         format: (barOptions, params) =>
           this.line(cliProgress.Format.BarFormat(params.progress, barOptions), withDetail, params.maxWidth),
         stream: process.stderr,
