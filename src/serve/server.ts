@@ -12,12 +12,13 @@
  * cancelled at the next step.
  */
 import { randomBytes } from "node:crypto";
-import { readFileSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import type { OutgoingHttpHeaders, ServerResponse } from "node:http";
 import { Server as NetServer } from "node:net";
-import { basename } from "node:path";
+import { basename, extname } from "node:path";
 import type { Duplex } from "node:stream";
 import { setImmediate } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
 import Fastify, { type FastifyReply } from "fastify";
 import { isUserError, UserError } from "../errors.js";
 import { readGgufHeader } from "../formats/gguf.js";
@@ -137,12 +138,15 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 /** After the grace period: how long answers to cancelled requests may take to be written. */
 const FINAL_WRITE_MS = 5_000;
 
+/** The chat page: index.html at /, the other files at /<name>. */
 const PUBLIC_DIR = new URL("../../src/serve/public/", import.meta.url);
-const PAGES: Record<string, [file: string, type: string]> = {
-  "/": ["index.html", "text/html; charset=utf-8"],
-  "/chat.js": ["chat.js", "text/javascript; charset=utf-8"],
-  "/chat.css": ["chat.css", "text/css; charset=utf-8"],
-  "/favicon.svg": ["favicon.svg", "image/svg+xml"],
+/** The page's libraries (markdown, sanitising, highlighting), copied there by `npm run build`, at /vendor/<name>. */
+const VENDOR_DIR = new URL("../../build/public/vendor/", import.meta.url);
+const PAGE_TYPES: Record<string, string> = {
+  ".html": "text/html; charset=utf-8",
+  ".js": "text/javascript; charset=utf-8",
+  ".css": "text/css; charset=utf-8",
+  ".svg": "image/svg+xml",
 };
 const PAGE_HEADERS = {
   "content-security-policy":
@@ -150,6 +154,26 @@ const PAGE_HEADERS = {
   "x-content-type-options": "nosniff",
   "cache-control": "no-cache",
 };
+
+/**
+ * The files of the chat page by route, read once. Without its libraries (a checkout not built
+ * with `npm run build`) the page says so at /, and the API works all the same.
+ */
+function pageFiles(): Map<string, { body: Buffer; type: string; status: number }> {
+  const pages = new Map<string, { body: Buffer; type: string; status: number }>();
+  const add = (dir: URL, name: string, route: string) => {
+    const type = PAGE_TYPES[extname(name)];
+    if (type) pages.set(route, { body: readFileSync(new URL(name, dir)), type, status: 200 });
+  };
+  for (const name of readdirSync(PUBLIC_DIR)) add(PUBLIC_DIR, name, name === "index.html" ? "/" : `/${name}`);
+  if (existsSync(VENDOR_DIR)) {
+    for (const name of readdirSync(VENDOR_DIR)) add(VENDOR_DIR, name, `/vendor/${name}`);
+  } else {
+    const text = `The chat page's libraries are missing from ${fileURLToPath(VENDOR_DIR)}: run npm run build.\n`;
+    pages.set("/", { body: Buffer.from(text), type: "text/plain; charset=utf-8", status: 500 });
+  }
+  return pages;
+}
 
 /** How a generation request ends besides finishing: why it was cancelled. */
 type CancelReason = "client" | "timeout" | "shutdown";
@@ -196,12 +220,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   }
   const modelId = basename(options.model).replace(/\.gguf$/i, "");
   const created = Math.floor(statSync(options.model).mtimeMs / 1000);
-  const pages = new Map(
-    Object.entries(PAGES).map(([route, [file, type]]) => [
-      route,
-      { body: readFileSync(new URL(file, PUBLIC_DIR)), type },
-    ]),
-  );
+  const pages = pageFiles();
 
   let engine: Engine | undefined;
   let closing = false;
@@ -357,7 +376,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
   for (const [route, page] of pages) {
     app.get(route, open, (_req, reply) => {
-      reply.headers(PAGE_HEADERS).type(page.type).send(page.body);
+      reply.code(page.status).headers(PAGE_HEADERS).type(page.type).send(page.body);
     });
   }
 
