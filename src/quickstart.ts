@@ -6,12 +6,14 @@
  *  2. train a tokenizer on the corpus (`tokenizer train`);
  *  3. tokenize the corpus into a token cache (`data tokenize`);
  *  4. pretrain a small Llama on it (`pretrain`) and export the base model (`export`);
- *  5. LoRA-tune the base on the tasks with the Alpaca template (`finetune --method lora`);
- *  6. merge the adapter (`merge`) and quantize the result to Q4_0 (`quantize`);
+ *  5. fine-tune every weight of the base on the tasks with the Alpaca template (`finetune --method
+ *     full`; with `recipe.finetuneMethod` "lora", a LoRA adapter that step 6 merges);
+ *  6. quantize the tuned model to Q4_0 (`quantize`);
  *  7. score base, tuned F32 and tuned Q4_0 on held-out tasks (`eval tasks`).
  */
 
 import {
+  copyFileSync,
   existsSync,
   mkdirSync,
   readdirSync,
@@ -46,6 +48,8 @@ export interface QuickstartOptions {
   /** Held-out tasks per family (default 12). */
   evalPerFamily?: number;
   seed?: number;
+  /** Changes to the recipe's settings (default: `QUICKSTART_RECIPE`), for experiments. */
+  recipe?: Partial<QuickstartRecipe>;
   /**
    * Reuse the stages an earlier run in `dir` finished with the same settings (the evaluation always
    * runs). Without it, an earlier quickstart's files in `dir` are removed and the recipe starts afresh.
@@ -73,7 +77,8 @@ export interface QuickstartResult {
     tasksText: string;
     tokenizer: string;
     base: string;
-    adapter: string;
+    /** The fine-tune's own output: the full model, or with LoRA the adapter. */
+    finetuned: string;
     tuned: string;
     tunedQ4: string;
     /** The training runs' report pages (`smallhammer report`). */
@@ -89,6 +94,41 @@ export interface QuickstartResult {
 
 /** The recipe's model: about a million parameters, enough to learn the world in minutes. */
 export const QUICKSTART_SHAPE = { dim: 128, layers: 4, heads: 4, kvHeads: 4, ffn: 384, contextLength: 256 };
+
+/** The recipe's settings besides the step counts; `QUICKSTART_RECIPE` holds the measured best. */
+export interface QuickstartRecipe {
+  /** Characters of pretraining corpus and number of tuning tasks. */
+  corpusChars: number;
+  tuningTasks: number;
+  vocabSize: number;
+  /** Keep every digit its own token. */
+  splitDigits: boolean;
+  shape: typeof QUICKSTART_SHAPE;
+  pretrainBatch: number;
+  pretrainSeq: number;
+  pretrainLr: number;
+  finetuneMethod: "lora" | "full";
+  loraRank: number;
+  finetuneBatch: number;
+  finetuneSeq: number;
+  finetuneLr: number;
+}
+
+export const QUICKSTART_RECIPE: QuickstartRecipe = {
+  corpusChars: 1_500_000,
+  tuningTasks: 4000,
+  vocabSize: 1024,
+  splitDigits: true,
+  shape: QUICKSTART_SHAPE,
+  pretrainBatch: 16,
+  pretrainSeq: 128,
+  pretrainLr: 4e-3,
+  finetuneMethod: "full",
+  loraRank: 8,
+  finetuneBatch: 8,
+  finetuneSeq: 256,
+  finetuneLr: 1e-3,
+};
 
 /** The file in a quickstart directory that marks it as one and records the stages it finished. */
 const MARKER = "quickstart.json";
@@ -192,30 +232,53 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
     return r;
   };
   saveMarker(dir, marker);
+  const recipe = { ...QUICKSTART_RECIPE, ...options.recipe };
   const files = {
     corpus: join(dir, "corpus.txt"),
     tasks: join(dir, "tasks.jsonl"),
     tasksText: join(dir, "tasks.txt"),
     tokenizer: join(dir, "tokenizer.gguf"),
     base: join(dir, "base-f32.gguf"),
-    adapter: join(dir, "finetune", "adapter.gguf"),
+    finetuned: join(dir, "finetune", recipe.finetuneMethod === "full" ? "model.gguf" : "adapter.gguf"),
     tuned: join(dir, "tuned-f32.gguf"),
     tunedQ4: join(dir, "tuned-q4_0.gguf"),
     pretrainReport: join(dir, "pretrain", REPORT_FILE),
     finetuneReport: join(dir, "finetune", REPORT_FILE),
   };
   const world = makeWorld(seed);
-  const pretrainSteps = options.pretrainSteps ?? 500;
+  // What each stage's outputs depend on, earlier stages included.
+  const worldSettings = { seed, corpusChars: recipe.corpusChars, tuningTasks: recipe.tuningTasks };
+  const tokenizerSettings = {
+    ...worldSettings,
+    vocabSize: recipe.vocabSize,
+    splitDigits: recipe.splitDigits,
+  };
+  const pretrainSettings = {
+    ...tokenizerSettings,
+    shape: recipe.shape,
+    pretrainBatch: recipe.pretrainBatch,
+    pretrainSeq: recipe.pretrainSeq,
+    pretrainLr: recipe.pretrainLr,
+  };
+  const finetuneSettings = {
+    ...pretrainSettings,
+    finetuneMethod: recipe.finetuneMethod,
+    loraRank: recipe.loraRank,
+    finetuneBatch: recipe.finetuneBatch,
+    finetuneSeq: recipe.finetuneSeq,
+    finetuneLr: recipe.finetuneLr,
+  };
+  const pretrainSteps = options.pretrainSteps ?? 1000;
   const finetuneSteps = options.finetuneSteps ?? 300;
 
   await stage(
     "world",
     "write the synthetic world: corpus and tuning tasks",
-    { seed },
+    worldSettings,
     [files.corpus, files.tasksText, files.tasks],
     async () => {
-      writeFileSync(files.corpus, worldCorpus(world, 1_500_000));
-      const tasks = tuningTasks(world, 4000);
+      writeFileSync(files.corpus, worldCorpus(world, recipe.corpusChars));
+      const tasks = tuningTasks(world, recipe.tuningTasks);
       // The tokenizer learns from all the project's text: the corpus and the tuning conversations.
       writeFileSync(
         files.tasksText,
@@ -244,11 +307,12 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
   await stage(
     "tokenizer",
     "train a tokenizer",
-    { seed },
+    tokenizerSettings,
     [files.tokenizer],
     async () => {
       const s = await trainTokenizerOnFiles([files.corpus, files.tasksText], files.tokenizer, {
-        vocabSize: 512,
+        vocabSize: recipe.vocabSize,
+        splitDigits: recipe.splitDigits,
         progress: false,
       });
       return { vocabSize: s.vocabSize, merges: s.merges };
@@ -259,7 +323,7 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
   await stage(
     "cache",
     "tokenize the corpus",
-    { seed },
+    tokenizerSettings,
     [cacheDir],
     async () => {
       const i = await tokenizeCorpus([files.corpus], files.tokenizer, cacheDir, {
@@ -275,7 +339,7 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
   const pre = await stage(
     "pretrain",
     "pretrain the base model",
-    { seed, pretrainSteps },
+    { ...pretrainSettings, pretrainSteps },
     [pretrainRun],
     async () => {
       const cache = await openTokenCache(cacheDir);
@@ -283,11 +347,11 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
       try {
         const s = await pretrain(
           {
-            shape: QUICKSTART_SHAPE,
+            shape: recipe.shape,
             steps: pretrainSteps,
-            batch: 16,
-            seq: 128,
-            lr: 2e-3,
+            batch: recipe.pretrainBatch,
+            seq: recipe.pretrainSeq,
+            lr: recipe.pretrainLr,
             warmupSteps: 20,
             seed,
             evalEvery: 0,
@@ -322,7 +386,7 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
   await stage(
     "export",
     "export the base model",
-    { seed, pretrainSteps },
+    { ...pretrainSettings, pretrainSteps },
     [files.base],
     async () => {
       await exportCheckpoint(pretrainRun, files.base, "f32");
@@ -332,8 +396,8 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
   );
   const tuned = await stage(
     "finetune",
-    "LoRA-tune it on the tasks (alpaca template)",
-    { seed, pretrainSteps, finetuneSteps },
+    `${recipe.finetuneMethod === "full" ? "fine-tune" : "LoRA-tune"} it on the tasks (alpaca template)`,
+    { ...finetuneSettings, pretrainSteps, finetuneSteps },
     [join(dir, "finetune")],
     async () => {
       const report = new LiveRunReport(join(dir, "finetune"));
@@ -341,15 +405,15 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
         base: files.base,
         data: files.tasks,
         template: "alpaca",
-        method: "lora",
-        rank: 8,
-        alpha: 16,
+        method: recipe.finetuneMethod,
+        rank: recipe.loraRank,
+        alpha: 2 * recipe.loraRank,
         targets: "all",
         steps: finetuneSteps,
         // The Alpaca prompt alone is about 100 tokens with this small vocabulary.
-        batch: 8,
-        seq: 256,
-        lr: 5e-3,
+        batch: recipe.finetuneBatch,
+        seq: recipe.finetuneSeq,
+        lr: recipe.finetuneLr,
         // A short run on clean synthetic tasks: no dropout, the pretraining betas, a short warmup,
         // validation at the end only.
         dropout: 0,
@@ -367,16 +431,18 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
       });
       return { loss: s.loss };
     },
-    (s) => `loss ${s.loss.toFixed(3)}, adapter ${files.adapter}`,
+    (s) =>
+      `loss ${s.loss.toFixed(3)}, ${recipe.finetuneMethod === "full" ? "model" : "adapter"} ${files.finetuned}`,
   );
   await writeRunReport([join(dir, "finetune")]);
   await stage(
     "merge",
-    "merge the adapter and quantize to q4_0",
-    { seed, pretrainSteps, finetuneSteps },
+    recipe.finetuneMethod === "full" ? "quantize to q4_0" : "merge the adapter and quantize to q4_0",
+    { ...finetuneSettings, pretrainSteps, finetuneSteps },
     [files.tuned, files.tunedQ4],
     async () => {
-      mergeLora(files.base, readLoraGguf(files.adapter), files.tuned);
+      if (recipe.finetuneMethod === "full") copyFileSync(files.finetuned, files.tuned);
+      else mergeLora(files.base, readLoraGguf(files.finetuned), files.tuned);
       const q = await quantizeModel(files.tuned, files.tunedQ4, "q4_0");
       return { outputBytes: q.outputBytes };
     },

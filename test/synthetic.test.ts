@@ -80,6 +80,31 @@ describe("synthetic world", () => {
     expect(new Set(tuning.map(taskKey)).size).toBeLessThan(3000);
   });
 
+  it("keeps held-out tasks out of the corpus, as questions and as stated instances", () => {
+    const corpus = worldCorpus(world, 1_500_000);
+    const paragraphs = new Set(corpus.split("\n\n").map((p) => p.trim()));
+    // The corpus works every family; a held-out instance would have turned up in this much text.
+    const tuning = tuningTasks(world, 400);
+    const stated = tuning.filter((t) => corpus.includes(`${lines(t)}\n${t.output}\n`));
+    expect(stated.length).toBeGreaterThan(tuning.length / 2);
+    for (const t of evalTasks(world, 12)) {
+      expect(corpus, lines(t)).not.toContain(`${lines(t)}\n`);
+      const n = t.instruction.match(/\d+/g) ?? [];
+      const unit = t.instruction.match(/^Convert \d+ (\w+) to/)?.[1];
+      const statement = {
+        add: `${n[0]} plus ${n[1]} is ${t.output}.`,
+        subtract: `${n[0]} minus ${n[1]} is ${t.output}.`,
+        next: `After ${n[0]} comes ${t.output}.`,
+        reverse: `The words ${t.input} in reverse order are ${t.output}.`,
+        sort: `Sorted alphabetically, ${t.input} becomes ${t.output}.`,
+        convert: `${n[0]} ${unit} is ${t.output}`,
+      }[t.family as string];
+      if (statement !== undefined) {
+        expect(paragraphs.has(statement) || corpus.includes(`\n${statement}`), statement).toBe(false);
+      }
+    }
+  });
+
   it("refuses more distinct tasks than a family has", () => {
     expect(() => makeTasks(world, { count: 100, seed: 1, families: ["first-letter"] })).toThrow(
       /cannot make 100 distinct tasks/,
@@ -104,6 +129,11 @@ describe("synthetic world", () => {
     expect(isCorrect("", "42")).toBe(false);
   });
 });
+
+/** A task's question as the corpus writes it: the instruction, and the input on a line of its own. */
+function lines(t: { instruction: string; input: string }): string {
+  return t.input ? `${t.instruction}\n${t.input}` : t.instruction;
+}
 
 describe("smallhammer eval tasks", () => {
   let dir: string;

@@ -11,7 +11,7 @@ export function registerQuickstart(program: Command) {
   program
     .command("quickstart")
     .description(
-      "the whole recipe on the built-in synthetic world: tokenizer, pretraining, LoRA tuning, merge, q4_0, accuracy table, then chat",
+      "the whole recipe on the built-in synthetic world: tokenizer, pretraining, fine-tuning, q4_0, accuracy table, then chat",
     )
     .option(
       "--dir <dir>",
@@ -20,8 +20,8 @@ export function registerQuickstart(program: Command) {
     )
     .option("--resume", "reuse the stages an earlier run in --dir finished with the same settings")
     .option("-t, --threads <n>", "compute threads (default: all cores)", threadsArg)
-    .option("--pretrain-steps <n>", "pretraining steps", intArg("--pretrain-steps", 1), 500)
-    .option("--finetune-steps <n>", "LoRA steps", intArg("--finetune-steps", 1), 300)
+    .option("--pretrain-steps <n>", "pretraining steps", intArg("--pretrain-steps", 1), 1000)
+    .option("--finetune-steps <n>", "fine-tuning steps", intArg("--finetune-steps", 1), 300)
     .option("--eval-per-family <n>", "held-out tasks per family", intArg("--eval-per-family", 1, 1000), 12)
     .option("--no-chat", "do not open a chat on the result")
     .option("--json", "print a JSON summary instead of text")

@@ -147,62 +147,117 @@ export function makeWorld(seed = 1, townCount = 24): World {
   return { seed, towns, words: WORDS };
 }
 
+/** A task together with the same instance stated as a fact in prose, for the corpus. */
+interface Instance {
+  task: SyntheticTask;
+  statement: string;
+}
+
 /** One random task of `family`. */
 export function makeTask(world: World, family: TaskFamily, rng: Rng): SyntheticTask {
+  return makeInstance(world, family, rng).task;
+}
+
+function makeInstance(world: World, family: TaskFamily, rng: Rng): Instance {
   const int = (lo: number, hi: number) => lo + (rng.nextU32() % (hi - lo + 1));
-  const task = (instruction: string, input: string, output: string): SyntheticTask => ({
-    family,
-    instruction,
-    input,
-    output,
+  const instance = (instruction: string, input: string, output: string, statement: string): Instance => ({
+    task: { family, instruction, input, output },
+    statement,
   });
   switch (family) {
     case "add": {
       const a = int(0, 20);
       const b = int(0, 20);
-      return task(`What is ${a} + ${b}?`, "", String(a + b));
+      return instance(`What is ${a} + ${b}?`, "", String(a + b), `${a} plus ${b} is ${a + b}.`);
     }
     case "subtract": {
       const a = int(5, 30);
       const b = int(0, Math.min(a, 20));
-      return task(`What is ${a} - ${b}?`, "", String(a - b));
+      return instance(`What is ${a} - ${b}?`, "", String(a - b), `${a} minus ${b} is ${a - b}.`);
     }
     case "next": {
       const a = int(0, 98);
-      return task(`What number comes after ${a}?`, "", String(a + 1));
+      return instance(`What number comes after ${a}?`, "", String(a + 1), `After ${a} comes ${a + 1}.`);
     }
     case "reverse": {
       const w = words(world, rng, int(2, 4));
-      return task("Reverse the order of these words.", w.join(" "), [...w].reverse().join(" "));
+      const r = [...w].reverse().join(" ");
+      return instance(
+        "Reverse the order of these words.",
+        w.join(" "),
+        r,
+        `The words ${w.join(" ")} in reverse order are ${r}.`,
+      );
     }
     case "sort": {
       const w = words(world, rng, int(2, 4));
-      return task("Sort these words alphabetically.", w.join(" "), [...w].sort().join(" "));
+      const sorted = [...w].sort().join(" ");
+      return instance(
+        "Sort these words alphabetically.",
+        w.join(" "),
+        sorted,
+        `Sorted alphabetically, ${w.join(" ")} becomes ${sorted}.`,
+      );
     }
     case "length": {
       const w = pick(rng, world.words);
-      return task(`How many letters are in the word "${w}"?`, "", String(w.length));
+      return instance(
+        `How many letters are in the word "${w}"?`,
+        "",
+        String(w.length),
+        `The word "${w}" has ${w.length} letters.`,
+      );
     }
     case "first-letter": {
       const w = pick(rng, world.words);
-      return task(`What is the first letter of the word "${w}"?`, "", w[0]);
+      return instance(
+        `What is the first letter of the word "${w}"?`,
+        "",
+        w[0],
+        `The word "${w}" starts with ${w[0]}.`,
+      );
     }
     case "convert": {
       const u = pick(rng, UNITS);
       const n = int(1, 9);
-      return task(`Convert ${n} ${u.from} to ${u.to}.`, "", String(n * u.factor));
+      return instance(
+        `Convert ${n} ${u.from} to ${u.to}.`,
+        "",
+        String(n * u.factor),
+        `${n} ${u.from} is ${n * u.factor} ${u.to}.`,
+      );
     }
     case "lookup": {
       const t = pick(rng, world.towns);
       switch (rng.nextU32() % 4) {
         case 0:
-          return task(`In which country is ${t.name}?`, "", t.country);
+          return instance(
+            `In which country is ${t.name}?`,
+            "",
+            t.country,
+            `${t.name} is a town in ${t.country}.`,
+          );
         case 1:
-          return task(`Which river flows through ${t.name}?`, "", t.river);
+          return instance(
+            `Which river flows through ${t.name}?`,
+            "",
+            t.river,
+            `The river ${t.river} flows through ${t.name}.`,
+          );
         case 2:
-          return task(`What colour are the roofs of ${t.name}?`, "", t.colour);
+          return instance(
+            `What colour are the roofs of ${t.name}?`,
+            "",
+            t.colour,
+            `The roofs of ${t.name} are ${t.colour}.`,
+          );
         default:
-          return task(`What animal is the symbol of ${t.name}?`, "", t.animal);
+          return instance(
+            `What animal is the symbol of ${t.name}?`,
+            "",
+            t.animal,
+            `The symbol of ${t.name} is the ${t.animal}.`,
+          );
       }
     }
   }
@@ -266,22 +321,34 @@ export function tuningTasks(world: World, count: number, seed = 7002, evalPerFam
   return makeTasks(world, { count, seed, exclude, distinct: false });
 }
 
+export interface CorpusOptions {
+  seed?: number;
+  /**
+   * Task keys (`taskKey`) whose instances the corpus never states, neither as a question nor as a
+   * fact (default: the held-out tasks, `evalTasks(world)`).
+   */
+  exclude?: ReadonlySet<string>;
+}
+
 /**
- * A plain-text corpus about the world, about `chars` characters long: the town facts stated in
- * varied sentences, and the task skills worked in prose ("23 plus 45 is 68."). Paragraphs are
- * separated by blank lines, one topic each.
+ * A plain-text corpus about the world, about `chars` characters long, one topic a paragraph,
+ * paragraphs separated by blank lines: a third states the world's facts (every town's country,
+ * river, roofs and symbol; every word's length and first letter), two thirds work the task skills
+ * on instances of every family, half as plain statements ("6 plus 7 is 13."), half as the
+ * question, its input and its answer on lines of their own ("What is 6 + 7?" then "13": the
+ * answer as a reply starts, though never in a prompt format). No excluded instance appears: held-out tasks are new to the model in every form.
  */
-export function worldCorpus(world: World, chars: number, seed = world.seed + 1): string {
-  const rng = new Rng(seed);
+export function worldCorpus(world: World, chars: number, options: CorpusOptions = {}): string {
+  const rng = new Rng(options.seed ?? world.seed + 1);
+  const exclude = options.exclude ?? new Set(evalTasks(world).map(taskKey));
   const parts: string[] = [];
   let length = 0;
-  const int = (lo: number, hi: number) => lo + (rng.nextU32() % (hi - lo + 1));
   while (length < chars) {
     let p: string;
-    switch (rng.nextU32() % 12) {
-      case 0:
-      case 1: {
-        const t = pick(rng, world.towns);
+    const topic = rng.nextU32() % 12;
+    if (topic < 3) {
+      const t = pick(rng, world.towns);
+      if (topic < 2) {
         const facts = [
           `${t.name} is a town in ${t.country}.`,
           `The river ${t.river} flows through ${t.name}.`,
@@ -290,47 +357,24 @@ export function worldCorpus(world: World, chars: number, seed = world.seed + 1):
         ];
         shuffle(rng, facts);
         p = facts.join(" ");
-        break;
-      }
-      case 2: {
-        const a = int(0, 20);
-        const b = int(0, 20);
-        const c = int(5, 30);
-        const d = int(0, Math.min(c, 20));
-        p = `${a} plus ${b} is ${a + b}. ${c} minus ${d} is ${c - d}. After ${a} comes ${a + 1}.`;
-        break;
-      }
-      case 3: {
-        const w = words(world, rng, int(2, 4));
-        p = `The words ${w.join(" ")} in reverse order are ${[...w].reverse().join(" ")}.`;
-        break;
-      }
-      case 4: {
-        const w = words(world, rng, int(2, 4));
-        p = `Sorted alphabetically, ${w.join(" ")} becomes ${[...w].sort().join(" ")}.`;
-        break;
-      }
-      case 5: {
-        const w = pick(rng, world.words);
-        p = `The word ${w} has ${w.length} letters and starts with ${w[0]}.`;
-        break;
-      }
-      case 6: {
-        const u = pick(rng, UNITS);
-        const n = int(1, 9);
-        p = `${n} ${u.from} is ${n * u.factor} ${u.to}.`;
-        break;
-      }
-      case 7: {
-        const t = pick(rng, world.towns);
+      } else {
         p = `In ${t.country} lies ${t.name}, a town of ${t.colour} roofs by the river ${t.river}, whose symbol is the ${t.animal}.`;
-        break;
       }
-      default: {
-        // The tasks themselves, asked and answered in plain prose (not in any prompt format).
-        const t = makeTask(world, TASK_FAMILIES[rng.nextU32() % TASK_FAMILIES.length], rng);
-        p = `${t.instruction}${t.input ? ` ${t.input}` : ""}\nThe answer is ${t.output}.`;
-      }
+    } else if (topic === 3) {
+      const w = pick(rng, world.words);
+      // Quoted as the questions quote it, so the fact and the question name the word alike.
+      p = `The word "${w}" has ${w.length} letters and starts with ${w[0]}.`;
+    } else {
+      const { task, statement } = makeInstance(
+        world,
+        TASK_FAMILIES[rng.nextU32() % TASK_FAMILIES.length],
+        rng,
+      );
+      if (exclude.has(taskKey(task))) continue;
+      p =
+        topic % 2 === 0
+          ? statement
+          : [task.instruction, task.input, task.output].filter((line) => line !== "").join("\n");
     }
     parts.push(p);
     length += p.length + 2;

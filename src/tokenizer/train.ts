@@ -60,6 +60,11 @@ export interface TokenizerTrainOptions extends WordCounterOptions {
   characterCoverage?: number;
   /** Longest merged piece, in characters (default 16). */
   maxPieceLength?: number;
+  /**
+   * Keep every digit a piece of its own (sentencepiece's split_digits): numbers are then spelled
+   * the same way wherever they occur, which arithmetic needs. Default false.
+   */
+  splitDigits?: boolean;
   /** Called as merges are learned (for progress). */
   onMerge?: (done: number, wanted: number) => void;
 }
@@ -265,6 +270,8 @@ export function learnVocabulary(counter: WordCounter, options: TokenizerTrainOpt
   // Pieces by id: characters first, merged pieces appended as learned.
   const pieces: string[] = [...chars];
   const pieceLength: number[] = chars.map(() => 1);
+  // Pieces never merged with another (merged pieces never hold a digit, so only characters can be).
+  const solitary: boolean[] = chars.map((c) => options.splitDigits === true && /\p{Nd}/u.test(c));
   const pieceId = new Map<string, number>(chars.map((c, i) => [c, i]));
 
   // Words as runs of piece ids in one pool (-1: a character left to byte fallback).
@@ -307,6 +314,7 @@ export function learnVocabulary(counter: WordCounter, options: TokenizerTrainOpt
   /** Changes the count of (a, b) by delta; a rise lists `word` under the pair. */
   const changePair = (a: number, b: number, delta: number, word: number): void => {
     if (a < 0 || b < 0 || pieceLength[a]! + pieceLength[b]! > maxPieceLength) return;
+    if (solitary[a] || solitary[b]) return;
     const key = a * keyBase + b;
     let p = pairOf.get(key);
     if (p === undefined) {
@@ -351,6 +359,7 @@ export function learnVocabulary(counter: WordCounter, options: TokenizerTrainOpt
       c = pieces.length;
       pieces.push(text);
       pieceLength.push(pieceLength[a]! + pieceLength[b]!);
+      solitary.push(false);
       pieceId.set(text, c);
       merges++;
       options.onMerge?.(merges, wanted);
