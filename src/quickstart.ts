@@ -268,7 +268,7 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
     finetuneSeq: recipe.finetuneSeq,
     finetuneLr: recipe.finetuneLr,
   };
-  const pretrainSteps = options.pretrainSteps ?? 1000;
+  const pretrainSteps = options.pretrainSteps ?? 1400;
   const finetuneSteps = options.finetuneSteps ?? 300;
 
   await stage(

@@ -20,7 +20,7 @@ export function registerQuickstart(program: Command) {
     )
     .option("--resume", "reuse the stages an earlier run in --dir finished with the same settings")
     .option("-t, --threads <n>", "compute threads (default: all cores)", threadsArg)
-    .option("--pretrain-steps <n>", "pretraining steps", intArg("--pretrain-steps", 1), 1000)
+    .option("--pretrain-steps <n>", "pretraining steps", intArg("--pretrain-steps", 1), 1400)
     .option("--finetune-steps <n>", "fine-tuning steps", intArg("--finetune-steps", 1), 300)
     .option("--eval-per-family <n>", "held-out tasks per family", intArg("--eval-per-family", 1, 1000), 12)
     .option("--no-chat", "do not open a chat on the result")
