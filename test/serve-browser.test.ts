@@ -143,7 +143,9 @@ if (!CHROMIUM) {
     await expect.poll(() => page.locator("#model").textContent()).toBe("page-model");
 
     await page.fill("#system", "You are terse.");
-    await page.locator("#temperature").fill("0.5");
+    // Greedy: the same reply on every run, one that is still streaming when Stop is clicked (a
+    // sampled reply could reach its end first and race the click).
+    await page.locator("#temperature").fill("0");
     await page.fill("#max-tokens", "3500");
     await page.fill("#prompt", "Tell me everything.");
     await page.press("#prompt", "Enter");
@@ -175,7 +177,7 @@ if (!CHROMIUM) {
     expect(bodies[0]).toMatchObject({
       model: "page-model",
       stream: true,
-      temperature: 0.5,
+      temperature: 0,
       max_tokens: 3500,
       messages: [
         { role: "system", content: "You are terse." },
