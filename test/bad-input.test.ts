@@ -154,23 +154,23 @@ describe("broken model files", () => {
     await expectFileRejected(file("version.gguf", bytes), /version 99/, [...ALL]);
   });
 
-  it("a weight in a tensor type smallhammer cannot run (q2_K)", async () => {
-    // q2_K rows hold 256 weights, so this model is 256 wide.
+  it("a weight in a tensor type smallhammer cannot run (iq2_xxs)", async () => {
+    // iq2_xxs rows hold 256 weights, so this model is 256 wide.
     const wide = join(dir, "wide.gguf");
     writeTinyLlama(wide, { dim: 256, layers: 1, heads: 4, ffn: 256 });
     const path = rewrite(wide, "q2k.gguf", {
       tensor: (name, dims) =>
         name === "blk.0.attn_q.weight"
-          ? { type: GGMLType.Q2_K, data: new Uint8Array((dims[0]! / 256) * 84 * dims[1]!) }
+          ? { type: GGMLType.IQ2_XXS, data: new Uint8Array((dims[0]! / 256) * 66 * dims[1]!) }
           : undefined,
     });
     // inspect shows it; running or converting it fails, naming the tensor and its type.
     const r = await runCli(["inspect", path, "--json"]);
     expect(r.status).toBe(0);
     expect(JSON.parse(r.stdout).tensors).toContainEqual(
-      expect.objectContaining({ name: "blk.0.attn_q.weight", type: "q2_K" }),
+      expect.objectContaining({ name: "blk.0.attn_q.weight", type: "iq2_xxs" }),
     );
-    await expectFileRejected(path, /blk\.0\.attn_q\.weight .*q2_K/, ["generate", "quantize"]);
+    await expectFileRejected(path, /blk\.0\.attn_q\.weight .*iq2_xxs/, ["generate", "quantize"]);
   });
 
   it("an unknown tensor type id", async () => {

@@ -82,7 +82,21 @@ describe("ggml type table", () => {
     }
     const supported = GGML_TYPES.filter((t) => t.supported).map((t) => t.name);
     expect(supported.sort()).toEqual(
-      ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K"].sort(),
+      [
+        "f32",
+        "f16",
+        "bf16",
+        "q8_0",
+        "q4_0",
+        "q4_1",
+        "q5_0",
+        "q5_1",
+        "q2_K",
+        "q3_K",
+        "q4_K",
+        "q5_K",
+        "q6_K",
+      ].sort(),
     );
   });
 

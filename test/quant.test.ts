@@ -387,8 +387,7 @@ describe("reference quantizers", () => {
 
 /** Random valid blocks of any type: random bytes with f16 scales set to finite values. */
 function randomBlocks(type: number, nBlocks: number, rng: Rng): Uint8Array {
-  if (type === T.Q4_K || type === T.Q5_K || type === T.Q6_K)
-    return randomWeights(type, 1, nBlocks * 256, rng);
+  if (blockSize(type) === 256) return randomWeights(type, 1, nBlocks * 256, rng);
   const bs = typeSize(type);
   const out = new Uint8Array(nBlocks * bs);
   for (let i = 0; i < out.length; i++) out[i] = rng.nextInt(256);
@@ -416,6 +415,8 @@ const MATMUL_KERNEL: Record<number, string> = {
   [T.Q4_K]: "matmulQ4_K",
   [T.Q5_K]: "matmulQ5_K",
   [T.Q6_K]: "matmulQ6_K",
+  [T.Q2_K]: "matmulQ2_K",
+  [T.Q3_K]: "matmulQ3_K",
 };
 
 const DEQUANT_KERNEL: Record<number, string> = {
@@ -429,6 +430,8 @@ const DEQUANT_KERNEL: Record<number, string> = {
   [T.Q4_K]: "dequantizeQ4_K",
   [T.Q5_K]: "dequantizeQ5_K",
   [T.Q6_K]: "dequantizeQ6_K",
+  [T.Q2_K]: "dequantizeQ2_K",
+  [T.Q3_K]: "dequantizeQ3_K",
 };
 
 describe("wasm activation quantizers", () => {

@@ -25,6 +25,8 @@ export interface WorkerRequest {
   quietWaitSeconds: number;
   contextSize: number;
   batchSize: number;
+  /** Vocabulary size of the model, which the prompt's ids stay below (default 32000). */
+  vocab?: number;
 }
 
 export interface Repetition {
@@ -103,6 +105,7 @@ async function openSmallhammer(req: WorkerRequest): Promise<Engine> {
     threads: req.threads,
     contextSize: req.contextSize,
     batchSize: req.batchSize,
+    worker: false,
   });
   model.tokenizer.encode("hello world");
   const m = model.llama;
@@ -174,7 +177,7 @@ async function main() {
   const t0 = performance.now();
   const engine = req.engine === "smallhammer" ? await openSmallhammer(req) : await openLlamaCpp(req);
   const loadSeconds = (performance.now() - t0) / 1000;
-  const prompt = benchPrompt(req.prefill);
+  const prompt = benchPrompt(req.prefill, req.vocab);
 
   // Warm-up: one short run through both the batched and the one-token paths.
   await engine.prefill(prompt.slice(0, Math.min(16, prompt.length)));

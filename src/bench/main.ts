@@ -11,6 +11,11 @@ const COMMANDS: Record<string, BenchCommand> = {
     summary: "prefill and decode tokens/s and peak RSS against llama.cpp on random-weight Llama GGUFs",
     run: async (argv) => (await import("./infer.js")).runInferBench(argv),
   },
+  quantize: {
+    summary:
+      "every quantization type by smallhammer and by llama.cpp on a model pretrained here: size, bpw, perplexity, KL divergence, top-1, speed",
+    run: async (argv) => (await import("./quantize.js")).runQuantizeBench(argv),
+  },
   train: {
     summary:
       "pretraining tokens/s and GFLOP/s on the 15M and 110M shapes with 1 and 2 threads; tokenizer MB/s",

@@ -8,7 +8,10 @@ export const EXAMPLES: Record<string, string> = {
   inspect: "smallhammer inspect model.gguf",
   generate: 'smallhammer generate -m model.gguf -p "Once upon a time" -n 128 --temp 0.7 --seed 1',
   chat: 'smallhammer chat -m model.gguf --system "You are a helpful assistant."',
-  quantize: "smallhammer quantize model-f32.gguf model-q4_0.gguf --type q4_0",
+  quantize: "smallhammer quantize model-f32.gguf model-q4_k_m.gguf --type Q4_K_M",
+  imatrix: "smallhammer imatrix -m model-f32.gguf -f calibration.txt -o imatrix.gguf --chunks 100",
+  perplexity:
+    "smallhammer perplexity -m model-q4_0.gguf -f wiki.test.raw --kl-divergence-base model-f32.gguf",
   merge: "smallhammer merge --base base.gguf --adapter run/adapter.gguf --out tuned.gguf",
   finetune:
     "smallhammer finetune --base base.gguf --data alpaca.jsonl --template alpaca --out run/ --epochs 3",

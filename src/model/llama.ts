@@ -11,25 +11,11 @@ import {
   TOKEN_ENTRY_BYTES,
   WasmBackend,
   type Weight,
-  type WeightFormat,
 } from "../runtime/backend.js";
+import { formatOfGgmlType } from "../runtime/ggml-type-table.js";
 import { MAX_SHARD_BYTES, Runtime, SHARD_BASE } from "../runtime/runtime.js";
 import { type LlamaConfig, llamaConfigFromMetadata, metadataGetter } from "./config.js";
 import { type LoraAdapter, type LoraTensor, loraScale, readLoraGguf } from "./lora.js";
-
-const FORMAT_OF: Partial<Record<GGMLType, WeightFormat>> = {
-  [GGMLType.F32]: "F32",
-  [GGMLType.F16]: "F16",
-  [GGMLType.BF16]: "BF16",
-  [GGMLType.Q4_0]: "Q4_0",
-  [GGMLType.Q4_1]: "Q4_1",
-  [GGMLType.Q5_0]: "Q5_0",
-  [GGMLType.Q5_1]: "Q5_1",
-  [GGMLType.Q8_0]: "Q8_0",
-  [GGMLType.Q4_K]: "Q4_K",
-  [GGMLType.Q5_K]: "Q5_K",
-  [GGMLType.Q6_K]: "Q6_K",
-};
 
 export interface LlamaLoadOptions {
   /** Compute threads, the calling thread included; default: all cores. */
@@ -49,6 +35,8 @@ export interface LlamaLoadOptions {
    * projections it adapts. A path is read as a GGUF LoRA adapter.
    */
   lora?: { adapter: LoraAdapter | string; scale?: number }[];
+  /** Called as the weights are read, with the fraction read so far (0 to 1; 1 once loaded). */
+  onLoadProgress?: (fraction: number) => void;
 }
 
 /** The seven projections of a layer, in GGUF names. */
@@ -133,6 +121,18 @@ export interface BatchSegment {
   pos0: number;
 }
 
+/**
+ * Receives, during `forward`, the input rows of each weight matrix product: `x` holds `n` rows of
+ * `cols` activations that every tensor in `tensors` (GGUF names) multiplies. The view is valid
+ * only during the call. Used to collect importance matrices (imatrix).
+ */
+export type MatmulInputObserver = (
+  tensors: readonly string[],
+  x: Float32Array,
+  n: number,
+  cols: number,
+) => void;
+
 interface Group {
   tensors: string[];
   extraBytes: number;
@@ -156,6 +156,9 @@ export class LlamaModel {
   private readonly output: Weight;
   private readonly headShard: number;
   private readonly act: Activations[];
+  /** Set while hiddenStates runs forward. */
+  private hiddenOut = false;
+  private observer?: MatmulInputObserver;
 
   private constructor(init: {
     config: LlamaConfig;
@@ -193,6 +196,21 @@ export class LlamaModel {
   }
 
   readonly rt: Runtime;
+
+  /**
+   * Sets (or, with undefined, removes) the observer `forward` shows each product's inputs to.
+   * While one is set, `forward` runs its ops in smaller groups, which is slower but changes no result.
+   */
+  observeMatmulInputs(observer: MatmulInputObserver | undefined): void {
+    this.observer = observer;
+  }
+
+  /** Shows the observer the `n` rows of `cols` inputs in `x` once the ops before have run. */
+  private observe(tensors: readonly string[], x: Buf, n: number, cols: number): void {
+    if (!this.observer) return;
+    this.backend.flush();
+    this.observer(tensors, this.rt.f32(x.shard, x.offset, n * cols), n, cols);
+  }
 
   get threads(): number {
     return this.rt.threads;
@@ -260,7 +278,7 @@ export class LlamaModel {
       if (!matrix && t.type !== GGMLType.F32) {
         throw new UserError(`${path}: tensor ${name} is ${ggmlTypeName(t.type)}; norm weights must be f32`);
       }
-      if (matrix && FORMAT_OF[t.type as GGMLType] === undefined) {
+      if (matrix && formatOfGgmlType(t.type) === undefined) {
         throw new UserError(
           `${path}: tensor ${name} has type ${ggmlTypeName(t.type)}, which smallhammer cannot run`,
         );
@@ -364,12 +382,18 @@ export class LlamaModel {
     }
 
     const rt = await Runtime.create({ threads, shardBytes: shardBytes.map((b) => b + 4096) });
+    const progress = options.onLoadProgress;
+    const totalBytes = groups.reduce((s, g) => s + g.tensors.reduce((t, n) => t + need(n).byteSize, 0), 0);
+    let readBytes = 0;
     try {
       const fd = openSync(path, "r");
       const loadTensor = (name: string, shard: number): number => {
         const t = need(name);
         const off = rt.alloc(shard, t.byteSize);
         readTensorInto(fd, t, rt.u8(shard, off, t.byteSize), path);
+        readBytes += t.byteSize;
+        // Below 1 until the matrices are also in their run-time layout.
+        progress?.(Math.min(readBytes / totalBytes, 0.99));
         return off;
       };
       const weight = (name: string, shard: number): Weight => {
@@ -377,7 +401,7 @@ export class LlamaModel {
         return {
           shard,
           offset: loadTensor(name, shard),
-          format: FORMAT_OF[t.type as GGMLType]!,
+          format: formatOfGgmlType(t.type)!,
           rows: t.dims[1] ?? 1,
           cols: t.dims[0]!,
         };
@@ -471,6 +495,7 @@ export class LlamaModel {
         for (const k of ["wq", "wk", "wv", "wo", "gate", "up", "down"] as const) L[k] = prepare(L[k]);
       }
       if (!tiedOutput) output = prepare(output);
+      progress?.(1);
       return new LlamaModel({
         backend,
         config,
@@ -524,7 +549,7 @@ export class LlamaModel {
     };
     let cur = this.headShard;
     b.getRows(this.act[cur]!.x, this.embedding, tokens);
-    for (const L of this.layers) {
+    for (const [l, L] of this.layers.entries()) {
       const A = this.act[L.shard]!;
       if (L.shard !== cur) {
         b.copy(A.x, this.act[cur]!.x, n * c.dim * 4);
@@ -532,7 +557,9 @@ export class LlamaModel {
       }
       const kAt: Buf = { shard: L.shard, offset: L.k[seq]!.offset + pos0 * kvDim * 4 };
       const vAt: Buf = { shard: L.shard, offset: L.v[seq]!.offset + pos0 * kvDim * 4 };
+      const p = `blk.${l}.`;
       b.rmsNorm(A.xb, A.x, L.attnNorm, n, c.dim, c.normEps);
+      this.observe([`${p}attn_q.weight`, `${p}attn_k.weight`, `${p}attn_v.weight`], A.xb, n, c.dim);
       b.matmul(
         A.xb,
         n,
@@ -554,9 +581,11 @@ export class LlamaModel {
         b.rope(kAt, n, c.kvHeads, c.headDim, c.rope, pos0);
       });
       b.attention(A.att, A.q, L.k[seq]!, L.v[seq]!, n, pos0, shape, A.scratch);
+      this.observe([`${p}attn_output.weight`], A.att, n, qDim);
       b.matmul(A.att, n, qDim, [{ w: L.wo, out: A.x, acc: true }], A.xq);
       this.addLora(L, A, A.att, n, qDim, [["attn_output", A.x]]);
       b.rmsNorm(A.xb, A.x, L.ffnNorm, n, c.dim, c.normEps);
+      this.observe([`${p}ffn_gate.weight`, `${p}ffn_up.weight`], A.xb, n, c.dim);
       b.matmul(
         A.xb,
         n,
@@ -572,19 +601,65 @@ export class LlamaModel {
         ["ffn_up", A.hb2],
       ]);
       b.siluMul(A.hb, A.hb, A.hb2, n * c.ffn);
+      this.observe([`${p}ffn_down.weight`], A.hb, n, c.ffn);
       b.matmul(A.hb, n, c.ffn, [{ w: L.down, out: A.x, acc: true }], A.xq);
       this.addLora(L, A, A.hb, n, c.ffn, [["ffn_down", A.x]]);
     }
     const H = this.act[this.headShard]!;
+    if (this.hiddenOut) {
+      // hiddenStates: every token's output-normed state, and no output head.
+      if (cur !== this.headShard) b.copy(H.x, this.act[cur]!.x, n * c.dim * 4);
+      b.rmsNorm(H.xb, cur !== this.headShard ? H.x : this.act[cur]!.x, this.outputNorm, n, c.dim, c.normEps);
+      b.flush();
+      return this.rt.f32(this.headShard, H.xb.offset, n * c.dim);
+    }
     const rows = this.logitsAll ? n : 1;
     const from = this.act[cur]!.x;
     const last: Buf = { shard: cur, offset: from.offset + (n - rows) * c.dim * 4 };
     if (cur !== this.headShard) b.copy(H.x, last, rows * c.dim * 4);
     const src = cur !== this.headShard ? H.x : last;
     b.rmsNorm(H.xb, src, this.outputNorm, rows, c.dim, c.normEps);
+    this.observe([this.tiedOutput ? "token_embd.weight" : "output.weight"], H.xb, rows, c.dim);
     b.matmul(H.xb, rows, c.dim, [{ w: this.output, out: H.logits! }], H.xq);
     b.flush();
     return this.rt.f32(this.headShard, H.logits!.offset, rows * c.vocab);
+  }
+
+  /**
+   * Evaluates `tokens` as `forward` does and returns their hidden states after the output norm
+   * (what the output head reads, and what llama.cpp pools into embeddings): tokens.length rows of
+   * `dim` floats, a view that the next call overwrites.
+   */
+  hiddenStates(tokens: ArrayLike<number>, pos0: number, seq = 0): Float32Array {
+    this.hiddenOut = true;
+    try {
+      return this.forward(tokens, pos0, seq);
+    } finally {
+      this.hiddenOut = false;
+    }
+  }
+
+  /**
+   * Copies the first `tokens` positions of sequence `from`'s KV cache to sequence `to`, which
+   * then goes on from there as if it had evaluated them itself (several replies to one prompt).
+   */
+  copySequence(from: number, to: number, tokens: number): void {
+    for (const s of [from, to]) {
+      if (!Number.isInteger(s) || s < 0 || s >= this.sequences)
+        throw new Error(`copySequence: sequence ${s} does not exist`);
+    }
+    if (!Number.isInteger(tokens) || tokens < 0 || tokens > this.contextSize)
+      throw new Error(`copySequence: ${tokens} tokens do not fit the context of ${this.contextSize}`);
+    if (from === to || tokens === 0) return;
+    const bytes = tokens * this.config.kvHeads * this.config.headDim * 4;
+    const b = this.backend;
+    b.phase(() => {
+      for (const L of this.layers) {
+        b.copy(L.k[to]!, L.k[from]!, bytes);
+        b.copy(L.v[to]!, L.v[from]!, bytes);
+      }
+    });
+    b.flush();
   }
 
   /**

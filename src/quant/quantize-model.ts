@@ -1,115 +1,200 @@
 import { UserError } from "../errors.js";
-import { GGMLType, ggmlTypeInfo, ggmlTypeName } from "../formats/ggml-types.js";
-import { GgufFile, GgufWriter } from "../formats/gguf.js";
+import { type GGMLType, ggmlTypeInfo, ggmlTypeName, parseGgmlTypeName } from "../formats/ggml-types.js";
+import { GgufFile, type GgufHeader, GgufWriter } from "../formats/gguf.js";
 import { Progress } from "../util/progress.js";
-import { dequantizeRow, quantizeRow } from "./reference.js";
-
-/** Target types of `quantize` and the llama.cpp file type (general.file_type) each one sets. */
-const TARGETS: Record<string, { type: GGMLType; fileType: number }> = {
-  f32: { type: GGMLType.F32, fileType: 0 },
-  f16: { type: GGMLType.F16, fileType: 1 },
-  q4_0: { type: GGMLType.Q4_0, fileType: 2 },
-  q4_1: { type: GGMLType.Q4_1, fileType: 3 },
-  q8_0: { type: GGMLType.Q8_0, fileType: 7 },
-  q5_0: { type: GGMLType.Q5_0, fileType: 8 },
-  q5_1: { type: GGMLType.Q5_1, fileType: 9 },
-};
-
-/** Types whose rows can be decoded to f32 as the input of a (re)quantization. */
-const DECODABLE = new Set<number>([
-  GGMLType.F32,
-  GGMLType.F16,
-  GGMLType.BF16,
-  GGMLType.Q8_0,
-  GGMLType.Q4_0,
-  GGMLType.Q4_1,
-  GGMLType.Q5_0,
-  GGMLType.Q5_1,
-  GGMLType.Q4_K,
-  GGMLType.Q5_K,
-  GGMLType.Q6_K,
-]);
+import { type FileType, llamaTensorOrder, MixChooser, parseFileType } from "./mixes.js";
+import { dequantizeRow, QUANTIZABLE_TYPES, quantizeRow } from "./reference.js";
+import { QUANT_TYPES } from "./types.js";
 
 export interface QuantizeSummary {
+  /** The file type, lower case (`q4_k_m`). */
   type: string;
+  /** general.file_type written. */
+  fileType: number;
   quantized: number;
   kept: number;
+  /** Tensors whose rows do not fit the chosen type's blocks, which took llama.cpp's fallback type. */
+  fellBack: number;
+  /** How many tensors of each type the output holds (`{ q4_K: 150, q6_K: 37, f32: 45 }`). */
+  tensorTypes: Record<string, number>;
   inputBytes: number;
   outputBytes: number;
 }
 
-/**
- * Whether a tensor is quantized: 2-D weight matrices whose rows divide into blocks. 1-D tensors
- * (norm weights, biases) stay as they are, as llama.cpp does.
- */
-function wantsQuantization(name: string, dims: readonly number[], target: GGMLType): boolean {
-  if (dims.length < 2 || !name.endsWith(".weight")) return false;
-  const block = ggmlTypeInfo(target)!.blockSize;
-  return dims[0]! % block === 0;
+export interface QuantizeProgress {
+  /** The tensor being converted. */
+  tensor: string;
+  /** Weights converted so far, of `weights` in all tensors that are converted. */
+  weightsDone: number;
+  weights: number;
 }
 
+export interface QuantizeOptions {
+  /** "bar": a progress bar on stderr; a function: called as tensors are converted. */
+  onProgress?: "bar" | ((p: QuantizeProgress) => void);
+  /** The type of output.weight, instead of the mix's choice (llama-quantize --output-tensor-type). */
+  outputTensorType?: string;
+  /** The type of token_embd.weight (llama-quantize --token-embedding-type). */
+  tokenEmbeddingType?: string;
+  /** Keep output.weight as it is (llama-quantize --leave-output-tensor). */
+  leaveOutputTensor?: boolean;
+  /** Every quantized tensor in the file type's base type, no mix (llama-quantize --pure). */
+  pure?: boolean;
+  /**
+   * Importance per input column, by tensor name (an imatrix's mean squared activations): the
+   * tensors it names are quantized with ggml's importance-weighted quantizers.
+   */
+  imatrix?: Map<string, Float32Array>;
+}
+
+/** `--type` names and the llama.cpp file type (general.file_type) each sets, and its base type. */
 export function parseQuantizeTarget(name: string): { type: GGMLType; fileType: number } {
-  const t = TARGETS[name.toLowerCase()];
-  if (!t)
-    throw new UserError(`--type ${name} is not supported; choose one of ${Object.keys(TARGETS).join(", ")}`);
-  return t;
+  const t = parseFileType(name);
+  return { type: t.base, fileType: t.ftype };
+}
+
+function parseTypeOption(flag: string, name: string | undefined): GGMLType | undefined {
+  if (name === undefined) return undefined;
+  const type = parseGgmlTypeName(name);
+  if (!QUANTIZABLE_TYPES.includes(type) || !ggmlTypeInfo(type)!.supported) {
+    throw new UserError(`${flag} ${name}: cannot write tensors of type ${ggmlTypeName(type)}`);
+  }
+  return type;
+}
+
+/** llama.cpp's view of the model that its rules use: layers, grouped-query ratio, 70B class. */
+function modelShape(path: string, h: GgufHeader) {
+  const arch = h.getString("general.architecture", "llama");
+  if (arch !== "llama") throw new UserError(`${path}: quantize handles llama models, not ${arch}`);
+  if (h.getNumber("llama.expert_count", 0) > 1) {
+    throw new UserError(`${path}: mixture-of-experts models (llama.expert_count) are not supported`);
+  }
+  const layers = h.getNumber("llama.block_count");
+  const heads = h.getNumber("llama.attention.head_count");
+  const kvHeads = h.getNumber("llama.attention.head_count_kv", heads);
+  if (!(heads > 0) || !(kvHeads > 0)) throw new UserError(`${path}: attention head counts must be positive`);
+  return { layers, gqa: Math.trunc(heads / kvHeads), is70B: layers === 80 && heads !== kvHeads };
 }
 
 /**
- * Rewrites a GGUF model with its weight matrices in `typeName`, following ggml's reference
- * rounding. Tensors are converted one row at a time, so memory stays near one tensor.
+ * Rewrites a GGUF Llama model as llama.cpp's `llama-quantize` would for file type `typeName`
+ * (Q4_K_M, Q8_0, F16 ...): the same tensor types, tensor by tensor (the mix's rules, its fallback
+ * for rows that do not fit a type's blocks), the same blocks (ggml's quantizers, bit for bit), the
+ * same tensor order and general.file_type. Tensors are converted one row at a time from one
+ * tensor's bytes, so memory stays near the largest tensor.
  */
 export async function quantizeModel(
   input: string,
   output: string,
   typeName: string,
-  options: { onProgress?: "bar" } = {},
+  options: QuantizeOptions = {},
 ): Promise<QuantizeSummary> {
-  const target = parseQuantizeTarget(typeName);
+  const fileType: FileType = parseFileType(typeName);
+  const outputTensorType = parseTypeOption("--output-tensor-type", options.outputTensorType);
+  const tokenEmbeddingType = parseTypeOption("--token-embedding-type", options.tokenEmbeddingType);
   const file = GgufFile.open(input);
   try {
     const h = file.header;
+    const shape = modelShape(input, h);
+    const chooser = new MixChooser({
+      fileType,
+      ...shape,
+      names: h.tensors.map((t) => t.name),
+      outputTensorType,
+      tokenEmbeddingType,
+      leaveOutputTensor: options.leaveOutputTensor,
+      pure: options.pure,
+      hasImatrix: options.imatrix !== undefined,
+    });
+    const tensors = llamaTensorOrder(h.tensors);
+    const plan = tensors.map((t) => ({ t, ...chooser.choose(t.name, t.dims, t.type) }));
+
     const w = new GgufWriter();
     w.copyMetadataFrom(h);
     w.setU32("general.quantization_version", 2);
-    w.setU32("general.file_type", target.fileType);
+    w.setU32("general.file_type", fileType.ftype);
     let quantized = 0;
     let kept = 0;
+    let fellBack = 0;
     let outputBytes = 0;
-    const progress =
-      options.onProgress === "bar" ? new Progress("quantize", h.tensors.length, "tensors") : undefined;
-    for (const t of h.tensors) {
-      if (!wantsQuantization(t.name, t.dims, target.type) || t.type === target.type) {
+    const tensorTypes: Record<string, number> = {};
+    const weights = plan.reduce((s, p) => s + (p.type !== p.t.type ? p.t.elementCount : 0), 0);
+    let weightsDone = 0;
+    const bar =
+      options.onProgress === "bar"
+        ? new Progress("quantize", Math.max(1, Math.round(weights / 1e6)), "M weights")
+        : undefined;
+    const report = (tensor: string, n: number) => {
+      const before = Math.round(weightsDone / 1e6);
+      weightsDone += n;
+      bar?.tick(Math.round(weightsDone / 1e6) - before);
+      if (typeof options.onProgress === "function") options.onProgress({ tensor, weightsDone, weights });
+    };
+
+    for (const { t, type, fellBack: fb } of plan) {
+      const name = ggmlTypeName(type);
+      tensorTypes[name] = (tensorTypes[name] ?? 0) + 1;
+      if (type === t.type) {
         w.addTensor(t.name, t.dims, t.type, (dst) => file.readTensorInto(t, dst));
         kept++;
         outputBytes += t.byteSize;
         continue;
       }
-      if (!DECODABLE.has(t.type)) {
+      if (!QUANT_TYPES.includes(t.type)) {
         throw new UserError(
           `${input}: tensor ${t.name} has type ${ggmlTypeName(t.type)}, which cannot be converted`,
         );
       }
       const cols = t.dims[0]!;
+      const info = ggmlTypeInfo(type)!;
+      if (cols % info.blockSize !== 0) {
+        throw new UserError(
+          `${t.name}: rows of ${cols} are not a whole number of ${info.name} blocks of ${info.blockSize}`,
+        );
+      }
+      const qw = options.imatrix?.get(t.name);
+      if (qw && qw.length !== cols && t.name !== "token_embd.weight") {
+        // (llama.cpp ignores a token_embd entry of the wrong size: imatrix tools often write one)
+        throw new UserError(`imatrix entry ${t.name} has ${qw.length} values, the tensor's rows ${cols}`);
+      }
+      const rowWeights = qw?.length === cols ? qw : undefined;
       const rows = t.elementCount / cols;
-      const info = ggmlTypeInfo(target.type)!;
       const outRow = (cols / info.blockSize) * info.typeSize;
-      w.addTensor(t.name, t.dims, target.type, (dst) => {
+      w.addTensor(t.name, t.dims, type, (dst) => {
         const src = file.readTensor(t);
         const inRow = src.length / rows;
         const row = new Float32Array(cols);
         for (let r = 0; r < rows; r++) {
           dequantizeRow(t.type, src.subarray(r * inRow, (r + 1) * inRow), cols, row);
-          quantizeRow(target.type, row, dst.subarray(r * outRow, (r + 1) * outRow));
+          for (let j = 0; j < cols; j++) {
+            if (!Number.isFinite(row[j]!)) {
+              throw new UserError(`${input}: tensor ${t.name} holds a NaN or infinite value (row ${r})`);
+            }
+          }
+          quantizeRow(type, row, dst.subarray(r * outRow, (r + 1) * outRow), rowWeights);
         }
+        report(t.name, t.elementCount);
       });
       quantized++;
+      if (fb) fellBack++;
       outputBytes += rows * outRow;
     }
-    w.write(output, { onTensor: () => progress?.tick() });
-    progress?.done();
+    try {
+      w.write(output);
+    } finally {
+      bar?.done();
+    }
     const inputBytes = h.tensors.reduce((s, t) => s + t.byteSize, 0);
-    return { type: typeName.toLowerCase(), quantized, kept, inputBytes, outputBytes };
+    return {
+      type: fileType.name.toLowerCase(),
+      fileType: fileType.ftype,
+      quantized,
+      kept,
+      fellBack,
+      tensorTypes,
+      inputBytes,
+      outputBytes,
+    };
   } finally {
     file.close();
   }

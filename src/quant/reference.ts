@@ -5,7 +5,9 @@
  * - `dequantizeRow` decodes a row of any supported type to f32 (ggml `dequantize_row_*`, with the
  *   same f32 operation order as the kernels, so results are bit-identical).
  * - `quantizeRow` / `quantizeTensor` encode f32 data with ggml's `quantize_row_*_ref` rounding
- *   (F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, and the activation formats Q8_1 and Q8_K).
+ *   (F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants Q2_K..Q6_K (kquants.ts), and the
+ *   activation formats Q8_1 and Q8_K); given importance weights per column, ggml's weighted
+ *   quantizers instead (`quantize_row_*_impl`).
  * - `vecDotRef` is the dot product of a weight row with f32 activations computed the way the
  *   quantized kernel does it: activations quantized to `vecDotType(type)`, integer sums per block,
  *   then f32 block scales. `dotDequantizedRef` is the float64 dot of the decoded weights with
@@ -14,14 +16,17 @@
  * Layouts (ggml-common.h), little-endian, `half` = binary16:
  *   Q4_0 {d: half, qs[16]}  Q4_1 {d, m: half, qs[16]}  Q5_0 {d, qh: u32, qs[16]}
  *   Q5_1 {d, m, qh, qs[16]}  Q8_0 {d, qs[32] i8}  Q8_1 {d, s: half, qs[32] i8}
+ *   Q2_K {scales[16] (sc | m << 4), qs[64], d, dmin}  Q3_K {hmask[32], qs[64], scales[12], d}
  *   Q4_K {d, dmin, scales[12], qs[128]}  Q5_K {d, dmin, scales[12], qh[32], qs[128]}
  *   Q6_K {ql[128], qh[64], scales[16] i8, d}  Q8_K {d: f32, qs[256] i8, bsums[16] i16}
  * In 32-blocks byte qs[j] holds element j (low nibble) and element j + 16 (high nibble).
  */
 
 import { UserError } from "../errors.js";
+import { GGML_TYPE_TABLE } from "../runtime/ggml-type-table.js";
 import type { Rng } from "../util/random.js";
 import { f16ToF32, f32Bits, f32FromBits, f32ToBf16, f32ToF16 } from "./fp16.js";
+import { nearestInt, quantizeRowK, quantizeRowLegacyWeighted, scaleQ3 } from "./kquants.js";
 import { blockSize, GGMLType, QK_K, rowBytes, typeName, typeSize, vecDotType } from "./types.js";
 
 const fround = Math.fround;
@@ -68,14 +73,7 @@ export function roundHalfAway(v: number): number {
   return v < 0 ? -Math.floor(-v + 0.5) : Math.floor(v + 0.5);
 }
 
-/** ggml `nearest_int` (the 1.5·2^23 trick): to nearest, ties to even. */
-export function nearestInt(v: number): number {
-  const f = Math.floor(v);
-  const diff = v - f;
-  if (diff < 0.5) return f;
-  if (diff > 0.5) return f + 1;
-  return f % 2 === 0 ? f : f + 1;
-}
+export { nearestInt };
 
 /** Sub-block scale and min of Q4_K / Q5_K (ggml `get_scale_min_k4`): 6-bit values packed in 12 bytes. */
 export function scaleMinK4(j: number, scales: Uint8Array, o: number): [scale: number, min: number] {
@@ -124,6 +122,28 @@ function kQuants45(type: number, src: Uint8Array, o: number, q: Int32Array): voi
       q[64 * c + l] = lo;
       q[64 * c + 32 + l] = hi;
     }
+  }
+}
+
+/** Q2_K super-block as 256 unsigned quants (0..3); sub-block j (scale j) covers 16j..16j+15. */
+function kQuants2(src: Uint8Array, o: number, q: Int32Array): void {
+  for (let e = 0; e < QK_K; e++) {
+    const half = e >> 7;
+    const l = e & 31;
+    const shift = 2 * ((e >> 5) & 3);
+    q[e] = (src[o + 16 + 32 * half + l]! >> shift) & 3;
+  }
+}
+
+/** Q3_K super-block as 256 signed quants (-4..3); sub-block j (scale j − 32) covers 16j..16j+15. */
+function kQuants3(src: Uint8Array, o: number, q: Int32Array): void {
+  for (let e = 0; e < QK_K; e++) {
+    const half = e >> 7;
+    const l = e & 31;
+    const s = (e >> 5) & 3;
+    const low = (src[o + 32 + 32 * half + l]! >> (2 * s)) & 3;
+    const high = (src[o + l]! >> (4 * half + s)) & 1;
+    q[e] = low - (high ? 0 : 4);
   }
 }
 
@@ -197,6 +217,27 @@ export function dequantizeRow(
       case GGMLType.Q8_K: {
         const d = readF32(src, o);
         for (let j = 0; j < QK_K; j++) dst[QK_K * b + j] = fround(readI8(src, o + 4 + j) * d);
+        break;
+      }
+      case GGMLType.Q2_K: {
+        const d = readF16(src, o + 80);
+        const dmin = readF16(src, o + 82);
+        kQuants2(src, o, q);
+        for (let j = 0; j < 16; j++) {
+          const sc = src[o + j]!;
+          const dl = fround(d * (sc & 15));
+          const ml = fround(dmin * (sc >> 4));
+          for (let l = 0; l < 16; l++) dst[QK_K * b + 16 * j + l] = fround(fround(dl * q[16 * j + l]!) - ml);
+        }
+        break;
+      }
+      case GGMLType.Q3_K: {
+        const d = readF16(src, o + 108);
+        kQuants3(src, o, q);
+        for (let j = 0; j < 16; j++) {
+          const dl = fround(d * (scaleQ3(src, o + 96, j) - 32));
+          for (let l = 0; l < 16; l++) dst[QK_K * b + 16 * j + l] = fround(dl * q[16 * j + l]!);
+        }
         break;
       }
       case GGMLType.Q4_K:
@@ -362,24 +403,52 @@ function quantizeQ8_KBlock(x: Float32Array, xo: number, dst: Uint8Array, o: numb
   writeF32(dst, o, fround(1 / iscale));
 }
 
-/** Types `quantizeRow` can encode. */
-export const QUANTIZABLE_TYPES: readonly number[] = [
-  GGMLType.F32,
-  GGMLType.F16,
-  GGMLType.BF16,
-  GGMLType.Q4_0,
-  GGMLType.Q4_1,
-  GGMLType.Q5_0,
-  GGMLType.Q5_1,
-  GGMLType.Q8_0,
-  GGMLType.Q8_1,
-  GGMLType.Q8_K,
-];
+/** Types `quantizeRow` can encode (the `encode` column of the type table). */
+export const QUANTIZABLE_TYPES: readonly number[] = GGML_TYPE_TABLE.filter((r) => "encode" in r).map(
+  (r) => r.type,
+);
 
-/** Encodes one row of f32 values with ggml's reference rounding (into `dst` when given). */
-export function quantizeRow(type: number, x: Float32Array, dst?: Uint8Array): Uint8Array {
+const K_QUANT_NAMES = {
+  [GGMLType.Q2_K]: "q2_K",
+  [GGMLType.Q3_K]: "q3_K",
+  [GGMLType.Q4_K]: "q4_K",
+  [GGMLType.Q5_K]: "q5_K",
+  [GGMLType.Q6_K]: "q6_K",
+} as const;
+
+const WEIGHTED_LEGACY = {
+  [GGMLType.Q4_0]: "q4_0",
+  [GGMLType.Q4_1]: "q4_1",
+  [GGMLType.Q5_0]: "q5_0",
+  [GGMLType.Q5_1]: "q5_1",
+} as const;
+
+/**
+ * Encodes one row of f32 values with ggml's reference rounding (into `dst` when given). With
+ * `quantWeights` (an importance per column, as ggml's quantize_* functions take an imatrix row),
+ * Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants use ggml's importance-weighted quantizers; the other
+ * types ignore it, as ggml does.
+ */
+export function quantizeRow(
+  type: number,
+  x: Float32Array,
+  dst?: Uint8Array,
+  quantWeights?: Float32Array,
+): Uint8Array {
   const k = x.length;
   const out = dst ?? new Uint8Array(rowBytes(type, k));
+  const kName = K_QUANT_NAMES[type as keyof typeof K_QUANT_NAMES];
+  if (kName) {
+    rowBytes(type, k);
+    quantizeRowK(kName, x, out, quantWeights);
+    return out;
+  }
+  const legacy = WEIGHTED_LEGACY[type as keyof typeof WEIGHTED_LEGACY];
+  if (legacy && quantWeights) {
+    rowBytes(type, k);
+    quantizeRowLegacyWeighted(legacy, x, out, quantWeights);
+    return out;
+  }
   const nb = k / blockSize(type);
   const bs = typeSize(type);
   for (let b = 0; b < nb; b++) {
@@ -431,14 +500,25 @@ export function quantizeRow(type: number, x: Float32Array, dst?: Uint8Array): Ui
   return out;
 }
 
-/** Encodes a row-major `rows × cols` f32 matrix row by row. */
-export function quantizeTensor(type: number, data: Float32Array, rows: number, cols: number): Uint8Array {
+/** Encodes a row-major `rows × cols` f32 matrix row by row (`quantWeights`: one per column). */
+export function quantizeTensor(
+  type: number,
+  data: Float32Array,
+  rows: number,
+  cols: number,
+  quantWeights?: Float32Array,
+): Uint8Array {
   if (data.length < rows * cols)
     throw new Error(`quantizeTensor: ${rows}×${cols} needs ${rows * cols} values`);
   const rb = rowBytes(type, cols);
   const out = new Uint8Array(rows * rb);
   for (let r = 0; r < rows; r++) {
-    quantizeRow(type, data.subarray(r * cols, (r + 1) * cols), out.subarray(r * rb, (r + 1) * rb));
+    quantizeRow(
+      type,
+      data.subarray(r * cols, (r + 1) * cols),
+      out.subarray(r * rb, (r + 1) * rb),
+      quantWeights,
+    );
   }
   return out;
 }
@@ -467,6 +547,8 @@ export interface DotStats {
  * block scales, summed (here in float64; the kernel sums in f32).
  *   Q4_0, Q5_0, Q8_0 × Q8_0:  Σ_b fround(dw·dx) · Σ (qw − offset)·qx
  *   Q4_1, Q5_1 × Q8_1:        Σ_b fround(dw·dx) · Σ qw·qx + fround(mw·sx)
+ *   Q2_K × Q8_K:              Σ_b fround(dw·dx) · Σ_j sc_j Σ qw·qx − fround(dminw·dx) · Σ_j m_j·bsum_j
+ *   Q3_K × Q8_K:              Σ_b fround(dw·dx) · Σ_j (sc_j − 32) Σ qw·qx
  *   Q4_K, Q5_K × Q8_K:        Σ_b fround(dw·dx) · Σ_j sc_j Σ qw·qx − fround(dminw·dx) · Σ_j m_j·bsum_j
  *   Q6_K × Q8_K:              Σ_b fround(dw·dx) · Σ_j sc_j Σ qw·qx
  */
@@ -536,6 +618,37 @@ export function vecDotQuantizedRef(
         magnitude += Math.abs(t1) + Math.abs(t2);
         break;
       }
+      case GGMLType.Q2_K: {
+        kQuants2(wRow, o, q);
+        const dx = readF32(xq, xo);
+        let sumi = 0;
+        let summ = 0;
+        for (let j = 0; j < 16; j++) {
+          const sc = wRow[o + j]!;
+          let s = 0;
+          for (let l = 0; l < 16; l++) s += q[16 * j + l]! * readI8(xq, xo + 4 + 16 * j + l);
+          sumi += (sc & 15) * s;
+          summ += (sc >> 4) * readI16(xq, xo + 260 + 2 * j);
+        }
+        const t1 = sumi * fround(readF16(wRow, o + 80) * dx);
+        const t2 = summ * fround(readF16(wRow, o + 82) * dx);
+        sum += t1 - t2;
+        magnitude += Math.abs(t1) + Math.abs(t2);
+        break;
+      }
+      case GGMLType.Q3_K: {
+        kQuants3(wRow, o, q);
+        let sumi = 0;
+        for (let j = 0; j < 16; j++) {
+          let s = 0;
+          for (let l = 0; l < 16; l++) s += q[16 * j + l]! * readI8(xq, xo + 4 + 16 * j + l);
+          sumi += (scaleQ3(wRow, o + 96, j) - 32) * s;
+        }
+        const term = sumi * fround(readF16(wRow, o + 108) * readF32(xq, xo));
+        sum += term;
+        magnitude += Math.abs(term);
+        break;
+      }
       case GGMLType.Q6_K: {
         kQuants6(wRow, o, q);
         let sumi = 0;
@@ -591,10 +704,10 @@ export function dotDequantizedRef(type: number, wRow: Uint8Array, xRow: Float32A
 // test and benchmark data
 
 /**
- * `nBlocks` K-quant blocks (Q4_K, Q5_K or Q6_K) with random quants and scales: every bit pattern of
- * the packed quants and 6-bit / int8 scales is valid, and the super-block scales are set to
- * plausible positive f16 values (d ≈ 2^-10..2^-7, dmin ≈ 2^-11..2^-8). For kernel tests until the
- * K-quant quantizers exist.
+ * `nBlocks` K-quant blocks (Q2_K ... Q6_K) with random quants and scales: every bit pattern of
+ * the packed quants and 4-bit / 6-bit / int8 scales is valid, and the super-block scales are set to
+ * plausible positive f16 values (d ≈ 2^-10..2^-7, dmin ≈ 2^-11..2^-8). Kernel tests use them
+ * because they reach bit patterns (extreme scales, every quant) that quantized weights seldom do.
  */
 export function randomKQuantBlocks(type: number, nBlocks: number, rng: Rng): Uint8Array {
   const bs = typeSize(type);
@@ -606,6 +719,11 @@ export function randomKQuantBlocks(type: number, nBlocks: number, rng: Rng): Uin
     if (type === GGMLType.Q4_K || type === GGMLType.Q5_K) {
       writeF16(out, o, randomScale(2 ** -10));
       writeF16(out, o + 2, randomScale(2 ** -11));
+    } else if (type === GGMLType.Q2_K) {
+      writeF16(out, o + 80, randomScale(2 ** -10));
+      writeF16(out, o + 82, randomScale(2 ** -11));
+    } else if (type === GGMLType.Q3_K) {
+      writeF16(out, o + 108, randomScale(2 ** -10));
     } else if (type === GGMLType.Q6_K) {
       writeF16(out, o + 208, randomScale(2 ** -10));
     } else {
@@ -620,7 +738,7 @@ export function randomKQuantBlocks(type: number, nBlocks: number, rng: Rng): Uin
  * quantized with the reference quantizer, or random K-quant blocks for the K types.
  */
 export function randomWeights(type: number, rows: number, cols: number, rng: Rng): Uint8Array {
-  if (type === GGMLType.Q4_K || type === GGMLType.Q5_K || type === GGMLType.Q6_K) {
+  if (blockSize(type) === QK_K) {
     return randomKQuantBlocks(type, (rows * cols) / QK_K, rng);
   }
   return quantizeTensor(type, rng.fillNormal(new Float32Array(rows * cols), 0.02), rows, cols);

@@ -1,8 +1,9 @@
 /**
- * Block geometry and dot-product pairing of the ggml types quant/ implements, on top of the
- * type table in formats/ggml-types.ts.
+ * Block geometry and dot-product pairing of the ggml types quant/ implements, derived from the
+ * type table (src/runtime/ggml-type-table.ts).
  */
 import { GGMLType, ggmlTypeInfo, ggmlTypeName } from "../formats/ggml-types.js";
+import { GGML_TYPE_TABLE, ggmlTypeRow, RUNNABLE_TYPES, VEC_DOT_TYPE } from "../runtime/ggml-type-table.js";
 
 export { GGMLType };
 
@@ -10,33 +11,14 @@ export { GGMLType };
 export const QK_K = 256;
 
 /** Types whose blocks quant/ can decode (dequantizeRow) and, for weights, multiply. */
-export const QUANT_TYPES: readonly GGMLType[] = [
-  GGMLType.F32,
-  GGMLType.F16,
-  GGMLType.BF16,
-  GGMLType.Q4_0,
-  GGMLType.Q4_1,
-  GGMLType.Q5_0,
-  GGMLType.Q5_1,
-  GGMLType.Q8_0,
-  GGMLType.Q8_1,
-  GGMLType.Q4_K,
-  GGMLType.Q5_K,
-  GGMLType.Q6_K,
-  GGMLType.Q8_K,
-];
+export const QUANT_TYPES: readonly GGMLType[] = GGML_TYPE_TABLE.filter((r) => "decode" in r).map(
+  (r) => r.type,
+);
 
 /** Weight types with a quantized matrix-product kernel (activations quantized to vecDotType). */
-export const QUANTIZED_WEIGHT_TYPES: readonly GGMLType[] = [
-  GGMLType.Q4_0,
-  GGMLType.Q4_1,
-  GGMLType.Q5_0,
-  GGMLType.Q5_1,
-  GGMLType.Q8_0,
-  GGMLType.Q4_K,
-  GGMLType.Q5_K,
-  GGMLType.Q6_K,
-];
+export const QUANTIZED_WEIGHT_TYPES: readonly GGMLType[] = RUNNABLE_TYPES.filter((r) => r.activation).map(
+  (r) => r.type,
+);
 
 function info(type: number) {
   const i = ggmlTypeInfo(type);
@@ -76,23 +58,9 @@ export function rowBytes(type: number, cols: number): number {
  * src/kernels/README.md: float weights take f32 activations, ggml's pairing for the rest).
  */
 export function vecDotType(type: number): GGMLType {
-  switch (type) {
-    case GGMLType.F32:
-    case GGMLType.F16:
-    case GGMLType.BF16:
-      return GGMLType.F32;
-    case GGMLType.Q4_0:
-    case GGMLType.Q5_0:
-    case GGMLType.Q8_0:
-      return GGMLType.Q8_0;
-    case GGMLType.Q4_1:
-    case GGMLType.Q5_1:
-      return GGMLType.Q8_1;
-    case GGMLType.Q4_K:
-    case GGMLType.Q5_K:
-    case GGMLType.Q6_K:
-      return GGMLType.Q8_K;
-    default:
-      throw new RangeError(`quant: ${ggmlTypeName(type)} has no matrix product`);
-  }
+  const row = ggmlTypeRow(type);
+  if (!row || !("activation" in row) || row.activation === undefined)
+    throw new RangeError(`quant: ${ggmlTypeName(type)} has no matrix product`);
+  if (row.activation === null) return GGMLType.F32;
+  return VEC_DOT_TYPE[row.activation];
 }

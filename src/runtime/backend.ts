@@ -1,3 +1,11 @@
+import {
+  formatRow,
+  ggmlTypeRow,
+  RUNNABLE_TYPES,
+  VEC_DOT_TYPE,
+  type VecDotFormat,
+  type WeightFormat,
+} from "./ggml-type-table.js";
 import { kernelVariant, type Runtime } from "./runtime.js";
 
 /** A region of f32 activations (or scratch bytes) in one memory shard. */
@@ -10,72 +18,44 @@ export interface Buf {
 export interface Weight {
   shard: number;
   offset: number;
-  /** Kernel suffix of the weight format: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K. */
+  /** Kernel suffix of the weight format (the `format` column of the type table). */
   format: WeightFormat;
   rows: number;
   cols: number;
   /**
    * Stored in one of the backend's own layouts (see Backend.prepareWeight), not row after row:
-   * x4 = four rows' blocks in turn, r4 = Q4_0 or a K-quant with rows in vector lanes (the relaxed kernels).
+   * x4 = four rows' blocks in turn, r4 = rows in vector lanes (the relaxed kernels).
    */
   layout?: WeightLayout;
 }
 
 export type WeightLayout = "x4" | "r4";
 
-export type WeightFormat =
-  | "F32"
-  | "F16"
-  | "BF16"
-  | "Q4_0"
-  | "Q4_1"
-  | "Q5_0"
-  | "Q5_1"
-  | "Q8_0"
-  | "Q4_K"
-  | "Q5_K"
-  | "Q6_K";
+export type { WeightFormat };
 
 /** The 8-bit activation format each weight format's dot product consumes (none for float weights). */
-export const ACTIVATION_FORMAT: Record<WeightFormat, "Q8_0" | "Q8_1" | "Q8_K" | null> = {
-  F32: null,
-  F16: null,
-  BF16: null,
-  Q4_0: "Q8_0",
-  Q5_0: "Q8_0",
-  Q8_0: "Q8_0",
-  Q4_1: "Q8_1",
-  Q5_1: "Q8_1",
-  Q4_K: "Q8_K",
-  Q5_K: "Q8_K",
-  Q6_K: "Q8_K",
-};
+export const ACTIVATION_FORMAT = Object.fromEntries(
+  RUNNABLE_TYPES.map((r) => [r.format, r.activation]),
+) as Record<WeightFormat, VecDotFormat | null>;
 
-export type ActivationFormat = "Q8_0" | "Q8_1" | "Q8_K" | "Q8_0S";
+/** Activation formats: ggml's, and Q8_0S (f32 scale, i32 8·Σq, 32 × i8), which the r4 Q4_0 product reads. */
+export type ActivationFormat = VecDotFormat | "Q8_0S";
 
-/** The activation format a prepared weight's product reads: Q4_0's r4 product wants its blocks' sums stored. */
+/** The activation format a prepared weight's product reads (its r4 layout may want another). */
 export function activationFormat(w: Weight): ActivationFormat | null {
-  return w.layout === "r4" && w.format === "Q4_0" ? "Q8_0S" : ACTIVATION_FORMAT[w.format];
+  if (w.layout === "r4") return formatRow(w.format).r4!.activation as ActivationFormat;
+  return ACTIVATION_FORMAT[w.format];
 }
 
-/** Block geometry of each weight format: elements per block and bytes per block. */
-export const BLOCK: Record<WeightFormat | ActivationFormat, { size: number; bytes: number }> = {
-  F32: { size: 1, bytes: 4 },
-  F16: { size: 1, bytes: 2 },
-  BF16: { size: 1, bytes: 2 },
-  Q4_0: { size: 32, bytes: 18 },
-  Q4_1: { size: 32, bytes: 20 },
-  Q5_0: { size: 32, bytes: 22 },
-  Q5_1: { size: 32, bytes: 24 },
-  Q8_0: { size: 32, bytes: 34 },
-  Q8_1: { size: 32, bytes: 36 },
-  // f32 scale, i32 8·Σq, 32 × i8 (the r4 Q4_0 product's activations)
-  Q8_0S: { size: 32, bytes: 40 },
-  Q4_K: { size: 256, bytes: 144 },
-  Q5_K: { size: 256, bytes: 176 },
-  Q6_K: { size: 256, bytes: 210 },
-  Q8_K: { size: 256, bytes: 292 },
-};
+/** Block geometry of each weight and activation format: elements per block and bytes per block. */
+export const BLOCK = Object.fromEntries([
+  ...RUNNABLE_TYPES.map((r) => [r.format, { size: r.blockSize, bytes: r.typeSize }]),
+  ...Object.entries(VEC_DOT_TYPE).map(([a, type]) => {
+    const r = ggmlTypeRow(type)!;
+    return [a, { size: r.blockSize, bytes: r.typeSize }];
+  }),
+  ["Q8_0S", { size: 32, bytes: 40 }],
+]) as Record<WeightFormat | ActivationFormat, { size: number; bytes: number }>;
 
 /** Bytes of `n` rows of `cols` activations in format `a` (0 for float weights). */
 export function activationBytes(a: ActivationFormat | null, cols: number, n: number): number {
@@ -168,9 +148,6 @@ export interface AttentionShape {
   scratchStride: number;
 }
 
-/** Weight formats whose products have an interleaved-layout kernel (matmul<format>x4). */
-const INTERLEAVED = new Set<WeightFormat>(["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]);
-
 /** The largest activation scratch a matmul of n tokens of `cols` inputs may need, whatever its weights. */
 export function activationScratchBytes(cols: number, n: number): number {
   // each format at most once (a file may mix weight formats within one product's targets)
@@ -182,7 +159,7 @@ export function activationScratchBytes(cols: number, n: number): number {
 export class WasmBackend implements Backend {
   readonly threads: number;
   private grouped = false;
-  /** Q4_0, Q4_K, Q5_K and Q6_K matrices take the r4 layout: only the relaxed module has its 8-bit dot product. */
+  /** Formats with an r4 layout take it: only the relaxed module has its 8-bit dot product. */
   private readonly rowLanes: boolean;
 
   constructor(readonly rt: Runtime) {
@@ -244,10 +221,12 @@ export class WasmBackend implements Backend {
    * their products no sums to reduce across lanes (src/kernels/README.md). Needs rows % 4 == 0.
    */
   prepareWeight(w: Weight, scratch: Buf): Weight {
-    if (w.layout || !INTERLEAVED.has(w.format) || w.rows % 4 !== 0) return w;
+    const row = formatRow(w.format);
+    if (w.layout || !row.x4 || w.rows % 4 !== 0) return w;
     if (scratch.shard !== w.shard) throw new Error("prepareWeight: scratch must be in the weight's shard");
     const rb = rowBytes(w.format, w.cols);
-    if (this.rowLanes && (w.format === "Q4_K" || w.format === "Q5_K" || w.format === "Q6_K")) {
+    const r4 = this.rowLanes ? row.r4 : undefined;
+    if (r4?.from === "rows") {
       this.op(`repack${w.format}r4`, w.shard, w.rows / 4, [w.offset, w.cols, scratch.offset, 4 * rb]);
       this.flush();
       return { ...w, layout: "r4" };
@@ -259,8 +238,8 @@ export class WasmBackend implements Backend {
       scratch.offset,
       4 * rb,
     ]);
-    if (this.rowLanes && w.format === "Q4_0") {
-      this.op("repackQ4_0r4", w.shard, w.rows / 4, [w.offset, w.cols]);
+    if (r4?.from === "x4") {
+      this.op(`repack${w.format}r4`, w.shard, w.rows / 4, [w.offset, w.cols]);
       this.flush();
       return { ...w, layout: "r4" };
     }

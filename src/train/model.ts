@@ -4,12 +4,16 @@
 import { closeSync, openSync } from "node:fs";
 import { availableParallelism, freemem, totalmem } from "node:os";
 import { UserError } from "../errors.js";
-import { GGMLType, ggmlTypeName } from "../formats/ggml-types.js";
+import { type GGMLType, ggmlTypeName } from "../formats/ggml-types.js";
 import { readGgufHeader, readTensorInto } from "../formats/gguf.js";
 import { type LlamaConfig, llamaConfigFromMetadata, metadataGetter } from "../model/config.js";
 import type { LoraTensor } from "../model/lora.js";
 import { dequantizeRow, quantizeRow } from "../quant/reference.js";
 import { BLOCK, rowBytes, type Weight, type WeightFormat } from "../runtime/backend.js";
+import {
+  formatOfGgmlType as formatOfType,
+  ggmlTypeOfFormat as typeOfFormat,
+} from "../runtime/ggml-type-table.js";
 import { MAX_SHARD_BYTES, Runtime, SHARD_BASE } from "../runtime/runtime.js";
 import { Rng } from "../util/random.js";
 import { dropoutThreshold, loraDropoutSeed } from "./lora-reference.js";
@@ -111,30 +115,11 @@ const align4 = (n: number) => Math.ceil(n / 4) * 4;
 /** Rows of a non-f32 frozen matrix decoded at a time for its input gradient. */
 const DEQUANT_ROWS = 256;
 
-const GGML_TYPE_OF_FORMAT: Record<WeightFormat, GGMLType> = {
-  F32: GGMLType.F32,
-  F16: GGMLType.F16,
-  BF16: GGMLType.BF16,
-  Q4_0: GGMLType.Q4_0,
-  Q4_1: GGMLType.Q4_1,
-  Q5_0: GGMLType.Q5_0,
-  Q5_1: GGMLType.Q5_1,
-  Q8_0: GGMLType.Q8_0,
-  Q4_K: GGMLType.Q4_K,
-  Q5_K: GGMLType.Q5_K,
-  Q6_K: GGMLType.Q6_K,
-};
-const FORMAT_OF_TYPE = new Map(Object.entries(GGML_TYPE_OF_FORMAT).map(([f, t]) => [t, f as WeightFormat]));
-
 /** The stored format of a ggml tensor type (undefined for a type training cannot hold). */
-export function formatOfGgmlType(t: GGMLType): WeightFormat | undefined {
-  return FORMAT_OF_TYPE.get(t);
-}
+export const formatOfGgmlType: (t: GGMLType) => WeightFormat | undefined = formatOfType;
 
 /** The ggml tensor type of a stored format. */
-export function ggmlTypeOfFormat(f: WeightFormat): GGMLType {
-  return GGML_TYPE_OF_FORMAT[f];
-}
+export const ggmlTypeOfFormat: (f: WeightFormat) => GGMLType = typeOfFormat;
 const ALIGN = 64;
 
 interface LayerParams {
@@ -631,7 +616,7 @@ export class LlamaTrainModel {
     const formatOf = (name: string): WeightFormat => {
       if (options.formatOf) return options.formatOf(name);
       const t = header.tensor(name);
-      const f = t && FORMAT_OF_TYPE.get(t.type);
+      const f = t && formatOfType(t.type);
       if (!f)
         throw new UserError(
           `${path}: tensor ${name} has type ${t ? ggmlTypeName(t.type) : "?"}, which cannot be trained from`,
@@ -649,11 +634,11 @@ export class LlamaTrainModel {
           if (t.dims.length !== p.dims.length || t.dims.some((d, i) => d !== p.dims[i])) {
             throw new UserError(`${path}: tensor ${p.name} has shape [${t.dims}], expected [${p.dims}]`);
           }
-          if (GGML_TYPE_OF_FORMAT[p.weight.format] === t.type) {
+          if (typeOfFormat(p.weight.format) === t.type) {
             readTensorInto(fd, t, model.storedBytes(p), path);
             continue;
           }
-          if (!FORMAT_OF_TYPE.has(t.type)) {
+          if (!formatOfType(t.type)) {
             throw new UserError(
               `${path}: tensor ${p.name} is ${ggmlTypeName(t.type)} and cannot be stored as ${p.weight.format}`,
             );
@@ -670,7 +655,7 @@ export class LlamaTrainModel {
           for (let r = 0; r < rows; r++) {
             const row = dequantizeRow(t.type, bytes.subarray(r * inRow, (r + 1) * inRow), cols);
             if (f32) f32.set(row, r * cols);
-            else quantizeRow(GGML_TYPE_OF_FORMAT[format], row, stored.subarray(r * outRow, (r + 1) * outRow));
+            else quantizeRow(typeOfFormat(format), row, stored.subarray(r * outRow, (r + 1) * outRow));
           }
         }
       } finally {
