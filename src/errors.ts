@@ -1,4 +1,24 @@
 /**
+ * Machine-readable error codes of the library, on `error.code`: what a caller may want to tell
+ * apart without reading the message.
+ */
+export type ErrorCode =
+  /** Any other bad input: a file, an option, a record, a request. */
+  | "ERR_INVALID_INPUT"
+  /** The prompt (or an input to embed) does not fit the context. */
+  | "ERR_CONTEXT_OVERFLOW"
+  /** The prompt has no tokens. */
+  | "ERR_EMPTY_PROMPT"
+  /** The model is generating already (one generation at a time). */
+  | "ERR_MODEL_BUSY"
+  /** The model was disposed of, or its thread stopped. */
+  | "ERR_MODEL_DISPOSED"
+  /** Chat needs a chat template, and the model file has none (or a broken one). */
+  | "ERR_NO_CHAT_TEMPLATE"
+  /** The work was stopped through its AbortSignal (AbortError). */
+  | "ABORT_ERR";
+
+/**
  * An error the user caused (bad file, flag, record or request). Its message is one line that
  * names the input and says what is wrong; the CLI prints it and exits 2, the server answers 4xx.
  */
@@ -6,9 +26,23 @@ export class UserError extends Error {
   override name = "UserError";
   /** HTTP status the server answers with for this error. */
   readonly status: number;
-  constructor(message: string, status = 400) {
+  readonly code: ErrorCode;
+  constructor(message: string, status = 400, code: ErrorCode = "ERR_INVALID_INPUT") {
     super(message);
     this.status = status;
+    this.code = code;
+  }
+}
+
+/**
+ * Work stopped through its AbortSignal. Named "AbortError" with code "ABORT_ERR", as Node's own
+ * aborted operations are, so `e.name === "AbortError"` checks work; the signal's reason is the cause.
+ */
+export class AbortError extends Error {
+  override name = "AbortError";
+  readonly code = "ABORT_ERR";
+  constructor(message = "the operation was aborted", options?: { cause?: unknown }) {
+    super(message, options);
   }
 }
 

@@ -450,7 +450,7 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
   );
   const tasks = evalTasks(world, options.evalPerFamily ?? 12);
   const score = async (path: string) => {
-    const model = await loadModel(path, { threads: options.threads, template: "alpaca" });
+    const model = await loadModel(path, { threads: options.threads, template: "alpaca", worker: false });
     try {
       return await evaluateTasks(model, tasks);
     } finally {

@@ -150,6 +150,7 @@ async function llamaCppGreedy(path: string, prompt: number[], n: number, lora?: 
 
 async function ourGreedy(path: string, prompt: number[], n: number, lora?: string): Promise<number[]> {
   const model = await loadModel(path, {
+    worker: false,
     threads: 2,
     contextSize: 256,
     lora: lora ? [{ adapter: lora }] : undefined,

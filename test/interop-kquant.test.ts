@@ -64,7 +64,7 @@ it("K-quant mix: every step picks llama.cpp's token or one within rounding of it
   const path = join(dir, "kmix.gguf");
   w.write(path);
 
-  const ours = await loadModel(path, { threads: 2, contextSize: 128 });
+  const ours = await loadModel(path, { threads: 2, contextSize: 128, worker: false });
   const prompt = ours.tokenize("hello world");
   const model = await llama.loadModel({ modelPath: path });
   const ctx = await model.createContext({

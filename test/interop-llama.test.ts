@@ -50,7 +50,7 @@ async function llamaCppGreedy(path: string, prompt: number[], n: number): Promis
  * argmax and how far below our top logit llama.cpp's choice lies (0 when they agree).
  */
 async function ourSteps(path: string, prompt: number[], ref: number[], threads: number) {
-  const model = await loadModel(path, { threads, contextSize: 256 });
+  const model = await loadModel(path, { worker: false, threads, contextSize: 256 });
   try {
     const steps: { ours: number; gap: number; scale: number }[] = [];
     let logits = model.llama.forward(prompt, 0);
@@ -76,7 +76,7 @@ describe("greedy continuation matches llama.cpp", () => {
   beforeAll(async () => {
     f32 = join(dir, "tiny-f32.gguf");
     writeTinyLlama(f32, { dim: 128, layers: 3, heads: 8, kvHeads: 2, ffn: 256, seed: 11, weightScale: 0.15 });
-    const m = await loadModel(f32, { threads: 1 });
+    const m = await loadModel(f32, { worker: false, threads: 1 });
     prompt = m.tokenize("the quick brown fox");
     await m.dispose();
   });
@@ -117,7 +117,7 @@ describe("greedy continuation matches llama.cpp", () => {
 
   it("f32: free-running greedy continuations are identical", async () => {
     const ref = await llamaCppGreedy(f32, prompt, TOKENS);
-    const model = await loadModel(f32, { threads: 2, contextSize: 256 });
+    const model = await loadModel(f32, { worker: false, threads: 2, contextSize: 256 });
     try {
       const ours: number[] = [];
       let logits = model.llama.forward(prompt, 0);
@@ -142,7 +142,7 @@ describe("greedy generation with default settings matches llama.cpp", () => {
     const path = join(dir, "tiny-repeat.gguf");
     writeTinyLlama(path, { dim: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 128, seed: 5, weightScale: 0.2 });
     const text = "the cat the cat the cat the cat the cat the cat";
-    const model = await loadModel(path, { threads: 1 });
+    const model = await loadModel(path, { worker: false, threads: 1 });
     const prompt = model.tokenize(text);
     const ref = model.detokenize(await llamaCppGreedy(path, prompt, TOKENS));
     await model.dispose();

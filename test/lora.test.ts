@@ -89,7 +89,7 @@ async function ourGreedy(
   n: number,
   lora?: { adapter: LoraAdapter | string; scale?: number }[],
 ): Promise<number[]> {
-  const model = await loadModel(path, { threads: 2, contextSize: 256, lora });
+  const model = await loadModel(path, { worker: false, threads: 2, contextSize: 256, lora });
   try {
     const out: number[] = [];
     let logits = model.llama.forward(prompt, 0);
@@ -177,7 +177,7 @@ describe("GGUF LoRA adapter", () => {
     mergeLora(tiny.path, adapter, merged, { scale: 0.5 });
     const prompt = [tiny.bos, 300, 301, 302, 310, 320, 330];
     const logitsOf = async (path: string, lora?: { adapter: LoraAdapter; scale?: number }[]) => {
-      const m = await loadModel(path, { threads: 2, contextSize: 64, lora, logitsAll: true });
+      const m = await loadModel(path, { worker: false, threads: 2, contextSize: 64, lora, logitsAll: true });
       try {
         return Float32Array.from(m.llama.forward(prompt, 0));
       } finally {

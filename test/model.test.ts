@@ -15,7 +15,7 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "sh-model-"));
   path = join(dir, "tiny.gguf");
   writeTinyLlama(path, { dim: 64, layers: 4, heads: 4, kvHeads: 2, ffn: 160, seed: 5, weightScale: 0.2 });
-  model = await loadModel(path, { threads: 2, contextSize: 128 });
+  model = await loadModel(path, { worker: false, threads: 2, contextSize: 128 });
 });
 afterAll(async () => {
   await model?.dispose();
@@ -66,7 +66,7 @@ describe("Model API", () => {
   });
 
   it("chat renders the conversation with a template and streams a reply", async () => {
-    const m = await loadModel(path, { threads: 1, contextSize: 128, template: "chatml" });
+    const m = await loadModel(path, { worker: false, threads: 1, contextSize: 128, template: "chatml" });
     try {
       const reply = await collect(
         m.chat([{ role: "user", content: "hi" }], { maxTokens: 8, temperature: 0 }),

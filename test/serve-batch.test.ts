@@ -250,7 +250,7 @@ describe("BatchScheduler", () => {
         const o = out.get(e.id)!;
         if (e.type === "started") o.started = true;
         else if (e.type === "text") o.text += e.text;
-        else o.info = e.info;
+        else if (e.type === "done") o.info = e.info;
       }
     });
     let step = 0;

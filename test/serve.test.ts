@@ -243,10 +243,10 @@ describe("errors", () => {
       [{ max_tokens: 0 }, "max_tokens"],
       [{ max_tokens: 1.5 }, "max_tokens"],
       [{ top_p: 0 }, "top_p"],
-      [{ n: 2 }, "n"],
+      [{ n: PARALLEL + 1 }, "n"],
       [{ stop: [1] }, "stop"],
       [{ messages: [] }, "messages"],
-      [{ messages: [{ role: "tool", content: "x" }] }, "messages.0.role"],
+      [{ messages: [{ role: "tool", content: "x" }] }, "messages.0.tool_call_id"],
       [
         { messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] },
         "messages.0.content",
@@ -308,7 +308,7 @@ describe("errors", () => {
   });
 
   it("an unknown route is a 404; bytes that are not HTTP get a 400", async () => {
-    const r = await raw("/v1/embeddings", { method: "POST", body: "{}" });
+    const r = await raw("/v1/audio/speech", { method: "POST", body: "{}" });
     expect(r.status).toBe(404);
     expectErrorShape(r.text, r.status);
     const reply = await new Promise<string>((resolve, reject) => {

@@ -163,7 +163,7 @@ describe("export", () => {
     const prompt = tokenizer.encode("first citizen:\nbefore we proceed");
     const { header, info } = readCheckpoint(ckpt);
     const trainModel = await LlamaTrainModel.create(info.config, { batch: 1, seq: 32, threads: 1 });
-    const inference = await loadModel(out, { threads: 1 });
+    const inference = await loadModel(out, { worker: false, threads: 1 });
     try {
       restoreCheckpoint(ckpt, header, trainModel);
       const want = trainModel.nextTokenLogits(prompt);
@@ -200,7 +200,7 @@ describe("export", () => {
     await ctx.dispose();
     await model.dispose();
     // teacher-forced along llama.cpp's choices: ours is the same token, or within a hair of it
-    const ours = await loadModel(out, { threads: 1, contextSize: 64 });
+    const ours = await loadModel(out, { worker: false, threads: 1, contextSize: 64 });
     try {
       let logits = ours.llama.forward(prompt, 0);
       for (let i = 0; i < theirs.length; i++) {

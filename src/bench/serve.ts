@@ -1,7 +1,8 @@
 // `npm run bench -- serve`: the HTTP server under concurrent streaming clients. For each shape and type it
 // starts `smallhammer serve` on a random-weight Llama (a child process, on loopback), then, with 1,
 // 4 and 16 clients each sending streaming completion requests one after another, measures the
-// aggregate generated tokens/s and the time to first token (p50, p99). See serveUsage for flags.
+// aggregate generated tokens/s and the time to first token (p50, p99); then, at the most clients,
+// the same with n replies per request, and embeddings per second. See serveUsage for flags.
 import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
@@ -23,6 +24,11 @@ streaming clients on loopback, on random-weight Llama GGUF files (written once i
   --prompt N         prompt tokens per request (default 32)
   --tokens N         tokens generated per request (default 64)
   --threads N        the server's compute threads (default 2)
+  --n N              replies per request (n) of one more level at the most clients (default 4; 1: none)
+  --embed-inputs N   inputs per /v1/embeddings request, each --prompt tokens long (default 8; 0: no
+                     embeddings figure)
+  --grammar-requests N  requests of one client, free and then grammar-constrained (JSON), whose
+                     tokens/s are compared (default 4; 0: none)
   --dir PATH         model cache (default .tmp/bench-models)
   --quiet-wait S     seconds to wait for an idle machine before each level (default 120)
   --json             machine-readable results on stdout
@@ -35,6 +41,8 @@ const CONTEXT_SIZE = 512;
 
 interface Level {
   clients: number;
+  /** Replies per request (each request's tokens count all its replies). */
+  n: number;
   requests: number;
   completionTokens: number;
   seconds: number;
@@ -53,8 +61,20 @@ interface ShapeResult {
   levels: Level[];
   /** Aggregate tokens/s at the most clients over one client. */
   scaling?: number;
+  embeddings?: EmbeddingLevel;
+  /** One client's tokens/s free and with a JSON grammar (the same requests). */
+  grammar?: { free: number; constrained: number; ratio: number; disturbed: boolean };
   note?: string;
 }
+
+/**
+ * A JSON grammar the random model's replies never finish early: an array of strings, each at most
+ * 40 characters, so that every request generates its --tokens tokens and the masks vary.
+ */
+const BENCH_GRAMMAR = String.raw`root ::= "[" ws (str ws ("," ws str ws)*)? "]"
+str ::= "\"" ([^"\\\x00-\x1f] | "\\" ["\\/bfnrt]){0,40} "\""
+ws ::= | " " | "\n" [ ]{0,4}
+`;
 
 export async function runServeBench(argv: string[]): Promise<void> {
   const args = parseBenchArgs(
@@ -68,6 +88,9 @@ export async function runServeBench(argv: string[]): Promise<void> {
       prompt: { type: "string" },
       tokens: { type: "string" },
       threads: { type: "string" },
+      n: { type: "string" },
+      "embed-inputs": { type: "string" },
+      "grammar-requests": { type: "string" },
       dir: { type: "string" },
       "quiet-wait": { type: "string" },
       json: { type: "boolean" },
@@ -93,6 +116,10 @@ export async function runServeBench(argv: string[]): Promise<void> {
   const promptTokens = positiveInt("prompt", str("prompt"), 32);
   const tokens = positiveInt("tokens", str("tokens"), 64);
   const threads = positiveInt("threads", str("threads"), 2);
+  const replies = positiveInt("n", str("n"), 4);
+  const embedInputs = str("embed-inputs") === "0" ? 0 : positiveInt("embed-inputs", str("embed-inputs"), 8);
+  const grammarRequests =
+    str("grammar-requests") === "0" ? 0 : positiveInt("grammar-requests", str("grammar-requests"), 4);
   const quietWait = Number(str("quiet-wait") ?? 120);
   if (!(quietWait >= 0)) throw new UserError(`--quiet-wait: expected seconds, got "${str("quiet-wait")}"`);
   if (promptTokens + tokens + 2 > CONTEXT_SIZE) {
@@ -101,6 +128,7 @@ export async function runServeBench(argv: string[]): Promise<void> {
   const dir = str("dir") ?? ".tmp/bench-models";
   const json = values.json === true;
   const parallel = Math.max(...clientLevels);
+  if (replies > parallel) throw new UserError(`--n ${replies} is above the ${parallel} parallel sequences`);
   const tty = process.stderr.isTTY === true;
   const say = (s: string) => {
     if (tty) process.stderr.write(`${s}\n`);
@@ -146,9 +174,47 @@ export async function runServeBench(argv: string[]): Promise<void> {
           result.levels.push(level);
           if (!json) process.stdout.write(`${levelRow(name, type, level)}\n`);
         }
-        const one = result.levels.find((l) => l.clients === 1);
+        const one = result.levels.find((l) => l.clients === 1 && l.n === 1);
         const most = result.levels.at(-1)!;
         if (one && most.clients > 1) result.scaling = most.tokensPerSecond / one.tokensPerSecond;
+        if (replies > 1) {
+          // The most clients again, each request asking for n replies to one prompt.
+          const requests = Math.max(minRequests, 2 * parallel);
+          const waited = await waitForQuiet(QUIET_CORES, quietWait, say);
+          say(`${name}: ${parallel} clients, ${requests} requests with n = ${replies}`);
+          const level = await runLevel(server, parallel, requests, promptTokens, tokens, replies);
+          level.foreignCores = Math.max(level.foreignCores, waited);
+          level.disturbed = level.foreignCores > QUIET_CORES;
+          result.levels.push(level);
+          if (!json) process.stdout.write(`${levelRow(name, type, level)}\n`);
+        }
+        if (embedInputs > 0) {
+          const requests = Math.max(minRequests, 2 * parallel);
+          const waited = await waitForQuiet(QUIET_CORES, quietWait, say);
+          say(`${name}: ${parallel} clients, ${requests} embedding requests`);
+          const e = await runEmbeddings(server, parallel, requests, embedInputs, promptTokens);
+          e.foreignCores = Math.max(e.foreignCores, waited);
+          e.disturbed = e.foreignCores > QUIET_CORES;
+          result.embeddings = e;
+        }
+        if (grammarRequests > 0) {
+          // The same requests from one client, free and then constrained by a JSON grammar.
+          const waited = await waitForQuiet(QUIET_CORES, quietWait, say);
+          say(`${name}: 1 client, ${grammarRequests} requests, free and grammar-constrained`);
+          const free = await runLevel(server, 1, grammarRequests, promptTokens, tokens);
+          // Warm-up, as for free decoding: the first use compiles the grammar and finds the
+          // tokens each state allows (cached for the requests after it).
+          await streamCompletion(server, prompt(0, promptTokens), tokens, 1, { grammar: BENCH_GRAMMAR });
+          const constrained = await runLevel(server, 1, grammarRequests, promptTokens, tokens, 1, {
+            grammar: BENCH_GRAMMAR,
+          });
+          result.grammar = {
+            free: free.tokensPerSecond,
+            constrained: constrained.tokensPerSecond,
+            ratio: constrained.tokensPerSecond / free.tokensPerSecond,
+            disturbed: Math.max(waited, free.foreignCores, constrained.foreignCores) > QUIET_CORES,
+          };
+        }
       } catch (e) {
         result.note = (e as Error).message.split("\n")[0];
         if (!json) process.stdout.write(`| ${name} | ${type} | failed: ${result.note} |\n`);
@@ -160,9 +226,26 @@ export async function runServeBench(argv: string[]): Promise<void> {
     process.stdout.write("\n");
     for (const r of results) {
       if (r.scaling === undefined) continue;
-      const most = r.levels.at(-1)!.clients;
+      const most = r.levels.filter((l) => l.n === 1).at(-1)!.clients;
       process.stdout.write(
         `${r.shape} ${r.type}: ${most} clients give ${r.scaling.toFixed(2)}× the aggregate tokens/s of one client\n`,
+      );
+    }
+    for (const r of results) {
+      const e = r.embeddings;
+      if (!e) continue;
+      process.stdout.write(
+        `${r.shape} ${r.type}: embeddings: ${e.clients} clients, ${e.requests} requests of ${e.inputsPerRequest} inputs × ${promptTokens + 1} tokens: ` +
+          `${e.embeddingsPerSecond.toFixed(1)} embeddings/s (${e.tokensPerSecond.toFixed(0)} input tokens/s), p50 ${e.p50Ms.toFixed(0)} ms per request` +
+          `${e.disturbed ? ` disturbed (${e.foreignCores.toFixed(2)} foreign cores)` : ""}\n`,
+      );
+    }
+    for (const r of results) {
+      const g = r.grammar;
+      if (!g) continue;
+      process.stdout.write(
+        `${r.shape} ${r.type}: grammar-constrained (JSON) ${g.constrained.toFixed(1)} tok/s against free ${g.free.toFixed(1)} tok/s, one client: ` +
+          `${g.ratio.toFixed(2)}×${g.disturbed ? " disturbed" : ""}\n`,
       );
     }
     process.stdout.write(
@@ -180,6 +263,8 @@ export async function runServeBench(argv: string[]): Promise<void> {
       contextSize: CONTEXT_SIZE,
       promptTokens,
       tokens,
+      replies,
+      embedInputs,
       quietCores: QUIET_CORES,
       loadAverage: load0,
       results,
@@ -241,8 +326,17 @@ function prompt(request: number, n: number): string {
   return words.join(" ");
 }
 
-/** One streaming completion; returns the time to its first text and the tokens it generated. */
-async function streamCompletion(server: BenchServer, text: string, maxTokens: number) {
+/**
+ * One streaming completion with `n` replies; returns the time to its first text (of any reply)
+ * and the tokens it generated (all replies).
+ */
+async function streamCompletion(
+  server: BenchServer,
+  text: string,
+  maxTokens: number,
+  n = 1,
+  extra: Record<string, unknown> = {},
+) {
   const t0 = performance.now();
   const res = await fetch(`${server.url}/v1/completions`, {
     method: "POST",
@@ -252,8 +346,10 @@ async function streamCompletion(server: BenchServer, text: string, maxTokens: nu
       prompt: text,
       max_tokens: maxTokens,
       temperature: 0.8,
+      ...(n > 1 ? { n } : {}),
       stream: true,
       stream_options: { include_usage: true },
+      ...extra,
     }),
   });
   if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
@@ -289,6 +385,8 @@ async function runLevel(
   requests: number,
   promptTokens: number,
   tokens: number,
+  n = 1,
+  extra: Record<string, unknown> = {},
 ): Promise<Level> {
   const ttfts: number[] = [];
   let completionTokens = 0;
@@ -300,7 +398,7 @@ async function runLevel(
     Array.from({ length: clients }, async () => {
       while (next < requests) {
         const i = next++;
-        const r = await streamCompletion(server, prompt(i + 1, promptTokens), tokens);
+        const r = await streamCompletion(server, prompt(i + 1, promptTokens), tokens, n, extra);
         ttfts.push(r.ttftMs);
         completionTokens += r.completionTokens;
       }
@@ -311,12 +409,80 @@ async function runLevel(
   ttfts.sort((a, b) => a - b);
   return {
     clients,
+    n,
     requests,
     completionTokens,
     seconds,
     tokensPerSecond: completionTokens / seconds,
     ttftP50Ms: quantile(ttfts, 0.5),
     ttftP99Ms: quantile(ttfts, 0.99),
+    foreignCores: foreign,
+    disturbed: false,
+  };
+}
+
+interface EmbeddingLevel {
+  clients: number;
+  requests: number;
+  inputsPerRequest: number;
+  seconds: number;
+  embeddingsPerSecond: number;
+  tokensPerSecond: number;
+  p50Ms: number;
+  foreignCores: number;
+  disturbed: boolean;
+}
+
+/** `clients` clients share `requests` /v1/embeddings requests of `inputs` inputs each. */
+async function runEmbeddings(
+  server: BenchServer,
+  clients: number,
+  requests: number,
+  inputs: number,
+  promptTokens: number,
+): Promise<EmbeddingLevel> {
+  let next = 0;
+  let tokens = 0;
+  const times: number[] = [];
+  const cpu0 = cpuSample();
+  const server0 = processTicks(server.child.pid!);
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: clients }, async () => {
+      while (next < requests) {
+        const i = next++;
+        const r0 = performance.now();
+        const res = await fetch(`${server.url}/v1/embeddings`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({
+            model: server.modelId,
+            input: Array.from({ length: inputs }, (_, j) => prompt(1000 + i * inputs + j, promptTokens)),
+          }),
+        });
+        const body = (await res.json()) as {
+          data?: unknown[];
+          usage?: { prompt_tokens: number };
+          error?: { message: string };
+        };
+        if (!res.ok || body.data?.length !== inputs)
+          throw new Error(`HTTP ${res.status}: ${body.error?.message}`);
+        tokens += body.usage!.prompt_tokens;
+        times.push(performance.now() - r0);
+      }
+    }),
+  );
+  const seconds = (performance.now() - t0) / 1000;
+  const foreign = foreignCoresBut(cpu0, cpuSample(), processTicks(server.child.pid!) - server0);
+  times.sort((a, b) => a - b);
+  return {
+    clients,
+    requests,
+    inputsPerRequest: inputs,
+    seconds,
+    embeddingsPerSecond: (requests * inputs) / seconds,
+    tokensPerSecond: tokens / seconds,
+    p50Ms: quantile(times, 0.5),
     foreignCores: foreign,
     disturbed: false,
   };
@@ -348,7 +514,7 @@ function levelRow(shape: string, type: string, l: Level): string {
   const cells = [
     shape,
     type,
-    String(l.clients),
+    l.n > 1 ? `${l.clients} (n = ${l.n})` : String(l.clients),
     String(l.requests),
     String(l.completionTokens),
     l.seconds.toFixed(1),

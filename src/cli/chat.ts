@@ -1,8 +1,10 @@
 import { createInterface, type Interface } from "node:readline";
 import type { Command } from "commander";
-import { UserError } from "../errors.js";
+import { AbortError, UserError } from "../errors.js";
+import type { ConstraintOptions } from "../model/grammar/index.js";
 import { type ChatMessage, loadModel, type Model } from "../model/model.js";
 import { ChatTemplateBudgetError } from "../model/templates.js";
+import { addConstraintOptions, type ConstraintFlags, constraintOptions } from "./grammar-options.js";
 import {
   addModelOptions,
   addSamplingOptions,
@@ -13,7 +15,7 @@ import {
   samplerOptions,
 } from "./options.js";
 
-interface ChatFlags extends SamplingFlags, ModelFlags {
+interface ChatFlags extends SamplingFlags, ModelFlags, ConstraintFlags {
   system?: string;
   nPredict: number;
 }
@@ -50,10 +52,12 @@ export function registerChat(program: Command) {
     .option("-n, --n-predict <n>", "most tokens per reply", intArg("-n", 1), 512);
   addModelOptions(cmd);
   addSamplingOptions(cmd);
+  addConstraintOptions(cmd);
   cmd.action(async (flags: ChatFlags) => {
+    const constraint = constraintOptions(flags); // a bad grammar fails before the model loads
     const model = await loadModel(flags.model, modelOptions(flags));
     model.template(); // fail now, not at the first message, when there is no template
-    await runChat(model, flags);
+    await runChat(model, { ...flags, constraint });
   });
 }
 
@@ -99,7 +103,10 @@ class LineQueue {
 }
 
 /** The chat REPL on a loaded model (also opened by the quickstart on its result). */
-export async function runChat(model: Model, flags: Pick<ChatFlags, "system" | "nPredict"> & SamplingFlags) {
+export async function runChat(
+  model: Model,
+  flags: Pick<ChatFlags, "system" | "nPredict"> & SamplingFlags & { constraint?: ConstraintOptions },
+) {
   const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
   const input = new LineQueue(rl);
   let system = flags.system;
@@ -158,13 +165,18 @@ export async function runChat(model: Model, flags: Pick<ChatFlags, "system" | "n
       history = messages.filter((m) => m.role !== "system");
       current = new AbortController();
       let reply = "";
-      for await (const piece of model.chat(messages, {
-        ...samplerOptions(flags),
-        maxTokens: flags.nPredict,
-        signal: current.signal,
-      })) {
-        reply += piece;
-        out.write(piece);
+      try {
+        for await (const piece of model.chat(messages, {
+          ...samplerOptions(flags),
+          ...flags.constraint,
+          maxTokens: flags.nPredict,
+          signal: current.signal,
+        })) {
+          reply += piece;
+          out.write(piece);
+        }
+      } catch (e) {
+        if (!(e instanceof AbortError)) throw e; // Ctrl-C: the reply so far stays
       }
       const stopped = current.signal.aborted;
       current = undefined;

@@ -62,7 +62,7 @@ export function registerDemo(program: Command) {
       const report = inspectGguf(q4).text.split("\n");
       say(`3. inspect ${q4}:`);
       for (const line of report.slice(0, 7)) say(`   ${line}`);
-      const model = await loadModel(q4, { threads: flags.threads, contextSize: 512 });
+      const model = await loadModel(q4, { threads: flags.threads, contextSize: 512, worker: false });
       try {
         say(`4. loaded on ${model.llama.threads} threads in ${lap()} s; generating 64 tokens (greedy):`);
         let info: { promptTokens: number; completionTokens: number } | undefined;

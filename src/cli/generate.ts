@@ -1,5 +1,7 @@
 import type { Command } from "commander";
+import { AbortError } from "../errors.js";
 import { loadModel } from "../model/model.js";
+import { addConstraintOptions, type ConstraintFlags, constraintOptions } from "./grammar-options.js";
 import {
   addModelOptions,
   addSamplingOptions,
@@ -10,7 +12,7 @@ import {
   samplerOptions,
 } from "./options.js";
 
-interface GenerateFlags extends SamplingFlags, ModelFlags {
+interface GenerateFlags extends SamplingFlags, ModelFlags, ConstraintFlags {
   prompt: string;
   n: number;
   json?: boolean;
@@ -25,7 +27,9 @@ export function registerGenerate(program: Command) {
     .option("--json", "print one JSON object with the text and timings instead of streaming");
   addModelOptions(cmd);
   addSamplingOptions(cmd);
+  addConstraintOptions(cmd);
   cmd.action(async (flags: GenerateFlags & { nPredict: number }) => {
+    const constraint = constraintOptions(flags); // a bad grammar fails before the model loads
     // --template does not change a plain continuation, but a bad name is still an error.
     const model = await loadModel(flags.model, modelOptions(flags));
     try {
@@ -35,16 +39,21 @@ export function registerGenerate(program: Command) {
       let info: { promptTokens: number; completionTokens: number; finishReason: string } | undefined;
       const t0 = performance.now();
       let text = "";
-      for await (const piece of model.generate(flags.prompt, {
-        ...samplerOptions(flags),
-        maxTokens: flags.nPredict,
-        signal: controller.signal,
-        onDone: (i) => {
-          info = i;
-        },
-      })) {
-        if (flags.json) text += piece;
-        else process.stdout.write(piece);
+      try {
+        for await (const piece of model.generate(flags.prompt, {
+          ...samplerOptions(flags),
+          ...constraint,
+          maxTokens: flags.nPredict,
+          signal: controller.signal,
+          onDone: (i) => {
+            info = i;
+          },
+        })) {
+          if (flags.json) text += piece;
+          else process.stdout.write(piece);
+        }
+      } catch (e) {
+        if (!(e instanceof AbortError)) throw e; // Ctrl-C: what was generated stays
       }
       process.off("SIGINT", onSigint);
       const seconds = (performance.now() - t0) / 1000;

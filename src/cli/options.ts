@@ -121,9 +121,10 @@ export interface ModelFlags {
   loraScale?: number;
 }
 
-/** loadModel options from the shared model flags. */
+/** loadModel options from the shared model flags (the model on the calling thread). */
 export function modelOptions(f: ModelFlags) {
   return {
+    worker: false as const,
     threads: f.threads,
     contextSize: f.ctx,
     template: f.template,

@@ -112,7 +112,7 @@ export function registerQuickstart(program: Command) {
         );
         if (!flags.chat || !process.stdin.isTTY) return;
         say('opening a chat on the tuned q4_0 model (ask it, e.g., "What is 7 + 5?")');
-        const model = await loadModel(result.files.tunedQ4, { threads: flags.threads });
+        const model = await loadModel(result.files.tunedQ4, { threads: flags.threads, worker: false });
         try {
           await runChat(model, { nPredict: 32, temp: 0 });
         } finally {

@@ -1,7 +1,8 @@
-import type { Command } from "commander";
+import { type Command, Option } from "commander";
 import { UserError } from "../errors.js";
 import { chatTemplateProblem } from "../model/model.js";
 import { isLoopbackHost } from "../serve/guard.js";
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "../serve/log.js";
 import { startServer } from "../serve/server.js";
 import { addModelOptions, intArg, type ModelFlags, modelOptions, numArg } from "./options.js";
 
@@ -15,6 +16,8 @@ interface ServeFlags extends ModelFlags {
   bodyLimit: number;
   grace: number;
   cors?: string[];
+  logLevel: LogLevel;
+  logFormat: LogFormat;
 }
 
 /** The longest --timeout and --grace, in seconds: what a Node.js timer holds (2^31 - 1 ms). */
@@ -56,6 +59,19 @@ export function registerServe(program: Command) {
       "on SIGTERM, how long requests in flight may still run",
       numArg("--grace", 0, MAX_SECONDS),
       10,
+    )
+    .addOption(
+      new Option(
+        "--log-level <level>",
+        "least severe log records written to stderr (info: one line per request)",
+      )
+        .choices(LOG_LEVELS)
+        .default("info"),
+    )
+    .addOption(
+      new Option("--log-format <format>", "json lines, or pretty: one readable line per record")
+        .choices(LOG_FORMATS)
+        .default("json"),
     );
   addModelOptions(cmd); // -m, -t, --ctx (of each sequence), --template, --lora, --lora-scale
   cmd.action(async (flags: ServeFlags) => {
@@ -73,6 +89,7 @@ export function registerServe(program: Command) {
       timeoutMs: Math.round(flags.timeout * 1000),
       bodyLimit: flags.bodyLimit,
       cors: flags.cors,
+      log: { level: flags.logLevel, format: flags.logFormat },
     });
     const err = process.stderr;
     err.write(`smallhammer serve: ${server.modelId} on ${server.url} (chat page at ${server.url}/)\n`);

@@ -5,7 +5,7 @@
  */
 
 import { isCorrect, type SyntheticTask } from "../data/synthetic.js";
-import type { Model } from "../model/model.js";
+import type { ModelBase } from "../model/model.js";
 
 export interface TaskEvalOptions {
   /** Most tokens per reply (default 24). */
@@ -28,7 +28,7 @@ export interface TaskEvalResult extends FamilyScore {
 }
 
 export async function evaluateTasks(
-  model: Model,
+  model: ModelBase,
   tasks: readonly SyntheticTask[],
   options: TaskEvalOptions = {},
 ): Promise<TaskEvalResult> {

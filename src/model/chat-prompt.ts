@@ -31,6 +31,8 @@ export interface ChatPromptOptions {
    * trusted messages; default false (message content is text).
    */
   parseSpecialInContent?: boolean;
+  /** Tool definitions given to the template as `tools` (see tool-calls.ts). */
+  tools?: readonly unknown[];
 }
 
 /**
@@ -155,6 +157,7 @@ export function chatPromptPieces(
     template: template.template,
     ...templateTokens(tokenizer),
     addGenerationPrompt: options.addGenerationPrompt ?? true,
+    tools: options.tools,
     isPlain: (t) => !options.parseSpecialInContent && mayFormSpecialToken(tokenizer, t),
   });
   return splitAtPlain(text, plain);

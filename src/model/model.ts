@@ -1,10 +1,13 @@
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
-import { UserError } from "../errors.js";
-import { readGgufHeader } from "../formats/gguf.js";
+import { AbortError, UserError } from "../errors.js";
+import { type GgufHeader, readGgufHeader } from "../formats/gguf.js";
 import { StreamDecoder, Tokenizer } from "../tokenizer/index.js";
 import { type ChatPromptOptions, chatPromptPieces, encodePieces, templateTokens } from "./chat-prompt.js";
-import { metadataGetter } from "./config.js";
+import { type LlamaConfig, metadataGetter } from "./config.js";
+import { Pooler, type PoolingType, poolingProblem, poolingTypeOf } from "./embedding.js";
+import { type ConstraintOptions, createConstraint } from "./grammar/index.js";
 import { type LlamaLoadOptions, LlamaModel } from "./llama.js";
+import type { WorkerModel } from "./model-worker.js";
 import { Sampler, type SamplerOptions } from "./sampler.js";
 import {
   type ChatMessage,
@@ -19,14 +22,22 @@ export type { ChatMessage } from "./templates.js";
 export interface LoadModelOptions extends LlamaLoadOptions {
   /** Built-in chat template name used by `chat` instead of the file's own template. */
   template?: string;
+  /**
+   * Run the model in a worker thread (default true), so that prompt evaluation and generation
+   * never block the event loop; false runs it on the calling thread (the `Model` class).
+   */
+  worker?: boolean;
 }
 
-export interface GenerateOptions extends SamplerOptions {
+export interface GenerateOptions extends SamplerOptions, ConstraintOptions {
   /** Most tokens to generate (default 256); generation also stops at end-of-generation tokens. */
   maxTokens?: number;
   /** Generation stops before any of these strings; they are not returned. */
   stop?: string[];
-  /** Aborts generation between tokens. */
+  /**
+   * Stops the work between two prompt batches or two tokens: the iterator then rejects with an
+   * AbortError (name "AbortError", code "ABORT_ERR"), after onDone with finish reason "abort".
+   */
   signal?: AbortSignal;
   /** Add the tokenizer's BOS/EOS (default true for prompts). */
   addSpecial?: boolean;
@@ -43,6 +54,11 @@ export interface ChatOptions extends GenerateOptions {
   parseSpecialInContent?: boolean;
 }
 
+export interface EmbedOptions {
+  /** Stops the work between two batches of the input: the promise rejects with an AbortError. */
+  signal?: AbortSignal;
+}
+
 export interface GenerationInfo {
   promptTokens: number;
   /** Prompt tokens that had to be evaluated (the rest were already in the KV cache). */
@@ -52,55 +68,38 @@ export interface GenerationInfo {
 }
 
 /**
- * A loaded model: tokenizer, weights, one KV cache, sampling and chat formatting.
- * `generate` and `chat` are async iterators of text pieces; consecutive calls reuse the KV cache
- * for the prompt prefix they share with the previous call (so a chat does not re-read its history).
+ * What every loaded model offers, on the calling thread (`Model`) or in a worker thread
+ * (`WorkerModel`, what loadModel gives by default): tokenizer, chat formatting, generation as an
+ * async iterator of text pieces, embeddings.
  */
-export class Model {
+export abstract class ModelBase {
   readonly path: string;
   readonly tokenizer: Tokenizer;
-  readonly llama: LlamaModel;
-  private cached: number[] = [];
-  private busy = false;
-  private readonly templateName?: string;
+  readonly header: GgufHeader;
+  protected readonly templateName?: string;
 
-  private constructor(path: string, llama: LlamaModel, tokenizer: Tokenizer, template?: string) {
+  protected constructor(path: string, header: GgufHeader, tokenizer: Tokenizer, template?: string) {
     this.path = path;
-    this.llama = llama;
+    this.header = header;
     this.tokenizer = tokenizer;
     this.templateName = template;
   }
 
-  static async load(path: string, options: LoadModelOptions = {}): Promise<Model> {
-    const llama = await LlamaModel.load(path, options);
-    try {
-      const tokenizer = Tokenizer.fromGgufMetadata(metadataGetter(llama.header));
-      if (tokenizer.vocabSize !== llama.config.vocab) {
-        throw new UserError(
-          `${path}: tokenizer has ${tokenizer.vocabSize} tokens but token_embd.weight has ${llama.config.vocab} rows`,
-        );
-      }
-      const m = new Model(path, llama, tokenizer, options.template);
-      if (options.template !== undefined) m.template(); // validate the name now
-      return m;
-    } catch (e) {
-      await llama.dispose();
-      throw e;
-    }
-  }
-
-  get config() {
-    return this.llama.config;
-  }
-
-  get contextSize(): number {
-    return this.llama.contextSize;
-  }
+  abstract get config(): LlamaConfig;
+  /** Tokens the KV cache holds: prompt and reply together. */
+  abstract get contextSize(): number;
+  /** Compute threads. */
+  abstract get threads(): number;
 
   /** A model name for display: general.name, else the file name. */
   get name(): string {
-    const n = metadataGetter(this.llama.header)("general.name");
+    const n = metadataGetter(this.header)("general.name");
     return typeof n === "string" && n ? n : (this.path.split("/").pop() ?? this.path);
+  }
+
+  /** How `embed` pools the tokens' states: the file's `<arch>.pooling_type`, else mean. */
+  get poolingType(): PoolingType {
+    return poolingTypeOf(metadataGetter(this.header), this.path);
   }
 
   tokenize(text: string, options: { addSpecial?: boolean; parseSpecial?: boolean } = {}): number[] {
@@ -113,14 +112,15 @@ export class Model {
 
   /**
    * The chat template `chat` uses: --template, else the file's tokenizer.chat_template. Without
-   * either, a UserError naming the file.
+   * either, a UserError naming the file (code ERR_NO_CHAT_TEMPLATE).
    */
   template(): ChosenTemplate {
-    const file = metadataGetter(this.llama.header)("tokenizer.chat_template");
+    const file = metadataGetter(this.header)("tokenizer.chat_template");
     try {
       return chooseTemplate(typeof file === "string" ? file : undefined, this.templateName);
     } catch (e) {
-      if (e instanceof UserError) throw new UserError(`${this.path}: ${e.message}`);
+      if (e instanceof UserError)
+        throw new UserError(`${this.path}: ${e.message}`, 400, "ERR_NO_CHAT_TEMPLATE");
       throw e;
     }
   }
@@ -151,14 +151,123 @@ export class Model {
     return this.generateFromTokens(ids, options);
   }
 
-  /** Evaluates `ids` after reusing the cached prefix; returns the logits of the last token. */
-  private evaluate(ids: number[]): { logits: Float32Array; evaluated: number } {
+  /** Streams a continuation of the prompt `ids`. */
+  abstract generateFromTokens(ids: number[], options?: GenerateOptions): AsyncGenerator<string>;
+
+  /**
+   * The embedding of a text (tokenized with BOS/EOS as a prompt) or of token ids: the hidden
+   * states after the output norm, pooled as `poolingType` says and scaled to unit length.
+   * It takes the KV cache: the next generation evaluates its whole prompt.
+   */
+  embed(input: string | readonly number[], options: EmbedOptions = {}): Promise<Float32Array> {
+    const ids = typeof input === "string" ? this.tokenizer.encode(input, { addSpecial: true }) : [...input];
+    return this.embedTokens(ids, options);
+  }
+
+  protected abstract embedTokens(ids: number[], options: EmbedOptions): Promise<Float32Array>;
+
+  /** Forgets the cached prefix (the next call evaluates its whole prompt). */
+  abstract reset(): void;
+
+  abstract dispose(): Promise<void>;
+}
+
+/** The checks every prompt passes before it is evaluated. */
+export function checkPrompt(ids: readonly number[], contextSize: number, what = "prompt"): void {
+  if (ids.length === 0) throw new UserError(`the ${what} is empty (no tokens)`, 400, "ERR_EMPTY_PROMPT");
+  if (ids.length >= contextSize && what === "prompt") {
+    throw new UserError(
+      `the prompt is ${ids.length} tokens, more than the context of ${contextSize} tokens allows`,
+      400,
+      "ERR_CONTEXT_OVERFLOW",
+    );
+  }
+  if (ids.length > contextSize) {
+    throw new UserError(
+      `the ${what} is ${ids.length} tokens, more than the context of ${contextSize} tokens`,
+      400,
+      "ERR_CONTEXT_OVERFLOW",
+    );
+  }
+}
+
+export function busyError(): UserError {
+  return new UserError(
+    "this model is already generating; wait for the other generation to finish",
+    409,
+    "ERR_MODEL_BUSY",
+  );
+}
+
+function abortError(signal: AbortSignal): AbortError {
+  return new AbortError("the generation was aborted", { cause: signal.reason });
+}
+
+/**
+ * A loaded model on the calling thread: tokenizer, weights, one KV cache, sampling and chat
+ * formatting. `generate` and `chat` are async iterators of text pieces; consecutive calls reuse
+ * the KV cache for the prompt prefix they share with the previous call (so a chat does not
+ * re-read its history). The forward passes run on this thread between awaits: loadModel's default,
+ * WorkerModel, keeps them off the event loop.
+ */
+export class Model extends ModelBase {
+  readonly llama: LlamaModel;
+  private cached: number[] = [];
+  private busy = false;
+
+  private constructor(path: string, llama: LlamaModel, tokenizer: Tokenizer, template?: string) {
+    super(path, llama.header, tokenizer, template);
+    this.llama = llama;
+  }
+
+  static async load(path: string, options: LoadModelOptions = {}): Promise<Model> {
+    const llama = await LlamaModel.load(path, options);
+    try {
+      const tokenizer = Tokenizer.fromGgufMetadata(metadataGetter(llama.header));
+      if (tokenizer.vocabSize !== llama.config.vocab) {
+        throw new UserError(
+          `${path}: tokenizer has ${tokenizer.vocabSize} tokens but token_embd.weight has ${llama.config.vocab} rows`,
+        );
+      }
+      const m = new Model(path, llama, tokenizer, options.template);
+      if (options.template !== undefined) m.template(); // validate the name now
+      return m;
+    } catch (e) {
+      await llama.dispose();
+      throw e;
+    }
+  }
+
+  get config(): LlamaConfig {
+    return this.llama.config;
+  }
+
+  get contextSize(): number {
+    return this.llama.contextSize;
+  }
+
+  get threads(): number {
+    return this.llama.threads;
+  }
+
+  /**
+   * Evaluates `ids` after reusing the cached prefix, a batch at a time, yielding to the event loop
+   * between batches (where an abort is seen); returns the logits of the last token.
+   */
+  private async evaluate(
+    ids: number[],
+    signal?: AbortSignal,
+  ): Promise<{ logits: Float32Array; evaluated: number }> {
     let keep = 0;
     const max = Math.min(this.cached.length, ids.length - 1);
     while (keep < max && this.cached[keep] === ids[keep]) keep++;
     this.cached.length = keep;
     let logits: Float32Array | undefined;
     for (let p = keep; p < ids.length; p += this.llama.batchSize) {
+      if (p > keep) {
+        await yieldToEventLoop();
+        if (signal?.aborted) return { logits: new Float32Array(0), evaluated: p - keep };
+      }
       const chunk = ids.slice(p, Math.min(ids.length, p + this.llama.batchSize));
       logits = this.llama.forward(chunk, p);
       this.cached.push(...chunk);
@@ -167,16 +276,13 @@ export class Model {
   }
 
   async *generateFromTokens(ids: number[], options: GenerateOptions = {}): AsyncGenerator<string> {
-    if (this.busy)
-      throw new Error("this model is already generating; wait for the other generation to finish");
-    if (ids.length === 0) throw new UserError("the prompt is empty (no tokens)");
-    const ctx = this.contextSize;
-    if (ids.length >= ctx) {
-      throw new UserError(
-        `the prompt is ${ids.length} tokens, more than the context of ${ctx} tokens allows`,
-      );
-    }
+    if (this.busy) throw busyError();
+    checkPrompt(ids, this.contextSize);
+    const signal = options.signal;
+    if (signal?.aborted) throw abortError(signal);
+    const constraint = createConstraint(this.tokenizer, options);
     this.busy = true;
+    const ctx = this.contextSize;
     const maxTokens = Math.min(options.maxTokens ?? 256, ctx - ids.length);
     const sampler = new Sampler(options);
     const text = new StoppingDecoder(this.tokenizer, options.stop ?? []);
@@ -185,20 +291,26 @@ export class Model {
     let reason: GenerationInfo["finishReason"] = "length";
     let evaluated = 0;
     try {
-      const first = this.evaluate(ids);
+      const first = await this.evaluate(ids, signal);
       evaluated = first.evaluated;
       let logits = first.logits;
       while (produced < maxTokens) {
-        if (options.signal?.aborted) {
+        if (signal?.aborted) {
           reason = "abort";
           break;
         }
-        const id = sampler.sample(logits, history);
+        // A grammar that is complete with nothing allowed after it ends the text, as EOS would.
+        if (constraint?.done) {
+          reason = "stop";
+          break;
+        }
+        const id = sampler.sample(logits, history, constraint);
         produced++;
         if (this.tokenizer.isEog(id)) {
           reason = "stop";
           break;
         }
+        constraint?.accept(id);
         history.push(id);
         const piece = text.push(id);
         if (piece) yield piece;
@@ -211,10 +323,11 @@ export class Model {
         this.cached.push(id);
         await yieldToEventLoop();
       }
-      if (reason !== "stop") {
-        const rest = text.flush();
-        if (rest) yield rest;
-      }
+      if (reason === "abort") throw abortError(signal!);
+      // Text held back (a possible start of a stop string, a character cut between tokens) is
+      // part of the reply unless a stop string came.
+      const rest = text.flush();
+      if (rest) yield rest;
     } finally {
       this.busy = false;
       options.onDone?.({
@@ -226,7 +339,32 @@ export class Model {
     }
   }
 
-  /** Forgets the cached prefix (the next call evaluates its whole prompt). */
+  protected async embedTokens(ids: number[], options: EmbedOptions = {}): Promise<Float32Array> {
+    if (this.busy) throw busyError();
+    checkPrompt(ids, this.contextSize, "input");
+    const problem = poolingProblem(this.poolingType);
+    if (problem) throw new UserError(`${this.path}: ${problem}`);
+    const signal = options.signal;
+    if (signal?.aborted) throw abortError(signal);
+    this.busy = true;
+    // The states overwrite the cache: nothing of it can be reused after.
+    this.cached = [];
+    try {
+      const pooler = new Pooler(this.config.dim, this.poolingType);
+      for (let p = 0; p < ids.length; p += this.llama.batchSize) {
+        if (p > 0) {
+          await yieldToEventLoop();
+          if (signal?.aborted) throw abortError(signal);
+        }
+        const chunk = ids.slice(p, Math.min(ids.length, p + this.llama.batchSize));
+        pooler.add(this.llama.hiddenStates(chunk, p), chunk.length);
+      }
+      return pooler.result();
+    } finally {
+      this.busy = false;
+    }
+  }
+
   reset(): void {
     this.cached = [];
   }
@@ -361,7 +499,18 @@ export function chatTemplateProblem(path: string, requested?: string): string | 
   return undefined;
 }
 
-/** Loads a GGUF model for generation and chat. */
-export function loadModel(path: string, options: LoadModelOptions = {}): Promise<Model> {
-  return Model.load(path, options);
+/**
+ * Loads a GGUF model for generation, chat and embeddings. By default the model runs in a worker
+ * thread (a WorkerModel): the calling thread only tokenizes and renders chat templates, so its
+ * event loop keeps running while a prompt is evaluated. `{ worker: false }` gives a Model that
+ * runs on the calling thread (and exposes its LlamaModel).
+ */
+export function loadModel(path: string, options: LoadModelOptions & { worker: false }): Promise<Model>;
+export function loadModel(path: string, options?: LoadModelOptions & { worker?: true }): Promise<WorkerModel>;
+export function loadModel(path: string, options?: LoadModelOptions): Promise<Model | WorkerModel>;
+export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<Model | WorkerModel> {
+  if (options.worker === false) return Model.load(path, options);
+  // Imported here: model-worker.ts builds on this module.
+  const { WorkerModel } = await import("./model-worker.js");
+  return WorkerModel.load(path, options);
 }

@@ -36,6 +36,14 @@ export interface SamplerOptions {
 
 export type ResolvedSamplerOptions = Required<SamplerOptions>;
 
+/** Limits which tokens may come next (a grammar, see grammar/token-constraint.ts). */
+export interface TokenConstraint {
+  /** Whether `id` may come next. */
+  allows(id: number): boolean;
+  /** Sets the logit of every token that may not come next to -Infinity (throws when none may). */
+  mask(logits: Float32Array): void;
+}
+
 export const DEFAULT_SAMPLER_OPTIONS: Readonly<Omit<ResolvedSamplerOptions, "seed">> = {
   temperature: 0.8,
   topK: 40,
@@ -56,6 +64,8 @@ export class Sampler {
   private weight = new Float64Array(0);
   /** Marks tokens already penalized in the current step. */
   private seen = new Uint8Array(0);
+  /** Logits with the tokens a constraint refuses masked out. */
+  private masked = new Float32Array(0);
 
   constructor(options: SamplerOptions = {}) {
     const o: ResolvedSamplerOptions = {
@@ -91,9 +101,22 @@ export class Sampler {
 
   /**
    * Picks the next token from `logits` (one per vocabulary entry; not modified). `history` is the
-   * token sequence so far (prompt and generated), for the repetition penalty.
+   * token sequence so far (prompt and generated), for the repetition penalty. With a
+   * `constraint`, the token drawn from the free distribution is kept when the constraint allows
+   * it; otherwise the logits of the tokens it does not allow are masked and the draw is made
+   * again (llama.cpp's order: masking the whole vocabulary is paid only when the model strays).
    */
-  sample(logits: Float32Array, history: readonly number[] = []): number {
+  sample(logits: Float32Array, history: readonly number[] = [], constraint?: TokenConstraint): number {
+    const id = this.draw(logits, history);
+    if (constraint === undefined || constraint.allows(id)) return id;
+    if (this.masked.length < logits.length) this.masked = new Float32Array(logits.length);
+    const masked = this.masked.subarray(0, logits.length);
+    masked.set(logits);
+    constraint.mask(masked);
+    return this.draw(masked, history);
+  }
+
+  private draw(logits: Float32Array, history: readonly number[]): number {
     const n = logits.length;
     if (n === 0) throw new RangeError("Sampler.sample: empty logits");
     this.ensureCapacity(n);

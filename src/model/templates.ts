@@ -26,8 +26,14 @@ import { parseTemplate, renderLimits, renderWithin, TemplateBudgetError } from "
 export type ChatRole = "system" | "user" | "assistant";
 
 export type ChatMessage = {
-  role: ChatRole;
+  /** "tool": the result of a tool call, for templates that take tools (see tool-calls.ts). */
+  role: ChatRole | "tool";
   content: string;
+  /** Tool calls an assistant message made (arguments as JSON text). */
+  toolCalls?: { id: string; name: string; arguments: string }[];
+  /** The call a "tool" message answers, and the tool's name. */
+  toolCallId?: string;
+  name?: string;
   /**
    * Optional context for a user message, as in an Alpaca record's `input` field. Templates that read
    * `message['input']` (the alpaca built-in) get it as is; for every other template it is appended to
@@ -48,6 +54,8 @@ export interface RenderChatOptions {
   eosToken: string;
   /** End with the opening of an assistant turn, for generation. Default true. */
   addGenerationPrompt?: boolean;
+  /** Tool definitions (OpenAI's shape) given to the template as `tools`. */
+  tools?: readonly unknown[];
 }
 
 /** What `chooseTemplate` decided: spread it into `renderChat`'s options. */
@@ -395,7 +403,11 @@ function renderMessages(
   const compiled = compile(source, label);
   const keepInput = source.includes("message['input']");
   let inputChars = bosToken.length + eosToken.length;
-  for (const m of messages) inputChars += m.content.length + (m.input?.length ?? 0);
+  for (const m of messages) {
+    inputChars += m.content.length + (m.input?.length ?? 0);
+    for (const c of m.toolCalls ?? []) inputChars += c.name.length + c.arguments.length;
+  }
+  if (options.tools) inputChars += JSON.stringify(options.tools).length;
   const plain = messages.map((m) => toTemplateMessage(m, keepInput));
   try {
     const text = renderWithin(
@@ -405,6 +417,7 @@ function renderMessages(
         bos_token: bosToken,
         eos_token: eosToken,
         add_generation_prompt: addGenerationPrompt,
+        ...(options.tools ? { tools: options.tools } : {}),
       },
       renderLimits(inputChars, messages.length),
     );
@@ -417,14 +430,32 @@ function renderMessages(
   }
 }
 
-function toTemplateMessage(m: ChatMessage, keepInput: boolean): Record<string, string> {
+function toTemplateMessage(m: ChatMessage, keepInput: boolean): Record<string, unknown> {
+  const out: Record<string, unknown> = { role: m.role, content: m.content };
   if (keepInput) {
-    return m.input === undefined
-      ? { role: m.role, content: m.content }
-      : { role: m.role, content: m.content, input: m.input };
+    if (m.input !== undefined) out.input = m.input;
+  } else if (m.input) out.content = `${m.content}\n\n${m.input}`;
+  // Tool calls as Hugging Face templates read them: OpenAI's shape, arguments as an object.
+  if (m.toolCalls) {
+    out.tool_calls = m.toolCalls.map((c) => ({
+      id: c.id,
+      type: "function",
+      function: { name: c.name, arguments: parseArguments(c.arguments) },
+    }));
   }
-  const content = m.input ? `${m.content}\n\n${m.input}` : m.content;
-  return { role: m.role, content };
+  if (m.toolCallId !== undefined) out.tool_call_id = m.toolCallId;
+  if (m.name !== undefined) out.name = m.name;
+  return out;
+}
+
+/** Tool-call arguments as the object their JSON text holds (the text itself if it holds none). */
+function parseArguments(text: string): unknown {
+  try {
+    const v = JSON.parse(text);
+    return v !== null && typeof v === "object" ? v : text;
+  } catch {
+    return text;
+  }
 }
 
 const compiledCache = new Map<string, Template>();

@@ -34,7 +34,7 @@ try {
 let closing = false;
 let wake: (() => void) | undefined;
 port.on("message", (m: EngineRequest) => {
-  if (m.type === "generate") scheduler.submit(m.job);
+  if (m.type === "generate" || m.type === "embed") scheduler.submit(m.job);
   else if (m.type === "cancel") scheduler.cancel(m.id);
   else closing = true;
   wake?.();

@@ -8,8 +8,9 @@ import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { UserError } from "../errors.js";
 import type { LlamaLoadOptions } from "../model/llama.js";
+import type { TokenLogprob } from "../model/logprobs.js";
 import type { GenerationInfo } from "../model/model.js";
-import type { GenerationJob, SchedulerEvent } from "./scheduler.js";
+import type { EmbeddingJob, GenerationJob, SchedulerEvent } from "./scheduler.js";
 
 export interface EngineWorkerData {
   path: string;
@@ -30,6 +31,7 @@ export interface EngineInfo {
 
 export type EngineRequest =
   | { type: "generate"; job: GenerationJob }
+  | { type: "embed"; job: EmbeddingJob }
   | { type: "cancel"; id: number }
   | { type: "close" };
 
@@ -40,13 +42,32 @@ export type EngineResponse =
   | { type: "failed"; message: string };
 
 export interface GenerationHandlers {
-  /** The generation got a sequence (it waited in the queue until then). */
+  /** The generation got its sequences (it waited in the queue until then). */
   onStart?(): void;
-  onText(text: string): void;
-  onDone(info: GenerationInfo): void;
+  /** Text of reply `index`, with its tokens' log-probabilities when the job asked for them. */
+  onText(text: string, index: number, logprobs?: TokenLogprob[]): void;
+  /** Reply `index` ended (with n > 1, before the others may have). */
+  onChoiceDone?(index: number, info: GenerationInfo): void;
+  /**
+   * Every reply ended: `info` counts the prompt once and the completion tokens of all replies;
+   * its finish reason is "abort" when the generation was cancelled. `choices` by index.
+   */
+  onDone(info: GenerationInfo, choices: GenerationInfo[]): void;
   /** The engine stopped; the generation is over. */
   onError(message: string): void;
 }
+
+export interface EmbeddingHandlers {
+  onStart?(): void;
+  /** One unit vector per input, or none when the job was cancelled. */
+  onDone(vectors: Float32Array[], promptTokens: number): void;
+  onError(message: string): void;
+}
+
+type Entry = { started: boolean; slots: number } & (
+  | { kind: "generation"; handlers: GenerationHandlers; choices: (GenerationInfo | undefined)[] }
+  | { kind: "embedding"; handlers: EmbeddingHandlers }
+);
 
 export interface Generation {
   readonly id: number;
@@ -65,7 +86,7 @@ export class Engine {
   failure = "";
   info?: EngineInfo;
   private readonly worker: Worker;
-  private readonly generations = new Map<number, { handlers: GenerationHandlers; started: boolean }>();
+  private readonly generations = new Map<number, Entry>();
   private nextId = 1;
   private exited: Promise<void>;
 
@@ -110,23 +131,44 @@ export class Engine {
     return this.generations.size;
   }
 
-  /** Generations holding a sequence. */
+  /** Sequences held by running jobs. */
   get busy(): number {
     let n = 0;
-    for (const g of this.generations.values()) if (g.started) n++;
+    for (const g of this.generations.values()) if (g.started) n += g.slots;
     return n;
   }
 
-  /** Generations waiting for a sequence. */
+  /** Jobs waiting for sequences. */
   get waiting(): number {
-    return this.inFlight - this.busy;
+    let n = 0;
+    for (const g of this.generations.values()) if (!g.started) n++;
+    return n;
   }
 
   generate(job: Omit<GenerationJob, "id">, handlers: GenerationHandlers): Generation {
+    const n = job.n ?? 1;
+    return this.submit(
+      { kind: "generation", handlers, started: false, slots: n, choices: Array(n).fill(undefined) },
+      (id) => ({
+        type: "generate",
+        job: { ...job, id },
+      }),
+    );
+  }
+
+  /** Embeds the inputs (token ids) on one sequence, queued as generations are. */
+  embed(job: Omit<EmbeddingJob, "id">, handlers: EmbeddingHandlers): Generation {
+    return this.submit({ kind: "embedding", handlers, started: false, slots: 1 }, (id) => ({
+      type: "embed",
+      job: { ...job, id },
+    }));
+  }
+
+  private submit(entry: Entry, request: (id: number) => EngineRequest): Generation {
     if (this.state !== "ready") throw new Error(`the engine is ${this.state}`);
     const id = this.nextId++;
-    this.generations.set(id, { handlers, started: false });
-    this.post({ type: "generate", job: { ...job, id } });
+    this.generations.set(id, entry);
+    this.post(request(id));
     return {
       id,
       cancel: () => {
@@ -160,10 +202,30 @@ export class Engine {
       if (e.type === "started") {
         g.started = true;
         g.handlers.onStart?.();
-      } else if (e.type === "text") g.handlers.onText(e.text);
-      else {
+      } else if (e.type === "error") {
         this.generations.delete(e.id);
-        g.handlers.onDone(e.info);
+        g.handlers.onError(e.message);
+      } else if (e.type === "embeddings") {
+        this.generations.delete(e.id);
+        if (g.kind === "embedding") g.handlers.onDone(e.vectors, e.promptTokens);
+      } else if (g.kind !== "generation") continue;
+      else if (e.type === "text") g.handlers.onText(e.text, e.index, e.logprobs);
+      else {
+        g.choices[e.index] = e.info;
+        g.handlers.onChoiceDone?.(e.index, e.info);
+        if (g.choices.some((c) => c === undefined)) continue;
+        this.generations.delete(e.id);
+        const choices = g.choices as GenerationInfo[];
+        const first = choices[0]!;
+        g.handlers.onDone(
+          {
+            promptTokens: first.promptTokens,
+            evaluatedPromptTokens: first.evaluatedPromptTokens,
+            completionTokens: choices.reduce((sum, c) => sum + c.completionTokens, 0),
+            finishReason: choices.some((c) => c.finishReason === "abort") ? "abort" : first.finishReason,
+          },
+          choices,
+        );
       }
     }
   }

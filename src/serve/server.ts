@@ -13,36 +13,50 @@
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import type { OutgoingHttpHeaders, ServerResponse } from "node:http";
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
 import { Server as NetServer } from "node:net";
 import { basename, extname } from "node:path";
 import type { Duplex } from "node:stream";
 import { setImmediate } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
-import Fastify, { type FastifyReply } from "fastify";
+import Fastify, { type FastifyReply, LogController } from "fastify";
 import { isUserError, UserError } from "../errors.js";
 import { readGgufHeader } from "../formats/gguf.js";
 import { metadataGetter } from "../model/config.js";
+import { poolingProblem, poolingTypeOf } from "../model/embedding.js";
 import type { LlamaLoadOptions } from "../model/llama.js";
+import type { TokenLogprob } from "../model/logprobs.js";
 import { chatPromptTokens, type GenerationInfo } from "../model/model.js";
 import { Sampler, type SamplerOptions } from "../model/sampler.js";
-import { type ChosenTemplate, chooseTemplate } from "../model/templates.js";
+import { type ChatMessage, type ChosenTemplate, chooseTemplate } from "../model/templates.js";
+import { parseToolCalls, ToolCallStream, type ToolEvent, type ToolFormat } from "../model/tool-calls.js";
 import { Tokenizer } from "../tokenizer/index.js";
 import { Engine, type EngineInfo, type Generation } from "./engine.js";
 import { allowedHostNames, CorsPolicy, hostNameOf, isSameOrigin, keyMatches } from "./guard.js";
+import { type LogOptions, loggerOptions } from "./log.js";
+import { ServerMetrics } from "./metrics.js";
 import {
   ApiError,
+  type ChatLogprobs,
   type ChatRequest,
+  type Choice,
+  type CompletionLogprobs,
   type CompletionRequest,
   chatChunk,
-  chatCompletion,
+  chatCompletionOf,
   chatMessages,
   chatRequestSchema,
-  completion,
   completionChunk,
+  completionOf,
   completionRequestSchema,
+  concatLogprobs,
+  detokenizeRequestSchema,
+  type EmbeddingRequest,
+  embeddingList,
+  embeddingRequestSchema,
   errorType,
   type FinishReason,
+  LogprobWriter,
   parseRequest,
   type ResponseIds,
   samplerOptionsOf,
@@ -51,6 +65,7 @@ import {
   usage,
   usageChunk,
 } from "./openai.js";
+import { requestGrammar, toolCallId, toolCallsOf, toolSetup } from "./structured.js";
 
 declare module "fastify" {
   interface FastifyContextConfig {
@@ -97,6 +112,11 @@ export interface ServerOptions {
   timeoutMs?: number;
   /** The model starts loading once this settles (until then, and while loading, /v1 answers 503). */
   loadAfter?: Promise<unknown>;
+  /**
+   * The request log through fastify's logger: one line per request (method, route, status,
+   * tokens, ms), JSON or pretty. Default: none.
+   */
+  log?: LogOptions;
 }
 
 export interface RunningServer {
@@ -218,6 +238,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       `a context of ${contextSize} tokens${fromFile} is too small for ${parallel} parallel sequences (each step decodes one token of each, and holds at most one context of tokens): raise the context (--ctx) or lower --parallel`,
     );
   }
+  // Embeddings: the file's pooling, and its width (what `dimensions` may ask for).
+  const pooling = poolingTypeOf(meta, options.model);
+  const embeddingWidth = Number(meta(`${String(meta("general.architecture"))}.embedding_length`));
   const modelId = basename(options.model).replace(/\.gguf$/i, "");
   const created = Math.floor(statSync(options.model).mtimeMs / 1000);
   const pages = pageFiles();
@@ -235,9 +258,18 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     bodyLimit,
     requestTimeout: 60_000, // to receive a whole request (slow senders are cut off)
     return503OnClosing: false,
-    logger: false,
+    logger: loggerOptions(options.log),
+    logController: new LogController({ disableRequestLogging: true }), // one line per request, written below
     clientErrorHandler: answerClientError,
   });
+  const metrics = new ServerMetrics(() => ({
+    busy: engine?.busy ?? 0,
+    waiting: engine?.waiting ?? 0,
+    slots: parallel,
+  }));
+  /** Token counts of the requests that generate or embed, for their log line. */
+  const tokensOf = new WeakMap<IncomingMessage, { prompt: number; completion: number }>();
+  const started = new WeakMap<IncomingMessage, number>();
 
   /** Responses not yet written whole: shutdown closes connections only once they are. */
   const unanswered = new Set<ServerResponse>();
@@ -308,6 +340,31 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   app.setNotFoundHandler((req, reply) => {
     const e = new ApiError(404, `no route ${req.method} ${clip(req.url.split("?")[0]!)}`, "not_found");
     reply.code(404).send(e.body());
+  });
+
+  // Every request, answered or not, is counted and logged once its connection is done with it
+  // (also a stream the handler writes itself, and a request refused by the guard below).
+  app.addHook("onRequest", async (req, reply) => {
+    const t0 = performance.now();
+    started.set(req.raw, t0);
+    reply.raw.once("close", () => {
+      const res = reply.raw;
+      // 499 as nginx logs it: the client closed the connection before the answer was written.
+      const status = res.writableFinished ? res.statusCode : 499;
+      const route = req.routeOptions.url ?? "(no route)";
+      metrics.requests.inc({ method: req.method, route, status: String(status) });
+      const tokens = tokensOf.get(req.raw);
+      req.log.info(
+        {
+          method: req.method,
+          route,
+          status,
+          ...(tokens ? { prompt_tokens: tokens.prompt, completion_tokens: tokens.completion } : {}),
+          ms: Math.round(performance.now() - t0),
+        },
+        `${req.method} ${route} ${status}`,
+      );
+    });
   });
 
   // Runs after routing: req.routeOptions is the route whose handler will answer (none for a 404),
@@ -427,6 +484,142 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     return { count: tokens.length, max_model_len: engine!.info!.contextSize, tokens };
   });
 
+  // llama.cpp server's /detokenize: token ids back to text, as the library's detokenize gives it.
+  app.post("/detokenize", (request) => {
+    const req = parseRequest(detokenizeRequestSchema, request.body);
+    const bad = req.tokens.findIndex((t) => t < 0 || t >= tokenizer.vocabSize);
+    if (bad >= 0) {
+      throw new ApiError(
+        400,
+        `tokens[${bad}]: token id ${req.tokens[bad]} is outside the vocabulary of ${tokenizer.vocabSize} tokens`,
+        "invalid_value",
+        `tokens[${bad}]`,
+      );
+    }
+    return { content: tokenizer.decode(req.tokens) };
+  });
+
+  app.get("/metrics", async (_req, reply) => {
+    reply.type(metrics.contentType);
+    return metrics.text();
+  });
+
+  app.post("/v1/embeddings", async (request, reply) => {
+    const req = parseRequest(embeddingRequestSchema, request.body);
+    if (req.model !== modelId) throw unknownModel(req.model, modelId);
+    const problem = poolingProblem(pooling);
+    if (problem) throw new ApiError(400, `${basename(options.model)}: ${problem}`, "unsupported_pooling");
+    if (req.dimensions != null && req.dimensions !== embeddingWidth) {
+      throw new ApiError(
+        400,
+        `dimensions: this model's embeddings have ${embeddingWidth} dimensions, not ${req.dimensions}`,
+        "invalid_value",
+        "dimensions",
+      );
+    }
+    const inputs = embeddingInputs(req.input);
+    if (cancelling) throw new ApiError(503, "the server is shutting down", "shutting_down");
+    checkQueueRoom();
+    return embed(reply, inputs, req.encoding_format === "base64");
+  });
+
+  /** The inputs of an embedding request as token ids, each checked against the vocabulary and the context. */
+  function embeddingInputs(input: EmbeddingRequest["input"]): number[][] {
+    const list: (string | number[])[] =
+      typeof input === "string"
+        ? [input]
+        : typeof input[0] === "number"
+          ? [input as number[]]
+          : (input as (string | number[])[]);
+    const ctx = engine!.info!.contextSize;
+    const at = (i: number) => (typeof input === "string" ? "input" : `input[${i}]`);
+    return list.map((x, i) => {
+      if (x === "") throw new ApiError(400, `${at(i)}: an input must not be empty`, "invalid_value", at(i));
+      const ids = typeof x === "string" ? tokenizer.encode(x, { addSpecial: true, parseSpecial: true }) : x;
+      const bad = ids.find((t) => t >= tokenizer.vocabSize);
+      if (bad !== undefined) {
+        throw new ApiError(
+          400,
+          `${at(i)}: token id ${bad} is outside the vocabulary`,
+          "invalid_value",
+          at(i),
+        );
+      }
+      if (ids.length > ctx) {
+        throw new ApiError(
+          400,
+          `${at(i)} is ${ids.length} tokens, more than the context of ${ctx} tokens`,
+          "context_length_exceeded",
+          at(i),
+        );
+      }
+      return ids;
+    });
+  }
+
+  /** Runs an embedding job for one request, cancelled like a generation (client gone, timeout, shutdown). */
+  function embed(reply: FastifyReply, inputs: number[][], base64: boolean): Promise<unknown> {
+    const req = reply.request.raw;
+    return new Promise((resolve, reject) => {
+      let job: Generation | undefined;
+      let cancelReason: CancelReason | undefined;
+      const tracked = {
+        cancel(reason: CancelReason) {
+          if (cancelReason) return;
+          cancelReason = reason;
+          job?.cancel();
+          ended();
+          if (reason === "timeout") {
+            reject(
+              new ApiError(
+                504,
+                `the request took longer than ${timeoutMs / 1000} s and was stopped`,
+                "timeout",
+              ),
+            );
+          } else if (reason === "shutdown")
+            reject(new ApiError(503, "the server is shutting down", "shutting_down"));
+        },
+      };
+      active.add(tracked);
+      const timer = setTimeout(() => tracked.cancel("timeout"), timeoutMs);
+      timer.unref();
+      const ended = () => {
+        clearTimeout(timer);
+        active.delete(tracked);
+      };
+      reply.raw.on("close", () => {
+        if (!reply.raw.writableFinished) tracked.cancel("client");
+      });
+      job = engine!.embed(
+        { inputs, pooling },
+        {
+          onDone: (vectors, promptTokens) => {
+            ended();
+            if (cancelReason) return;
+            if (vectors.length === 0) return reject(new ApiError(500, "the embedding was stopped"));
+            countTokens(req, promptTokens, 0);
+            resolve(embeddingList(modelId, vectors, base64, promptTokens));
+          },
+          onError: (message) => {
+            ended();
+            reject(new ApiError(500, message));
+          },
+        },
+      );
+    });
+  }
+
+  /** A conversation with tool calls and results, and the tools a template that takes them renders. */
+  function renderToolChat(messages: ChatMessage[], tools: unknown[] | undefined): number[] {
+    try {
+      return chatPromptTokens(tokenizer, template!, messages, { tools });
+    } catch (e) {
+      if (e instanceof UserError) throw new ApiError(400, e.message, "invalid_value", "messages");
+      throw e;
+    }
+  }
+
   function renderChatTokens(messages: ChatRequest["messages"]): number[] {
     try {
       return chatPromptTokens(tokenizer, template!, chatMessages({ messages }));
@@ -469,20 +662,49 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       if (e instanceof UserError) throw new ApiError(400, e.message, "invalid_value");
       throw e;
     }
-    if (engine!.inFlight >= parallel + queueLimit) {
+    const n = req.n ?? 1;
+    if (n > parallel) {
       throw new ApiError(
-        429,
-        `the server is busy: ${engine!.busy} generations are running and ${engine!.waiting} are waiting (the most the queue holds); retry later`,
-        "queue_full",
+        400,
+        `n = ${n} replies need ${n} sequences at once; this server decodes at most ${parallel} (--parallel)`,
+        "invalid_value",
+        "n",
       );
     }
+    let logprobs: number | undefined;
+    if ("messages" in req) {
+      if (req.top_logprobs != null && req.logprobs !== true) {
+        throw new ApiError(400, "top_logprobs needs logprobs: true", "invalid_value", "top_logprobs");
+      }
+      if (req.logprobs === true) logprobs = req.top_logprobs ?? 0;
+    } else if (req.logprobs != null) logprobs = req.logprobs;
+    checkQueueRoom();
     const room = ctx - prompt.length;
     return {
       prompt,
       maxTokens: Math.min(asked ?? defaultMaxTokens ?? room, room),
       stop,
       sampling,
+      n,
+      logprobs,
     };
+  }
+
+  function checkQueueRoom(): void {
+    if (engine!.inFlight >= parallel + queueLimit) {
+      throw new ApiError(
+        429,
+        `the server is busy: ${engine!.busy} sequences are in use and ${engine!.waiting} requests are waiting (the most the queue holds); retry later`,
+        "queue_full",
+      );
+    }
+  }
+
+  /** Counts a finished generation's tokens for /metrics and its log line. */
+  function countTokens(req: IncomingMessage, prompt: number, completion: number): void {
+    tokensOf.set(req, { prompt, completion });
+    metrics.promptTokens.inc(prompt);
+    metrics.completionTokens.inc(completion);
   }
 
   /**
@@ -496,6 +718,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     kind: "chat" | "completion",
     stream: boolean,
     includeUsage: boolean,
+    /** Read the replies for tool calls written in this format (chat with tools). */
+    toolFormat?: ToolFormat,
   ): Promise<unknown> | undefined {
     const ids: ResponseIds = {
       id: `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomBytes(12).toString("hex")}`,
@@ -503,15 +727,48 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       model: modelId,
     };
     const object = kind === "chat" ? "chat.completion.chunk" : "text_completion";
-    const chunk = (text: string, finish: FinishReason | null, first = false) =>
+    const n = job.n;
+    // Log-probabilities in the endpoint's shape, one writer per reply (the legacy shape keeps
+    // text offsets across chunks).
+    const writers = Array.from({ length: n }, () => new LogprobWriter((id) => tokenizer.tokenToPiece(id)));
+    const shaped = (index: number, entries: TokenLogprob[] | undefined) => {
+      if (job.logprobs === undefined) return null;
+      const w = writers[index]!;
+      return kind === "chat" ? w.chat(entries ?? []) : w.completion(entries ?? []);
+    };
+    const chunk = (
+      text: string,
+      finish: FinishReason | null,
+      index: number,
+      logprobs: ChatLogprobs | CompletionLogprobs | null = null,
+      first = false,
+    ) =>
       kind === "chat"
         ? chatChunk(
             ids,
             first ? { role: "assistant", content: text } : finish ? {} : { content: text },
             finish,
+            index,
+            logprobs as ChatLogprobs | null,
           )
-        : completionChunk(ids, text, finish);
+        : completionChunk(ids, text, finish, index, logprobs as CompletionLogprobs | null);
     const res: ServerResponse = reply.raw;
+    const req = reply.request.raw;
+    const t0 = started.get(req) ?? performance.now();
+    /** When each reply's first text came, for the time-per-token histogram. */
+    const firstText: (number | undefined)[] = Array(n).fill(undefined);
+    const timeText = (index: number) => {
+      if (firstText[index] !== undefined) return;
+      const now = performance.now();
+      if (firstText.every((t) => t === undefined)) metrics.timeToFirstToken.observe((now - t0) / 1000);
+      firstText[index] = now;
+    };
+    const timeDone = (index: number, info: GenerationInfo) => {
+      const first = firstText[index];
+      if (first !== undefined && info.completionTokens > 1 && info.finishReason !== "abort") {
+        metrics.timePerToken.observe((performance.now() - first) / 1000 / (info.completionTokens - 1));
+      }
+    };
     let cancelReason: CancelReason | undefined;
     let generation: Generation | undefined;
     /** Writes the answer to a cancelled request (set below, streamed or not). */
@@ -554,21 +811,44 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
     if (!stream) {
       return new Promise((resolve, reject) => {
-        let text = "";
+        const texts: string[] = Array(n).fill("");
+        const logprobs: (ChatLogprobs | CompletionLogprobs)[][] = Array.from({ length: n }, () => []);
         answerCancelled = reject;
         generation = engine!.generate(job, {
-          onText: (t) => {
-            text += t;
+          onText: (t, index, entries) => {
+            timeText(index);
+            texts[index] += t;
+            const l = shaped(index, entries);
+            if (l) logprobs[index]!.push(l);
           },
-          onDone: (info: GenerationInfo) => {
+          onChoiceDone: timeDone,
+          onDone: (info: GenerationInfo, choices: GenerationInfo[]) => {
             ended();
             generations[info.finishReason === "abort" ? "cancelled" : "finished"]++;
+            countTokens(req, info.promptTokens, info.completionTokens);
             if (cancelReason) return reject(cancelledError()); // answered already, unless by the client
             if (info.finishReason === "abort") return reject(new ApiError(500, "the generation was stopped"));
             const u = usage(info.promptTokens, info.completionTokens);
-            const finish = info.finishReason;
+            const replies = choices.map((c, i) => {
+              const reply: Choice<unknown> = {
+                text: texts[i]!,
+                finish: c.finishReason as FinishReason,
+                logprobs: job.logprobs === undefined ? null : (concatLogprobs(logprobs[i]!) ?? shaped(i, [])),
+              };
+              if (toolFormat) {
+                const { content, calls } = parseToolCalls(toolFormat, reply.text, toolCallId);
+                reply.text = content;
+                if (calls.length > 0) {
+                  reply.toolCalls = toolCallsOf(calls);
+                  if (reply.finish === "stop") reply.finish = "tool_calls";
+                }
+              }
+              return reply;
+            });
             resolve(
-              kind === "chat" ? chatCompletion(ids, text, finish, u) : completion(ids, text, finish, u),
+              kind === "chat"
+                ? chatCompletionOf(ids, replies as Choice<ChatLogprobs>[], u)
+                : completionOf(ids, replies as Choice<CompletionLogprobs>[], u),
             );
           },
           onError: (message) => {
@@ -597,18 +877,52 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       send(e.body());
       end();
     };
-    if (kind === "chat") send(chunk("", null, true));
+    if (kind === "chat") for (let i = 0; i < n; i++) send(chunk("", null, i, null, true));
+    // With tools, each reply's text is read for calls, sent as tool_calls deltas.
+    const toolStreams = toolFormat
+      ? Array.from({ length: n }, () => new ToolCallStream(toolFormat, toolCallId))
+      : undefined;
+    const sendToolEvents = (index: number, events: ToolEvent[]) => {
+      for (const e of events) {
+        if (e.type === "content") send(chunk(e.text, null, index));
+        else {
+          const call =
+            e.type === "call"
+              ? {
+                  index: e.index,
+                  id: e.id,
+                  type: "function" as const,
+                  function: { name: e.name, arguments: "" },
+                }
+              : { index: e.index, function: { arguments: e.text } };
+          send(chatChunk(ids, { tool_calls: [call] }, null, index));
+        }
+      }
+    };
     generation = engine!.generate(job, {
-      onText: (t) => send(chunk(t, null)),
+      onText: (t, index, entries) => {
+        timeText(index);
+        if (toolStreams) sendToolEvents(index, toolStreams[index]!.push(t));
+        else send(chunk(t, null, index, shaped(index, entries)));
+      },
+      onChoiceDone: (index, info) => {
+        timeDone(index, info);
+        if (cancelReason || info.finishReason === "abort") return;
+        let finish: FinishReason = info.finishReason;
+        if (toolStreams) {
+          const { events, calls } = toolStreams[index]!.end();
+          sendToolEvents(index, events);
+          if (calls.length > 0 && finish === "stop") finish = "tool_calls";
+        }
+        send(chunk("", finish, index));
+      },
       onDone: (info) => {
         ended();
         generations[info.finishReason === "abort" ? "cancelled" : "finished"]++;
+        countTokens(req, info.promptTokens, info.completionTokens);
         if (cancelReason) return; // answered already, or the client is gone
         if (info.finishReason === "abort") send(new ApiError(500, "the generation was stopped").body());
-        else {
-          send(chunk("", info.finishReason));
-          if (includeUsage) send(usageChunk(ids, object, usage(info.promptTokens, info.completionTokens)));
-        }
+        else if (includeUsage) send(usageChunk(ids, object, usage(info.promptTokens, info.completionTokens)));
         end();
       },
       onError: (message) => {
@@ -625,9 +939,33 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const req = parseRequest(chatRequestSchema, request.body);
     if (!template) throw new ApiError(400, templateProblem, "no_chat_template");
     if (req.model !== modelId) throw unknownModel(req.model, modelId);
-    const prompt = renderChatTokens(req.messages);
-    const job = prepare(req, prompt, undefined, [...stopStringsOf(req), ...template.stopStrings]);
-    return respond(reply, job, "chat", req.stream === true, req.stream_options?.include_usage === true);
+    // Tools and structured output: the conversation the template renders, and the grammar.
+    const tools = toolSetup(req, chatMessages(req), template.source);
+    const structured = requestGrammar(req);
+    if (structured && tools.grammar) {
+      throw new ApiError(
+        400,
+        'response_format (or grammar) together with tools is not supported; give tool_choice "none" or leave one out',
+        "invalid_value",
+        "response_format",
+      );
+    }
+    if (tools.format && req.logprobs === true) {
+      throw new ApiError(400, "logprobs together with tools is not supported", "invalid_value", "logprobs");
+    }
+    const prompt = renderToolChat(tools.messages, tools.tools);
+    const job = {
+      ...prepare(req, prompt, undefined, [...stopStringsOf(req), ...template.stopStrings]),
+      ...(structured ?? tools.grammar),
+    };
+    return respond(
+      reply,
+      job,
+      "chat",
+      req.stream === true,
+      req.stream_options?.include_usage === true,
+      tools.format,
+    );
   });
 
   app.post("/v1/completions", async (request, reply) => {
@@ -636,7 +974,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const text = typeof req.prompt === "string" ? req.prompt : req.prompt[0]!;
     const prompt = tokenizer.encode(text, { addSpecial: true, parseSpecial: true });
     if (prompt.length === 0) throw new ApiError(400, "the prompt is empty", "invalid_value", "prompt");
-    const job = prepare(req, prompt, DEFAULTS.completionMaxTokens, stopStringsOf(req));
+    const job = {
+      ...prepare(req, prompt, DEFAULTS.completionMaxTokens, stopStringsOf(req)),
+      ...requestGrammar(req),
+    };
     return respond(reply, job, "completion", req.stream === true, req.stream_options?.include_usage === true);
   });
 

@@ -30,6 +30,8 @@ export interface TinyLlamaOptions {
   controlTokens?: string[];
   /** tokenizer.chat_template to store. */
   chatTemplate?: string;
+  /** More u32 metadata to store (e.g. "llama.pooling_type"). */
+  metadataU32?: Record<string, number>;
 }
 
 export interface TinyLlamaTensor {
@@ -163,6 +165,7 @@ export function writeTinyLlama(path: string, opts: TinyLlamaOptions = {}): TinyL
   w.setBool("tokenizer.ggml.add_bos_token", true);
   w.setBool("tokenizer.ggml.add_eos_token", false);
   if (opts.chatTemplate !== undefined) w.setString("tokenizer.chat_template", opts.chatTemplate);
+  for (const [key, value] of Object.entries(opts.metadataU32 ?? {})) w.setU32(key, value);
 
   const rng = new Rng(opts.seed ?? 1);
   const tensors = new Map<string, TinyLlamaTensor>();
