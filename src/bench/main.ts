@@ -36,6 +36,11 @@ const COMMANDS: Record<string, BenchCommand> = {
       "records/s of clean-sharegpt and dedup; ROUGE-L filter candidates/s against all pairs; self-instruct overhead per request",
     run: async (argv) => (await import("./data.js")).runDataBench(argv),
   },
+  eval: {
+    summary:
+      "eval judge's requests/s and own work per request against a zero-latency local judge; eval mc questions/s with and without KV reuse",
+    run: async (argv) => (await import("./eval.js")).runEvalBench(argv),
+  },
 };
 
 function usage(): string {

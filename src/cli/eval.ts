@@ -1,11 +1,18 @@
 import type { Command } from "commander";
 import { evalTasks, makeWorld, TASK_FAMILIES } from "../data/synthetic.js";
+import { taskSummary } from "../eval/results.js";
 import { evaluateTasks, type TaskEvalResult } from "../eval/tasks.js";
 import { readGgufHeader } from "../formats/gguf.js";
 import { metadataGetter } from "../model/config.js";
 import { loadModel } from "../model/model.js";
+import { writeAtomic } from "../train/loop.js";
+import { checkOutputs } from "../util/output-path.js";
 import { Progress } from "../util/progress.js";
-import { intArg, threadsArg } from "./options.js";
+import { registerEvalAnswers } from "./eval-answers.js";
+import { registerEvalJudge } from "./eval-judge.js";
+import { registerEvalMc } from "./eval-mc.js";
+import { registerEvalReport } from "./eval-report.js";
+import { FORCE_HELP, intArg, threadsArg } from "./options.js";
 
 interface EvalTasksFlags {
   model: string;
@@ -16,6 +23,8 @@ interface EvalTasksFlags {
   maxTokens: number;
   json?: boolean;
   show?: number;
+  summaryOut?: string;
+  force?: boolean;
 }
 
 export function registerEval(program: Command) {
@@ -33,8 +42,20 @@ export function registerEval(program: Command) {
     .option("--max-tokens <n>", "most tokens per answer", intArg("--max-tokens", 1, 4096), 24)
     .option("--show <n>", "print the first n replies", intArg("--show", 0))
     .option("--json", "print one JSON object with the scores")
+    .option("--summary-out <file>", "also write the scores as an eval result file (what `eval report` reads)")
+    .option("--force", FORCE_HELP)
     .action(async (flags: EvalTasksFlags) => {
+      if (flags.summaryOut !== undefined) {
+        checkOutputs({
+          inputs: [{ path: flags.model, name: "the model" }],
+          outputs: [{ path: flags.summaryOut, flag: "--summary-out" }],
+          force: flags.force,
+        });
+      }
       const result = await evaluateModelOnTasks(flags.model, flags);
+      if (flags.summaryOut !== undefined) {
+        writeAtomic(flags.summaryOut, `${JSON.stringify(taskSummary(flags.model, result))}\n`);
+      }
       if (flags.json) {
         const { replies: _, ...scores } = result;
         process.stdout.write(`${JSON.stringify(scores)}\n`);
@@ -48,6 +69,10 @@ export function registerEval(program: Command) {
       }
       process.stdout.write(formatTaskScores([{ label: flags.model, result }]));
     });
+  registerEvalAnswers(evalCmd);
+  registerEvalJudge(evalCmd);
+  registerEvalMc(evalCmd);
+  registerEvalReport(evalCmd);
 }
 
 /** Loads a model (alpaca template when the file has none) and scores it on the held-out tasks. */
@@ -65,7 +90,7 @@ export async function evaluateModelOnTasks(
   const own = metadataGetter(readGgufHeader(path))("tokenizer.chat_template");
   const template = flags.template ?? (typeof own === "string" && own.trim() !== "" ? undefined : "alpaca");
   const tasks = evalTasks(makeWorld(flags.worldSeed ?? 1), flags.perFamily ?? 12);
-  const model = await loadModel(path, { threads: flags.threads, template });
+  const model = await loadModel(path, { threads: flags.threads, template, worker: false });
   try {
     const progress = new Progress(
       "eval",

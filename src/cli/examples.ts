@@ -25,6 +25,12 @@ export const EXAMPLES: Record<string, string> = {
   serve: "smallhammer serve -m model.gguf --port 8080 --api-key KEY",
   eval: "smallhammer eval tasks -m model.gguf --show 5",
   "eval tasks": "smallhammer eval tasks -m model.gguf --template alpaca --show 5",
+  "eval mc":
+    "smallhammer eval mc -m model.gguf --data mmlu-test.jsonl --format mmlu --shots 5 --fewshot-data mmlu-dev.jsonl --json > mmlu.json",
+  "eval report": "smallhammer eval report base-mmlu.json tuned-mmlu.json --out report.html",
+  "eval answers": "smallhammer eval answers -m model.gguf --questions question.jsonl --out answers.jsonl",
+  "eval judge":
+    "smallhammer eval judge --judge http://127.0.0.1:8080/v1 --judge-model judge --questions question.jsonl --answers answers.jsonl --out judgments.jsonl",
   data: "smallhammer data stats data.jsonl --tokenizer model.gguf --template chatml",
   "data stats":
     "smallhammer data stats data.jsonl --tokenizer model.gguf --template chatml --max-length 2048",
