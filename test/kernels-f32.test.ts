@@ -270,16 +270,22 @@ describe("rope", () => {
     { n: 2, nHeads: 2, headDim: 128, ropeDim: 128, pos0: 1000, neox: 0, r0: 1, r1: 2 },
     { n: 2, nHeads: 2, headDim: 128, ropeDim: 128, pos0: 1000, neox: 1, r0: 0, r1: 4 },
     { n: 4, nHeads: 5, headDim: 80, ropeDim: 20, pos0: 3, neox: 1, r0: 4, r1: 17 },
+    // with rope_freqs divisors (Llama 3.1): 1 for the fast pairs, up to 8 for the slow ones
+    { n: 3, nHeads: 2, headDim: 64, ropeDim: 64, pos0: 500, neox: 0, r0: 0, r1: 6, factors: true },
+    { n: 3, nHeads: 2, headDim: 64, ropeDim: 48, pos0: 9000, neox: 1, r0: 1, r1: 5, factors: true },
   ];
   for (const c of cases) {
-    it(`${c.neox ? "neox" : "llama"} order, n=${c.n} heads=${c.nHeads} headDim=${c.headDim} ropeDim=${c.ropeDim} pos0=${c.pos0} rows [${c.r0}, ${c.r1})`, () => {
+    it(`${c.neox ? "neox" : "llama"} order, n=${c.n} heads=${c.nHeads} headDim=${c.headDim} ropeDim=${c.ropeDim} pos0=${c.pos0} rows [${c.r0}, ${c.r1})${c.factors ? ", frequency factors" : ""}`, () => {
       const rand = rng(c.headDim * 7 + c.pos0 + c.neox);
       const width = c.nHeads * c.headDim;
       const x = randomF32(rand, c.n * width, 2);
       const freqBase = 10000;
       const freqScale = Math.fround(0.75);
+      const factors = c.factors
+        ? Float32Array.from({ length: c.ropeDim / 2 }, (_, i) => 1 + (7 * i) / (c.ropeDim / 2) + rand())
+        : undefined;
       const want = x.slice();
-      ropeRef(want, c.n, c.nHeads, c.headDim, c.ropeDim, c.pos0, freqBase, freqScale, c.neox);
+      ropeRef(want, c.n, c.nHeads, c.headDim, c.ropeDim, c.pos0, freqBase, freqScale, c.neox, factors);
       // rows outside [r0, r1) must stay as they were
       for (let row = 0; row < c.n * c.nHeads; row++) {
         if (row >= c.r0 && row < c.r1) continue;
@@ -287,7 +293,20 @@ describe("rope", () => {
       }
       const wasm = new WasmHarness();
       const xPtr = wasm.putF32(x);
-      wasm.k["rope"]!(xPtr, c.nHeads, c.headDim, c.ropeDim, c.pos0, freqBase, freqScale, c.neox, c.r0, c.r1);
+      const fPtr = factors ? wasm.putF32(factors) : 0;
+      wasm.k["rope"]!(
+        xPtr,
+        c.nHeads,
+        c.headDim,
+        c.ropeDim,
+        c.pos0,
+        freqBase,
+        freqScale,
+        c.neox,
+        fPtr,
+        c.r0,
+        c.r1,
+      );
       const got = wasm.f32(xPtr, c.n * width);
       const half = c.ropeDim / 2;
       const partner = (i: number) => {
@@ -304,7 +323,7 @@ describe("rope", () => {
     const wasm = new WasmHarness();
     const x = randomF32(rng(5), 2 * 64, 1);
     const xPtr = wasm.putF32(x);
-    wasm.k["rope"]!(xPtr, 1, 64, 16, 9, 10000, 1, 0, 0, 2);
+    wasm.k["rope"]!(xPtr, 1, 64, 16, 9, 10000, 1, 0, 0, 0, 2);
     const got = wasm.f32(xPtr, 128);
     for (let row = 0; row < 2; row++)
       for (let d = 16; d < 64; d++) expect(got[row * 64 + d]).toBe(x[row * 64 + d]);

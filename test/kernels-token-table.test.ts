@@ -32,9 +32,10 @@ describe("ropeAt", () => {
     { nHeads: 4, headDim: 64, ropeDim: 64, neox: 0 },
     { nHeads: 3, headDim: 48, ropeDim: 32, neox: 1 },
     { nHeads: 2, headDim: 128, ropeDim: 128, neox: 0 },
+    { nHeads: 2, headDim: 64, ropeDim: 64, neox: 0, factors: true },
   ];
   for (const c of shapes) {
-    it(`heads=${c.nHeads} headDim=${c.headDim} ropeDim=${c.ropeDim} neox=${c.neox}: each token at its own position`, () => {
+    it(`heads=${c.nHeads} headDim=${c.headDim} ropeDim=${c.ropeDim} neox=${c.neox}${c.factors ? " with frequency factors" : ""}: each token at its own position`, () => {
       const rng = new Rng(c.headDim + c.neox);
       const positions = [7, 0, 300, 7, 1, 2047];
       const n = positions.length;
@@ -42,8 +43,11 @@ describe("ropeAt", () => {
       const x = rng.fillNormal(new Float32Array(n * w), 2);
       const freqBase = 10000;
       const freqScale = Math.fround(0.5);
+      const factors = c.factors
+        ? Float32Array.from({ length: c.ropeDim / 2 }, (_, i) => 1 + (7 * i) / (c.ropeDim / 2))
+        : undefined;
       const want = x.slice();
-      ropeAtRef(want, positions, c.nHeads, c.headDim, c.ropeDim, freqBase, freqScale, c.neox);
+      ropeAtRef(want, positions, c.nHeads, c.headDim, c.ropeDim, freqBase, freqScale, c.neox, factors);
 
       const h = new WasmHarness();
       const table = putTable(
@@ -51,10 +55,11 @@ describe("ropeAt", () => {
         positions.map((p) => [p, 0, 0, 0, 0]),
       );
       const px = h.putF32(x);
+      const pf = factors ? h.putF32(factors) : 0;
       // two row ranges, as two threads would split them
       const rows = n * c.nHeads;
-      h.k.ropeAt!(px, c.nHeads, c.headDim, c.ropeDim, table, freqBase, freqScale, c.neox, 0, 5);
-      h.k.ropeAt!(px, c.nHeads, c.headDim, c.ropeDim, table, freqBase, freqScale, c.neox, 5, rows);
+      h.k.ropeAt!(px, c.nHeads, c.headDim, c.ropeDim, table, freqBase, freqScale, c.neox, pf, 0, 5);
+      h.k.ropeAt!(px, c.nHeads, c.headDim, c.ropeDim, table, freqBase, freqScale, c.neox, pf, 5, rows);
       const got = h.f32(px, n * w);
       let xMax = 0;
       for (const v of x) xMax = Math.max(xMax, Math.abs(v));
@@ -64,7 +69,7 @@ describe("ropeAt", () => {
       // bit for bit what `rope` gives each token alone at its position
       positions.forEach((pos, t) => {
         const alone = h.putF32(x.subarray(t * w, (t + 1) * w));
-        h.k.rope!(alone, c.nHeads, c.headDim, c.ropeDim, pos, freqBase, freqScale, c.neox, 0, c.nHeads);
+        h.k.rope!(alone, c.nHeads, c.headDim, c.ropeDim, pos, freqBase, freqScale, c.neox, pf, 0, c.nHeads);
         expect(bits(got.subarray(t * w, (t + 1) * w)), `token ${t}`).toEqual(bits(h.f32(alone, w)));
       });
     });

@@ -184,7 +184,7 @@ function benchElementwise(kern: Kernels, results: Result[]): void {
   });
   results.push({
     name: "rope 256 tokens × 32 heads × 128",
-    seconds: timeIt(() => kern.k["rope"]!(a, 32, 128, 128, 100, 10000, 1, 0, 0, 256 * 32)),
+    seconds: timeIt(() => kern.k["rope"]!(a, 32, 128, 128, 100, 10000, 1, 0, 0, 0, 256 * 32)),
   });
 }
 

@@ -1,6 +1,7 @@
 import { UserError } from "../errors.js";
 import { quoteText } from "../formats/escape.js";
 import { type GgufHeader, GgufValueType } from "../formats/gguf.js";
+import { ARCHITECTURES, tensorPlan } from "./arch/index.js";
 
 /** Hyper-parameters of a Llama-family model, read from GGUF metadata. */
 export interface LlamaConfig {
@@ -16,9 +17,6 @@ export interface LlamaConfig {
   normEps: number;
   rope: { dim: number; freqBase: number; freqScale: number; neox: boolean };
 }
-
-/** Architectures that run as the Llama graph (same tensors, same ops). */
-const LLAMA_LIKE = new Set(["llama", "mistral"]);
 
 /**
  * The largest hyper-parameters a model file may declare. They sit far above every released
@@ -123,9 +121,9 @@ class HyperParameters {
 export function llamaConfigFromMetadata(get: MetadataGetter, file: string, vocab: number): LlamaConfig {
   const architecture = get("general.architecture");
   if (typeof architecture !== "string") throw new UserError(`${file}: general.architecture is missing`);
-  if (!LLAMA_LIKE.has(architecture)) {
+  if (!Object.hasOwn(ARCHITECTURES, architecture)) {
     throw new UserError(
-      `${file}: architecture ${quoteText(architecture, 40)} is not supported (supported: llama, mistral)`,
+      `${file}: architecture ${quoteText(architecture, 40)} is not supported (supported: ${Object.keys(ARCHITECTURES).join(", ")})`,
     );
   }
   const a = architecture;
@@ -202,14 +200,14 @@ export function llamaConfigFromMetadata(get: MetadataGetter, file: string, vocab
     vocab,
     contextLength,
     normEps,
-    rope: { dim: ropeDim, freqBase, freqScale, neox: false },
+    rope: { dim: ropeDim, freqBase, freqScale, neox: ARCHITECTURES[architecture]!.ropeNeox ?? false },
   };
 }
 
-/** Parameter count of the shape (embedding, layers, norms and the output head). */
+/** Parameter count of the shape (every tensor of its architecture's table, output head included unless tied). */
 export function parameterCount(c: LlamaConfig, tiedOutput: boolean): number {
-  const q = c.heads * c.headDim;
-  const kv = c.kvHeads * c.headDim;
-  const layer = c.dim * (q + 2 * kv) + q * c.dim + 3 * c.dim * c.ffn + 2 * c.dim;
-  return c.vocab * c.dim * (tiedOutput ? 1 : 2) + c.layers * layer + c.dim;
+  return tensorPlan(c.architecture, c, (name) => name === "output.weight" && !tiedOutput).reduce(
+    (n, t) => n + t.dims.reduce((a, b) => a * b, 1),
+    0,
+  );
 }

@@ -8,14 +8,36 @@ import {
   type Backend,
   type Buf,
   rowBytes,
-  TOKEN_ENTRY_BYTES,
   WasmBackend,
   type Weight,
 } from "../runtime/backend.js";
 import { formatOfGgmlType } from "../runtime/ggml-type-table.js";
 import { MAX_SHARD_BYTES, Runtime, SHARD_BASE } from "../runtime/runtime.js";
+import {
+  type Activation,
+  type Architecture,
+  activationWidth,
+  architecture,
+  type LayerGraph,
+  type Product,
+  projectionRoles,
+  tensorPlan,
+} from "./arch/index.js";
 import { type LlamaConfig, llamaConfigFromMetadata, metadataGetter } from "./config.js";
+import {
+  allocateLayerKv,
+  type BatchSegment,
+  cacheRow,
+  copyKvRows,
+  fillTokenTable,
+  type KvGeometry,
+  type LayerKv,
+  layerKvBytes,
+} from "./kv-cache.js";
 import { type LoraAdapter, type LoraTensor, loraScale, readLoraGguf } from "./lora.js";
+import { planShards, type TensorGroup } from "./shard-plan.js";
+
+export type { BatchSegment };
 
 export interface LlamaLoadOptions {
   /** Compute threads, the calling thread included; default: all cores. */
@@ -37,11 +59,14 @@ export interface LlamaLoadOptions {
   lora?: { adapter: LoraAdapter | string; scale?: number }[];
   /** Called as the weights are read, with the fraction read so far (0 to 1; 1 once loaded). */
   onLoadProgress?: (fraction: number) => void;
+  /** Receives warnings (a context longer than the model's training); default: one line on stderr. */
+  onWarning?: (message: string) => void;
 }
 
-/** The seven projections of a layer, in GGUF names. */
-const PROJECTIONS = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"] as const;
-type Projection = (typeof PROJECTIONS)[number];
+/** The default warning sink: one line on stderr. */
+export function warnOnStderr(message: string): void {
+  process.stderr.write(`warning: ${message}\n`);
+}
 
 /** A run-time low-rank update of one projection: out += B·(A·x), the scale folded into B. */
 interface LoraWeights {
@@ -76,22 +101,15 @@ function stackLora(
 
 interface LayerWeights {
   shard: number;
-  attnNorm: Buf;
-  wq: Weight;
-  wk: Weight;
-  wv: Weight;
-  wo: Weight;
-  ffnNorm: Buf;
-  gate: Weight;
-  up: Weight;
-  down: Weight;
-  /** K and V caches, one per sequence: contextSize rows of kvHeads·headDim floats. */
-  k: Buf[];
-  v: Buf[];
-  /** Token table of a pass over several sequences (TOKEN_ENTRY_BYTES per token), when there are several. */
-  tokens?: Buf;
-  /** Run-time LoRA updates by projection. */
-  lora: Partial<Record<Projection, LoraWeights>>;
+  /** The layer's matrices by GGUF role (attn_q...), in the backend's layout. */
+  w: Record<string, Weight>;
+  /** Its f32 vectors (norm weights, biases) by GGUF name within the layer (attn_norm.weight...). */
+  vec: Record<string, Buf>;
+  /** rope_freqs, copied into the layer's shard, when the model has them. */
+  ropeFactors?: Buf;
+  kv: LayerKv;
+  /** Run-time LoRA updates by projection role. */
+  lora: Record<string, LoraWeights>;
 }
 
 /** Activation buffers of one shard. */
@@ -106,19 +124,12 @@ interface Activations {
   scratch: Buf;
   /** Scratch of Backend.prepareWeight, used once at load. */
   prepare: Buf;
-  /** A·x of the LoRA updates: batchSize rows of the largest stacked rank, per projection. */
-  loraTmp: Buf[];
+  /** A·x of the LoRA updates: batchSize rows of the largest stacked rank, per projection role. */
+  loraTmp: Record<string, Buf>;
   /** New K and V rows of a batch of several sequences, before they go to each sequence's cache. */
   kNew?: Buf;
   vNew?: Buf;
   logits?: Buf;
-}
-
-/** One sequence's part of a batched forward pass: `tokens` of sequence `seq` at positions pos0... */
-export interface BatchSegment {
-  seq: number;
-  tokens: ArrayLike<number>;
-  pos0: number;
 }
 
 /**
@@ -133,15 +144,112 @@ export type MatmulInputObserver = (
   cols: number,
 ) => void;
 
-interface Group {
-  tensors: string[];
-  extraBytes: number;
-  layer?: number;
+/**
+ * The blocks of one layer over one pass's tokens: the architecture's layer body calls them, and
+ * they run on the backend. `perToken` as in Backend.matmul; `kOut`/`vOut` are where new keys and
+ * values go; `attend` ropes, stores and attends in the pass's way (one sequence or a token table).
+ */
+class LayerPass implements LayerGraph {
+  constructor(
+    private readonly m: LlamaModel,
+    readonly config: LlamaConfig,
+    private readonly l: number,
+    private readonly L: LayerWeights,
+    private readonly A: Activations,
+    private readonly n: number,
+    private readonly perToken: boolean,
+    private readonly kOut: Buf,
+    private readonly vOut: Buf,
+    private readonly attend: () => void,
+  ) {}
+
+  private buf(a: Activation): Buf {
+    if (a === "k") return this.kOut;
+    if (a === "v") return this.vOut;
+    return this.A[a];
+  }
+
+  rmsNorm(role: string, out: Activation, x: Activation): void {
+    const c = this.config;
+    this.m.backend.rmsNorm(
+      this.buf(out),
+      this.buf(x),
+      this.L.vec[`${role}.weight`]!,
+      this.n,
+      c.dim,
+      c.normEps,
+    );
+  }
+
+  project(x: Activation, products: readonly Product[]): void {
+    const { m, L, A, n } = this;
+    const cols = activationWidth(this.config, x);
+    const input = this.buf(x);
+    m.observeInputs(
+      products.map(([role]) => `blk.${this.l}.${role}.weight`),
+      input,
+      n,
+      cols,
+    );
+    m.backend.matmul(
+      input,
+      n,
+      cols,
+      products.map(([role, out, add]) => ({ w: L.w[role]!, out: this.buf(out), acc: add })),
+      A.xq,
+      this.perToken,
+    );
+    // Run-time LoRA: out += B·(A·x) for the adapted products.
+    const todo = products.filter(([role]) => L.lora[role]);
+    if (todo.length === 0) return;
+    m.backend.matmul(
+      input,
+      n,
+      cols,
+      todo.map(([role]) => ({ w: L.lora[role]!.a, out: A.loraTmp[role]! })),
+      A.xq,
+      this.perToken,
+    );
+    for (const [role, out] of todo) {
+      const w = L.lora[role]!;
+      m.backend.matmul(
+        A.loraTmp[role]!,
+        n,
+        w.a.rows,
+        [{ w: w.b, out: this.buf(out), acc: true }],
+        A.xq,
+        this.perToken,
+      );
+    }
+  }
+
+  addBias(role: string, out: Activation): void {
+    const b = this.m.backend;
+    const width = activationWidth(this.config, out);
+    const rows = this.buf(out);
+    const bias = this.L.vec[`${role}.bias`]!;
+    b.phase(() => {
+      for (let t = 0; t < this.n; t++) {
+        const row = { shard: rows.shard, offset: rows.offset + t * width * 4 };
+        b.add(row, row, bias, width);
+      }
+    });
+  }
+
+  attention(): void {
+    this.attend();
+  }
+
+  siluMul(out: Activation, gate: Activation, up: Activation): void {
+    const width = activationWidth(this.config, out);
+    this.m.backend.siluMul(this.buf(out), this.buf(gate), this.buf(up), this.n * width);
+  }
 }
 
 /** A Llama-family model held in WebAssembly memory shards, with KV caches and a forward pass. */
 export class LlamaModel {
   readonly config: LlamaConfig;
+  readonly architecture: Architecture;
   readonly contextSize: number;
   readonly batchSize: number;
   readonly sequences: number;
@@ -149,7 +257,9 @@ export class LlamaModel {
   readonly header: GgufHeader;
   readonly tiedOutput: boolean;
   readonly shardCount: number;
-  private readonly backend: Backend;
+  readonly rt: Runtime;
+  /** @internal The ops a layer pass records. */
+  readonly backend: Backend;
   private readonly layers: LayerWeights[];
   private readonly embedding: Weight;
   private readonly outputNorm: Buf;
@@ -162,6 +272,7 @@ export class LlamaModel {
 
   private constructor(init: {
     config: LlamaConfig;
+    architecture: Architecture;
     header: GgufHeader;
     rt: Runtime;
     backend: Backend;
@@ -178,6 +289,7 @@ export class LlamaModel {
     act: Activations[];
   }) {
     this.config = init.config;
+    this.architecture = init.architecture;
     this.header = init.header;
     this.rt = init.rt;
     this.backend = init.backend;
@@ -195,8 +307,6 @@ export class LlamaModel {
     this.shardCount = init.rt.memories.length;
   }
 
-  readonly rt: Runtime;
-
   /**
    * Sets (or, with undefined, removes) the observer `forward` shows each product's inputs to.
    * While one is set, `forward` runs its ops in smaller groups, which is slower but changes no result.
@@ -205,8 +315,8 @@ export class LlamaModel {
     this.observer = observer;
   }
 
-  /** Shows the observer the `n` rows of `cols` inputs in `x` once the ops before have run. */
-  private observe(tensors: readonly string[], x: Buf, n: number, cols: number): void {
+  /** @internal Shows the observer the `n` rows of `cols` inputs in `x` once the ops before have run. */
+  observeInputs(tensors: readonly string[], x: Buf, n: number, cols: number): void {
     if (!this.observer) return;
     this.backend.flush();
     this.observer(tensors, this.rt.f32(x.shard, x.offset, n * cols), n, cols);
@@ -230,25 +340,29 @@ export class LlamaModel {
     const vocab = embd.dims[1] ?? 1;
     const config = llamaConfigFromMetadata(metadataGetter(header), path, vocab);
     const c = config;
+    const arch = architecture(c.architecture, path);
+    const plan = tensorPlan(arch, c, (name) => tensors.has(name));
+    const roles = projectionRoles(arch);
     const qDim = c.heads * c.headDim;
     const kvDim = c.kvHeads * c.headDim;
     const tiedOutput = !tensors.has("output.weight");
+    const hasRopeFactors = tensors.has("rope_freqs.weight");
 
     // Run-time LoRA: group every adapter tensor by the projection it adapts.
     const loraParts = new Map<string, { t: LoraTensor; scale: number }[]>();
     for (const { adapter: given, scale } of options.lora ?? []) {
       const adapter = typeof given === "string" ? readLoraGguf(given) : given;
       const label = typeof given === "string" ? given : "LoRA adapter";
-      const arch = metadataGetter(header)("general.architecture");
-      if (adapter.architecture && adapter.architecture !== arch) {
+      const archName = metadataGetter(header)("general.architecture");
+      if (adapter.architecture && adapter.architecture !== archName) {
         throw new UserError(
-          `${label} is for architecture ${adapter.architecture}, ${path} is ${String(arch)}`,
+          `${label} is for architecture ${adapter.architecture}, ${path} is ${String(archName)}`,
         );
       }
       for (const t of adapter.tensors) {
         const m = /^blk\.(\d+)\.([a-z_]+)\.weight$/.exec(t.base);
         const base = tensors.get(t.base);
-        if (!m || !(PROJECTIONS as readonly string[]).includes(m[2]) || !base) {
+        if (!m || !roles.includes(m[2]!) || !base) {
           throw new UserError(`${label}: cannot apply an update to ${t.base} of ${path}`);
         }
         if (base.dims[0] !== t.inFeatures || base.dims[1] !== t.outFeatures) {
@@ -269,35 +383,21 @@ export class LlamaModel {
     };
 
     // Check every tensor's shape and type before allocating anything.
-    const expect = (name: string, dims: number[], matrix: boolean) => {
-      const t = need(name);
+    for (const p of plan) {
+      const t = need(p.name);
       const got = t.dims.length === 1 ? [t.dims[0]] : t.dims;
-      if (got.length !== dims.length || got.some((d, i) => d !== dims[i])) {
-        throw new UserError(`${path}: tensor ${name} has shape [${t.dims}], expected [${dims}]`);
+      if (got.length !== p.dims.length || got.some((d, i) => d !== p.dims[i])) {
+        throw new UserError(`${path}: tensor ${p.name} has shape [${t.dims}], expected [${p.dims}]`);
       }
-      if (!matrix && t.type !== GGMLType.F32) {
-        throw new UserError(`${path}: tensor ${name} is ${ggmlTypeName(t.type)}; norm weights must be f32`);
+      if (p.kind !== "matrix" && t.type !== GGMLType.F32) {
+        const what = p.kind === "norm" ? "norm weights" : p.kind === "bias" ? "biases" : "rope_freqs";
+        throw new UserError(`${path}: tensor ${p.name} is ${ggmlTypeName(t.type)}; ${what} must be f32`);
       }
-      if (matrix && formatOfGgmlType(t.type) === undefined) {
+      if (p.kind === "matrix" && formatOfGgmlType(t.type) === undefined) {
         throw new UserError(
-          `${path}: tensor ${name} has type ${ggmlTypeName(t.type)}, which smallhammer cannot run`,
+          `${path}: tensor ${p.name} has type ${ggmlTypeName(t.type)}, which smallhammer cannot run`,
         );
       }
-    };
-    expect("token_embd.weight", [c.dim, vocab], true);
-    expect("output_norm.weight", [c.dim], false);
-    if (!tiedOutput) expect("output.weight", [c.dim, vocab], true);
-    for (let l = 0; l < c.layers; l++) {
-      const p = `blk.${l}.`;
-      expect(`${p}attn_norm.weight`, [c.dim], false);
-      expect(`${p}attn_q.weight`, [c.dim, qDim], true);
-      expect(`${p}attn_k.weight`, [c.dim, kvDim], true);
-      expect(`${p}attn_v.weight`, [c.dim, kvDim], true);
-      expect(`${p}attn_output.weight`, [qDim, c.dim], true);
-      expect(`${p}ffn_norm.weight`, [c.dim], false);
-      expect(`${p}ffn_gate.weight`, [c.dim, c.ffn], true);
-      expect(`${p}ffn_up.weight`, [c.dim, c.ffn], true);
-      expect(`${p}ffn_down.weight`, [c.ffn, c.dim], true);
     }
 
     const threads = Math.max(
@@ -305,12 +405,20 @@ export class LlamaModel {
       Math.floor(options.threads ?? (await import("node:os")).availableParallelism()),
     );
     const contextSize = Math.max(1, Math.floor(options.contextSize ?? Math.min(c.contextLength, 4096)));
+    if (contextSize > c.contextLength) {
+      // As llama.cpp warns: positions past the training length were never seen, so text there
+      // degrades unless the file's rope scaling was made for it.
+      (options.onWarning ?? warnOnStderr)(
+        `${path}: a context of ${contextSize} tokens is longer than the ${c.contextLength} the model was trained with`,
+      );
+    }
     const sequences = Math.max(1, Math.floor(options.sequences ?? 1));
     const batchSize = Math.max(1, Math.min(Math.floor(options.batchSize ?? 128), contextSize));
     const logitsAll = options.logitsAll ?? false;
     const maxShard = Math.min(options.maxShardBytes ?? MAX_SHARD_BYTES, MAX_SHARD_BYTES) - SHARD_BASE;
     // Logit rows: every token of a batch (logitsAll), and one per sequence for forwardBatch.
     const logitRows = Math.max(logitsAll ? batchSize : 1, sequences);
+    const kvGeometry: KvGeometry = { contextSize, rowFloats: kvDim, sequences, batchSize };
 
     // Plan: layers in order, then the embedding and output head; a new shard when one is full.
     const widest = Math.max(c.dim, qDim, c.ffn);
@@ -326,60 +434,29 @@ export class LlamaModel {
       b += align(nb * c.dim * 4) * 2 + align(nb * qDim * 4) * 2 + align(nb * c.ffn * 4) * 2;
       b += align(activationScratchBytes(widest, nb));
       b += align(threads * contextSize * 4) + align(prepareBytes);
-      b += PROJECTIONS.length * align(nb * loraRank * 4);
+      b += roles.length * align(nb * loraRank * 4);
       if (sequences > 1) b += 2 * align(nb * kvDim * 4);
       if (head) b += align(logitRows * vocab * 4);
       return b + 64 * 16;
     };
-    const groups: Group[] = [];
+    const factorBytes = hasRopeFactors ? align((c.rope.dim / 2) * 4) : 0;
+    const tensorBytes = (names: string[]) => names.reduce((s, n) => s + align(need(n).byteSize), 0);
+    const groups: TensorGroup[] = [];
     for (let l = 0; l < c.layers; l++) {
-      const names = [
-        "attn_norm",
-        "attn_q",
-        "attn_k",
-        "attn_v",
-        "attn_output",
-        "ffn_norm",
-        "ffn_gate",
-        "ffn_up",
-      ];
-      names.push("ffn_down");
+      const names = plan.filter((t) => t.layer === l).map((t) => t.name);
       groups.push({
-        tensors: names.map((n) => `blk.${l}.${n}.weight`),
+        tensors: names,
+        tensorBytes: tensorBytes(names),
         extraBytes:
-          2 * sequences * align(contextSize * kvDim * 4) +
-          (sequences > 1 ? align(batchSize * TOKEN_ENTRY_BYTES) : 0) +
-          PROJECTIONS.reduce((sum, p) => sum + loraBytesOf(`blk.${l}.${p}.weight`), 0),
-        layer: l,
+          layerKvBytes(kvGeometry) +
+          factorBytes +
+          roles.reduce((sum, r) => sum + loraBytesOf(`blk.${l}.${r}.weight`), 0),
       });
     }
-    groups.push({
-      tensors: ["token_embd.weight", "output_norm.weight", ...(tiedOutput ? [] : ["output.weight"])],
-      extraBytes: 0,
-    });
-    const shardOf: number[] = [];
-    const shardBytes: number[] = [];
-    let used = -1;
-    for (let g = 0; g < groups.length; g++) {
-      const grp = groups[g]!;
-      const head = grp.layer === undefined;
-      const bytes = grp.tensors.reduce((s, n) => s + align(need(n).byteSize), 0) + grp.extraBytes;
-      const cur = shardBytes.length - 1;
-      // Activations are counted once per shard; the head's logits when the head lands in it.
-      if (cur >= 0 && used + bytes + (head ? actBytes(true) - actBytes(false) : 0) <= maxShard) {
-        used += bytes + (head ? actBytes(true) - actBytes(false) : 0);
-        shardBytes[cur] = used;
-      } else {
-        used = actBytes(head) + bytes;
-        if (used > maxShard) {
-          throw new UserError(
-            `${path}: ${grp.tensors[0]} and its layer need ${used} bytes, more than one memory shard`,
-          );
-        }
-        shardBytes.push(used);
-      }
-      shardOf.push(shardBytes.length - 1);
-    }
+    // (rope_freqs goes to every shard that holds layers, counted with them above)
+    const headNames = plan.filter((t) => t.layer === undefined && t.kind !== "factors").map((t) => t.name);
+    groups.push({ tensors: headNames, tensorBytes: tensorBytes(headNames), extraBytes: 0, head: true });
+    const { shardOf, shardBytes } = planShards(groups, actBytes, maxShard, path);
 
     const rt = await Runtime.create({ threads, shardBytes: shardBytes.map((b) => b + 4096) });
     const progress = options.onLoadProgress;
@@ -413,15 +490,33 @@ export class LlamaModel {
       };
       const loraWeights = (layer: number, shard: number): LayerWeights["lora"] => {
         const out: LayerWeights["lora"] = {};
-        for (const p of PROJECTIONS) {
-          const x = lora.get(`blk.${layer}.${p}.weight`);
+        for (const r of roles) {
+          const x = lora.get(`blk.${layer}.${r}.weight`);
           if (!x) continue;
-          out[p] = {
+          out[r] = {
             a: f32Weight(x.a, x.rank, x.inFeatures, shard),
             b: f32Weight(x.b, x.outFeatures, x.rank, shard),
           };
         }
         return out;
+      };
+      // rope_freqs: one copy per shard that holds layers.
+      const factorsByShard = new Map<number, Buf>();
+      const ropeFactorsIn = (shard: number): Buf | undefined => {
+        if (!hasRopeFactors) return undefined;
+        let f = factorsByShard.get(shard);
+        if (!f) {
+          f = { shard, offset: loadTensor("rope_freqs.weight", shard) };
+          for (const v of rt.f32(shard, f.offset, c.rope.dim / 2)) {
+            if (!(Number.isFinite(v) && v > 0)) {
+              throw new UserError(
+                `${path}: rope_freqs.weight holds ${v}; frequency factors must be finite and above 0`,
+              );
+            }
+          }
+          factorsByShard.set(shard, f);
+        }
+        return f;
       };
       let layers: LayerWeights[];
       let embedding: Weight;
@@ -432,31 +527,20 @@ export class LlamaModel {
         layers = [];
         for (let l = 0; l < c.layers; l++) {
           const s = shardOf[l]!;
-          const p = `blk.${l}.`;
-          const kvBytes = contextSize * kvDim * 4;
-          const k: Buf[] = [];
-          const v: Buf[] = [];
-          for (let q = 0; q < sequences; q++) {
-            k.push({ shard: s, offset: rt.alloc(s, kvBytes) });
-            v.push({ shard: s, offset: rt.alloc(s, kvBytes) });
-          }
-          layers.push({
+          const L: LayerWeights = {
             shard: s,
-            attnNorm: { shard: s, offset: loadTensor(`${p}attn_norm.weight`, s) },
-            wq: weight(`${p}attn_q.weight`, s),
-            wk: weight(`${p}attn_k.weight`, s),
-            wv: weight(`${p}attn_v.weight`, s),
-            wo: weight(`${p}attn_output.weight`, s),
-            ffnNorm: { shard: s, offset: loadTensor(`${p}ffn_norm.weight`, s) },
-            gate: weight(`${p}ffn_gate.weight`, s),
-            up: weight(`${p}ffn_up.weight`, s),
-            down: weight(`${p}ffn_down.weight`, s),
-            k,
-            v,
-            tokens:
-              sequences > 1 ? { shard: s, offset: rt.alloc(s, batchSize * TOKEN_ENTRY_BYTES) } : undefined,
+            w: {},
+            vec: {},
+            ropeFactors: ropeFactorsIn(s),
+            kv: allocateLayerKv(rt, s, kvGeometry),
             lora: loraWeights(l, s),
-          });
+          };
+          for (const t of plan) {
+            if (t.layer !== l) continue;
+            if (t.kind === "matrix") L.w[t.spec.role] = weight(t.name, s);
+            else L.vec[`${t.spec.role}.${t.spec.suffix}`] = { shard: s, offset: loadTensor(t.name, s) };
+          }
+          layers.push(L);
         }
         embedding = weight("token_embd.weight", headShard);
         outputNorm = { shard: headShard, offset: loadTensor("output_norm.weight", headShard) };
@@ -481,7 +565,7 @@ export class LlamaModel {
           xq: buf(activationScratchBytes(widest, nb)),
           scratch: buf(threads * contextSize * 4),
           prepare: buf(prepareBytes),
-          loraTmp: loraRank ? PROJECTIONS.map(() => buf(nb * loraRank * 4)) : [],
+          loraTmp: loraRank ? Object.fromEntries(roles.map((r) => [r, buf(nb * loraRank * 4)])) : {},
           kNew: sequences > 1 ? buf(nb * kvDim * 4) : undefined,
           vNew: sequences > 1 ? buf(nb * kvDim * 4) : undefined,
           logits: s === headShard ? buf(logitRows * vocab * 4) : undefined,
@@ -492,13 +576,14 @@ export class LlamaModel {
       const backend = new WasmBackend(rt);
       const prepare = (w: Weight): Weight => backend.prepareWeight(w, act[w.shard]!.prepare);
       for (const L of layers) {
-        for (const k of ["wq", "wk", "wv", "wo", "gate", "up", "down"] as const) L[k] = prepare(L[k]);
+        for (const r of Object.keys(L.w)) L.w[r] = prepare(L.w[r]!);
       }
       if (!tiedOutput) output = prepare(output);
       progress?.(1);
       return new LlamaModel({
         backend,
         config,
+        architecture: arch,
         header,
         rt,
         contextSize,
@@ -519,6 +604,72 @@ export class LlamaModel {
     }
   }
 
+  /** Checks that every id of `tokens` is in the vocabulary. */
+  private checkTokens(tokens: ArrayLike<number>): void {
+    for (let i = 0; i < tokens.length; i++) {
+      const id = tokens[i]!;
+      if (!Number.isInteger(id) || id < 0 || id >= this.config.vocab)
+        throw new UserError(`token id ${id} is outside the vocabulary`);
+    }
+  }
+
+  /**
+   * Runs the embedding and every layer over `tokens`, the tokens of `segments` in order, and
+   * returns the shard whose `x` holds the last layer's output. One segment writes its K and V rows
+   * straight into its cache. Several go through kNew/vNew, and one token table per layer names
+   * each token's position and caches for ropeAt, storeKvAt and attentionAt: three ops per layer,
+   * whatever the number of sequences. `perToken` as in Backend.matmul.
+   */
+  private runLayers(tokens: ArrayLike<number>, segments: readonly BatchSegment[], perToken: boolean): number {
+    const c = this.config;
+    const b = this.backend;
+    const n = tokens.length;
+    const kvDim = c.kvHeads * c.headDim;
+    const shape: AttentionShape = {
+      nHeads: c.heads,
+      nKvHeads: c.kvHeads,
+      headDim: c.headDim,
+      scratchStride: this.contextSize,
+    };
+    const direct = segments.length === 1;
+    let cur = this.headShard;
+    b.getRows(this.act[cur]!.x, this.embedding, tokens);
+    for (const [l, L] of this.layers.entries()) {
+      const A = this.act[L.shard]!;
+      if (L.shard !== cur) {
+        b.copy(A.x, this.act[cur]!.x, n * c.dim * 4);
+        cur = L.shard;
+      }
+      let pass: LayerPass;
+      if (direct) {
+        const s = segments[0]!;
+        const kOut = cacheRow(L.kv.k[s.seq]!, s.pos0, kvDim);
+        const vOut = cacheRow(L.kv.v[s.seq]!, s.pos0, kvDim);
+        pass = new LayerPass(this, c, l, L, A, n, perToken, kOut, vOut, () => {
+          b.phase(() => {
+            b.rope(A.q, n, c.heads, c.headDim, c.rope, s.pos0, L.ropeFactors);
+            b.rope(kOut, n, c.kvHeads, c.headDim, c.rope, s.pos0, L.ropeFactors);
+          });
+          b.attention(A.att, A.q, L.kv.k[s.seq]!, L.kv.v[s.seq]!, n, s.pos0, shape, A.scratch);
+        });
+      } else {
+        const kOut = A.kNew!;
+        const vOut = A.vNew!;
+        pass = new LayerPass(this, c, l, L, A, n, perToken, kOut, vOut, () => {
+          const table = fillTokenTable(this.rt, L.kv, segments, n, kvDim);
+          b.phase(() => {
+            b.ropeAt(A.q, n, c.heads, c.headDim, c.rope, table, L.ropeFactors);
+            b.ropeAt(kOut, n, c.kvHeads, c.headDim, c.rope, table, L.ropeFactors);
+          });
+          b.storeKvAt(kOut, vOut, n, kvDim * 4, table);
+          b.attentionAt(A.att, A.q, n, table, shape, A.scratch);
+        });
+      }
+      this.architecture.layer(pass);
+    }
+    return cur;
+  }
+
   /**
    * Evaluates `tokens` (at most batchSize) of sequence `seq` at positions pos0.., filling its KV
    * cache, and returns the logits of the last token (or of every token when logitsAll).
@@ -533,78 +684,9 @@ export class LlamaModel {
       throw new UserError(`${pos0 + n} tokens do not fit the context of ${this.contextSize} tokens`);
     }
     if (seq < 0 || seq >= this.sequences) throw new Error(`forward: sequence ${seq} does not exist`);
-    for (let i = 0; i < n; i++) {
-      const id = tokens[i]!;
-      if (!Number.isInteger(id) || id < 0 || id >= c.vocab)
-        throw new UserError(`token id ${id} is outside the vocabulary`);
-    }
+    this.checkTokens(tokens);
     const b = this.backend;
-    const qDim = c.heads * c.headDim;
-    const kvDim = c.kvHeads * c.headDim;
-    const shape: AttentionShape = {
-      nHeads: c.heads,
-      nKvHeads: c.kvHeads,
-      headDim: c.headDim,
-      scratchStride: this.contextSize,
-    };
-    let cur = this.headShard;
-    b.getRows(this.act[cur]!.x, this.embedding, tokens);
-    for (const [l, L] of this.layers.entries()) {
-      const A = this.act[L.shard]!;
-      if (L.shard !== cur) {
-        b.copy(A.x, this.act[cur]!.x, n * c.dim * 4);
-        cur = L.shard;
-      }
-      const kAt: Buf = { shard: L.shard, offset: L.k[seq]!.offset + pos0 * kvDim * 4 };
-      const vAt: Buf = { shard: L.shard, offset: L.v[seq]!.offset + pos0 * kvDim * 4 };
-      const p = `blk.${l}.`;
-      b.rmsNorm(A.xb, A.x, L.attnNorm, n, c.dim, c.normEps);
-      this.observe([`${p}attn_q.weight`, `${p}attn_k.weight`, `${p}attn_v.weight`], A.xb, n, c.dim);
-      b.matmul(
-        A.xb,
-        n,
-        c.dim,
-        [
-          { w: L.wq, out: A.q },
-          { w: L.wk, out: kAt },
-          { w: L.wv, out: vAt },
-        ],
-        A.xq,
-      );
-      this.addLora(L, A, A.xb, n, c.dim, [
-        ["attn_q", A.q],
-        ["attn_k", kAt],
-        ["attn_v", vAt],
-      ]);
-      b.phase(() => {
-        b.rope(A.q, n, c.heads, c.headDim, c.rope, pos0);
-        b.rope(kAt, n, c.kvHeads, c.headDim, c.rope, pos0);
-      });
-      b.attention(A.att, A.q, L.k[seq]!, L.v[seq]!, n, pos0, shape, A.scratch);
-      this.observe([`${p}attn_output.weight`], A.att, n, qDim);
-      b.matmul(A.att, n, qDim, [{ w: L.wo, out: A.x, acc: true }], A.xq);
-      this.addLora(L, A, A.att, n, qDim, [["attn_output", A.x]]);
-      b.rmsNorm(A.xb, A.x, L.ffnNorm, n, c.dim, c.normEps);
-      this.observe([`${p}ffn_gate.weight`, `${p}ffn_up.weight`], A.xb, n, c.dim);
-      b.matmul(
-        A.xb,
-        n,
-        c.dim,
-        [
-          { w: L.gate, out: A.hb },
-          { w: L.up, out: A.hb2 },
-        ],
-        A.xq,
-      );
-      this.addLora(L, A, A.xb, n, c.dim, [
-        ["ffn_gate", A.hb],
-        ["ffn_up", A.hb2],
-      ]);
-      b.siluMul(A.hb, A.hb, A.hb2, n * c.ffn);
-      this.observe([`${p}ffn_down.weight`], A.hb, n, c.ffn);
-      b.matmul(A.hb, n, c.ffn, [{ w: L.down, out: A.x, acc: true }], A.xq);
-      this.addLora(L, A, A.hb, n, c.ffn, [["ffn_down", A.x]]);
-    }
+    const cur = this.runLayers(tokens, [{ seq, tokens, pos0 }], false);
     const H = this.act[this.headShard]!;
     if (this.hiddenOut) {
       // hiddenStates: every token's output-normed state, and no output head.
@@ -619,7 +701,7 @@ export class LlamaModel {
     if (cur !== this.headShard) b.copy(H.x, last, rows * c.dim * 4);
     const src = cur !== this.headShard ? H.x : last;
     b.rmsNorm(H.xb, src, this.outputNorm, rows, c.dim, c.normEps);
-    this.observe([this.tiedOutput ? "token_embd.weight" : "output.weight"], H.xb, rows, c.dim);
+    this.observeInputs([this.tiedOutput ? "token_embd.weight" : "output.weight"], H.xb, rows, c.dim);
     b.matmul(H.xb, rows, c.dim, [{ w: this.output, out: H.logits! }], H.xq);
     b.flush();
     return this.rt.f32(this.headShard, H.logits!.offset, rows * c.vocab);
@@ -652,14 +734,14 @@ export class LlamaModel {
       throw new Error(`copySequence: ${tokens} tokens do not fit the context of ${this.contextSize}`);
     if (from === to || tokens === 0) return;
     const bytes = tokens * this.config.kvHeads * this.config.headDim * 4;
-    const b = this.backend;
-    b.phase(() => {
-      for (const L of this.layers) {
-        b.copy(L.k[to]!, L.k[from]!, bytes);
-        b.copy(L.v[to]!, L.v[from]!, bytes);
-      }
-    });
-    b.flush();
+    copyKvRows(
+      this.backend,
+      this.layers.map((L) => L.kv),
+      from,
+      to,
+      bytes,
+    );
+    this.backend.flush();
   }
 
   /**
@@ -690,11 +772,7 @@ export class LlamaModel {
           `${s.pos0 + s.tokens.length} tokens do not fit the context of ${this.contextSize} tokens`,
         );
       }
-      for (let i = 0; i < s.tokens.length; i++) {
-        const id = s.tokens[i]!;
-        if (!Number.isInteger(id) || id < 0 || id >= c.vocab)
-          throw new UserError(`token id ${id} is outside the vocabulary`);
-      }
+      this.checkTokens(s.tokens);
       first.push(n);
       n += s.tokens.length;
     }
@@ -705,104 +783,11 @@ export class LlamaModel {
     });
 
     const b = this.backend;
-    const qDim = c.heads * c.headDim;
-    const kvDim = c.kvHeads * c.headDim;
-    const shape: AttentionShape = {
-      nHeads: c.heads,
-      nKvHeads: c.kvHeads,
-      headDim: c.headDim,
-      scratchStride: this.contextSize,
-    };
+    const cur = this.runLayers(tokens, segments, true);
     const at = (buf: Buf, row: number, width: number): Buf => ({
       shard: buf.shard,
       offset: buf.offset + row * width * 4,
     });
-    // One segment writes its K and V rows straight into its cache. Several go through kNew/vNew,
-    // and one token table per layer names each token's position and caches for ropeAt,
-    // storeKvAt and attentionAt: three ops per layer, whatever the number of sequences.
-    const direct = segments.length === 1;
-    let cur = this.headShard;
-    b.getRows(this.act[cur]!.x, this.embedding, tokens);
-    for (const L of this.layers) {
-      const A = this.act[L.shard]!;
-      if (L.shard !== cur) {
-        b.copy(A.x, this.act[cur]!.x, n * c.dim * 4);
-        cur = L.shard;
-      }
-      const kOut = direct ? at(L.k[segments[0]!.seq]!, segments[0]!.pos0, kvDim) : A.kNew!;
-      const vOut = direct ? at(L.v[segments[0]!.seq]!, segments[0]!.pos0, kvDim) : A.vNew!;
-      b.rmsNorm(A.xb, A.x, L.attnNorm, n, c.dim, c.normEps);
-      b.matmul(
-        A.xb,
-        n,
-        c.dim,
-        [
-          { w: L.wq, out: A.q },
-          { w: L.wk, out: kOut },
-          { w: L.wv, out: vOut },
-        ],
-        A.xq,
-        true,
-      );
-      this.addLora(
-        L,
-        A,
-        A.xb,
-        n,
-        c.dim,
-        [
-          ["attn_q", A.q],
-          ["attn_k", kOut],
-          ["attn_v", vOut],
-        ],
-        true,
-      );
-      if (direct) {
-        const s = segments[0]!;
-        b.phase(() => {
-          b.rope(A.q, n, c.heads, c.headDim, c.rope, s.pos0);
-          b.rope(kOut, n, c.kvHeads, c.headDim, c.rope, s.pos0);
-        });
-        b.attention(A.att, A.q, L.k[s.seq]!, L.v[s.seq]!, n, s.pos0, shape, A.scratch);
-      } else {
-        const table = this.tokenTable(L, segments, n);
-        b.phase(() => {
-          b.ropeAt(A.q, n, c.heads, c.headDim, c.rope, table);
-          b.ropeAt(kOut, n, c.kvHeads, c.headDim, c.rope, table);
-        });
-        b.storeKvAt(kOut, vOut, n, kvDim * 4, table);
-        b.attentionAt(A.att, A.q, n, table, shape, A.scratch);
-      }
-      b.matmul(A.att, n, qDim, [{ w: L.wo, out: A.x, acc: true }], A.xq, true);
-      this.addLora(L, A, A.att, n, qDim, [["attn_output", A.x]], true);
-      b.rmsNorm(A.xb, A.x, L.ffnNorm, n, c.dim, c.normEps);
-      b.matmul(
-        A.xb,
-        n,
-        c.dim,
-        [
-          { w: L.gate, out: A.hb },
-          { w: L.up, out: A.hb2 },
-        ],
-        A.xq,
-        true,
-      );
-      this.addLora(
-        L,
-        A,
-        A.xb,
-        n,
-        c.dim,
-        [
-          ["ffn_gate", A.hb],
-          ["ffn_up", A.hb2],
-        ],
-        true,
-      );
-      b.siluMul(A.hb, A.hb, A.hb2, n * c.ffn);
-      b.matmul(A.hb, n, c.ffn, [{ w: L.down, out: A.x, acc: true }], A.xq, true);
-      this.addLora(L, A, A.hb, n, c.ffn, [["ffn_down", A.x]], true);
-    }
     // The output head on each segment's last token: row i of H.xb is segment i's.
     const H = this.act[this.headShard]!;
     const last = (i: number): Buf => at(this.act[cur]!.x, first[i]! + segments[i]!.tokens.length - 1, c.dim);
@@ -823,54 +808,6 @@ export class LlamaModel {
     b.matmul(H.xb, segments.length, c.dim, [{ w: this.output, out: H.logits! }], H.xq, true);
     b.flush();
     return segments.map((_, i) => this.rt.f32(this.headShard, H.logits!.offset + i * c.vocab * 4, c.vocab));
-  }
-
-  /** Fills layer L's token table for the tokens of `segments` (n in all) and returns it. */
-  private tokenTable(L: LayerWeights, segments: readonly BatchSegment[], n: number): Buf {
-    const table = L.tokens!;
-    const e = this.rt.u32(table.shard, table.offset, n * (TOKEN_ENTRY_BYTES / 4));
-    const rowBytes = this.config.kvHeads * this.config.headDim * 4;
-    let t = 0;
-    for (const s of segments) {
-      const k = L.k[s.seq]!.offset;
-      const v = L.v[s.seq]!.offset;
-      for (let j = 0; j < s.tokens.length; j++, t++) {
-        const pos = s.pos0 + j;
-        e.set([pos, k + pos * rowBytes, v + pos * rowBytes, k, v], t * 5);
-      }
-    }
-    return table;
-  }
-
-  /**
-   * Adds the run-time LoRA updates of projections that all read `x` to their outputs; `perToken`
-   * as in Backend.matmul (forwardBatch).
-   */
-  private addLora(
-    L: LayerWeights,
-    A: Activations,
-    x: Buf,
-    n: number,
-    cols: number,
-    updates: [Projection, Buf][],
-    perToken = false,
-  ) {
-    const todo = updates.filter(([p]) => L.lora[p]);
-    if (todo.length === 0) return;
-    const b = this.backend;
-    const tmp = (p: Projection) => A.loraTmp[PROJECTIONS.indexOf(p)]!;
-    b.matmul(
-      x,
-      n,
-      cols,
-      todo.map(([p]) => ({ w: L.lora[p]!.a, out: tmp(p) })),
-      A.xq,
-      perToken,
-    );
-    for (const [p, out] of todo) {
-      const w = L.lora[p]!;
-      b.matmul(tmp(p), n, w.a.rows, [{ w: w.b, out, acc: true }], A.xq, perToken);
-    }
   }
 
   /** Bytes of the weights as stored in the file. */

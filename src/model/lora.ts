@@ -27,17 +27,31 @@ import { GgufFile, GgufWriter, readGgufHeader } from "../formats/gguf.js";
 import { SafetensorsFile, writeSafetensors } from "../formats/safetensors.js";
 import { dequantizeRow, quantizeRow } from "../quant/reference.js";
 import { Progress } from "../util/progress.js";
+import { LLAMA_LAYER_TENSORS } from "./arch/tensors.js";
 
-/** The projections a LoRA adapter can target, by short name. */
-export const LORA_TARGETS = {
-  q: { gguf: "attn_q", peft: "self_attn.q_proj" },
-  k: { gguf: "attn_k", peft: "self_attn.k_proj" },
-  v: { gguf: "attn_v", peft: "self_attn.v_proj" },
-  o: { gguf: "attn_output", peft: "self_attn.o_proj" },
-  gate: { gguf: "ffn_gate", peft: "mlp.gate_proj" },
-  up: { gguf: "ffn_up", peft: "mlp.up_proj" },
-  down: { gguf: "ffn_down", peft: "mlp.down_proj" },
+/** The GGUF role of each projection a LoRA adapter can target, by short name. */
+const LORA_ROLES = {
+  q: "attn_q",
+  k: "attn_k",
+  v: "attn_v",
+  o: "attn_output",
+  gate: "ffn_gate",
+  up: "ffn_up",
+  down: "ffn_down",
 } as const;
+
+/** PEFT's module path of a layer tensor (self_attn.q_proj), from its Hugging Face name in the table. */
+function peftModule(role: string): string {
+  const hf = LLAMA_LAYER_TENSORS.find((t) => t.role === role)?.hf;
+  const m = hf && /^model\.layers\.\{l\}\.(.+)\.weight$/.exec(hf);
+  if (!m) throw new Error(`no Hugging Face module for ${role}`);
+  return m[1]!;
+}
+
+/** The projections a LoRA adapter can target, by short name: GGUF role and PEFT module. */
+export const LORA_TARGETS = Object.fromEntries(
+  Object.entries(LORA_ROLES).map(([t, role]) => [t, { gguf: role, peft: peftModule(role) }]),
+) as Record<keyof typeof LORA_ROLES, { gguf: string; peft: string }>;
 export type LoraTarget = keyof typeof LORA_TARGETS;
 
 /** Parses "q,k,v" (or "all") into target names; a user error names an unknown one. */

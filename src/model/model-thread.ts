@@ -14,6 +14,7 @@ try {
   model = await Model.load(data.path, {
     ...data.options,
     onLoadProgress: (fraction) => post({ type: "progress", fraction }),
+    onWarning: (message) => post({ type: "warning", message }),
   });
 } catch (e) {
   post({ type: "load-failed", error: serializeError(e) });

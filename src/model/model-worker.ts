@@ -13,6 +13,7 @@ import { AbortError, type ErrorCode, UserError } from "../errors.js";
 import { type GgufHeader, readGgufHeader } from "../formats/gguf.js";
 import { Tokenizer } from "../tokenizer/index.js";
 import { type LlamaConfig, metadataGetter } from "./config.js";
+import { warnOnStderr } from "./llama.js";
 import {
   busyError,
   type EmbedOptions,
@@ -51,6 +52,7 @@ export type ModelThreadRequest =
 
 export type ModelThreadResponse =
   | { type: "progress"; fraction: number }
+  | { type: "warning"; message: string }
   | { type: "loaded"; info: ModelThreadInfo }
   | { type: "load-failed"; error: SerializedError }
   | { type: "piece"; id: number; text: string }
@@ -122,7 +124,7 @@ export class WorkerModel extends ModelBase {
     worker.unref();
   }
 
-  /** Starts the worker and loads the model there; onLoadProgress is called here. */
+  /** Starts the worker and loads the model there; onLoadProgress and onWarning are called here. */
   static async load(path: string, options: LoadModelOptions = {}): Promise<WorkerModel> {
     if (!existsSync(THREAD_URL)) {
       throw new Error(`${fileURLToPath(THREAD_URL)} is missing: run "npm run build"`);
@@ -130,7 +132,7 @@ export class WorkerModel extends ModelBase {
     // The header again on this thread: tokenizing and chat templates run here.
     const header = readGgufHeader(path);
     const tokenizer = Tokenizer.fromGgufMetadata(metadataGetter(header));
-    const { onLoadProgress, worker: _, ...rest } = options;
+    const { onLoadProgress, onWarning, worker: _, ...rest } = options;
     const worker = new Worker(THREAD_URL, { workerData: { path, options: rest } });
     let onMessage: (m: ModelThreadResponse) => void = () => {};
     let onExit: (code: number) => void = () => {};
@@ -138,6 +140,7 @@ export class WorkerModel extends ModelBase {
       const info = await new Promise<ModelThreadInfo>((resolve, reject) => {
         onMessage = (m) => {
           if (m.type === "progress") onLoadProgress?.(m.fraction);
+          else if (m.type === "warning") (onWarning ?? warnOnStderr)(m.message);
           else if (m.type === "loaded") resolve(m.info);
           else if (m.type === "load-failed") reject(deserializeError(m.error));
         };

@@ -1,4 +1,5 @@
-// Random-weight Llama GGUF files for benchmarks: any shape, F32, Q8_0, Q4_0 or llama.cpp's
+// Random-weight GGUF files for benchmarks and interop tests: any shape of any architecture in
+// src/model/arch's table (llama by default), F32, Q8_0, Q4_0 or llama.cpp's
 // Q4_K_M mix of Q4_K and Q6_K, written block by block from a fast PRNG (no float weights are ever materialised, so a 1.1B or 7B file takes
 // seconds and bounded memory), with a SentencePiece ('llama') vocabulary that llama.cpp and
 // smallhammer both load. Files are cached by shape and type and rewritten only when stale.
@@ -8,9 +9,15 @@ import { UserError } from "../errors.js";
 import { GGMLType, tensorBytes } from "../formats/ggml-types.js";
 import { GgufValueType, GgufWriter, readGgufHeader } from "../formats/gguf.js";
 import { f32ToF16 } from "../quant/fp16.js";
+import { type TensorKind, tensorPlan } from "./arch/index.js";
+import type { LlamaConfig } from "./config.js";
 
 export interface LlamaShape {
   name: string;
+  /** general.architecture: its tensors and metadata prefix (default "llama"). */
+  architecture?: string;
+  /** Standard deviation the random matrices and biases imitate (default 0.02, typical of trained Llama matrices). */
+  weightStd?: number;
   dim: number;
   layers: number;
   heads: number;
@@ -69,27 +76,27 @@ const VERSION_KEY = "smallhammer.bench.generator_version";
 /** Standard deviation the random weights imitate (typical of trained Llama matrices). */
 const WEIGHT_STD = 0.02;
 
-/** Every tensor of a Llama of `s`, in file order: name, ggml dims (row length first), matrix or norm. */
-function tensorList(s: LlamaShape): [name: string, dims: number[], matrix: boolean][] {
+/** Every tensor of a model of `s`, in file order: name, ggml dims (row length first), kind. */
+function tensorList(s: LlamaShape): [name: string, dims: number[], kind: TensorKind][] {
   const headDim = s.dim / s.heads;
-  const kvDim = s.kvHeads * headDim;
-  const list: [string, number[], boolean][] = [["token_embd.weight", [s.dim, s.vocab], true]];
-  for (let l = 0; l < s.layers; l++) {
-    const p = `blk.${l}.`;
-    list.push(
-      [`${p}attn_norm.weight`, [s.dim], false],
-      [`${p}attn_q.weight`, [s.dim, s.dim], true],
-      [`${p}attn_k.weight`, [s.dim, kvDim], true],
-      [`${p}attn_v.weight`, [s.dim, kvDim], true],
-      [`${p}attn_output.weight`, [s.dim, s.dim], true],
-      [`${p}ffn_norm.weight`, [s.dim], false],
-      [`${p}ffn_gate.weight`, [s.dim, s.ffn], true],
-      [`${p}ffn_up.weight`, [s.dim, s.ffn], true],
-      [`${p}ffn_down.weight`, [s.ffn, s.dim], true],
-    );
-  }
-  list.push(["output_norm.weight", [s.dim], false], ["output.weight", [s.dim, s.vocab], true]);
-  return list;
+  const config: LlamaConfig = {
+    architecture: s.architecture ?? "llama",
+    dim: s.dim,
+    layers: s.layers,
+    heads: s.heads,
+    kvHeads: s.kvHeads,
+    headDim,
+    ffn: s.ffn,
+    vocab: s.vocab,
+    contextLength: s.contextLength,
+    normEps: 1e-5,
+    rope: { dim: headDim, freqBase: 10000, freqScale: 1, neox: false },
+  };
+  return tensorPlan(config.architecture, config, (name) => name === "output.weight").map((t) => [
+    t.name,
+    t.dims,
+    t.kind,
+  ]);
 }
 
 /** Parameters of a Llama of shape `s` (untied embedding and output head). */
@@ -100,8 +107,8 @@ export function parameterCountOf(s: LlamaShape): number {
 /** Bytes of tensor data a random Llama of `s` in `type` takes (the header adds about 1 MB). */
 export function tensorDataBytes(s: LlamaShape, type: RandomModelType): number {
   return tensorList(s).reduce(
-    (n, [name, dims, matrix]) =>
-      n + tensorBytes(matrix ? matrixType(type, name, s.layers) : GGMLType.F32, dims),
+    (n, [name, dims, kind]) =>
+      n + tensorBytes(kind === "matrix" ? matrixType(type, name, s.layers) : GGMLType.F32, dims),
     0,
   );
 }
@@ -154,14 +161,14 @@ function fillRandomWords(dst: Uint8Array, seed: number, type: GGMLType): void {
  * random ones; a tensor's few bytes past its last whole word stay zero (GgufWriter hands over a
  * zeroed buffer), which only ever touches quants.
  */
-function fillRandomWeights(type: GGMLType, dst: Uint8Array, seed: number): void {
+function fillRandomWeights(type: GGMLType, dst: Uint8Array, seed: number, std = WEIGHT_STD): void {
   fillRandomWords(dst, seed, type);
   if (type === GGMLType.F32) {
     const n = dst.byteLength >>> 2;
     const f = new Float32Array(dst.buffer, dst.byteOffset, n);
     const u = new Int32Array(dst.buffer, dst.byteOffset, n);
     // Uniform in [-a, a) has std a / √3.
-    const a = (WEIGHT_STD * Math.sqrt(3)) / 2147483648;
+    const a = (std * Math.sqrt(3)) / 2147483648;
     for (let i = 0; i < n; i++) f[i] = u[i]! * a;
     return;
   }
@@ -172,11 +179,10 @@ function fillRandomWeights(type: GGMLType, dst: Uint8Array, seed: number): void 
       if (at2 >= 0) view.setUint16(o + at2, d2, true);
     }
   };
-  if (type === GGMLType.Q8_0) put(34, 0, f32ToF16(WEIGHT_STD / 73.6));
-  else if (type === GGMLType.Q4_0) put(18, 0, f32ToF16(WEIGHT_STD / 4.18));
-  else if (type === GGMLType.Q4_K)
-    put(144, 0, f32ToF16(WEIGHT_STD / 256), 2, f32ToF16((7.5 * WEIGHT_STD) / 256));
-  else if (type === GGMLType.Q6_K) put(210, 208, f32ToF16(WEIGHT_STD / 1370));
+  if (type === GGMLType.Q8_0) put(34, 0, f32ToF16(std / 73.6));
+  else if (type === GGMLType.Q4_0) put(18, 0, f32ToF16(std / 4.18));
+  else if (type === GGMLType.Q4_K) put(144, 0, f32ToF16(std / 256), 2, f32ToF16((7.5 * std) / 256));
+  else if (type === GGMLType.Q6_K) put(210, 208, f32ToF16(std / 1370));
   else throw new Error(`random weights: no generator for ggml type ${type}`);
 }
 
@@ -221,21 +227,22 @@ export function writeRandomLlama(path: string, s: LlamaShape, type: RandomModelT
   }
   const headDim = s.dim / s.heads;
   const w = new GgufWriter();
-  w.setString("general.architecture", "llama");
-  w.setString("general.name", `random-llama-${s.name}-${type}`);
+  const arch = s.architecture ?? "llama";
+  w.setString("general.architecture", arch);
+  w.setString("general.name", `random-${arch}-${s.name}-${type}`);
   w.setU32("general.file_type", FILE_TYPE_OF[type]);
   w.setU32("general.quantization_version", 2);
   w.setU32(VERSION_KEY, GENERATOR_VERSION);
-  w.setU32("llama.context_length", s.contextLength);
-  w.setU32("llama.embedding_length", s.dim);
-  w.setU32("llama.block_count", s.layers);
-  w.setU32("llama.feed_forward_length", s.ffn);
-  w.setU32("llama.rope.dimension_count", headDim);
-  w.setU32("llama.attention.head_count", s.heads);
-  w.setU32("llama.attention.head_count_kv", s.kvHeads);
-  w.setF32("llama.attention.layer_norm_rms_epsilon", 1e-5);
-  w.setF32("llama.rope.freq_base", 10000);
-  w.setU32("llama.vocab_size", s.vocab);
+  w.setU32(`${arch}.context_length`, s.contextLength);
+  w.setU32(`${arch}.embedding_length`, s.dim);
+  w.setU32(`${arch}.block_count`, s.layers);
+  w.setU32(`${arch}.feed_forward_length`, s.ffn);
+  w.setU32(`${arch}.rope.dimension_count`, headDim);
+  w.setU32(`${arch}.attention.head_count`, s.heads);
+  w.setU32(`${arch}.attention.head_count_kv`, s.kvHeads);
+  w.setF32(`${arch}.attention.layer_norm_rms_epsilon`, 1e-5);
+  w.setF32(`${arch}.rope.freq_base`, 10000);
+  w.setU32(`${arch}.vocab_size`, s.vocab);
   const vocab = vocabulary(s.vocab);
   w.setString("tokenizer.ggml.model", "llama");
   w.setStringArray("tokenizer.ggml.tokens", vocab.tokens);
@@ -247,12 +254,12 @@ export function writeRandomLlama(path: string, s: LlamaShape, type: RandomModelT
   w.setBool("tokenizer.ggml.add_bos_token", true);
   w.setBool("tokenizer.ggml.add_eos_token", false);
   let seed = 0x2545f491;
-  for (const [name, dims, matrix] of tensorList(s)) {
-    if (matrix) {
+  for (const [name, dims, kind] of tensorList(s)) {
+    if (kind === "matrix" || kind === "bias") {
       const tensorSeed = seed;
       seed = (Math.imul(seed, 0x9e3779b1) + 0x7f4a7c15) >>> 0;
-      const ggml = matrixType(type, name, s.layers);
-      w.addTensor(name, dims, ggml, (dst) => fillRandomWeights(ggml, dst, tensorSeed));
+      const ggml = kind === "matrix" ? matrixType(type, name, s.layers) : GGMLType.F32;
+      w.addTensor(name, dims, ggml, (dst) => fillRandomWeights(ggml, dst, tensorSeed, s.weightStd));
     } else {
       w.addTensor(name, dims, GGMLType.F32, (dst) =>
         new Float32Array(dst.buffer, dst.byteOffset, dims[0]!).fill(1),
@@ -273,16 +280,17 @@ function isCurrent(path: string, s: LlamaShape, type: RandomModelType): boolean 
     const want = tensorList(s);
     return (
       u32(VERSION_KEY) === GENERATOR_VERSION &&
-      u32("llama.embedding_length") === s.dim &&
-      u32("llama.block_count") === s.layers &&
-      u32("llama.attention.head_count") === s.heads &&
-      u32("llama.attention.head_count_kv") === s.kvHeads &&
-      u32("llama.feed_forward_length") === s.ffn &&
+      h.get("general.architecture")?.value === (s.architecture ?? "llama") &&
+      u32(`${s.architecture ?? "llama"}.embedding_length`) === s.dim &&
+      u32(`${s.architecture ?? "llama"}.block_count`) === s.layers &&
+      u32(`${s.architecture ?? "llama"}.attention.head_count`) === s.heads &&
+      u32(`${s.architecture ?? "llama"}.attention.head_count_kv`) === s.kvHeads &&
+      u32(`${s.architecture ?? "llama"}.feed_forward_length`) === s.ffn &&
       h.tensors.length === want.length &&
       h.tensors.every(
         (t, i) =>
           t.name === want[i]![0] &&
-          t.type === (want[i]![2] ? matrixType(type, t.name, s.layers) : GGMLType.F32),
+          t.type === (want[i]![2] === "matrix" ? matrixType(type, t.name, s.layers) : GGMLType.F32),
       )
     );
   } catch {

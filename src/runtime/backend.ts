@@ -97,8 +97,19 @@ export interface Backend {
    */
   prepareWeight(w: Weight, scratch: Buf): Weight;
   rmsNorm(out: Buf, x: Buf, weight: Buf, n: number, dim: number, eps: number): void;
-  /** Rotates `n` tokens of `nHeads` heads in place; token t is at position pos0 + t. */
-  rope(x: Buf, n: number, nHeads: number, headDim: number, rope: RopeParams, pos0: number): void;
+  /**
+   * Rotates `n` tokens of `nHeads` heads in place; token t is at position pos0 + t. `factors`, in
+   * x's shard, holds rope.dim/2 f32 divisors of the pair angles (a model's rope_freqs).
+   */
+  rope(
+    x: Buf,
+    n: number,
+    nHeads: number,
+    headDim: number,
+    rope: RopeParams,
+    pos0: number,
+    factors?: Buf,
+  ): void;
   /** Causal attention of `n` queries at positions pos0.. over the cache rows 0..pos0+n-1. */
   attention(
     out: Buf,
@@ -116,7 +127,15 @@ export interface Backend {
    * Each gives a token the bits the one-sequence op gives it alone.
    * ropeAt: rope with token t at position table[t].pos.
    */
-  ropeAt(x: Buf, n: number, nHeads: number, headDim: number, rope: RopeParams, table: Buf): void;
+  ropeAt(
+    x: Buf,
+    n: number,
+    nHeads: number,
+    headDim: number,
+    rope: RopeParams,
+    table: Buf,
+    factors?: Buf,
+  ): void;
   /** Copies `n` new key and value rows of `rowBytes` to the cache rows table[t].kRow and .vRow. */
   storeKvAt(k: Buf, v: Buf, n: number, rowBytes: number, table: Buf): void;
   /** Attention of `n` queries; token t attends to positions 0..table[t].pos of its own caches. */
@@ -251,7 +270,15 @@ export class WasmBackend implements Backend {
     this.op("rmsNorm", x.shard, n, [x.offset, weight.offset, out.offset, dim, eps]);
   }
 
-  rope(x: Buf, n: number, nHeads: number, headDim: number, rope: RopeParams, pos0: number): void {
+  rope(
+    x: Buf,
+    n: number,
+    nHeads: number,
+    headDim: number,
+    rope: RopeParams,
+    pos0: number,
+    factors?: Buf,
+  ): void {
     this.op("rope", x.shard, n * nHeads, [
       x.offset,
       nHeads,
@@ -261,6 +288,7 @@ export class WasmBackend implements Backend {
       rope.freqBase,
       rope.freqScale,
       rope.neox ? 1 : 0,
+      factors?.offset ?? 0,
     ]);
   }
 
@@ -289,7 +317,15 @@ export class WasmBackend implements Backend {
     ]);
   }
 
-  ropeAt(x: Buf, n: number, nHeads: number, headDim: number, rope: RopeParams, table: Buf): void {
+  ropeAt(
+    x: Buf,
+    n: number,
+    nHeads: number,
+    headDim: number,
+    rope: RopeParams,
+    table: Buf,
+    factors?: Buf,
+  ): void {
     this.op("ropeAt", x.shard, n * nHeads, [
       x.offset,
       nHeads,
@@ -299,6 +335,7 @@ export class WasmBackend implements Backend {
       rope.freqBase,
       rope.freqScale,
       rope.neox ? 1 : 0,
+      factors?.offset ?? 0,
     ]);
   }
 

@@ -159,7 +159,8 @@ export function rmsNormRef(
  * Rotary position embedding in place on x (n × nHeads·headDim), token t at position pos0 + t.
  * Pair i < ropeDim/2 turns by theta = pos · freqScale · freqBase^(-2i/ropeDim); the pair is
  * (x[2i], x[2i+1]) for llama order (neox = 0) and (x[i], x[i + ropeDim/2]) for NeoX order.
- * Dimensions from ropeDim on are unchanged.
+ * Dimensions from ropeDim on are unchanged. `factors` (ropeDim/2 of them) divide the pair angles
+ * (Llama 3.1's rope_freqs).
  */
 export function ropeRef(
   x: Float32Array,
@@ -171,6 +172,7 @@ export function ropeRef(
   freqBase: number,
   freqScale: number,
   neox: number,
+  factors?: Float32Array,
 ): void {
   const half = ropeDim / 2;
   for (let t = 0; t < n; t++) {
@@ -178,7 +180,7 @@ export function ropeRef(
     for (let h = 0; h < nHeads; h++) {
       const base = (t * nHeads + h) * headDim;
       for (let i = 0; i < half; i++) {
-        const theta = pos * freqScale * freqBase ** ((-2 * i) / ropeDim);
+        const theta = (pos * freqScale * freqBase ** ((-2 * i) / ropeDim)) / (factors?.[i] ?? 1);
         const a = base + (neox ? i : 2 * i);
         const b = base + (neox ? i + half : 2 * i + 1);
         const x0 = x[a]!;
@@ -200,10 +202,12 @@ export function ropeAtRef(
   freqBase: number,
   freqScale: number,
   neox: number,
+  factors?: Float32Array,
 ): void {
   const w = nHeads * headDim;
   positions.forEach((pos, t) => {
-    ropeRef(x.subarray(t * w, (t + 1) * w), 1, nHeads, headDim, ropeDim, pos, freqBase, freqScale, neox);
+    const row = x.subarray(t * w, (t + 1) * w);
+    ropeRef(row, 1, nHeads, headDim, ropeDim, pos, freqBase, freqScale, neox, factors);
   });
 }
 

@@ -17,6 +17,7 @@ import { parseFormatName, RecordReader } from "../data/records.js";
 import { UserError } from "../errors.js";
 import { GGMLType } from "../formats/ggml-types.js";
 import { GgufHeader, GgufValueType, GgufWriter, readGgufHeader } from "../formats/gguf.js";
+import { architecture } from "../model/arch/index.js";
 import { type LlamaConfig, llamaConfigFromMetadata, metadataGetter } from "../model/config.js";
 import {
   LORA_TARGETS,
@@ -275,6 +276,12 @@ function readBase(path: string): { header: GgufHeader; config: LlamaConfig; toke
   const embd = header.tensor("token_embd.weight");
   if (!embd) throw new UserError(`${path}: tensor token_embd.weight is missing`);
   const config = llamaConfigFromMetadata(metadataGetter(header), path, embd.dims[1] ?? 1);
+  // The trainer's rope has no frequency factors: training on such a file would learn with other
+  // positions than the model runs with.
+  if (header.tensor("rope_freqs.weight"))
+    throw new UserError(
+      `${path}: fine-tuning a model with rope_freqs.weight (Llama 3.1 rope scaling) is not supported`,
+    );
   let tokenizer: Tokenizer;
   try {
     tokenizer = Tokenizer.fromGgufMetadata(metadataGetter(header));
@@ -330,24 +337,14 @@ function planOf(
   const tied = !header.tensor("output.weight");
   const options = modelOptions(s, (name) => header.tensor(name)?.type, threads);
   const memory = trainMemory(config, { ...options, tiedEmbeddings: tied });
-  const q = config.heads * config.headDim;
-  const kv = config.kvHeads * config.headDim;
-  const shapes: Record<string, [number, number]> = {
-    attn_q: [config.dim, q],
-    attn_k: [config.dim, kv],
-    attn_v: [config.dim, kv],
-    attn_output: [q, config.dim],
-    ffn_gate: [config.dim, config.ffn],
-    ffn_up: [config.dim, config.ffn],
-    ffn_down: [config.ffn, config.dim],
-  };
+  const layer = architecture(config.architecture).layerTensors;
   let parameters = 0;
   for (const t of header.tensors) parameters += t.dims.reduce((a, b) => a * b, 1);
   let trainable = parameters;
   if (s.method !== "full") {
     trainable = 0;
     for (const t of parseLoraTargets(s.targets)) {
-      const [inF, outF] = shapes[LORA_TARGETS[t].gguf]!;
+      const [inF, outF] = layer.find((spec) => spec.role === LORA_TARGETS[t].gguf)!.dims(config);
       trainable += config.layers * s.rank * (inF + outF);
     }
   }

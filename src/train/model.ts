@@ -6,6 +6,7 @@ import { availableParallelism, freemem, totalmem } from "node:os";
 import { UserError } from "../errors.js";
 import { type GGMLType, ggmlTypeName } from "../formats/ggml-types.js";
 import { readGgufHeader, readTensorInto } from "../formats/gguf.js";
+import { tensorPlan as archTensorPlan } from "../model/arch/index.js";
 import { type LlamaConfig, llamaConfigFromMetadata, metadataGetter } from "../model/config.js";
 import type { LoraTensor } from "../model/lora.js";
 import { dequantizeRow, quantizeRow } from "../quant/reference.js";
@@ -214,6 +215,9 @@ export function checkTrainConfig(c: LlamaConfig, seq: number): void {
   if (c.dim % 4 !== 0) bad(`dim ${c.dim} must be a multiple of 4`);
   if (c.ffn % 4 !== 0) bad(`ffn ${c.ffn} must be a multiple of 4`);
   if (c.rope.dim % 4 !== 0 || c.rope.dim > c.headDim) bad(`rope dimension ${c.rope.dim} is not supported`);
+  // The trainer's graph is Llama's; other architectures' biases and blocks have no backward pass here.
+  if (c.architecture !== "llama" && c.architecture !== "mistral")
+    bad(`architecture ${c.architecture} cannot be trained (llama and mistral can)`);
   if (c.rope.neox) bad("NeoX rope ordering is not supported for training");
   if (!Number.isInteger(seq) || seq < 1 || seq > c.contextLength)
     bad(`sequence length ${seq} must be from 1 to the context length ${c.contextLength}`);
@@ -221,26 +225,11 @@ export function checkTrainConfig(c: LlamaConfig, seq: number): void {
 
 /** Names, shapes and roles of every tensor, in file order. */
 function tensorPlan(c: LlamaConfig, tied: boolean): { name: string; dims: number[]; matrix: boolean }[] {
-  const q = c.heads * c.headDim;
-  const kv = c.kvHeads * c.headDim;
-  const list = [{ name: "token_embd.weight", dims: [c.dim, c.vocab], matrix: true }];
-  for (let l = 0; l < c.layers; l++) {
-    const p = `blk.${l}.`;
-    list.push(
-      { name: `${p}attn_norm.weight`, dims: [c.dim], matrix: false },
-      { name: `${p}attn_q.weight`, dims: [c.dim, q], matrix: true },
-      { name: `${p}attn_k.weight`, dims: [c.dim, kv], matrix: true },
-      { name: `${p}attn_v.weight`, dims: [c.dim, kv], matrix: true },
-      { name: `${p}attn_output.weight`, dims: [q, c.dim], matrix: true },
-      { name: `${p}ffn_norm.weight`, dims: [c.dim], matrix: false },
-      { name: `${p}ffn_gate.weight`, dims: [c.dim, c.ffn], matrix: true },
-      { name: `${p}ffn_up.weight`, dims: [c.dim, c.ffn], matrix: true },
-      { name: `${p}ffn_down.weight`, dims: [c.ffn, c.dim], matrix: true },
-    );
-  }
-  list.push({ name: "output_norm.weight", dims: [c.dim], matrix: false });
-  if (!tied) list.push({ name: "output.weight", dims: [c.dim, c.vocab], matrix: true });
-  return list;
+  return archTensorPlan(c.architecture, c, (name) => name === "output.weight" && !tied).map((t) => ({
+    name: t.name,
+    dims: t.dims,
+    matrix: t.kind === "matrix",
+  }));
 }
 
 /** Parameters of a model of this shape (every tensor, trainable or not). */
@@ -612,6 +601,10 @@ export class LlamaTrainModel {
     if (!embd) throw new UserError(`${path}: tensor token_embd.weight is missing`);
     const config = llamaConfigFromMetadata(metadataGetter(header), path, embd.dims[1] ?? 1);
     const tiedEmbeddings = !header.tensor("output.weight");
+    if (header.tensor("rope_freqs.weight"))
+      throw new UserError(
+        `${path}: training a model with rope_freqs.weight (Llama 3.1 rope scaling) is not supported`,
+      );
     const trainable = options.trainable ?? (() => true);
     const formatOf = (name: string): WeightFormat => {
       if (options.formatOf) return options.formatOf(name);

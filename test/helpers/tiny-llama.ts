@@ -1,5 +1,7 @@
 import { GGMLType } from "../../src/formats/ggml-types.js";
 import { GgufWriter } from "../../src/formats/gguf.js";
+import { tensorPlan } from "../../src/model/arch/index.js";
+import type { LlamaConfig } from "../../src/model/config.js";
 import { Rng } from "../../src/util/random.js";
 
 export interface TinyLlamaOptions {
@@ -32,6 +34,10 @@ export interface TinyLlamaOptions {
   chatTemplate?: string;
   /** More u32 metadata to store (e.g. "llama.pooling_type"). */
   metadataU32?: Record<string, number>;
+  /** general.architecture, the metadata prefix and the tensors written (default "llama"). */
+  architecture?: string;
+  /** rope_freqs.weight to store (headDim/2 divisors of the rotary angles, as Llama 3.1 files have). */
+  ropeFreqs?: Float32Array;
 }
 
 export interface TinyLlamaTensor {
@@ -142,19 +148,20 @@ export function writeTinyLlama(path: string, opts: TinyLlamaOptions = {}): TinyL
   const tokenTypes = Int32Array.from(types);
 
   const w = new GgufWriter();
-  w.setString("general.architecture", "llama");
+  const arch = opts.architecture ?? "llama";
+  w.setString("general.architecture", arch);
   w.setString("general.name", "tiny-llama");
   w.setU32("general.file_type", 0);
-  w.setU32("llama.context_length", contextLength);
-  w.setU32("llama.embedding_length", dim);
-  w.setU32("llama.block_count", layers);
-  w.setU32("llama.feed_forward_length", ffn);
-  w.setU32("llama.rope.dimension_count", headDim);
-  w.setU32("llama.attention.head_count", heads);
-  w.setU32("llama.attention.head_count_kv", kvHeads);
-  w.setF32("llama.attention.layer_norm_rms_epsilon", normEps);
-  w.setF32("llama.rope.freq_base", ropeFreqBase);
-  w.setU32("llama.vocab_size", vocab);
+  w.setU32(`${arch}.context_length`, contextLength);
+  w.setU32(`${arch}.embedding_length`, dim);
+  w.setU32(`${arch}.block_count`, layers);
+  w.setU32(`${arch}.feed_forward_length`, ffn);
+  w.setU32(`${arch}.rope.dimension_count`, headDim);
+  w.setU32(`${arch}.attention.head_count`, heads);
+  w.setU32(`${arch}.attention.head_count_kv`, kvHeads);
+  w.setF32(`${arch}.attention.layer_norm_rms_epsilon`, normEps);
+  w.setF32(`${arch}.rope.freq_base`, ropeFreqBase);
+  w.setU32(`${arch}.vocab_size`, vocab);
   w.setString("tokenizer.ggml.model", "llama");
   w.setStringArray("tokenizer.ggml.tokens", tokens);
   w.setF32Array("tokenizer.ggml.scores", scores);
@@ -177,20 +184,33 @@ export function writeTinyLlama(path: string, opts: TinyLlamaOptions = {}): TinyL
     w.addTensor(name, dims, GGMLType.F32, new Uint8Array(data.buffer));
   };
 
-  add("token_embd.weight", [dim, vocab], "normal");
-  for (let l = 0; l < layers; l++) {
-    add(`blk.${l}.attn_norm.weight`, [dim], "ones");
-    add(`blk.${l}.attn_q.weight`, [dim, heads * headDim], "normal");
-    add(`blk.${l}.attn_k.weight`, [dim, kvHeads * headDim], "normal");
-    add(`blk.${l}.attn_v.weight`, [dim, kvHeads * headDim], "normal");
-    add(`blk.${l}.attn_output.weight`, [heads * headDim, dim], "normal");
-    add(`blk.${l}.ffn_norm.weight`, [dim], "ones");
-    add(`blk.${l}.ffn_gate.weight`, [dim, ffn], "normal");
-    add(`blk.${l}.ffn_up.weight`, [dim, ffn], "normal");
-    add(`blk.${l}.ffn_down.weight`, [ffn, dim], "normal");
+  // Every tensor of the architecture's table, in file order: norm weights 1, factors as given,
+  // everything else normal · weightScale.
+  const config: LlamaConfig = {
+    architecture: arch,
+    dim,
+    layers,
+    heads,
+    kvHeads,
+    headDim,
+    ffn,
+    vocab,
+    contextLength,
+    normEps,
+    rope: { dim: headDim, freqBase: ropeFreqBase, freqScale: 1, neox: false },
+  };
+  const include = (name: string) =>
+    (name === "output.weight" && !opts.tiedEmbeddings) || (name === "rope_freqs.weight" && !!opts.ropeFreqs);
+  for (const t of tensorPlan(arch, config, include)) {
+    if (t.kind === "factors") {
+      const data = opts.ropeFreqs!;
+      // (as given, even when its length is wrong: tests of bad files write such ones)
+      tensors.set(t.name, { dims: [data.length], data });
+      w.addTensor(t.name, [data.length], GGMLType.F32, new Uint8Array(data.slice().buffer));
+    } else {
+      add(t.name, t.dims, t.kind === "norm" ? "ones" : "normal");
+    }
   }
-  add("output_norm.weight", [dim], "ones");
-  if (!opts.tiedEmbeddings) add("output.weight", [dim, vocab], "normal");
 
   w.write(path);
   return {

@@ -384,14 +384,16 @@ export function rmsNorm(x: usize, weight: usize, out: usize, dim: i32, eps: f32,
 //   neox == 0 (llama, GGUF order):  (x[2i], x[2i+1])
 //   neox != 0 (GPT-NeoX / HF order): (x[i], x[i + ropeDim/2])
 // Dimensions from ropeDim to headDim are left as they are. ropeDim is even and <= headDim.
+// factors != 0: ropeDim/2 f32 divisors of the pair angles (Llama 3.1's rope_freqs), as ggml's
+// rope applies freq_factors: theta_i / factors[i].
 // Angles, cos/sin and the rotation are computed in f64; each (token, pair) angle is computed
 // once and applied to all of the token's heads within [r0, r1).
 
 export function rope(
   x: usize, nHeads: i32, headDim: i32, ropeDim: i32, pos0: i32, freqBase: f32, freqScale: f32, neox: i32,
-  r0: i32, r1: i32,
+  factors: usize, r0: i32, r1: i32,
 ): void {
-  ropeRows(x, nHeads, headDim, ropeDim, pos0, 0, freqBase, freqScale, neox, r0, r1);
+  ropeRows(x, nHeads, headDim, ropeDim, pos0, 0, freqBase, freqScale, neox, factors, r0, r1);
 }
 
 /**
@@ -400,16 +402,16 @@ export function rope(
  */
 export function ropeAt(
   x: usize, nHeads: i32, headDim: i32, ropeDim: i32, table: usize, freqBase: f32, freqScale: f32, neox: i32,
-  r0: i32, r1: i32,
+  factors: usize, r0: i32, r1: i32,
 ): void {
-  ropeRows(x, nHeads, headDim, ropeDim, 0, table, freqBase, freqScale, neox, r0, r1);
+  ropeRows(x, nHeads, headDim, ropeDim, 0, table, freqBase, freqScale, neox, factors, r0, r1);
 }
 
 /** The rope loop: token t at position pos0 + t, or table[t].pos when table != 0. */
 // @ts-ignore: decorator
 @inline function ropeRows(
   x: usize, nHeads: i32, headDim: i32, ropeDim: i32, pos0: i32, table: usize, freqBase: f32, freqScale: f32,
-  neox: i32, r0: i32, r1: i32,
+  neox: i32, factors: usize, r0: i32, r1: i32,
 ): void {
   const half = ropeDim >> 1;
   const step = Math.pow(<f64>freqBase, -2.0 / <f64>ropeDim);
@@ -427,8 +429,9 @@ export function ropeAt(
     let theta = <f64>pos * <f64>freqScale;
     let a: usize = 0;
     for (let i = 0; i < half; i++) {
-      const c = Math.cos(theta);
-      const s = Math.sin(theta);
+      const angle = factors ? theta / <f64>load<f32>(factors + (<usize>i << 2)) : theta;
+      const c = Math.cos(angle);
+      const s = Math.sin(angle);
       for (let h = h0; h < h1; h++) {
         const p = base + <usize>h * hb + a;
         const x0 = <f64>load<f32>(p);

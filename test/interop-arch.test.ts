@@ -1,0 +1,132 @@
+// Architectures and rope variants beyond plain Llama, each run by smallhammer and by llama.cpp
+// (node-llama-cpp) on the same random-weight GGUF and compared teacher-forced along llama.cpp's
+// greedy continuation, as test/interop-llama.test.ts does for Llama.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { getLlama, type Llama } from "node-llama-cpp";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadModel } from "../src/model/model.js";
+import { writeRandomLlama } from "../src/model/random-llama.js";
+import { quantizeModel } from "../src/quant/quantize-model.js";
+import { llamaCppGreedy, ourSteps } from "./helpers/teacher-forced.js";
+import { writeTinyLlama } from "./helpers/tiny-llama.js";
+
+const TOKENS = 24;
+let dir: string;
+let llama: Llama;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "sh-interop-arch-"));
+  llama = await getLlama({ gpu: false, build: "never", logLevel: "error" as never });
+});
+afterAll(async () => {
+  await llama?.dispose();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/**
+ * Compares the two engines on `path`: f32 files must agree on every step; quantized ones within
+ * the rounding noise interop-llama.test.ts explains (3% of the logit range, 80% identical).
+ */
+async function expectSameAsLlamaCpp(path: string, prompt: number[], quantized: boolean) {
+  const ref = await llamaCppGreedy(llama, path, prompt, TOKENS);
+  expect(ref.length).toBe(TOKENS);
+  const steps = await ourSteps(path, prompt, ref);
+  let same = 0;
+  steps.forEach((s, i) => {
+    if (s.ours === ref[i]) same++;
+    expect(s.gap, `step ${i}: ours ${s.ours}, llama.cpp ${ref[i]}`).toBeLessThanOrEqual(
+      (quantized ? 0.03 : 0) * s.scale,
+    );
+  });
+  expect(same / ref.length).toBeGreaterThanOrEqual(quantized ? 0.8 : 1);
+}
+
+describe("Llama 3.1 rope_freqs", () => {
+  // Divisors from 0.5 to 8 across the pairs: llama.cpp divides each pair's angle by its factor.
+  // (Llama 3.1's own factors are 1 for the fast pairs and up to 8 for the slow ones, which barely
+  // turn within a short prompt; factors below 1 make a difference a short test can see.)
+  const shape = { dim: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 128, seed: 3, weightScale: 0.25 };
+  const headDim = shape.dim / shape.heads;
+  const factors = Float32Array.from({ length: headDim / 2 }, (_, i) => 0.5 + (7.5 * i) / (headDim / 2 - 1));
+  let withFactors: string;
+  let prompt: number[];
+  beforeAll(async () => {
+    withFactors = join(dir, "rope-freqs-f32.gguf");
+    writeTinyLlama(withFactors, { ...shape, ropeFreqs: factors });
+    const m = await loadModel(withFactors, { worker: false, threads: 1 });
+    prompt = m.tokenize("the world is hello and the world");
+    await m.dispose();
+  });
+
+  it("the factors change the logits (a model that ignored them would fail the comparisons)", async () => {
+    const plain = join(dir, "rope-plain-f32.gguf");
+    writeTinyLlama(plain, shape);
+    const logits = async (path: string) => {
+      const m = await loadModel(path, { worker: false, threads: 1 });
+      try {
+        return Float32Array.from(m.llama.forward(prompt, 0));
+      } finally {
+        await m.dispose();
+      }
+    };
+    const a = await logits(withFactors);
+    const b = await logits(plain);
+    let diff = 0;
+    for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    expect(diff).toBeGreaterThan(1e-2);
+  });
+
+  for (const type of ["f32", "q8_0"] as const) {
+    it(`${type}: ${TOKENS} tokens teacher-forced along llama.cpp`, async () => {
+      let path = withFactors;
+      if (type !== "f32") {
+        path = join(dir, `rope-freqs-${type}.gguf`);
+        await quantizeModel(withFactors, path, type);
+      }
+      await expectSameAsLlamaCpp(path, prompt, type !== "f32");
+    });
+  }
+});
+
+describe("qwen2: q, k and v biases, NeoX rope, tied head", () => {
+  let f32: string;
+  let prompt: number[];
+  beforeAll(async () => {
+    f32 = join(dir, "qwen2-f32.gguf");
+    writeTinyLlama(f32, {
+      architecture: "qwen2",
+      dim: 64,
+      layers: 2,
+      heads: 4,
+      kvHeads: 2,
+      ffn: 128,
+      seed: 7,
+      weightScale: 0.25,
+      tiedEmbeddings: true,
+    });
+    const m = await loadModel(f32, { worker: false, threads: 1 });
+    expect(m.llama.config.rope.neox).toBe(true);
+    prompt = m.tokenize("hello world and the world is");
+    await m.dispose();
+  });
+
+  it(`f32: ${TOKENS} tokens teacher-forced along llama.cpp`, async () => {
+    await expectSameAsLlamaCpp(f32, prompt, false);
+  });
+
+  // Quantized files straight from the random-model writer (every block type the engine runs
+  // that llama.cpp's mixes use), untied head.
+  for (const type of ["q8_0", "q4_0", "q4_k_m"] as const) {
+    it(`${type}: ${TOKENS} tokens teacher-forced along llama.cpp`, async () => {
+      const path = join(dir, `qwen2-random-${type}.gguf`);
+      const shape = { name: "tiny", architecture: "qwen2", dim: 256, layers: 2, heads: 4, kvHeads: 2 };
+      writeRandomLlama(path, { ...shape, ffn: 512, vocab: 512, contextLength: 256, weightStd: 0.3 }, type);
+      const m = await loadModel(path, { worker: false, threads: 1 });
+      const words = m.tokenize("w1 w2 w3 w10 w11 w12 w100 w7");
+      await m.dispose();
+      await expectSameAsLlamaCpp(path, words, true);
+    });
+  }
+});
