@@ -4,7 +4,7 @@
 // The model has 8 layers (the use_more_bits rules pick layers 0, 3, 6 and 7 of 8), grouped-query
 // attention with 4 query heads per key/value head (Q2_K's attn_v rule) and a feed-forward width
 // of 288, so ffn_down's rows fit no 256-element super-block (llama.cpp's fallback types).
-import { mkdtempSync, rmSync } from "node:fs";
+import { closeSync, copyFileSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { getLlama } from "node-llama-cpp";
@@ -148,6 +148,51 @@ describe("options and inputs", () => {
 
   it("an F16 input", async () => {
     await both(f16, "f16-q4km", "Q4_K_M", 15);
+  });
+
+  it("any thread count: the same bytes (1 and 3 threads)", async () => {
+    await both(untied, "q4km-1-thread", "Q4_K_M", 15, { threads: 1 });
+    await both(f16, "f16-q3km-3-threads", "Q3_K_M", 12, { threads: 3 });
+    // and with importance weights (the weighted quantizers are checked against ggml's elsewhere)
+    const imatrix = new Map<string, Float32Array>();
+    const file = GgufFile.open(untied);
+    for (const t of file.header.tensors) {
+      if (t.dims.length === 2)
+        imatrix.set(
+          t.name,
+          Float32Array.from({ length: t.dims[0]! }, (_, j) => 1 + (j % 13)),
+        );
+    }
+    file.close();
+    const one = join(dir, "imatrix-1-thread.gguf");
+    const three = join(dir, "imatrix-3-threads.gguf");
+    await quantizeModel(untied, one, "Q2_K", { imatrix, threads: 1 });
+    await quantizeModel(untied, three, "Q2_K", { imatrix, threads: 3 });
+    expect(Buffer.compare(readFileSync(one), readFileSync(three))).toBe(0);
+  });
+
+  it("a NaN names the first row that holds one, on any thread count", async () => {
+    const bad = join(dir, "nan-f32.gguf");
+    copyFileSync(untied, bad);
+    const file = GgufFile.open(bad);
+    const t = file.header.tensors.find((x) => x.name === "blk.2.ffn_up.weight")!;
+    file.close();
+    const fd = openSync(bad, "r+");
+    const cols = t.dims[0]!;
+    for (const row of [5, 40])
+      writeSync(
+        fd,
+        Buffer.from(new Float32Array([Number.NaN]).buffer),
+        0,
+        4,
+        t.fileOffset + (row * cols + 7) * 4,
+      );
+    closeSync(fd);
+    for (const threads of [1, 3]) {
+      await expect(quantizeModel(bad, join(dir, "nan-q4km.gguf"), "Q4_K_M", { threads })).rejects.toThrow(
+        /blk\.2\.ffn_up\.weight holds a NaN or infinite value \(row 5\)/,
+      );
+    }
   });
 });
 

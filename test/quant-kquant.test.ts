@@ -3,6 +3,7 @@
 // that reaches the quantizers' corners (zeros, constant and one-sided groups, outliers, ties,
 // tiny and huge magnitudes).
 import { describe, expect, it } from "vitest";
+import { useSearchKernels } from "../src/quant/kquants.js";
 import { dequantizeRow, QUANTIZABLE_TYPES, quantizeRow, quantizeTensor } from "../src/quant/reference.js";
 import { GGMLType, QUANT_TYPES, rowBytes, typeName } from "../src/quant/types.js";
 import { GGML_TYPE_TABLE, RUNNABLE_TYPES } from "../src/runtime/ggml-type-table.js";
@@ -104,6 +105,30 @@ describe("quantizers are ggml's, byte for byte", () => {
           amax * (type === T.Q2_K ? 0.7 : 0.4),
         );
         expect(rb).toBe((cols / 256) * (type === T.Q2_K ? 84 : 110));
+      }
+    }
+  });
+});
+
+describe("the scale searches in WebAssembly", () => {
+  // (the quantizers run them by default; the byte-for-byte tests above check them against ggml)
+  it("give the bytes of their TypeScript reference, with and without importance weights", () => {
+    const rng = new Rng(77);
+    const rows = testRows(rng);
+    const cols = rows[0]!.length;
+    const data = new Float32Array(rows.length * cols);
+    for (let i = 0; i < rows.length; i++) data.set(rows[i]!, i * cols);
+    const qw = new Float32Array(cols);
+    for (let j = 0; j < cols; j++) qw[j] = j % 7 === 0 ? 0 : Math.exp(2 * rng.nextNormal());
+    expect(useSearchKernels(true)).toBe(true);
+    for (const type of TYPES) {
+      for (const w of [undefined, qw]) {
+        useSearchKernels(false);
+        const ts = quantizeTensor(type, data, rows.length, cols, w);
+        useSearchKernels(true);
+        const wasm = quantizeTensor(type, data, rows.length, cols, w);
+        const at = firstDifference(wasm, ts);
+        if (at >= 0) expect(`${typeName(type)} differs from byte ${at}`).toBe(`${typeName(type)} identical`);
       }
     }
   });

@@ -3,7 +3,7 @@ import { readImatrixWeights } from "../quant/imatrix.js";
 import { FILE_TYPES } from "../quant/mixes.js";
 import { quantizeModel } from "../quant/quantize-model.js";
 import { checkOutputs } from "../util/output-path.js";
-import { FORCE_HELP } from "./options.js";
+import { FORCE_HELP, threadsArg } from "./options.js";
 
 interface QuantizeFlags {
   type: string;
@@ -14,6 +14,7 @@ interface QuantizeFlags {
   imatrix?: string;
   json?: boolean;
   force?: boolean;
+  threads?: number;
 }
 
 export function registerQuantize(program: Command) {
@@ -41,6 +42,7 @@ export function registerQuantize(program: Command) {
     )
     .option("--json", "print a JSON summary")
     .option("--force", FORCE_HELP)
+    .option("-t, --threads <n>", "threads (default: all cores; any count writes the same bytes)", threadsArg)
     .action(async (input: string, output: string, flags: QuantizeFlags) => {
       const inputs = [
         input,
@@ -54,6 +56,7 @@ export function registerQuantize(program: Command) {
         tokenEmbeddingType: flags.tokenEmbeddingType,
         leaveOutputTensor: flags.leaveOutputTensor,
         pure: flags.pure,
+        threads: flags.threads,
         onProgress: process.stderr.isTTY && !flags.json ? "bar" : undefined,
       });
       if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);

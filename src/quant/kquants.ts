@@ -11,7 +11,9 @@
  * Every f32 operation is written out in C's order with Math.fround after each one, so double
  * rounding never creeps in (one IEEE operation on f32 inputs computed in f64 and rounded to f32
  * is exact); `nearestInt` is ggml's `nearest_int` bit trick itself, so it agrees for any input.
- * Integer stores into C's uint8_t / int8_t arrays wrap as C's do.
+ * Integer stores into C's uint8_t / int8_t arrays wrap as C's do. The scale searches, most of the
+ * work, run in WebAssembly (src/kernels/assembly/quant-search.ts: f32 arithmetic needs no rounding
+ * step there), the TypeScript ones here being their reference (`useSearchKernels`).
  *
  * Layouts (ggml-common.h): Q2_K {scales[16] (sc | m << 4), qs[64], d, dmin: half}  84 B;
  * Q3_K {hmask[32], qs[64], scales[12] (6-bit, +32), d: half}  110 B; Q4_K, Q5_K, Q6_K as in
@@ -19,6 +21,7 @@
  */
 
 import { f16ToF32, f32ToF16 } from "./fp16.js";
+import { type SearchKernels, searchKernels } from "./search-kernels.js";
 
 const f = Math.fround;
 const QK_K = 256;
@@ -335,6 +338,85 @@ function makeQpQuants(n: number, nmax: number, x: Float32Array, L: Uint8Array, q
   return suml2 > 0 ? f(sumlx / suml2) : 0;
 }
 
+/**
+ * The WebAssembly searches (same bits, several times faster), or null: the TypeScript ones.
+ * Loaded at the first block quantized.
+ */
+let kernels: SearchKernels | null | undefined;
+
+function searches(): SearchKernels | null {
+  if (kernels === undefined) kernels = searchKernels();
+  return kernels;
+}
+
+/**
+ * Which scale searches the quantizers run: the WebAssembly ones (the default, where the kernel
+ * module is built) or the TypeScript ones above, their reference. Returns whether the WebAssembly
+ * ones are in use.
+ */
+export function useSearchKernels(on: boolean): boolean {
+  kernels = on ? searchKernels() : null;
+  return kernels !== null;
+}
+
+/** makeQkxQuants, in WebAssembly when it is loaded. */
+function searchQkx(
+  three: boolean,
+  n: number,
+  nmax: number,
+  x: Float32Array,
+  xo: number,
+  weights: Float32Array,
+  L: Uint8Array,
+  lo: number,
+  Laux: Uint8Array,
+  rmin: number,
+  rdelta: number,
+  nstep: number,
+  mad: boolean,
+): number {
+  const k = searches();
+  if (!k) return makeQkxQuants(three, n, nmax, x, xo, weights, L, lo, Laux, rmin, rdelta, nstep, mad);
+  for (let i = 0; i < n; i++) {
+    k.x[i] = x[xo + i]!;
+    k.w[i] = weights[i]!;
+  }
+  const scale = k.searchScaleMin(three ? 1 : 0, n, nmax, rmin, rdelta, nstep, mad ? 1 : 0);
+  for (let i = 0; i < n; i++) L[lo + i] = k.L[i]!;
+  theMin = k.min[0]!;
+  return scale;
+}
+
+/** makeQxQuants, in WebAssembly when it is loaded. */
+function searchQx(
+  n: number,
+  nmax: number,
+  x: Float32Array,
+  xo: number,
+  L: Int8Array,
+  lo: number,
+  qw: Float32Array | null,
+  qo: number,
+): number {
+  const k = searches();
+  if (!k) return makeQxQuants(n, nmax, x, xo, L, lo, qw, qo);
+  for (let i = 0; i < n; i++) k.x[i] = x[xo + i]!;
+  if (qw) for (let i = 0; i < n; i++) k.w[i] = qw[qo + i]!;
+  const scale = k.searchScale(n, nmax, qw !== null);
+  for (let i = 0; i < n; i++) L[lo + i] = k.Li[i]!;
+  return scale;
+}
+
+/** makeQ3Quants, in WebAssembly when it is loaded. */
+function searchQ3(n: number, nmax: number, x: Float32Array, xo: number, L: Int8Array, lo: number): number {
+  const k = searches();
+  if (!k) return makeQ3Quants(n, nmax, x, xo, L, lo);
+  for (let i = 0; i < n; i++) k.x[i] = x[xo + i]!;
+  const scale = k.searchScaleQ3(n, nmax);
+  for (let i = 0; i < n; i++) L[lo + i] = k.Li[i]!;
+  return scale;
+}
+
 // ---------------------------------------------------------------------------------------------
 // shared packing
 
@@ -430,7 +512,7 @@ function quantizeQ2_KBlock(x: Float32Array, xo: number, dst: Uint8Array, o: numb
   let maxMin = 0;
   for (let j = 0; j < 16; j++) {
     for (let l = 0; l < 16; l++) weights[l] = Math.abs(x[xo + 16 * j + l]!);
-    scales[j] = makeQkxQuants(false, 16, 3, x, xo + 16 * j, weights, L, 16 * j, Laux, -0.5, f(0.1), 15, true);
+    scales[j] = searchQkx(false, 16, 3, x, xo + 16 * j, weights, L, 16 * j, Laux, -0.5, f(0.1), 15, true);
     mins[j] = theMin;
     if (scales[j]! > maxScale) maxScale = scales[j]!;
     if (mins[j]! > maxMin) maxMin = mins[j]!;
@@ -473,21 +555,7 @@ function quantizeQ2_KBlockWeighted(
       s = f(s + weights[l]!);
     }
     sw[j] = s;
-    scales[j] = makeQkxQuants(
-      true,
-      16,
-      3,
-      x,
-      xo + 16 * j,
-      weights,
-      L,
-      16 * j,
-      Laux,
-      f(-0.9),
-      f(0.05),
-      36,
-      false,
-    );
+    scales[j] = searchQkx(true, 16, 3, x, xo + 16 * j, weights, L, 16 * j, Laux, f(-0.9), f(0.05), 36, false);
     mins[j] = theMin;
   }
   const dm = writeHalf(dst, o + 80, makeQpQuants(16, 15, scales, Ls, sw));
@@ -527,7 +595,7 @@ function quantizeQ3_KBlock(x: Float32Array, xo: number, dst: Uint8Array, o: numb
   let maxScale = 0;
   let amax = 0;
   for (let j = 0; j < 16; j++) {
-    scales[j] = makeQ3Quants(16, 4, x, xo + 16 * j, L, 16 * j);
+    scales[j] = searchQ3(16, 4, x, xo + 16 * j, L, 16 * j);
     const scale = Math.abs(scales[j]!);
     if (scale > amax) {
       amax = scale;
@@ -567,10 +635,10 @@ function quantizeQ3_KBlockWeighted(
       s = f(s + weights[l]!);
     }
     sw[j] = s;
-    scales[j] = makeQxQuants(16, 4, x, xo + 16 * j, L, 16 * j, weights, 0);
+    scales[j] = searchQx(16, 4, x, xo + 16 * j, L, 16 * j, weights, 0);
   }
   dst.fill(0, o + 96, o + 108);
-  const dBlock = makeQxQuants(16, 32, scales, 0, Lsi, 0, sw, 0);
+  const dBlock = searchQx(16, 32, scales, 0, Lsi, 0, sw, 0);
   for (let j = 0; j < 16; j++) setScaleQ3(dst, o + 96, j, Lsi[j]!);
   finishQ3K(x, xo, dst, o, writeHalf(dst, o + 108, dBlock));
 }
@@ -632,8 +700,8 @@ function quantizeK45Block(five: boolean, x: Float32Array, xo: number, dst: Uint8
     const avX = f(Math.sqrt(f(sumSquares(x, xo + 32 * j, 32) / 32)));
     for (let l = 0; l < 32; l++) weights[l] = f(avX + Math.abs(x[xo + 32 * j + l]!));
     scales[j] = five
-      ? makeQkxQuants(false, 32, 31, x, xo + 32 * j, weights, L, 32 * j, Laux, -0.5, f(0.1), 15, false)
-      : makeQkxQuants(false, 32, 15, x, xo + 32 * j, weights, L, 32 * j, Laux, -1, f(0.1), 20, false);
+      ? searchQkx(false, 32, 31, x, xo + 32 * j, weights, L, 32 * j, Laux, -0.5, f(0.1), 15, false)
+      : searchQkx(false, 32, 15, x, xo + 32 * j, weights, L, 32 * j, Laux, -1, f(0.1), 20, false);
     mins[j] = theMin;
     if (scales[j]! > maxScale) maxScale = scales[j]!;
     if (mins[j]! > maxMin) maxMin = mins[j]!;
@@ -670,7 +738,7 @@ function quantizeK45BlockWeighted(
     }
     sw[j] = s;
     const nmax = five ? 31 : 15;
-    scales[j] = makeQkxQuants(
+    scales[j] = searchQkx(
       true,
       32,
       nmax,
@@ -715,7 +783,7 @@ function quantizeQ6_KBlock(
   let maxScale = 0;
   let maxAbsScale = 0;
   for (let ib = 0; ib < 16; ib++) {
-    const scale = makeQxQuants(16, 32, x, xo + 16 * ib, L, 16 * ib, qw, qo + 16 * ib);
+    const scale = searchQx(16, 32, x, xo + 16 * ib, L, 16 * ib, qw, qo + 16 * ib);
     scales[ib] = scale;
     if (Math.abs(scale) > maxAbsScale) {
       maxAbsScale = Math.abs(scale);
@@ -774,12 +842,12 @@ function quantizeLegacyWeighted(
     let q: ArrayLike<number>;
     let qsAt: number;
     if (type === "q4_0" || type === "q5_0") {
-      writeHalf(dst, o, makeQxQuants(32, type === "q4_0" ? 8 : 16, x, xo, Li, 0, weights, 0));
+      writeHalf(dst, o, searchQx(32, type === "q4_0" ? 8 : 16, x, xo, Li, 0, weights, 0));
       q = Li;
       qsAt = type === "q4_0" ? 2 : 6;
     } else {
       const nmax = type === "q4_1" ? 15 : 31;
-      const d = makeQkxQuants(true, 32, nmax, x, xo, weights, L, 0, Laux, f(-0.9), f(0.05), 36, false);
+      const d = searchQkx(true, 32, nmax, x, xo, weights, L, 0, Laux, f(-0.9), f(0.05), 36, false);
       writeHalf(dst, o, d);
       writeHalf(dst, o + 2, -theMin);
       q = L;

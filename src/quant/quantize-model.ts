@@ -1,9 +1,11 @@
+import { availableParallelism } from "node:os";
 import { UserError } from "../errors.js";
 import { type GGMLType, ggmlTypeInfo, ggmlTypeName, parseGgmlTypeName } from "../formats/ggml-types.js";
 import { GgufFile, type GgufHeader, GgufWriter } from "../formats/gguf.js";
 import { Progress } from "../util/progress.js";
 import { type FileType, llamaTensorOrder, MixChooser, parseFileType } from "./mixes.js";
-import { dequantizeRow, QUANTIZABLE_TYPES, quantizeRow } from "./reference.js";
+import { RowConverter } from "./quantize-rows.js";
+import { QUANTIZABLE_TYPES } from "./reference.js";
 import { QUANT_TYPES } from "./types.js";
 
 export interface QuantizeSummary {
@@ -45,6 +47,11 @@ export interface QuantizeOptions {
    * tensors it names are quantized with ggml's importance-weighted quantizers.
    */
   imatrix?: Map<string, Float32Array>;
+  /**
+   * Threads converting rows (llama-quantize --nthread; default: every core, as llama-quantize's
+   * default). Any count writes the same bytes.
+   */
+  threads?: number;
 }
 
 /** `--type` names and the llama.cpp file type (general.file_type) each sets, and its base type. */
@@ -80,8 +87,8 @@ function modelShape(path: string, h: GgufHeader) {
  * Rewrites a GGUF Llama model as llama.cpp's `llama-quantize` would for file type `typeName`
  * (Q4_K_M, Q8_0, F16 ...): the same tensor types, tensor by tensor (the mix's rules, its fallback
  * for rows that do not fit a type's blocks), the same blocks (ggml's quantizers, bit for bit), the
- * same tensor order and general.file_type. Tensors are converted one row at a time from one
- * tensor's bytes, so memory stays near the largest tensor.
+ * same tensor order and general.file_type. Tensors are converted one at a time, their rows split
+ * over `threads` threads, so memory stays near a few copies of the largest tensor.
  */
 export async function quantizeModel(
   input: string,
@@ -92,7 +99,12 @@ export async function quantizeModel(
   const fileType: FileType = parseFileType(typeName);
   const outputTensorType = parseTypeOption("--output-tensor-type", options.outputTensorType);
   const tokenEmbeddingType = parseTypeOption("--token-embedding-type", options.tokenEmbeddingType);
+  const threads = options.threads ?? availableParallelism();
+  if (!Number.isInteger(threads) || threads < 1) {
+    throw new UserError(`threads ${threads}: must be a whole number of at least 1`);
+  }
   const file = GgufFile.open(input);
+  const converter = new RowConverter(threads);
   try {
     const h = file.header;
     const shape = modelShape(input, h);
@@ -161,17 +173,11 @@ export async function quantizeModel(
       const rows = t.elementCount / cols;
       const outRow = (cols / info.blockSize) * info.typeSize;
       w.addTensor(t.name, t.dims, type, (dst) => {
-        const src = file.readTensor(t);
-        const inRow = src.length / rows;
-        const row = new Float32Array(cols);
-        for (let r = 0; r < rows; r++) {
-          dequantizeRow(t.type, src.subarray(r * inRow, (r + 1) * inRow), cols, row);
-          for (let j = 0; j < cols; j++) {
-            if (!Number.isFinite(row[j]!)) {
-              throw new UserError(`${input}: tensor ${t.name} holds a NaN or infinite value (row ${r})`);
-            }
-          }
-          quantizeRow(type, row, dst.subarray(r * outRow, (r + 1) * outRow), rowWeights);
+        const src = converter.sourceBuffer(t.byteSize);
+        file.readTensorInto(t, src);
+        const bad = converter.convert({ srcType: t.type, dstType: type, cols, rows, src, dst, rowWeights });
+        if (bad >= 0) {
+          throw new UserError(`${input}: tensor ${t.name} holds a NaN or infinite value (row ${bad})`);
         }
         report(t.name, t.elementCount);
       });
@@ -197,5 +203,6 @@ export async function quantizeModel(
     };
   } finally {
     file.close();
+    await converter.close();
   }
 }

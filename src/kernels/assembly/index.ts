@@ -5,5 +5,6 @@ export * from "./quant-legacy";
 export * from "./quant-layouts";
 export * from "./quant-kquants";
 export * from "./quant-dequant";
+export * from "./quant-search";
 export * from "./train";
 export * from "./lora";
