@@ -1,6 +1,15 @@
-// smallhammer's library entry: load and run GGUF models, read and write GGUF, tokenize, quantize.
+// smallhammer's library entry: load and run GGUF models, read and write GGUF, tokenize, quantize, convert.
 // Datasets, training and the server are subpaths (smallhammer/data, smallhammer/train,
 // smallhammer/serve), so that importing the engine loads neither fastify nor the openai client.
+export {
+  convertGgufToHf,
+  type GgufToHfOptions,
+  type GgufToHfSummary,
+  type HfDtype,
+} from "./convert/gguf-to-hf.js";
+export { type ConvertSummary, convertHfToGguf, type HfToGgufOptions } from "./convert/hf-to-gguf.js";
+export { convertLlama2cToGguf } from "./convert/llama2c.js";
+export { convertPeftToGguf, type PeftToGgufSummary } from "./convert/peft.js";
 export { AbortError, type ErrorCode, isUserError, UserError } from "./errors.js";
 export { renderEvalReport, type WriteEvalReportOptions, writeEvalReport } from "./eval/eval-report.js";
 export { type CollectImatrixOptions, collectImatrix } from "./eval/imatrix-collect.js";

@@ -17,6 +17,7 @@ export const EXAMPLES: Record<string, string> = {
     "smallhammer finetune --base base.gguf --data alpaca.jsonl --template alpaca --out run/ --epochs 3",
   pretrain: "smallhammer pretrain --model tiny --data cache/ --out run/ --steps 2000 --batch 16 --seq 128",
   export: "smallhammer export run/ --out model.gguf --type q8_0",
+  convert: "smallhammer convert TinyLlama-1.1B-Chat/ -o tinyllama-q8_0.gguf --type q8_0",
   report: "smallhammer report lr-1e-3/ lr-3e-3/ --out compare.html",
   tokenizer: "smallhammer tokenizer train corpus.txt --vocab-size 8000 --out tokenizer.gguf",
   "tokenizer train": "smallhammer tokenizer train corpus/*.txt --vocab-size 8000 --out tokenizer.gguf",

@@ -1,5 +1,7 @@
+import { statSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { type Command, InvalidArgumentError } from "commander";
+import { readPeftAdapterFor } from "../convert/peft.js";
 import { DEFAULT_SAMPLER_OPTIONS } from "../model/sampler.js";
 
 /** Commander parser for an integer flag within [min, max]. */
@@ -106,7 +108,7 @@ export function addModelOptions(cmd: Command): Command {
     .option("--template <name>", "chat template: alpaca, vicuna_v1.1, llama-2, chatml (default: the file's)")
     .option(
       "--lora <file>",
-      "apply a GGUF LoRA adapter at run time (repeatable)",
+      "apply a LoRA adapter at run time: a GGUF adapter or a PEFT directory (repeatable)",
       (value: string, previous: string[] = []) => [...previous, value],
     )
     .option("--lora-scale <s>", "scale of the LoRA adapters (default: 1)", numArg("--lora-scale", 0));
@@ -128,6 +130,12 @@ export function modelOptions(f: ModelFlags) {
     threads: f.threads,
     contextSize: f.ctx,
     template: f.template,
-    lora: f.lora?.map((adapter) => ({ adapter, scale: f.loraScale })),
+    // A PEFT directory is read against the model it adapts (its q/k row order, its shapes).
+    lora: f.lora?.map((path) => ({
+      adapter: statSync(path, { throwIfNoEntry: false })?.isDirectory()
+        ? readPeftAdapterFor(path, f.model)
+        : path,
+      scale: f.loraScale,
+    })),
   };
 }

@@ -1,6 +1,7 @@
 import { Command } from "commander";
 import { openPretrainData } from "../train/token-data.js";
 import { registerChat } from "./chat.js";
+import { registerConvert } from "./convert.js";
 import { registerData } from "./data.js";
 import { registerDemo } from "./demo.js";
 import { registerEval } from "./eval.js";
@@ -45,6 +46,7 @@ export function buildProgram(): Command {
   registerEval(program);
   registerPretrain(program, openPretrainData);
   registerExport(program);
+  registerConvert(program);
   registerReport(program);
   addExamples(program);
   return program;

@@ -1,0 +1,177 @@
+/**
+ * The architectures convert handles, one row each: the Hugging Face model_type and class, the GGUF
+ * architecture the engine runs it as (src/model/arch holds the tensor names), and how config.json's
+ * hyper-parameters become GGUF metadata and back. Adding an architecture is a row here once
+ * src/model/arch has its tensors.
+ */
+import { UserError } from "../errors.js";
+import type { LlamaConfig } from "../model/config.js";
+import { LLAMA_LIMITS } from "../model/config.js";
+import type { HfConfig, Json } from "./hf-dir.js";
+
+/** A metadata value with its GGUF type, before it is set on a writer. */
+export type HparamValue = { u32: number } | { f32: number } | { str: string };
+
+export interface ConvertArchitecture {
+  /** config.json model_type values it reads. */
+  modelTypes: readonly string[];
+  /** general.architecture written (and read back), also the prefix of its metadata keys. */
+  gguf: string;
+  /** GGUF hyper-parameter metadata (keys without the architecture prefix) from config.json. */
+  hparams(c: HfConfig): Map<string, HparamValue>;
+  /** config.json fields for a model of this shape. */
+  config(c: LlamaConfig): Json;
+}
+
+const L = LLAMA_LIMITS;
+
+/** rope_theta and rope_scaling of transformers v4, or rope_parameters of v5. */
+function rope(c: HfConfig): { theta: number; linearFactor?: number } {
+  const params = c.json.rope_parameters as Json | undefined;
+  const scaling = (c.json.rope_scaling ?? params) as Json | null | undefined;
+  const theta =
+    typeof params?.rope_theta === "number" ? (params.rope_theta as number) : c.positive("rope_theta", 10000);
+  if (!(theta > 0 && Number.isFinite(theta))) throw new UserError(`${c.path}: rope_theta must be above 0`);
+  if (!scaling || typeof scaling !== "object") return { theta };
+  const type = scaling.rope_type ?? scaling.type;
+  if (type === undefined || type === "default") return { theta };
+  if (type !== "linear") {
+    throw new UserError(
+      `${c.path}: rope scaling ${JSON.stringify(type)} is not supported yet (supported: linear)`,
+    );
+  }
+  const factor = scaling.factor;
+  if (typeof factor !== "number" || !(factor > 0) || !Number.isFinite(factor)) {
+    throw new UserError(`${c.path}: rope scaling factor must be a number above 0`);
+  }
+  return { theta, linearFactor: factor };
+}
+
+/** Hyper-parameters of the Llama-shaped families (Llama, Mistral, Qwen 2), in GGUF's keys. */
+function llamaHparams(c: HfConfig, arch: string): Map<string, HparamValue> {
+  const act = c.json.hidden_act ?? "silu";
+  if (act !== "silu")
+    throw new UserError(`${c.path}: hidden_act ${JSON.stringify(act)} is not supported (${arch} uses silu)`);
+  const dim = c.integer("hidden_size", L.embeddingLength);
+  const heads = c.integer("num_attention_heads", L.headCount);
+  const headDim = c.integer("head_dim", L.headDim, Math.floor(dim / heads));
+  const r = rope(c);
+  const m = new Map<string, HparamValue>([
+    ["context_length", { u32: c.integer("max_position_embeddings", L.contextLength, 2048) }],
+    ["embedding_length", { u32: dim }],
+    ["block_count", { u32: c.integer("num_hidden_layers", L.blockCount) }],
+    ["feed_forward_length", { u32: c.integer("intermediate_size", L.feedForwardLength) }],
+    ["rope.dimension_count", { u32: headDim }],
+    ["attention.head_count", { u32: heads }],
+    ["attention.head_count_kv", { u32: c.integer("num_key_value_heads", heads, heads) }],
+    ["attention.layer_norm_rms_epsilon", { f32: c.positive("rms_norm_eps", 1e-6) }],
+    ["rope.freq_base", { f32: r.theta }],
+    ["vocab_size", { u32: c.integer("vocab_size", L.vocab) }],
+  ]);
+  if (c.has("head_dim") && headDim * heads !== dim) {
+    m.set("attention.key_length", { u32: headDim });
+    m.set("attention.value_length", { u32: headDim });
+  }
+  if (r.linearFactor !== undefined) {
+    m.set("rope.scaling.type", { str: "linear" });
+    m.set("rope.scaling.factor", { f32: r.linearFactor });
+  }
+  return m;
+}
+
+/** config.json fields the Llama-shaped families share. */
+function llamaConfig(c: LlamaConfig): Json {
+  return {
+    hidden_size: c.dim,
+    intermediate_size: c.ffn,
+    num_hidden_layers: c.layers,
+    num_attention_heads: c.heads,
+    num_key_value_heads: c.kvHeads,
+    head_dim: c.headDim,
+    hidden_act: "silu",
+    max_position_embeddings: c.contextLength,
+    rms_norm_eps: shortestF32(c.normEps),
+    rope_theta: shortestF32(c.rope.freqBase),
+    rope_scaling:
+      c.rope.freqScale !== 1
+        ? { type: "linear", rope_type: "linear", factor: shortestF32(1 / c.rope.freqScale) }
+        : null,
+    vocab_size: c.vocab,
+    attention_bias: false,
+    attention_dropout: 0,
+    mlp_bias: false,
+    initializer_range: 0.02,
+    pretraining_tp: 1,
+    use_cache: true,
+  };
+}
+
+const llamaFamily: ConvertArchitecture = {
+  modelTypes: ["llama", "mistral"],
+  gguf: "llama",
+  hparams(c) {
+    for (const key of ["attention_bias", "mlp_bias"]) {
+      if (c.bool(key)) throw new UserError(`${c.path}: ${key} true is not supported yet`);
+    }
+    const sliding = c.json.sliding_window;
+    const m = llamaHparams(c, "llama");
+    if (typeof sliding === "number" && sliding < (m.get("context_length") as { u32: number }).u32) {
+      throw new UserError(`${c.path}: sliding_window ${sliding} attention is not supported yet`);
+    }
+    return m;
+  },
+  config: (c) => ({ architectures: ["LlamaForCausalLM"], model_type: "llama", ...llamaConfig(c) }),
+};
+
+/** Qwen 2 / 2.5: Llama's shape with q/k/v biases (always present), NeoX rotary order (no q/k permutation). */
+const qwen2: ConvertArchitecture = {
+  modelTypes: ["qwen2"],
+  gguf: "qwen2",
+  hparams(c) {
+    if (c.bool("use_sliding_window"))
+      throw new UserError(`${c.path}: use_sliding_window true is not supported yet`);
+    return llamaHparams(c, "qwen2");
+  },
+  config(c) {
+    const { attention_bias: _a, mlp_bias: _m, pretraining_tp: _p, ...rest } = llamaConfig(c);
+    return {
+      architectures: ["Qwen2ForCausalLM"],
+      model_type: "qwen2",
+      ...rest,
+      use_sliding_window: false,
+      sliding_window: null,
+      max_window_layers: c.layers,
+    };
+  },
+};
+
+export const CONVERT_ARCHITECTURES: readonly ConvertArchitecture[] = [llamaFamily, qwen2];
+
+/** The row for a config.json's model_type; unsupported ones are named in one line. */
+export function convertArchitectureForHf(modelType: unknown, path: string): ConvertArchitecture {
+  const row = CONVERT_ARCHITECTURES.find((a) => a.modelTypes.includes(modelType as string));
+  if (!row) {
+    const known = CONVERT_ARCHITECTURES.flatMap((a) => a.modelTypes).join(", ");
+    throw new UserError(
+      `${path}: convert: architecture ${JSON.stringify(modelType)} is not supported yet (supported: ${known})`,
+    );
+  }
+  return row;
+}
+
+/** The row for a GGUF general.architecture. */
+export function convertArchitectureForGguf(arch: string, path: string): ConvertArchitecture {
+  const row = CONVERT_ARCHITECTURES.find((a) => a.gguf === arch || a.modelTypes.includes(arch));
+  if (!row)
+    throw new UserError(`${path}: convert: architecture ${JSON.stringify(arch)} is not supported yet`);
+  return row;
+}
+
+/** The shortest decimal that reads back as the same f32 (1e-5 rather than 9.999999747378752e-6). */
+export function shortestF32(x: number): number {
+  for (let p = 1; p <= 9; p++) {
+    const v = Number(x.toPrecision(p));
+    if (Math.fround(v) === Math.fround(x)) return v;
+  }
+  return x;
+}
