@@ -27,7 +27,9 @@ import { join } from "node:path";
 import { evalTasks, makeWorld, tuningTasks, worldCorpus } from "./data/synthetic.js";
 import { openTokenCache } from "./data/token-cache.js";
 import { UserError } from "./errors.js";
+import { writeEvalReport } from "./eval/eval-report.js";
 import { LiveRunReport, REPORT_FILE, writeRunReport } from "./eval/report.js";
+import { taskSummary } from "./eval/results.js";
 import { evaluateTasks, type TaskEvalResult } from "./eval/tasks.js";
 import { mergeLora, readLoraGguf } from "./model/lora.js";
 import { loadModel } from "./model/model.js";
@@ -84,6 +86,8 @@ export interface QuickstartResult {
     /** The training runs' report pages (`smallhammer report`). */
     pretrainReport: string;
     finetuneReport: string;
+    /** The evaluation report of base, tuned and quantized models (`eval report`). */
+    evalReport: string;
   };
   pretrainLoss: number;
   pretrainValLoss?: number;
@@ -152,6 +156,7 @@ const OUTPUTS = [
   "finetune",
   "tuned-f32.gguf",
   "tuned-q4_0.gguf",
+  "eval-report.html",
   MARKER,
 ];
 
@@ -244,6 +249,7 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
     tunedQ4: join(dir, "tuned-q4_0.gguf"),
     pretrainReport: join(dir, "pretrain", REPORT_FILE),
     finetuneReport: join(dir, "finetune", REPORT_FILE),
+    evalReport: join(dir, "eval-report.html"),
   };
   const world = makeWorld(seed);
   // What each stage's outputs depend on, earlier stages included.
@@ -471,6 +477,16 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
     seconds: (performance.now() - scoreStarted) / 1000,
     result: `exact match: base ${pct(scores.base.accuracy)}, tuned f32 ${pct(scores.tuned.accuracy)}, tuned q4_0 ${pct(scores.tunedQ4.accuracy)}`,
   });
+  // The same page `eval report` draws from result files, so the three models compare at a glance.
+  writeEvalReport(
+    [
+      taskSummary("base f32", scores.base),
+      taskSummary("tuned f32", scores.tuned),
+      taskSummary("tuned q4_0", scores.tunedQ4),
+    ],
+    files.evalReport,
+    { force: true },
+  );
   return {
     files,
     pretrainLoss: pre.loss,

@@ -110,6 +110,7 @@ export function registerQuickstart(program: Command) {
         say(
           `training reports (open them in a browser): ${result.files.pretrainReport} and ${result.files.finetuneReport}`,
         );
+        say(`evaluation report of the three models: ${result.files.evalReport}`);
         if (!flags.chat || !process.stdin.isTTY) return;
         say('opening a chat on the tuned q4_0 model (ask it, e.g., "What is 7 + 5?")');
         const model = await loadModel(result.files.tunedQ4, { threads: flags.threads, worker: false });
