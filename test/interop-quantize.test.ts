@@ -146,6 +146,22 @@ describe("options and inputs", () => {
     await both(tied, "tied-q2k", "Q2_K", 10);
   });
 
+  it("another architecture (qwen2: its biases stay f32, its counts come from qwen2.* keys)", async () => {
+    const qwen2 = join(dir, "qwen2-f32.gguf");
+    writeTinyLlama(qwen2, {
+      dim: 256,
+      layers: 4,
+      heads: 8,
+      kvHeads: 2,
+      ffn: 512,
+      seed: 8,
+      architecture: "qwen2",
+    });
+    const types = await both(qwen2, "qwen2-q4km", "Q4_K_M", 15);
+    expect(types).toContain("blk.0.attn_q.bias:f32");
+    await both(qwen2, "qwen2-q8", "Q8_0", 7);
+  });
+
   it("an F16 input", async () => {
     await both(f16, "f16-q4km", "Q4_K_M", 15);
   });

@@ -71,14 +71,17 @@ function parseTypeOption(flag: string, name: string | undefined): GGMLType | und
 
 /** llama.cpp's view of the model that its rules use: layers, grouped-query ratio, 70B class. */
 function modelShape(path: string, h: GgufHeader) {
+  // llama.cpp's rules go by tensor name, so any architecture's file quantizes alike; only these
+  // counts come from its own keys (`<arch>.block_count` ...).
   const arch = h.getString("general.architecture", "llama");
-  if (arch !== "llama") throw new UserError(`${path}: quantize handles llama models, not ${arch}`);
-  if (h.getNumber("llama.expert_count", 0) > 1) {
-    throw new UserError(`${path}: mixture-of-experts models (llama.expert_count) are not supported`);
+  if (!/^[a-z0-9_]{1,64}$/.test(arch))
+    throw new UserError(`${path}: general.architecture is not a plain name`);
+  if (h.getNumber(`${arch}.expert_count`, 0) > 1) {
+    throw new UserError(`${path}: mixture-of-experts models (${arch}.expert_count) are not supported`);
   }
-  const layers = h.getNumber("llama.block_count");
-  const heads = h.getNumber("llama.attention.head_count");
-  const kvHeads = h.getNumber("llama.attention.head_count_kv", heads);
+  const layers = h.getNumber(`${arch}.block_count`);
+  const heads = h.getNumber(`${arch}.attention.head_count`);
+  const kvHeads = h.getNumber(`${arch}.attention.head_count_kv`, heads);
   if (!(heads > 0) || !(kvHeads > 0)) throw new UserError(`${path}: attention head counts must be positive`);
   return { layers, gqa: Math.trunc(heads / kvHeads), is70B: layers === 80 && heads !== kvHeads };
 }
