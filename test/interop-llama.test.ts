@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadModel } from "../src/model/model.js";
 import { quantizeModel } from "../src/quant/quantize-model.js";
 import { ensureBuilt, runCli } from "./helpers/cli.js";
+import { llamaCppGreedy, ourSteps } from "./helpers/teacher-forced.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
 
 const TOKENS = 40;
@@ -22,53 +23,6 @@ afterAll(async () => {
   await llama?.dispose();
   rmSync(dir, { recursive: true, force: true });
 });
-
-async function llamaCppGreedy(path: string, prompt: number[], n: number): Promise<number[]> {
-  const model = await llama.loadModel({ modelPath: path });
-  try {
-    const ctx = await model.createContext({
-      contextSize: 256,
-      threads: 2,
-      experimentalKvCacheKeyType: "F32",
-      experimentalKvCacheValueType: "F32",
-    });
-    const seq = ctx.getSequence();
-    const out: number[] = [];
-    for await (const t of seq.evaluate(prompt as never, { temperature: 0 })) {
-      out.push(t as number);
-      if (out.length >= n) break;
-    }
-    await ctx.dispose();
-    return out;
-  } finally {
-    await model.dispose();
-  }
-}
-
-/**
- * Runs our engine teacher-forced along llama.cpp's continuation `ref`: at every step, returns our
- * argmax and how far below our top logit llama.cpp's choice lies (0 when they agree).
- */
-async function ourSteps(path: string, prompt: number[], ref: number[], threads: number) {
-  const model = await loadModel(path, { worker: false, threads, contextSize: 256 });
-  try {
-    const steps: { ours: number; gap: number; scale: number }[] = [];
-    let logits = model.llama.forward(prompt, 0);
-    for (let i = 0; i < ref.length; i++) {
-      let best = 0;
-      let scale = 0;
-      for (let v = 0; v < logits.length; v++) {
-        if (logits[v]! > logits[best]!) best = v;
-        scale = Math.max(scale, Math.abs(logits[v]!));
-      }
-      steps.push({ ours: best, gap: logits[best]! - logits[ref[i]!]!, scale });
-      if (i + 1 < ref.length) logits = model.llama.forward([ref[i]!], prompt.length + i);
-    }
-    return steps;
-  } finally {
-    await model.dispose();
-  }
-}
 
 describe("greedy continuation matches llama.cpp", () => {
   let f32: string;
@@ -99,7 +53,7 @@ describe("greedy continuation matches llama.cpp", () => {
         // --pure: every matrix in the type under test (the mixes put the output matrix in another)
         await quantizeModel(f32, path, type, { pure: true });
       }
-      const ref = await llamaCppGreedy(path, prompt, TOKENS);
+      const ref = await llamaCppGreedy(llama, path, prompt, TOKENS);
       expect(ref.length).toBe(TOKENS);
       const one = await ourSteps(path, prompt, ref, 1);
       const two = await ourSteps(path, prompt, ref, 2);
@@ -117,7 +71,7 @@ describe("greedy continuation matches llama.cpp", () => {
   }
 
   it("f32: free-running greedy continuations are identical", async () => {
-    const ref = await llamaCppGreedy(f32, prompt, TOKENS);
+    const ref = await llamaCppGreedy(llama, f32, prompt, TOKENS);
     const model = await loadModel(f32, { worker: false, threads: 2, contextSize: 256 });
     try {
       const ours: number[] = [];
@@ -145,7 +99,7 @@ describe("greedy generation with default settings matches llama.cpp", () => {
     const text = "the cat the cat the cat the cat the cat the cat";
     const model = await loadModel(path, { worker: false, threads: 1 });
     const prompt = model.tokenize(text);
-    const ref = model.detokenize(await llamaCppGreedy(path, prompt, TOKENS));
+    const ref = model.detokenize(await llamaCppGreedy(llama, path, prompt, TOKENS));
     await model.dispose();
 
     const greedy = ["generate", "-m", path, "-p", text, "-n", String(TOKENS), "--temp", "0", "--json"];

@@ -1,6 +1,6 @@
-// llama.cpp's own quantizer for the benches: llama_model_quantize of the libllama that
-// node-llama-cpp ships, reached through koffi (a devDependency; the benches are not in the
-// package). The C API is that of the llama.cpp release node-llama-cpp was built from
+// llama.cpp's own quantizer for the benches and the tests: llama_model_quantize of the libllama
+// that node-llama-cpp ships, and ggml_quantize_chunk of its libggml-base, reached through koffi (a
+// devDependency; the benches are not in the package). The C API is that of the llama.cpp release node-llama-cpp was built from
 // (node_modules/node-llama-cpp/llama/binariesGithubRelease.json); llama_model_quantize_params and
 // llama_model_imatrix_data are laid out here as its llama.h declares them.
 import { existsSync, readdirSync } from "node:fs";
@@ -32,12 +32,22 @@ export interface LlamaQuantizeOptions {
   /** llama_ftype, e.g. 15 for Q4_K_M. */
   ftype: number;
   threads?: number;
+  outputTensorType?: number;
+  tokenEmbeddingType?: number;
+  /** --leave-output-tensor */
+  leaveOutputTensor?: boolean;
+  pure?: boolean;
   /** Importance per input column by tensor name (mean squared activations), as llama-quantize passes an imatrix. */
   imatrix?: Map<string, Float32Array>;
 }
 
 let api:
-  | { koffi: Koffi; quantize: (...a: unknown[]) => number; defaults: () => Record<string, unknown> }
+  | {
+      koffi: Koffi;
+      quantize: (...a: unknown[]) => number;
+      quantizeChunk: (...a: unknown[]) => number;
+      defaults: () => Record<string, unknown>;
+    }
   | undefined;
 
 function load() {
@@ -73,6 +83,11 @@ function load() {
   );
   api = {
     koffi,
+    quantizeChunk: koffi
+      .load(join(dir, "libggml-base.so"))
+      .func(
+        "size_t ggml_quantize_chunk(int type, const float *src, _Out_ uint8_t *dst, int64_t start, int64_t nrows, int64_t n_per_row, const float *imatrix)",
+      ),
     defaults: lib.func("llama_model_quantize_params llama_model_quantize_default_params(void)"),
     quantize: lib.func(
       "uint32_t llama_model_quantize(const char *fname_inp, const char *fname_out, const llama_model_quantize_params *params)",
@@ -87,6 +102,10 @@ export function llamaModelQuantize(input: string, output: string, o: LlamaQuanti
   const params = defaults();
   params.ftype = o.ftype;
   params.nthread = o.threads ?? 1;
+  if (o.outputTensorType !== undefined) params.output_tensor_type = o.outputTensorType;
+  if (o.tokenEmbeddingType !== undefined) params.token_embedding_type = o.tokenEmbeddingType;
+  if (o.leaveOutputTensor) params.quantize_output_tensor = false;
+  if (o.pure) params.pure = true;
   // The imatrix goes as an array of {name, data, size} ended by a null name, in memory that stays put.
   const owned: unknown[] = [];
   const alloc = (type: string, values: ArrayLike<number>) => {
@@ -113,4 +132,23 @@ export function llamaModelQuantize(input: string, output: string, o: LlamaQuanti
   } finally {
     for (const p of owned) koffi.free(p);
   }
+}
+
+/**
+ * ggml's `ggml_quantize_chunk(type, src, dst, 0, rows, cols, imatrix)`: what llama-quantize runs per
+ * tensor (the reference quantizers without an imatrix, the weighted ones with it).
+ */
+export function ggmlQuantize(
+  type: number,
+  src: Float32Array,
+  rows: number,
+  cols: number,
+  rowBytes: number,
+  imatrix?: Float32Array,
+): Uint8Array {
+  const dst = new Uint8Array(rows * rowBytes);
+  const n = load().quantizeChunk(type, src, dst, 0, rows, cols, imatrix ?? null);
+  if (Number(n) !== dst.length)
+    throw new Error(`ggml_quantize_chunk wrote ${n} bytes, expected ${dst.length}`);
+  return dst;
 }
