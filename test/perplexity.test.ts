@@ -260,9 +260,10 @@ describe("smallhammer perplexity", () => {
     const other = join(dir, "other.gguf");
     writeTinyLlama(other, { dim: 64, layers: 1, heads: 4, ffn: 128, pieces: ["▁", "a", "b"] });
     const cases: [string[], RegExp][] = [
-      [["-m", f32, "-f", short], /needs? at least 1024/],
+      // --ctx within the model's training length (128): beyond it a warning line comes first
+      [["-m", f32, "-f", short, "-c", "128"], /needs? at least 256/],
       [["-m", f32, "-f", textFile, "-c", "64", "--kl-divergence-base", other], /not a base of that model/],
-      [["-m", f32, "-f", join(dir, "missing.txt")], /missing\.txt: no such file/],
+      [["-m", f32, "-f", join(dir, "missing.txt"), "-c", "128"], /missing\.txt: no such file/],
       [["-m", f32, "-f", textFile, "-c", "2"], /--ctx must be an integer from 3/],
     ];
     for (const [args, message] of cases) {
