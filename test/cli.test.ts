@@ -123,7 +123,8 @@ describe("quantize", () => {
       expectOk(q);
       // output.weight's rows of 64 fit no 256-element block: llama.cpp's mix falls back to q8_0 (q8_0 and f16 need none)
       expect(q.stdout).toContain(`${out}: ${type}, 16 tensors converted, 5 kept`);
-      if (type !== "f16" && type !== "q8_0") expect(q.stdout).toContain("(1 fell back: rows not a multiple of 256)");
+      if (type !== "f16" && type !== "q8_0")
+        expect(q.stdout).toContain("(1 fell back: rows not a multiple of 256)");
       const j = await inspectJson(out);
       expect(j.architecture).toBe("llama");
       expect(j.tensors).toHaveLength(21);
