@@ -392,22 +392,22 @@ async function scriptedProxy(target: string) {
     await page.reload();
     await expect.poll(() => page.locator("#model").textContent()).toBe("page-model");
     await expect.poll(() => page.locator(".message").count()).toBe(4);
-    expect(await page.locator(".message.user .content").allTextContents()).toEqual([
-      "Second question about mountains",
-      "And a follow-up",
-    ]);
-    expect(await page.locator(".message.assistant .content").allTextContents()).toEqual(replies);
-    expect(await page.inputValue("#system")).toBe("You are terse.");
-    expect(await page.inputValue("#temperature")).toBe("0.3");
-    expect(await page.inputValue("#max-tokens")).toBe("6");
-    expect(await page.locator(".message.assistant .stats").first().textContent()).toMatch(
-      /^\d+ tokens?( · [\d.]+ tokens\/s)? · context \d+ \/ 4096$/,
-    );
+    // Everything below is restored from IndexedDB asynchronously after the reload: polled.
+    await expect
+      .poll(() => page.locator(".message.user .content").allTextContents())
+      .toEqual(["Second question about mountains", "And a follow-up"]);
+    await expect.poll(() => page.locator(".message.assistant .content").allTextContents()).toEqual(replies);
+    await expect.poll(() => page.inputValue("#system")).toBe("You are terse.");
+    await expect.poll(() => page.inputValue("#temperature")).toBe("0.3");
+    await expect.poll(() => page.inputValue("#max-tokens")).toBe("6");
+    await expect
+      .poll(() => page.locator(".message.assistant .stats").first().textContent())
+      .toMatch(/^\d+ tokens?( · [\d.]+ tokens\/s)? · context \d+ \/ 4096$/);
     const titles = () => page.locator("#conversations .open").allTextContents();
-    expect(await titles()).toEqual(["Second question about mountains", "First question about rivers"]);
-    expect(await page.locator("#conversations .current .open").textContent()).toBe(
-      "Second question about mountains",
-    );
+    await expect.poll(titles).toEqual(["Second question about mountains", "First question about rivers"]);
+    await expect
+      .poll(() => page.locator("#conversations .current .open").textContent())
+      .toBe("Second question about mountains");
     // The conversation goes on after the reload, with its whole history and the settings kept.
     await sendAndWait(page, "One more");
     const sent = bodies.at(-1)!.messages;
