@@ -445,21 +445,24 @@ async function scriptedProxy(target: string) {
     page.once("dialog", (d) => d.accept());
     await page.getByRole("button", { name: "Delete “Second question about mountains”" }).click();
     await expect.poll(titles).toEqual(["Rivers of Europe"]);
-    expect(await page.locator(".message").count()).toBe(0);
+    await expect.poll(() => page.locator(".message").count()).toBe(0);
     await page.setInputFiles("#import-file", {
       name: "mountains.json",
       mimeType: "application/json",
       buffer: Buffer.from(JSON.stringify(exported)),
     });
     await expect.poll(titles).toEqual(["Second question about mountains", "Rivers of Europe"]);
-    expect(await page.locator(".message").count()).toBe(6);
-    expect(await page.locator("#status").textContent()).toBe("Imported “Second question about mountains”.");
+    // The imported conversation opens after the list shows it: polled.
+    await expect.poll(() => page.locator(".message").count()).toBe(6);
+    await expect
+      .poll(() => page.locator("#status").textContent())
+      .toBe("Imported “Second question about mountains”.");
     await page.reload();
     await expect.poll(titles).toEqual(["Second question about mountains", "Rivers of Europe"]);
     await page.click("#conversations .open >> text=Rivers of Europe");
-    expect(await page.locator(".message.user .content").allTextContents()).toEqual([
-      "First question about rivers",
-    ]);
+    await expect
+      .poll(() => page.locator(".message.user .content").allTextContents())
+      .toEqual(["First question about rivers"]);
 
     // On a phone the list is in a drawer the menu button opens; Escape closes it.
     await page.setViewportSize(PHONE);
