@@ -116,6 +116,16 @@ tail ::= [^0-9\n]{0,3}
     expect(a.walk(Uint8Array.of(0xd0))).toBeNull(); // Cyrillic cannot become [α-ω]
     expect(a.walk(Uint8Array.of(0xff))).toBeNull(); // never UTF-8
   });
+
+  it("never lets a generation start a surrogate, which no byte could finish", () => {
+    // JSON's string class [^"\\] covers U+D800..U+DFFF; ED A0 would begin one of those.
+    const a = automaton('root ::= "\\"" [^"\\\\]* "\\""');
+    expect(a.walk(Uint8Array.of(0x22, 0xed))).not.toBeNull(); // ED 80..9F: U+D000..U+D7FF
+    expect(a.walk(Uint8Array.of(0x22, 0xed, 0x9f, 0xbf))).not.toBeNull(); // U+D7FF
+    expect(a.walk(Uint8Array.of(0x22, 0xed, 0xa0))).toBeNull();
+    expect(a.walk(Uint8Array.of(0x22, 0xed, 0xbf))).toBeNull();
+    expect(a.walk(Uint8Array.of(0x22, 0xee, 0x80, 0x80))).not.toBeNull(); // U+E000
+  });
 });
 
 describe("JSON Schema to grammar", () => {

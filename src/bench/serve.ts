@@ -28,7 +28,8 @@ streaming clients on loopback, on random-weight Llama GGUF files (written once i
   --embed-inputs N   inputs per /v1/embeddings request, each --prompt tokens long (default 8; 0: no
                      embeddings figure)
   --grammar-requests N  requests of one client, free and then grammar-constrained (JSON), whose
-                     tokens/s are compared (default 4; 0: none)
+                     decoding tokens/s (after each reply's first token) are compared (default 12;
+                     0: none)
   --dir PATH         model cache (default .tmp/bench-models)
   --quiet-wait S     seconds to wait for an idle machine before each level (default 120)
   --json             machine-readable results on stdout
@@ -47,6 +48,11 @@ interface Level {
   completionTokens: number;
   seconds: number;
   tokensPerSecond: number;
+  /**
+   * Tokens/s of decoding alone: tokens after each reply's first, over the time from its first
+   * streamed text to its last (requests that end early weigh by their tokens, prompts not at all).
+   */
+  decodeTokensPerSecond: number;
   ttftP50Ms: number;
   ttftP99Ms: number;
   /** Most CPU (cores) other processes used during the level. */
@@ -62,14 +68,15 @@ interface ShapeResult {
   /** Aggregate tokens/s at the most clients over one client. */
   scaling?: number;
   embeddings?: EmbeddingLevel;
-  /** One client's tokens/s free and with a JSON grammar (the same requests). */
-  grammar?: { free: number; constrained: number; ratio: number; disturbed: boolean };
+  /** One client's decoding tokens/s free and with a JSON grammar (the same prompts). */
+  grammar?: { free: number; constrained: number; ratio: number; tokens: number; disturbed: boolean };
   note?: string;
 }
 
 /**
- * A JSON grammar the random model's replies never finish early: an array of strings, each at most
- * 40 characters, so that every request generates its --tokens tokens and the masks vary.
+ * A JSON grammar for the comparison: an array of strings, each at most 40 characters, so that the
+ * masks vary. A model may close the array early, so replies are compared by their decoding rate,
+ * not by whole requests (a short reply would otherwise weigh its prompt over fewer tokens).
  */
 const BENCH_GRAMMAR = String.raw`root ::= "[" ws (str ws ("," ws str ws)*)? "]"
 str ::= "\"" ([^"\\\x00-\x1f] | "\\" ["\\/bfnrt]){0,40} "\""
@@ -119,7 +126,7 @@ export async function runServeBench(argv: string[]): Promise<void> {
   const replies = positiveInt("n", str("n"), 4);
   const embedInputs = str("embed-inputs") === "0" ? 0 : positiveInt("embed-inputs", str("embed-inputs"), 8);
   const grammarRequests =
-    str("grammar-requests") === "0" ? 0 : positiveInt("grammar-requests", str("grammar-requests"), 4);
+    str("grammar-requests") === "0" ? 0 : positiveInt("grammar-requests", str("grammar-requests"), 12);
   const quietWait = Number(str("quiet-wait") ?? 120);
   if (!(quietWait >= 0)) throw new UserError(`--quiet-wait: expected seconds, got "${str("quiet-wait")}"`);
   if (promptTokens + tokens + 2 > CONTEXT_SIZE) {
@@ -209,9 +216,10 @@ export async function runServeBench(argv: string[]): Promise<void> {
             grammar: BENCH_GRAMMAR,
           });
           result.grammar = {
-            free: free.tokensPerSecond,
-            constrained: constrained.tokensPerSecond,
-            ratio: constrained.tokensPerSecond / free.tokensPerSecond,
+            free: free.decodeTokensPerSecond,
+            constrained: constrained.decodeTokensPerSecond,
+            ratio: constrained.decodeTokensPerSecond / free.decodeTokensPerSecond,
+            tokens: constrained.completionTokens,
             disturbed: Math.max(waited, free.foreignCores, constrained.foreignCores) > QUIET_CORES,
           };
         }
@@ -244,7 +252,7 @@ export async function runServeBench(argv: string[]): Promise<void> {
       const g = r.grammar;
       if (!g) continue;
       process.stdout.write(
-        `${r.shape} ${r.type}: grammar-constrained (JSON) ${g.constrained.toFixed(1)} tok/s against free ${g.free.toFixed(1)} tok/s, one client: ` +
+        `${r.shape} ${r.type}: decoding grammar-constrained (JSON, ${g.tokens} tokens) ${g.constrained.toFixed(1)} tok/s against free ${g.free.toFixed(1)} tok/s, one client: ` +
           `${g.ratio.toFixed(2)}×${g.disturbed ? " disturbed" : ""}\n`,
       );
     }
@@ -354,6 +362,7 @@ async function streamCompletion(
   });
   if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
   let ttft: number | undefined;
+  let last = 0;
   let completionTokens = 0;
   let promptTokens = 0;
   let buffer = "";
@@ -368,14 +377,17 @@ async function streamCompletion(
       if (data === "[DONE]") continue;
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message);
-      if (ttft === undefined && chunk.choices?.[0]?.text) ttft = performance.now() - t0;
+      if (chunk.choices?.[0]?.text) {
+        last = performance.now() - t0;
+        ttft ??= last;
+      }
       if (chunk.usage) {
         completionTokens = chunk.usage.completion_tokens;
         promptTokens = chunk.usage.prompt_tokens;
       }
     }
   }
-  return { ttftMs: ttft ?? performance.now() - t0, completionTokens, promptTokens };
+  return { ttftMs: ttft ?? performance.now() - t0, lastTextMs: last, completionTokens, promptTokens };
 }
 
 /** `clients` clients share `requests` requests, each client sending its next when one ends. */
@@ -390,6 +402,8 @@ async function runLevel(
 ): Promise<Level> {
   const ttfts: number[] = [];
   let completionTokens = 0;
+  let decodeTokens = 0;
+  let decodeMs = 0;
   let next = 0;
   const cpu0 = cpuSample();
   const server0 = processTicks(server.child.pid!);
@@ -401,6 +415,10 @@ async function runLevel(
         const r = await streamCompletion(server, prompt(i + 1, promptTokens), tokens, n, extra);
         ttfts.push(r.ttftMs);
         completionTokens += r.completionTokens;
+        if (n === 1 && r.completionTokens > 1) {
+          decodeTokens += r.completionTokens - 1;
+          decodeMs += r.lastTextMs - r.ttftMs;
+        }
       }
     }),
   );
@@ -414,6 +432,7 @@ async function runLevel(
     completionTokens,
     seconds,
     tokensPerSecond: completionTokens / seconds,
+    decodeTokensPerSecond: decodeMs > 0 ? (1000 * decodeTokens) / decodeMs : 0,
     ttftP50Ms: quantile(ttfts, 0.5),
     ttftP99Ms: quantile(ttfts, 0.99),
     foreignCores: foreign,

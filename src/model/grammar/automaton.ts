@@ -209,7 +209,12 @@ export class GrammarAutomaton {
     if (remain === 2 && lo < 0x800) lo = 0x800; // no overlong forms
     if (remain === 3 && lo < 0x10000) lo = 0x10000;
     if (hi < lo || lo > 0x10ffff) return null;
-    const live = stacks.filter((s) => s.pos >= 0 && this.classes[this.seq[s.pos]!]!.matchesSome(lo, hi));
+    // Surrogates are not characters: a class that matches only those cannot complete one (a
+    // negated class such as JSON's [^"\\] would otherwise let ED A0 in and then refuse every byte).
+    const matches = (c: CharClass) =>
+      (lo < 0xd800 && c.matchesSome(lo, Math.min(hi, 0xd7ff))) ||
+      (hi > 0xdfff && c.matchesSome(Math.max(lo, 0xe000), hi));
+    const live = stacks.filter((s) => s.pos >= 0 && matches(this.classes[this.seq[s.pos]!]!));
     return live.length === 0 ? null : this.stateOf(live, value, remain);
   }
 
