@@ -86,6 +86,32 @@ describe("Runtime: thread pool over shared memory shards", () => {
     }
   });
 
+  it("keeps phases in order over thousands of short lists, whichever threads join each", () => {
+    // Short lists end before a worker has woken up for them, so workers join some lists late,
+    // skip others, and the next list is recorded while they may still be leaving the last one.
+    // Each phase reads rows that other chunks of the phase before wrote: an op run before its
+    // phase's predecessors are done, twice, or from a stale record, breaks the expected values.
+    const n = 2048;
+    const x = rt.alloc(0, n * 4);
+    const y = rt.alloc(0, n * 4);
+    for (let list = 0; list < 3000; list++) {
+      const half = list % 2 === 0 ? n / 2 : 64 + (list % 37);
+      rt.f32(0, x, n).fill(1);
+      rt.f32(0, y, n).fill(0);
+      rt.op("add", 0, 2 * half, [x, x, x], 16); // x = 2
+      rt.op("add", 0, half, [x + 4 * half, x, y], 16); // y[i] = x[i + half] + x[i] = 4
+      rt.op("add", 0, half, [y, x + 4 * half, x + 4 * half], 1); // x[half + i] = y[i] + x[half + i] = 6
+      rt.flush();
+      const xs = rt.f32(0, x, n);
+      const ys = rt.f32(0, y, n);
+      for (let i = 0; i < half; i++) {
+        if (xs[i] !== 2 || ys[i] !== 4 || xs[half + i] !== 6) {
+          expect.fail(`list ${list}, row ${i}: x ${xs[i]}, y ${ys[i]}, x[half + i] ${xs[half + i]}`);
+        }
+      }
+    }
+  });
+
   it("rejects unknown kernels and allocations past the end of a shard", () => {
     expect(() => rt.op("noSuchKernel", 0, 1, [])).toThrow(/unknown kernel/);
     expect(() => rt.alloc(0, 1 << 30)).toThrow(/shard 0 is full/);

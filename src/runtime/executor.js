@@ -1,18 +1,26 @@
 // The op-list executor shared by the main thread (thread 0) and every worker thread.
 //
 // The main thread records ops into a shared Float64Array, then bumps the work generation. Every
-// thread walks the same list; each op is split by output rows, and a barrier follows each op that
-// ends a phase. A barrier spins briefly and then sleeps on a futex (Atomics.wait), because a pure
-// spin collapses on a 2-core machine as soon as anything else runs.
+// thread walks the same list; each op is split into chunks of output rows that threads claim from
+// a shared counter, and an op that ends a phase is followed by a wait until every chunk of the
+// phase is done. The wait counts finished chunks, not arrived threads: a thread that the OS has
+// not scheduled holds nothing up unless it is in the middle of a chunk; the others take its share
+// and it catches up with the list (or skips it) when it runs again. Counting threads instead made
+// every phase wait for every thread, and decoding collapsed eightfold on a 2-core machine as soon
+// as any other process ran. Waits spin briefly, then sleep on a futex (Atomics.wait).
+//
+// A worker enters a list only while it is live (its generation published and not yet finished)
+// and announces itself in ACTIVE; the main thread, once the list is done, marks it finished and
+// waits for ACTIVE to drop to zero before it records the next list over the same op records.
 
 export const CTRL = {
   GEN: 0, // work generation: bumped by the main thread to start an op list
-  ARRIVED: 1, // threads arrived at the current barrier
-  BGEN: 2, // barrier generation
-  NOPS: 3, // ops in the current list
-  QUIT: 4, // set to stop the workers
-  ERROR: 5, // set when a kernel threw; the message goes to ERRMSG via postMessage-free channel
-  SLEEPERS: 6, // threads inside Atomics.wait on BGEN or GEN
+  NOPS: 1, // ops in the current list
+  QUIT: 2, // set to stop the workers
+  ERROR: 3, // set when a kernel threw; the message goes to ERRMSG via postMessage-free channel
+  SLEEPERS: 4, // threads inside Atomics.wait (on GEN, ACTIVE or a done counter)
+  ACTIVE: 5, // worker threads inside the current op list
+  FINISHED: 6, // the generation of the last op list whose every op is done
   SIZE: 16,
 };
 
@@ -30,15 +38,16 @@ export const FLAG_BARRIER = 1;
  * row never changes its bits: every kernel computes a row the same way whatever its range.
  */
 const CHUNKS_PER_THREAD = 4;
-const SPIN_BARRIER = 20000;
+const SPIN_WAIT = 20000;
 const SPIN_IDLE = 200000;
-/** 100 ms naps before the main thread gives up on a barrier (5 minutes). */
+/** 100 ms naps before the main thread gives up on a wait (5 minutes). */
 const STALL_NAPS = 3000;
 
 /**
  * @param {{ module: WebAssembly.Module, memories: WebAssembly.Memory[], kernelNames: string[],
  *   ctrl: Int32Array, ops: Float64Array, claims: Int32Array, tid: number, threads: number }} o
- *   claims: per op, the next unclaimed row chunk (zeroed by the main thread when it records the op)
+ *   claims: per op i, [2i] the next unclaimed row chunk and [2i + 1] the chunks done (both zeroed by
+ *   the main thread when it records the op)
  */
 export function createExecutor(o) {
   const { module, memories, kernelNames, ctrl, ops, claims, tid, threads } = o;
@@ -62,23 +71,25 @@ export function createExecutor(o) {
   const argArrays = [];
   for (let n = 0; n <= MAX_ARGS; n++) argArrays.push(new Array(n + 3).fill(0));
 
-  function barrier() {
-    const g = Atomics.load(ctrl, CTRL.BGEN);
-    if (Atomics.add(ctrl, CTRL.ARRIVED, 1) === threads - 1) {
-      Atomics.store(ctrl, CTRL.ARRIVED, 0);
-      Atomics.add(ctrl, CTRL.BGEN, 1);
-      if (Atomics.load(ctrl, CTRL.SLEEPERS) > 0) Atomics.notify(ctrl, CTRL.BGEN);
-      return;
-    }
-    for (let s = 0; s < SPIN_BARRIER; s++) if (Atomics.load(ctrl, CTRL.BGEN) !== g) return;
+  /** Waits until word `index` of `array` reads `target` (another thread moves it there). */
+  function waitFor(array, index, target) {
+    for (let s = 0; s < SPIN_WAIT; s++) if (Atomics.load(array, index) === target) return;
     let naps = 0;
-    while (Atomics.load(ctrl, CTRL.BGEN) === g) {
+    for (let v = Atomics.load(array, index); v !== target; v = Atomics.load(array, index)) {
       Atomics.add(ctrl, CTRL.SLEEPERS, 1);
-      Atomics.wait(ctrl, CTRL.BGEN, g, 100);
+      Atomics.wait(array, index, v, 100);
       Atomics.sub(ctrl, CTRL.SLEEPERS, 1);
-      // No op takes minutes; a thread that never arrives has died. Fail instead of hanging.
+      // No op takes minutes; a chunk that never ends was taken by a thread that died.
       if (tid === 0 && ++naps > STALL_NAPS) throw new Error("a compute thread stopped responding");
     }
+  }
+
+  /** The chunks of the op at slot `b`: rows, rows per chunk, chunks; the same in every thread. */
+  function chunking(b) {
+    const rows = ops[b + 2];
+    const align = ops[b + 3];
+    const step = Math.max(1, Math.ceil(Math.ceil(rows / align) / (threads * CHUNKS_PER_THREAD))) * align;
+    return { rows, step, chunks: Math.ceil(rows / step) };
   }
 
   /** Runs rows [r0, r1) of the op at slot b. */
@@ -109,28 +120,45 @@ export function createExecutor(o) {
     }
   }
 
-  /** Runs the published op list as thread `tid`; returns after the list's last barrier. */
+  /**
+   * Runs the published op list as thread `tid`: claims chunks of each op while there are any, and
+   * at the end of a phase waits until every chunk of the phase is done (by whichever thread).
+   */
   function execute() {
     const nOps = Atomics.load(ctrl, CTRL.NOPS);
+    if (threads === 1) {
+      for (let i = 0; i < nOps; i++) {
+        const b = i * OP_SLOTS;
+        if (ops[b + 2] > 0 && Atomics.load(ctrl, CTRL.ERROR) === 0) run(b, 0, ops[b + 2]);
+      }
+      return;
+    }
+    let phaseStart = 0;
     for (let i = 0; i < nOps; i++) {
       const b = i * OP_SLOTS;
-      const rows = ops[b + 2];
-      const align = ops[b + 3];
-      const units = Math.ceil(rows / align);
-      if (threads === 1) {
-        if (rows > 0 && Atomics.load(ctrl, CTRL.ERROR) === 0) run(b, 0, rows);
-      } else {
-        // chunks of whole align units, claimed one at a time
-        const step = Math.max(1, Math.ceil(units / (threads * CHUNKS_PER_THREAD))) * align;
-        const chunks = Math.ceil(rows / step);
-        for (;;) {
-          const c = Atomics.add(claims, i, 1);
-          if (c >= chunks || Atomics.load(ctrl, CTRL.ERROR) !== 0) break;
-          run(b, c * step, Math.min(rows, (c + 1) * step));
-        }
+      const { rows, step, chunks } = chunking(b);
+      for (;;) {
+        const c = Atomics.add(claims, 2 * i, 1);
+        if (c >= chunks) break;
+        // After a failure the chunks are still counted (so no one waits forever), not computed.
+        if (Atomics.load(ctrl, CTRL.ERROR) === 0) run(b, c * step, Math.min(rows, (c + 1) * step));
+        Atomics.add(claims, 2 * i + 1, 1);
+        if (Atomics.load(ctrl, CTRL.SLEEPERS) > 0) Atomics.notify(claims, 2 * i + 1);
       }
-      if (ops[b + 4] & FLAG_BARRIER) barrier();
+      if (ops[b + 4] & FLAG_BARRIER) {
+        for (let j = phaseStart; j <= i; j++) waitFor(claims, 2 * j + 1, chunking(j * OP_SLOTS).chunks);
+        phaseStart = i + 1;
+      }
     }
+  }
+
+  /**
+   * The main thread's end of a list it published as generation `gen` and ran to its end: marks the
+   * list finished and waits until no worker is still walking it, so its records may be rewritten.
+   */
+  function finish(gen) {
+    Atomics.store(ctrl, CTRL.FINISHED, gen);
+    waitFor(ctrl, CTRL.ACTIVE, 0);
   }
 
   let lastError = "";
@@ -151,7 +179,12 @@ export function createExecutor(o) {
       }
       seen = Atomics.load(ctrl, CTRL.GEN);
       if (Atomics.load(ctrl, CTRL.QUIT) !== 0) return;
-      execute();
+      // Enter only a list that is still live: one that finished while this thread was not running
+      // is skipped (its records may already hold the next list, being recorded).
+      Atomics.add(ctrl, CTRL.ACTIVE, 1);
+      if (Atomics.load(ctrl, CTRL.GEN) === seen && Atomics.load(ctrl, CTRL.FINISHED) !== seen) execute();
+      Atomics.sub(ctrl, CTRL.ACTIVE, 1);
+      if (Atomics.load(ctrl, CTRL.SLEEPERS) > 0) Atomics.notify(ctrl, CTRL.ACTIVE);
       if (lastError) {
         // Surface the first error through stderr; the main thread sees CTRL.ERROR and throws.
         process.stderr.write(`${lastError}\n`);
@@ -166,7 +199,7 @@ export function createExecutor(o) {
     return e;
   }
 
-  return { execute, serve, barrier, takeError, bytes };
+  return { execute, finish, serve, takeError, bytes };
 }
 
 function onAbort() {

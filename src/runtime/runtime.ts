@@ -199,7 +199,7 @@ export class Runtime {
     });
     const ctrl = new Int32Array(new SharedArrayBuffer(CTRL.SIZE * 4));
     const ops = new Float64Array(new SharedArrayBuffer(MAX_OPS * OP_SLOTS * 8));
-    const claims = new Int32Array(new SharedArrayBuffer(MAX_OPS * 4));
+    const claims = new Int32Array(new SharedArrayBuffer(2 * MAX_OPS * 4));
     const workers: Worker[] = [];
     const ready: Promise<void>[] = [];
     for (let tid = 1; tid < threads; tid++) {
@@ -289,7 +289,8 @@ export class Runtime {
     ops[b + 4] = barrier ? FLAG_BARRIER : 0;
     ops[b + 5] = args.length;
     for (let j = 0; j < args.length; j++) ops[b + 6 + j] = args[j]!;
-    this.claims[this.nOps] = 0;
+    this.claims[2 * this.nOps] = 0;
+    this.claims[2 * this.nOps + 1] = 0;
     this.nOps++;
   }
 
@@ -300,9 +301,10 @@ export class Runtime {
     this.barrier();
     const ctrl = this.ctrl;
     Atomics.store(ctrl, CTRL.NOPS, this.nOps);
-    Atomics.add(ctrl, CTRL.GEN, 1);
+    const gen = Atomics.add(ctrl, CTRL.GEN, 1) + 1;
     if (Atomics.load(ctrl, CTRL.SLEEPERS) > 0) Atomics.notify(ctrl, CTRL.GEN);
     this.exec.execute();
+    this.exec.finish(gen);
     this.nOps = 0;
     if (Atomics.load(ctrl, CTRL.ERROR) !== 0) {
       Atomics.store(ctrl, CTRL.ERROR, 0);
