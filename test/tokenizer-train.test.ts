@@ -348,6 +348,31 @@ describe("learnVocabulary", () => {
     expect(mergedPieces(result)).toEqual(["xy", "▁a", "▁c", "▁ab", "▁cd"]);
   });
 
+  it("never merges digits (splitDigits) or isolated characters with a neighbour", async () => {
+    const c = new WordCounter();
+    c.counts.set('▁"b".', 50);
+    c.counts.set('▁"bread"', 40);
+    c.counts.set("▁2024.", 30);
+    c.counts.set("b", 20);
+    const plain = learnVocabulary(c, { vocabSize: 300 });
+    expect(mergedPieces(plain)).toEqual(expect.arrayContaining(['▁"b".', "▁2024."]));
+    const kept = learnVocabulary(c, { vocabSize: 300, splitDigits: true, isolate: '"' });
+    const merged = mergedPieces(kept);
+    expect(merged.length).toBeGreaterThan(0);
+    for (const p of merged) expect(p, p).not.toMatch(/["0-9]/);
+    // The letter after an isolated quote is the piece a line-initial letter is.
+    const { description } = await trainTokenizer(['The word "bread" starts with "b".\nb\n'.repeat(50)], {
+      vocabSize: 300,
+      isolate: '"',
+    });
+    const tok = new Tokenizer(description);
+    const pieces = (text: string) => tok.encode(text, { bos: false }).map((id) => tok.piece(id, false));
+    const quoted = pieces('starts with "b".').map((p) => new TextDecoder().decode(p));
+    const alone = pieces("x\nb").map((p) => new TextDecoder().decode(p));
+    expect(quoted).toContain("b");
+    expect(alone.at(-1)).toBe("b");
+  });
+
   it("depends only on the word counts, not on the order they were counted in", () => {
     const reversed = new WordCounter();
     for (const [w, n] of [...counter.counts].reverse()) reversed.counts.set(w, n);

@@ -65,6 +65,12 @@ export interface TokenizerTrainOptions extends WordCounterOptions {
    * the same way wherever they occur, which arithmetic needs. Default false.
    */
   splitDigits?: boolean;
+  /**
+   * Characters kept pieces of their own, never merged with a neighbour: with the quote isolated,
+   * a quoted word or letter is spelled by the same pieces as where it starts a line (where an
+   * answer starts), not glued to the quote and the period after it. Default none.
+   */
+  isolate?: string;
   /** Called as merges are learned (for progress). */
   onMerge?: (done: number, wanted: number) => void;
 }
@@ -270,8 +276,12 @@ export function learnVocabulary(counter: WordCounter, options: TokenizerTrainOpt
   // Pieces by id: characters first, merged pieces appended as learned.
   const pieces: string[] = [...chars];
   const pieceLength: number[] = chars.map(() => 1);
-  // Pieces never merged with another (merged pieces never hold a digit, so only characters can be).
-  const solitary: boolean[] = chars.map((c) => options.splitDigits === true && /\p{Nd}/u.test(c));
+  // Pieces never merged with another (merged pieces never hold a solitary character, so only
+  // characters can be).
+  const isolated = new Set(options.isolate ?? "");
+  const solitary: boolean[] = chars.map(
+    (c) => (options.splitDigits === true && /\p{Nd}/u.test(c)) || isolated.has(c),
+  );
   const pieceId = new Map<string, number>(chars.map((c, i) => [c, i]));
 
   // Words as runs of piece ids in one pool (-1: a character left to byte fallback).
