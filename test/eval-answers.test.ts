@@ -5,7 +5,6 @@
  * temperatures by category, resuming a partial output and a killed run without asking anything
  * twice); `smallhammer serve` as the endpoint; and one-line errors for bad input.
  */
-import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,21 +12,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readAnswers } from "../src/eval/mt-bench-files.js";
 import { loadModel } from "../src/model/model.js";
 import { writeRandomLlama } from "../src/model/random-llama.js";
-import { type RunningServer, startServer } from "../src/serve/server.js";
-import { CLI, ensureBuilt, expectOk, expectUserError, ROOT, runCli } from "./helpers/cli.js";
+import type { RunningServer } from "../src/serve/server.js";
+import { ensureBuilt, expectOk, expectUserError, runCli } from "./helpers/cli.js";
+import { killMidRun, QUESTIONS, questions, serveEndpoint } from "./helpers/eval-endpoint.js";
 import { type ReceivedRequest, ScriptedTeacher } from "./helpers/scripted-teacher.js";
 
-const QUESTIONS = join(ROOT, "test", "fixtures", "eval", "questions.jsonl");
-
-interface FixtureQuestion {
-  question_id: number;
-  category: string;
-  turns: string[];
-}
-const questions: FixtureQuestion[] = readFileSync(QUESTIONS, "utf8")
-  .trim()
-  .split("\n")
-  .map((l) => JSON.parse(l));
 const TURN_COUNT = questions.reduce((n, q) => n + q.turns.length, 0);
 
 interface AnswerLine {
@@ -255,10 +244,8 @@ describe("eval answers with an endpoint", () => {
     const slow = await new ScriptedTeacher((n, r) => ({ ...script(n, r), delayMs: 100 })).start();
     const out = join(dir, "hosted-killed.jsonl");
     try {
-      const child = spawn(
-        process.execPath,
+      const killed = await killMidRun(
         [
-          CLI,
           "eval",
           "answers",
           "--endpoint",
@@ -272,20 +259,11 @@ describe("eval answers with an endpoint", () => {
           "--concurrency",
           "1",
         ],
-        { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
+        out,
+        3,
       );
-      let stderr = "";
-      child.stderr.setEncoding("utf8").on("data", (d: string) => {
-        stderr += d;
-      });
-      const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
-      for (let i = 0; i < 400; i++) {
-        if (existsSync(out) && readFileSync(out, "utf8").split("\n").length > 3) break;
-        await new Promise((r) => setTimeout(r, 25));
-      }
-      child.kill("SIGTERM");
-      expect(await exited).toBe(143);
-      expect(stderr).toBe("smallhammer: stopped; run the same command again to resume\n");
+      expect(killed.code).toBe(143);
+      expect(killed.stderr).toBe("smallhammer: stopped; run the same command again to resume\n");
       const first = readLines(out).map((l) => l.question_id);
       expect(first.length).toBeGreaterThanOrEqual(3);
       expect(first.length).toBeLessThan(questions.length);
@@ -339,8 +317,7 @@ describe("eval answers with an endpoint", () => {
 describe("smallhammer serve as the endpoint", () => {
   let server: RunningServer;
   beforeAll(async () => {
-    server = await startServer({ model: modelPath, port: 0, template: "chatml", threads: 1, parallel: 2 });
-    await server.ready;
+    server = await serveEndpoint(modelPath);
   });
   afterAll(async () => {
     await server?.close(0);

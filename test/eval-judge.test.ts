@@ -7,29 +7,18 @@
  * `smallhammer serve` with random weights, whose replies hold no verdict (asked again, then counted
  * as unparsed). Verdict parsing is checked on its own too.
  */
-import { spawn } from "node:child_process";
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parsePairVerdict, parseScore, SCORE_REASK, VERDICT_REASK } from "../src/eval/judge-prompts.js";
 import { writeRandomLlama } from "../src/model/random-llama.js";
-import { type RunningServer, startServer } from "../src/serve/server.js";
-import { CLI, ensureBuilt, expectOk, expectUserError, ROOT, runCli } from "./helpers/cli.js";
+import type { RunningServer } from "../src/serve/server.js";
+import { ensureBuilt, expectOk, expectUserError, ROOT, runCli } from "./helpers/cli.js";
+import { killMidRun, QUESTIONS, questions, serveEndpoint } from "./helpers/eval-endpoint.js";
 import { type ReceivedRequest, ScriptedTeacher, type TeacherStep } from "./helpers/scripted-teacher.js";
 
-const QUESTIONS = join(ROOT, "test", "fixtures", "eval", "questions.jsonl");
 const REFERENCES = join(ROOT, "test", "fixtures", "eval", "references.jsonl");
-
-interface FixtureQuestion {
-  question_id: number;
-  category: string;
-  turns: string[];
-}
-const questions: FixtureQuestion[] = readFileSync(QUESTIONS, "utf8")
-  .trim()
-  .split("\n")
-  .map((l) => JSON.parse(l));
 /** Every (question, turn) in file order, turns from 1. */
 const TURNS = questions.flatMap((q) =>
   q.turns.map((_, t) => ({ q: q.question_id, t: t + 1, category: q.category })),
@@ -324,26 +313,9 @@ describe("single-answer grading with a scripted judge", () => {
     const slow = await new ScriptedTeacher((n, r) => ({ ...singleJudge()(n, r), delayMs: 150 })).start();
     const killed = join(dir, "single-killed.jsonl");
     try {
-      const child = spawn(
-        process.execPath,
-        [CLI, ...singleArgs(slow, answers, killed, ["--reference", REFERENCES])],
-        {
-          cwd: ROOT,
-          stdio: ["ignore", "pipe", "pipe"],
-        },
-      );
-      let stderr = "";
-      child.stderr.setEncoding("utf8").on("data", (d: string) => {
-        stderr += d;
-      });
-      const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
-      for (let i = 0; i < 400; i++) {
-        if (existsSync(killed) && readFileSync(killed, "utf8").split("\n").length > 5) break;
-        await new Promise((r) => setTimeout(r, 25));
-      }
-      child.kill("SIGTERM");
-      expect(await exited).toBe(143);
-      expect(stderr).toBe("smallhammer: stopped; run the same command again to resume\n");
+      const run = await killMidRun(singleArgs(slow, answers, killed, ["--reference", REFERENCES]), killed, 5);
+      expect(run.code).toBe(143);
+      expect(run.stderr).toBe("smallhammer: stopped; run the same command again to resume\n");
       const first = lineKeys(killed);
       expect(first.length).toBeGreaterThanOrEqual(5);
       expect(first.length).toBeLessThan(TURNS.length);
@@ -516,15 +488,7 @@ describe("smallhammer serve as the judge", () => {
       { name: "tiny", dim: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 192, vocab: 2048, contextLength: 4096 },
       "f32",
     );
-    server = await startServer({
-      model,
-      port: 0,
-      template: "chatml",
-      threads: 1,
-      parallel: 2,
-      contextSize: 4096,
-    });
-    await server.ready;
+    server = await serveEndpoint(model, 4096);
   });
   afterAll(async () => {
     await server?.close(0);

@@ -2,19 +2,20 @@
  * Batch invariance, the ground continuous batching stands on: a sequence's logits must not depend
  * on which other sequences share its forward pass, nor on how its tokens are split into passes.
  * Kernels first (every matrix product, per token, against the same token alone), then
- * LlamaModel.forwardBatch against itself and against the single-sequence forward.
+ * LlamaModel.forwardBatch against itself and against the single-sequence forward; then the
+ * scheduler: generations and embedding jobs get what they get alone, whoever shares their passes.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { GGMLType } from "../src/formats/ggml-types.js";
 import { metadataGetter } from "../src/model/config.js";
 import { type BatchSegment, LlamaModel } from "../src/model/llama.js";
 import type { LoraAdapter, LoraTensor } from "../src/model/lora.js";
 import type { GenerationInfo } from "../src/model/model.js";
 import type { WeightFormat } from "../src/runtime/backend.js";
-import { BatchScheduler, type GenerationJob } from "../src/serve/scheduler.js";
+import { BatchScheduler, type EmbeddingJob, type GenerationJob } from "../src/serve/scheduler.js";
 import { Tokenizer } from "../src/tokenizer/index.js";
 import { Rng } from "../src/util/random.js";
 import { weightBytes } from "./helpers/kernel-modules.js";
@@ -340,5 +341,71 @@ describe("BatchScheduler", () => {
     for (const id of [2, 3, 4]) expect(out.get(id)!.info?.finishReason).toBe("length");
     expect(scheduler!.busy).toBe(0);
     expect(scheduler!.waiting).toBe(0);
+  });
+});
+
+describe("BatchScheduler with embedding jobs", () => {
+  let dir: string;
+  let llama: LlamaModel;
+  let tokenizer: Tokenizer;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "sh-sched-embed-"));
+    const path = join(dir, "tiny.gguf");
+    writeTinyLlama(path, { dim: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 160, seed: 5, weightScale: 0.3 });
+    llama = await LlamaModel.load(path, { threads: 2, contextSize: 96, sequences: 3, batchSize: 16 });
+    tokenizer = Tokenizer.fromGgufMetadata(metadataGetter(llama.header));
+  });
+  afterAll(async () => {
+    await llama?.dispose();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const ids = (n: number, from: number) => Array.from({ length: n }, (_, i) => 3 + 256 + ((from + i) % 40));
+
+  /** Runs `jobs` (submitted at once) to the end; returns each one's vectors and the step it ended in. */
+  function run(jobs: (EmbeddingJob | GenerationJob)[]) {
+    const out = new Map<number, { vectors?: Float32Array[]; step?: number }>();
+    let step = 0;
+    const scheduler = new BatchScheduler(llama, tokenizer, (events) => {
+      for (const e of events) {
+        if (e.type === "embeddings") out.set(e.id, { vectors: e.vectors, step });
+        if (e.type === "done") out.set(e.id, { step });
+      }
+    });
+    for (const j of jobs) scheduler.submit(j);
+    while (scheduler.step()) step++;
+    return out;
+  }
+
+  it("embeds the inputs of concurrent jobs in one pass, each to the vector it gets alone", () => {
+    const a: EmbeddingJob = { id: 1, inputs: [ids(5, 0), ids(40, 7)], pooling: "mean" };
+    const b: EmbeddingJob = { id: 2, inputs: [ids(7, 3)], pooling: "last" };
+    const c: EmbeddingJob = { id: 3, inputs: [ids(9, 11), ids(2, 1)], pooling: "mean" };
+    const alone = [a, b].map((j) => run([j]).get(j.id)!);
+    // Two short inputs (12 tokens, within the batch of 16) share one pass.
+    const passes = [vi.spyOn(llama, "hiddenStatesBatch"), vi.spyOn(llama, "hiddenStates")];
+    const pair = run([{ ...a, inputs: [a.inputs[0]!] }, b]);
+    expect(passes.reduce((n, spy) => n + spy.mock.calls.length, 0)).toBe(1);
+    for (const spy of passes) spy.mockRestore();
+    expect(pair.get(1)!.step).toBe(0);
+    expect(pair.get(2)!.step).toBe(0);
+    expect(pair.get(1)!.vectors).toEqual([alone[0]!.vectors![0]]);
+    expect(pair.get(2)!.vectors).toEqual(alone[1]!.vectors);
+
+    // Inputs longer than the room a pass leaves them, beside a generation on the third sequence.
+    const cAlone = run([c]).get(3)!;
+    const generation: GenerationJob = {
+      id: 4,
+      prompt: tokenizer.encode("the cat and the dog", { addSpecial: true }),
+      maxTokens: 6,
+      stop: [],
+      sampling: { seed: 1 },
+    };
+    const crowd = run([a, b, generation, c]);
+    expect(crowd.get(1)!.vectors).toEqual(alone[0]!.vectors);
+    expect(crowd.get(2)!.vectors).toEqual(alone[1]!.vectors);
+    expect(crowd.get(3)!.vectors).toEqual(cAlone.vectors);
+    for (const v of [...alone[0]!.vectors!, ...cAlone.vectors!]) expect(v.every(Number.isFinite)).toBe(true);
   });
 });

@@ -117,6 +117,28 @@ describe("/v1/embeddings", () => {
     expectClose(l.data[0]!.embedding, pooled(model, long, "mean"));
   }, 60_000);
 
+  it("concurrent requests share forward passes and get exactly the vectors each gets alone", async () => {
+    const server = servers[0]!;
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+    const long = Array.from({ length: 150 }, (_, i) => 3 + 256 + ((i * 7) % 40));
+    const requests: (string | string[] | number[])[] = [
+      "the cat sat on the mat",
+      ["hello", "a longer sentence about the world and the cat"],
+      long,
+      "hello world",
+      ["b", "the dog"],
+    ];
+    const vectors = (r: { data: { embedding: number[] }[] }) => r.data.map((d) => d.embedding);
+    const alone = [];
+    for (const input of requests) {
+      alone.push(vectors(await client.embeddings.create({ model: server.modelId, input })));
+    }
+    const together = await Promise.all(
+      requests.map((input) => client.embeddings.create({ model: server.modelId, input })),
+    );
+    expect(together.map(vectors)).toEqual(alone);
+  }, 60_000);
+
   it("the file's pooling_type: last is the last token's state; none is refused", async () => {
     const { server, model, client } = await serve("last", 3);
     expect(model.poolingType).toBe("last");

@@ -14,6 +14,7 @@ import { zodResponseFormat } from "openai/helpers/zod";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { GrammarAutomaton, parseGbnf } from "../src/model/grammar/index.js";
+import { loadModel } from "../src/model/model.js";
 import { type RunningServer, startServer } from "../src/serve/server.js";
 import { ensureBuilt } from "./helpers/cli.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
@@ -137,6 +138,59 @@ describe("response_format", () => {
       });
       expect(Order.safeParse(object).success).toBe(true);
     }
+  });
+});
+
+describe("the template's turn ends inside a constrained reply", () => {
+  // chatml ends a turn at <|im_end|> or <|im_start|>: written as text inside a JSON string they do
+  // not end the reply; the grammar does.
+  const note = "<|im_end|> then <|im_start|>";
+  const Note = z.object({ note: z.enum([note]) });
+  const whole = JSON.stringify({ note });
+
+  it("are text: the grammar ends the reply, whole and streamed, on the server and in the library", async () => {
+    const request = {
+      model: server.modelId,
+      messages,
+      response_format: zodResponseFormat(Note, "note"),
+      seed: 3,
+      max_tokens: 200,
+    };
+    const r = await client.chat.completions.create(request);
+    expect(JSON.parse(r.choices[0]!.message.content!)).toEqual({ note });
+    expect(r.choices[0]!.finish_reason).toBe("stop");
+    let streamed = "";
+    for await (const chunk of await client.chat.completions.create({ ...request, stream: true })) {
+      streamed += chunk.choices[0]?.delta.content ?? "";
+    }
+    expect(streamed).toBe(r.choices[0]!.message.content);
+
+    const model = await loadModel(join(dir, "tiny.gguf"), { threads: 1, worker: false, template: "chatml" });
+    try {
+      let text = "";
+      for await (const piece of model.chat(messages, {
+        grammar: `root ::= ${JSON.stringify(whole)}`,
+        seed: 3,
+      })) {
+        text += piece;
+      }
+      expect(text).toBe(whole);
+    } finally {
+      await model.dispose();
+    }
+  });
+
+  it("a stop string the request gives still ends a constrained reply", async () => {
+    const r = await client.chat.completions.create({
+      model: server.modelId,
+      messages,
+      response_format: zodResponseFormat(Note, "note"),
+      stop: [" then"],
+      seed: 3,
+      max_tokens: 200,
+    });
+    expect(r.choices[0]!.message.content).toMatch(/^\{\s*"note"\s*:\s*"<\|im_end\|>$/);
+    expect(r.choices[0]!.finish_reason).toBe("stop");
   });
 });
 

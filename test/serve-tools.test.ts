@@ -1,7 +1,8 @@
 /**
  * Tool calling through the server, over real HTTP, with random-weight models whose calls only the
  * grammar makes valid: a Hermes-style template (its own <tool_call> format, tools and tool messages
- * rendered by the template) and a built-in template (the generic JSON format). The `openai` SDK's
+ * rendered by the template), a Mistral-style one (its [TOOL_CALLS] format, whose templates take
+ * only 9-character call ids) and a built-in template (the generic JSON format). The `openai` SDK's
  * tool loop, streamed tool_calls deltas, the AI SDK's generateText with tools, tool_choice
  * none/required/named, and the 400s; the formats' recognition and parsing on their own.
  */
@@ -51,6 +52,34 @@ const HERMES_TEMPLATE = `{%- if tools -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}`;
 
+/**
+ * A template in Mistral's style, written for this test: [TOOL_CALLS] and, as Mistral's own
+ * templates do, a refusal of any tool call id that is not 9 characters.
+ */
+const MISTRAL_TEMPLATE = `{%- for message in messages -%}
+{%- if message['role'] == 'user' -%}
+{%- if loop.last and tools -%}{{- '[AVAILABLE_TOOLS]' + (tools | tojson) + '[/AVAILABLE_TOOLS]' -}}{%- endif -%}
+{{- '[INST]' + message['content'] + '[/INST]' -}}
+{%- elif message['role'] == 'assistant' and message['tool_calls'] is defined -%}
+{{- '[TOOL_CALLS][' -}}
+{%- for call in message['tool_calls'] -%}
+{%- if call['id'] is not defined or call['id'] | length != 9 -%}
+{{- raise_exception('Tool call IDs should be alphanumeric strings with length 9!') -}}
+{%- endif -%}
+{{- '{"name": "' + call['function']['name'] + '", "arguments": ' + (call['function']['arguments'] | tojson) + ', "id": "' + call['id'] + '"}' -}}
+{%- if not loop.last -%}{{- ', ' -}}{%- endif -%}
+{%- endfor -%}
+{{- ']</s>' -}}
+{%- elif message['role'] == 'tool' -%}
+{%- if message['tool_call_id'] | length != 9 -%}
+{{- raise_exception('Tool call IDs should be alphanumeric strings with length 9!') -}}
+{%- endif -%}
+{{- '[TOOL_RESULTS]{"call_id": "' + message['tool_call_id'] + '", "content": ' + (message['content'] | tojson) + '}[/TOOL_RESULTS]' -}}
+{%- else -%}
+{{- message['content'] + '</s>' -}}
+{%- endif -%}
+{%- endfor -%}`;
+
 const Weather = z.object({ city: z.string().max(10), unit: z.enum(["c", "f"]) });
 const Time = z.object({ zone: z.enum(["utc", "cet"]), hours: z.number().int().min(0).max(23) });
 
@@ -70,6 +99,7 @@ const SCHEMAS: Record<string, z.ZodType> = { get_weather: Weather, get_time: Tim
 let dir: string;
 let hermes: RunningServer;
 let generic: RunningServer;
+let mistral: RunningServer;
 
 async function serve(template: string | undefined, name: string): Promise<RunningServer> {
   const model = join(dir, `${name}.gguf`);
@@ -96,11 +126,15 @@ async function serve(template: string | undefined, name: string): Promise<Runnin
 beforeAll(async () => {
   ensureBuilt();
   dir = mkdtempSync(join(tmpdir(), "sh-tools-"));
-  [hermes, generic] = await Promise.all([serve(HERMES_TEMPLATE, "hermes"), serve(undefined, "generic")]);
+  [hermes, generic, mistral] = await Promise.all([
+    serve(HERMES_TEMPLATE, "hermes"),
+    serve(undefined, "generic"),
+    serve(MISTRAL_TEMPLATE, "mistral"),
+  ]);
 });
 
 afterAll(async () => {
-  await Promise.all([hermes?.close(0), generic?.close(0)]);
+  await Promise.all([hermes?.close(0), generic?.close(0), mistral?.close(0)]);
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -240,6 +274,56 @@ describe("tool calls with the openai SDK", () => {
       expect(error?.param).toBe(param);
       expect(error?.message).toMatch(message);
     }
+  });
+});
+
+describe("tool calls in Mistral's format", () => {
+  it("get ids of 9 letters and digits, which Mistral's templates take back", async () => {
+    const client = clientOf(mistral);
+    const request = {
+      model: mistral.modelId,
+      messages: [{ role: "user" as const, content: "Weather in Oslo?" }],
+      tools: TOOLS,
+      tool_choice: "required" as const,
+      seed: 2,
+      max_tokens: 1200,
+    };
+    const r = await client.chat.completions.create(request);
+    const message = r.choices[0]!.message;
+    expect(r.choices[0]!.finish_reason).toBe("tool_calls");
+    expect(message.tool_calls?.length).toBeGreaterThanOrEqual(1);
+    for (const c of message.tool_calls!) {
+      expect(c.id).toMatch(/^[A-Za-z0-9]{9}$/);
+      if (c.type === "function") expectValidCall(c);
+    }
+    const ids = new Set(message.tool_calls!.map((c) => c.id));
+    expect(ids.size).toBe(message.tool_calls!.length);
+    const streamedIds: string[] = [];
+    for await (const chunk of await client.chat.completions.create({ ...request, stream: true })) {
+      for (const d of chunk.choices[0]?.delta.tool_calls ?? []) if (d.id) streamedIds.push(d.id);
+    }
+    expect(streamedIds.length).toBe(message.tool_calls!.length);
+    for (const id of streamedIds) expect(id).toMatch(/^[A-Za-z0-9]{9}$/);
+
+    // The conversation goes on with the calls and their results: the template renders it.
+    const call = message.tool_calls![0]!;
+    const followUp = (id: string) =>
+      client.chat.completions.create({
+        model: mistral.modelId,
+        messages: [
+          ...request.messages,
+          { ...message, tool_calls: [{ ...call, id }] },
+          { role: "tool", tool_call_id: id, content: '{"temperature": 12}' },
+        ],
+        tools: TOOLS,
+        tool_choice: "none",
+        max_tokens: 4,
+      });
+    expect((await followUp(call.id)).choices[0]!.finish_reason).toMatch(/^(stop|length)$/);
+    // OpenAI's look of id is what the template refuses.
+    const refused = (await followUp("call_0123456789abcdef").catch((e: unknown) => e)) as APIError;
+    expect(refused.status).toBe(400);
+    expect(refused.message).toMatch(/length 9/);
   });
 });
 

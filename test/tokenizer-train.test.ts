@@ -366,7 +366,8 @@ describe("learnVocabulary", () => {
       isolate: '"',
     });
     const tok = new Tokenizer(description);
-    const pieces = (text: string) => tok.encode(text, { bos: false }).map((id) => tok.piece(id, false));
+    const pieces = (text: string) =>
+      tok.encode(text, { addSpecial: false }).map((id) => tok.piece(id, false));
     const quoted = pieces('starts with "b".').map((p) => new TextDecoder().decode(p));
     const alone = pieces("x\nb").map((p) => new TextDecoder().decode(p));
     expect(quoted).toContain("b");

@@ -757,31 +757,7 @@ export class LlamaModel {
    */
   forwardBatch(segments: readonly BatchSegment[]): Float32Array[] {
     const c = this.config;
-    if (segments.length === 0) throw new Error("forwardBatch: no segments");
-    const seen = new Set<number>();
-    const first: number[] = []; // index of each segment's first token in the batch
-    let n = 0;
-    for (const s of segments) {
-      if (s.seq < 0 || s.seq >= this.sequences || !Number.isInteger(s.seq))
-        throw new Error(`forwardBatch: sequence ${s.seq} does not exist`);
-      if (seen.has(s.seq)) throw new Error(`forwardBatch: sequence ${s.seq} appears twice`);
-      seen.add(s.seq);
-      if (s.tokens.length === 0) throw new Error(`forwardBatch: sequence ${s.seq} has no tokens`);
-      if (s.pos0 < 0 || s.pos0 + s.tokens.length > this.contextSize) {
-        throw new UserError(
-          `${s.pos0 + s.tokens.length} tokens do not fit the context of ${this.contextSize} tokens`,
-        );
-      }
-      this.checkTokens(s.tokens);
-      first.push(n);
-      n += s.tokens.length;
-    }
-    if (n > this.batchSize) throw new Error(`forwardBatch: ${n} tokens, batch size is ${this.batchSize}`);
-    const tokens = new Int32Array(n);
-    segments.forEach((s, i) => {
-      tokens.set(Array.from(s.tokens), first[i]);
-    });
-
+    const { tokens, first } = this.batchTokens(segments, "forwardBatch");
     const b = this.backend;
     const cur = this.runLayers(tokens, segments, true);
     const at = (buf: Buf, row: number, width: number): Buf => ({
@@ -808,6 +784,59 @@ export class LlamaModel {
     b.matmul(H.xb, segments.length, c.dim, [{ w: this.output, out: H.logits! }], H.xq, true);
     b.flush();
     return segments.map((_, i) => this.rt.f32(this.headShard, H.logits!.offset + i * c.vocab * 4, c.vocab));
+  }
+
+  /**
+   * Evaluates several sequences in one pass as forwardBatch does, and returns per segment its
+   * tokens' hidden states after the output norm, as hiddenStates gives them: tokens.length rows of
+   * `dim` floats (views that the next call overwrites). As with forwardBatch, a token's states do
+   * not depend on the other segments, nor on how its sequence's tokens were split into calls.
+   */
+  hiddenStatesBatch(segments: readonly BatchSegment[]): Float32Array[] {
+    const c = this.config;
+    const { tokens, first } = this.batchTokens(segments, "hiddenStatesBatch");
+    const b = this.backend;
+    const n = tokens.length;
+    const cur = this.runLayers(tokens, segments, true);
+    const H = this.act[this.headShard]!;
+    if (cur !== this.headShard) b.copy(H.x, this.act[cur]!.x, n * c.dim * 4);
+    b.rmsNorm(H.xb, cur !== this.headShard ? H.x : this.act[cur]!.x, this.outputNorm, n, c.dim, c.normEps);
+    b.flush();
+    return segments.map((s, i) =>
+      this.rt.f32(this.headShard, H.xb.offset + first[i]! * c.dim * 4, s.tokens.length * c.dim),
+    );
+  }
+
+  /** Checks the segments of a batched pass and lays their tokens out in order. */
+  private batchTokens(
+    segments: readonly BatchSegment[],
+    caller: string,
+  ): { tokens: Int32Array; first: number[] } {
+    if (segments.length === 0) throw new Error(`${caller}: no segments`);
+    const seen = new Set<number>();
+    const first: number[] = []; // index of each segment's first token in the batch
+    let n = 0;
+    for (const s of segments) {
+      if (s.seq < 0 || s.seq >= this.sequences || !Number.isInteger(s.seq))
+        throw new Error(`${caller}: sequence ${s.seq} does not exist`);
+      if (seen.has(s.seq)) throw new Error(`${caller}: sequence ${s.seq} appears twice`);
+      seen.add(s.seq);
+      if (s.tokens.length === 0) throw new Error(`${caller}: sequence ${s.seq} has no tokens`);
+      if (s.pos0 < 0 || s.pos0 + s.tokens.length > this.contextSize) {
+        throw new UserError(
+          `${s.pos0 + s.tokens.length} tokens do not fit the context of ${this.contextSize} tokens`,
+        );
+      }
+      this.checkTokens(s.tokens);
+      first.push(n);
+      n += s.tokens.length;
+    }
+    if (n > this.batchSize) throw new Error(`${caller}: ${n} tokens, batch size is ${this.batchSize}`);
+    const tokens = new Int32Array(n);
+    segments.forEach((s, i) => {
+      tokens.set(Array.from(s.tokens), first[i]);
+    });
+    return { tokens, first };
   }
 
   /** Bytes of the weights as stored in the file. */

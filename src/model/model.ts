@@ -5,7 +5,12 @@ import { StreamDecoder, Tokenizer } from "../tokenizer/index.js";
 import { type ChatPromptOptions, chatPromptPieces, encodePieces, templateTokens } from "./chat-prompt.js";
 import { type LlamaConfig, metadataGetter } from "./config.js";
 import { Pooler, type PoolingType, poolingProblem, poolingTypeOf } from "./embedding.js";
-import { type ConstraintOptions, createConstraint } from "./grammar/index.js";
+import {
+  type ConstraintOptions,
+  createConstraint,
+  type GrammarConstraint,
+  LazyGrammarConstraint,
+} from "./grammar/index.js";
 import { type LlamaLoadOptions, LlamaModel } from "./llama.js";
 import type { WorkerModel } from "./model-worker.js";
 import { Sampler, type SamplerOptions } from "./sampler.js";
@@ -34,6 +39,12 @@ export interface GenerateOptions extends SamplerOptions, ConstraintOptions {
   maxTokens?: number;
   /** Generation stops before any of these strings; they are not returned. */
   stop?: string[];
+  /**
+   * Strings that end the text as `stop` does, except where a grammar constrains it: there the
+   * grammar decides where the text ends. `chat` adds its template's turn ends here (a JSON
+   * string that a grammar has the model write may well contain one).
+   */
+  turnEnds?: string[];
   /**
    * Stops the work between two prompt batches or two tokens: the iterator then rejects with an
    * AbortError (name "AbortError", code "ABORT_ERR"), after onDone with finish reason "abort".
@@ -138,11 +149,11 @@ export abstract class ModelBase {
   /** Streams the reply to a conversation, formatted with the chat template. */
   chat(messages: readonly ChatMessage[], options: ChatOptions = {}): AsyncGenerator<string> {
     const template = this.template();
-    const stop = [...(options.stop ?? []), ...template.stopStrings];
+    const turnEnds = [...(options.turnEnds ?? []), ...template.stopStrings];
     const prompt = chatPromptTokens(this.tokenizer, template, messages, {
       parseSpecialInContent: options.parseSpecialInContent,
     });
-    return this.generateFromTokens(prompt, { ...options, stop });
+    return this.generateFromTokens(prompt, { ...options, turnEnds });
   }
 
   /** Streams a continuation of `prompt`. */
@@ -285,7 +296,7 @@ export class Model extends ModelBase {
     const ctx = this.contextSize;
     const maxTokens = Math.min(options.maxTokens ?? 256, ctx - ids.length);
     const sampler = new Sampler(options);
-    const text = new StoppingDecoder(this.tokenizer, options.stop ?? []);
+    const text = new StoppingDecoder(this.tokenizer, options.stop ?? [], options.turnEnds);
     const history = [...ids];
     let produced = 0;
     let reason: GenerationInfo["finishReason"] = "length";
@@ -304,6 +315,7 @@ export class Model extends ModelBase {
           reason = "stop";
           break;
         }
+        if (constrains(constraint)) text.constrain();
         const id = sampler.sample(logits, history, constraint);
         produced++;
         if (this.tokenizer.isEog(id)) {
@@ -377,18 +389,29 @@ export class Model extends ModelBase {
 /**
  * The text of a generation, token by token: a StreamDecoder that ends at the first of the `stop`
  * strings, which is not returned. Text that may be the start of a stop string is held back until
- * the next tokens show it is not.
+ * the next tokens show it is not. `turnEnds` end the text as well until `constrain` is called.
  */
 export class StoppingDecoder {
   private readonly decoder: StreamDecoder;
-  private readonly stop: string[];
+  private readonly always: string[];
+  private stop: string[];
   private pending = "";
   /** Set once a stop string has appeared; nothing more is returned after it. */
   stopped = false;
 
-  constructor(tokenizer: Tokenizer, stop: readonly string[]) {
+  constructor(tokenizer: Tokenizer, stop: readonly string[], turnEnds: readonly string[] = []) {
     this.decoder = new StreamDecoder(tokenizer, { continuation: true });
-    this.stop = stop.filter((s) => s.length > 0);
+    this.always = stop.filter((s) => s.length > 0);
+    this.stop = [...this.always, ...turnEnds.filter((s) => s.length > 0)];
+  }
+
+  /**
+   * A grammar constrains the text from the next token on: it decides where the text ends, so
+   * the turn ends no longer do (one may be text the grammar asks for, inside a JSON string say).
+   * Text held back as a possible start of one is checked again with the next token.
+   */
+  constrain(): void {
+    this.stop = this.always;
   }
 
   /** Adds one generated token; returns the text that became final (possibly ""). */
@@ -447,6 +470,11 @@ export function chatPromptTokens(
   const bos = tokenizer.bosId;
   if (tokenizer.addBos && bos !== undefined && ids[0] !== bos) ids.unshift(bos);
   return ids;
+}
+
+/** Whether `constraint` masks the next token: always a grammar's, a lazy one's once triggered. */
+export function constrains(constraint: GrammarConstraint | LazyGrammarConstraint | undefined): boolean {
+  return constraint instanceof LazyGrammarConstraint ? constraint.active : constraint !== undefined;
 }
 
 /** Index of the earliest complete stop string in `text`, or -1. */

@@ -15,8 +15,10 @@
  *
  * A job with n > 1 replies takes n sequences at once: the first evaluates the prompt, its KV cache
  * is then copied to the others, and each reply draws its own tokens from there (reply i with seed
- * + i). An embedding job takes one sequence and evaluates one batch of its inputs per step, beside
- * the generations' pass.
+ * + i). An embedding job takes one sequence and evaluates its inputs one after the other on it;
+ * the running embedding jobs share one pass per step (the next part of each one's current input),
+ * beside the generations' pass. The batched pass computes every token on its own, so an input's
+ * vector does not depend on which others share its steps.
  */
 import { Pooler, type PoolingType } from "../model/embedding.js";
 import {
@@ -27,7 +29,7 @@ import {
 } from "../model/grammar/index.js";
 import type { LlamaModel } from "../model/llama.js";
 import { type TokenLogprob, tokenLogprob } from "../model/logprobs.js";
-import { type GenerationInfo, StoppingDecoder } from "../model/model.js";
+import { constrains, type GenerationInfo, StoppingDecoder } from "../model/model.js";
 import { Sampler, type SamplerOptions } from "../model/sampler.js";
 import type { Tokenizer } from "../tokenizer/index.js";
 
@@ -39,6 +41,8 @@ export interface GenerationJob {
   maxTokens: number;
   /** Generation ends before the first of these strings, which is not returned. */
   stop: string[];
+  /** Strings that end a reply as `stop` does, except where the grammar constrains it (the chat template's turn ends). */
+  turnEnds?: string[];
   sampling: SamplerOptions;
   /** Replies to the prompt, each on a sequence of its own (default 1). */
   n?: number;
@@ -206,7 +210,7 @@ export class BatchScheduler {
     }
     this.steps++;
     if (this.running.some((r) => !r.waiting)) this.generationPass(events);
-    for (const e of [...this.embedding]) this.embeddingPass(e, events);
+    if (this.embedding.length > 0) this.embeddingPass(events);
     this.emit(events);
     return true;
   }
@@ -253,26 +257,43 @@ export class BatchScheduler {
     });
   }
 
-  /** Evaluates the next batch of an embedding job's current input. */
-  private embeddingPass(e: Embedding, events: SchedulerEvent[]): void {
-    const input = e.job.inputs[e.input]!;
-    const end = Math.min(input.length, e.pos + this.llama.batchSize);
-    const states = this.llama.hiddenStates(input.slice(e.pos, end), e.pos, e.slot.seq);
-    e.pooler.add(states, end - e.pos);
-    e.pos = end;
-    e.slot.lastUsed = this.steps;
-    if (e.pos < input.length) return;
-    e.vectors.push(e.pooler.result());
-    e.input++;
-    e.pos = 0;
-    e.pooler = new Pooler(this.llama.config.dim, e.job.pooling);
-    if (e.input === e.job.inputs.length) this.endEmbedding(e, e.vectors, events);
+  /**
+   * One forward pass over the running embedding jobs: the next part of each one's current input,
+   * in arrival order, as much as the batch has room for.
+   */
+  private embeddingPass(events: SchedulerEvent[]): void {
+    const parts: { e: Embedding; end: number }[] = [];
+    let room = this.llama.batchSize;
+    for (const e of this.embedding) {
+      if (room === 0) break;
+      const end = Math.min(e.job.inputs[e.input]!.length, e.pos + room);
+      parts.push({ e, end });
+      room -= end - e.pos;
+    }
+    const states = this.llama.hiddenStatesBatch(
+      parts.map(({ e, end }) => ({
+        seq: e.slot.seq,
+        tokens: e.job.inputs[e.input]!.slice(e.pos, end),
+        pos0: e.pos,
+      })),
+    );
+    parts.forEach(({ e, end }, i) => {
+      e.pooler.add(states[i]!, end - e.pos);
+      e.pos = end;
+      e.slot.lastUsed = this.steps;
+      if (e.pos < e.job.inputs[e.input]!.length) return;
+      e.vectors.push(e.pooler.result());
+      e.input++;
+      e.pos = 0;
+      e.pooler = new Pooler(this.llama.config.dim, e.job.pooling);
+      if (e.input === e.job.inputs.length) this.endEmbedding(e, e.vectors, events);
+    });
   }
 
   private endEmbedding(e: Embedding, vectors: Float32Array[], events: SchedulerEvent[]): void {
     const promptTokens = vectors.length > 0 ? e.job.inputs.reduce((s, t) => s + t.length, 0) : 0;
     events.push({ id: e.job.id, type: "embeddings", vectors, promptTokens });
-    // Its cache holds the last input's states from the single-sequence pass: not reused.
+    // Its cache holds the last input's keys and values, not a prompt's: not reused.
     e.slot.cached = [];
     e.slot.running = undefined;
     e.slot.embedding = false;
@@ -346,7 +367,7 @@ export class BatchScheduler {
         ...job.sampling,
         seed: seed === undefined ? undefined : (seed + index) % 2 ** 32,
       }),
-      text: new StoppingDecoder(this.tokenizer, job.stop),
+      text: new StoppingDecoder(this.tokenizer, job.stop, job.turnEnds),
       history: [...job.prompt],
       maxTokens: Math.min(job.maxTokens, this.llama.contextSize - job.prompt.length),
       produced: 0,
@@ -373,6 +394,7 @@ export class BatchScheduler {
         this.finish(r, "stop", events);
         return;
       }
+      if (constrains(r.constraint)) r.text.constrain();
       id = r.sampler.sample(logits, r.history, r.constraint);
       if (!this.tokenizer.isEog(id)) r.constraint?.accept(id);
     } catch (e) {

@@ -5,7 +5,7 @@
  * model/grammar) or a tool-call format the reply is read in (model/tool-calls.ts); what cannot be
  * honoured is a 400 naming the field.
  */
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomInt } from "node:crypto";
 import type { z } from "zod";
 import { GrammarAutomaton, GrammarError, jsonSchemaToGbnf, parseGbnf } from "../model/grammar/index.js";
 import type { ChatMessage } from "../model/templates.js";
@@ -200,9 +200,18 @@ function withToolNames(messages: ChatMessage[]): ChatMessage[] {
   );
 }
 
-/** A new tool call id, as OpenAI's look. */
-export function toolCallId(): string {
-  return `call_${randomBytes(12).toString("hex")}`;
+const ALPHANUMERIC = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
+/**
+ * How new tool call ids look for calls read in `format`: Mistral's templates refuse any id that
+ * is not 9 letters and digits (a conversation sent back with another would not render), the
+ * others get OpenAI's look.
+ */
+export function toolCallIdFor(format: ToolFormat | undefined): () => string {
+  if (format === "mistral") {
+    return () => Array.from({ length: 9 }, () => ALPHANUMERIC[randomInt(ALPHANUMERIC.length)]).join("");
+  }
+  return () => `call_${randomBytes(12).toString("hex")}`;
 }
 
 /** Calls in OpenAI's message shape. */
