@@ -216,21 +216,29 @@ describe("LlamaModel.forwardBatch", () => {
   });
 });
 
-describe("BatchScheduler", () => {
+/** A tiny model of three 96-token sequences for the scheduler tests, loaded for the enclosing describe. */
+function schedulerModel(seed: number, use: (llama: LlamaModel, tokenizer: Tokenizer) => void): void {
   let dir: string;
-  let llama: LlamaModel;
-  let tokenizer: Tokenizer;
-
+  let llama: LlamaModel | undefined;
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "sh-sched-"));
     const path = join(dir, "tiny.gguf");
-    writeTinyLlama(path, { dim: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 160, seed: 3, weightScale: 0.3 });
+    writeTinyLlama(path, { dim: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 160, seed, weightScale: 0.3 });
     llama = await LlamaModel.load(path, { threads: 2, contextSize: 96, sequences: 3, batchSize: 16 });
-    tokenizer = Tokenizer.fromGgufMetadata(metadataGetter(llama.header));
+    use(llama, Tokenizer.fromGgufMetadata(metadataGetter(llama.header)));
   });
   afterAll(async () => {
     await llama?.dispose();
     rmSync(dir, { recursive: true, force: true });
+  });
+}
+
+describe("BatchScheduler", () => {
+  let llama: LlamaModel;
+  let tokenizer: Tokenizer;
+  schedulerModel(3, (m, t) => {
+    llama = m;
+    tokenizer = t;
   });
 
   interface Outcome {
@@ -345,20 +353,11 @@ describe("BatchScheduler", () => {
 });
 
 describe("BatchScheduler with embedding jobs", () => {
-  let dir: string;
   let llama: LlamaModel;
   let tokenizer: Tokenizer;
-
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), "sh-sched-embed-"));
-    const path = join(dir, "tiny.gguf");
-    writeTinyLlama(path, { dim: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 160, seed: 5, weightScale: 0.3 });
-    llama = await LlamaModel.load(path, { threads: 2, contextSize: 96, sequences: 3, batchSize: 16 });
-    tokenizer = Tokenizer.fromGgufMetadata(metadataGetter(llama.header));
-  });
-  afterAll(async () => {
-    await llama?.dispose();
-    rmSync(dir, { recursive: true, force: true });
+  schedulerModel(5, (m, t) => {
+    llama = m;
+    tokenizer = t;
   });
 
   const ids = (n: number, from: number) => Array.from({ length: n }, (_, i) => 3 + 256 + ((from + i) % 40));
