@@ -26,6 +26,7 @@ import { UserError } from "../src/errors.js";
 import { GGMLType } from "../src/formats/ggml-types.js";
 import { GgufFile, GgufWriter, readGgufHeader } from "../src/formats/gguf.js";
 import { SafetensorsFile, writeSafetensors } from "../src/formats/safetensors.js";
+import { tensorPlan } from "../src/model/arch/index.js";
 import { metadataGetter } from "../src/model/config.js";
 import { readLoraGguf, writePeftAdapter } from "../src/model/lora.js";
 import { loadModel } from "../src/model/model.js";
@@ -487,6 +488,321 @@ it("Qwen 2: biases and NeoX rows round-trip, and llama.cpp runs the converted fi
   }
 }, 60_000);
 
+describe("GPT-2, Phi-3, Gemma and MPT", () => {
+  const dim = 64;
+  const layers = 2;
+  const heads = 4;
+  /** Per architecture: feed-forward width, KV heads, tied head, tokenizer, extra metadata. */
+  const CASES = {
+    gpt2: { ffn: 4 * dim, kvHeads: heads, tied: false, spm: false },
+    phi3: { ffn: 96, kvHeads: 2, tied: false, spm: true },
+    gemma: { ffn: 96, kvHeads: 2, tied: true, spm: true },
+    mpt: { ffn: 4 * dim, kvHeads: heads, tied: true, spm: false },
+  } as const;
+  type Arch = keyof typeof CASES;
+
+  /** The hyper-parameter metadata each converter row writes, with these values. */
+  function metadata(arch: Arch, vocab: number): [key: string, type: "u32" | "f32", value: number][] {
+    const { ffn, kvHeads } = CASES[arch];
+    const common: [string, "u32" | "f32", number][] = [
+      ["context_length", "u32", SHAPE.context],
+      ["embedding_length", "u32", dim],
+      ["block_count", "u32", layers],
+      ["feed_forward_length", "u32", ffn],
+      ["attention.head_count", "u32", heads],
+      ["vocab_size", "u32", vocab],
+    ];
+    if (arch === "gpt2") return [...common, ["attention.layer_norm_epsilon", "f32", 1e-5]];
+    if (arch === "mpt") {
+      return [
+        ...common,
+        ["attention.head_count_kv", "u32", kvHeads],
+        ["attention.layer_norm_epsilon", "f32", 1e-5],
+        ["attention.max_alibi_bias", "f32", 8],
+        ["attention.clamp_kqv", "f32", 6],
+      ];
+    }
+    const rms: [string, "u32" | "f32", number][] = [
+      ...common,
+      ["rope.dimension_count", "u32", dim / heads],
+      ["attention.head_count_kv", "u32", kvHeads],
+      ["attention.layer_norm_rms_epsilon", "f32", 1e-5],
+      ["rope.freq_base", "f32", 10000],
+    ];
+    if (arch === "gemma") {
+      rms.push(["attention.key_length", "u32", dim / heads], ["attention.value_length", "u32", dim / heads]);
+    }
+    return rms;
+  }
+
+  /** A random f32 GGUF of `arch` (norms and biases random too) with the tokenizer `d`. */
+  function writeArch(path: string, arch: Arch, d: TokenizerDescription): void {
+    const { ffn, kvHeads, tied } = CASES[arch];
+    const w = new GgufWriter();
+    w.setString("general.architecture", arch);
+    w.setString("general.name", "convert-test");
+    w.setU32("general.file_type", 0);
+    for (const [key, type, value] of metadata(arch, d.tokens.length)) {
+      if (type === "u32") w.setU32(`${arch}.${key}`, value);
+      else w.setF32(`${arch}.${key}`, value);
+    }
+    setTokenizerMetadata(w, d);
+    const config = {
+      architecture: arch,
+      dim,
+      layers,
+      heads,
+      kvHeads,
+      headDim: dim / heads,
+      ffn,
+      vocab: d.tokens.length,
+      contextLength: SHAPE.context,
+      normEps: 1e-5,
+      rope: { dim: dim / heads, freqBase: 10000, freqScale: 1, neox: true },
+    };
+    const next = rng(11);
+    for (const t of tensorPlan(arch, config, (name) => name === "output.weight" && !tied)) {
+      const n = t.dims.reduce((a, b) => a * b, 1);
+      const v = Float32Array.from({ length: n }, () => (t.kind === "norm" ? 1 + next() : next() * 0.2));
+      w.addTensor(t.name, t.dims, GGMLType.F32, new Uint8Array(v.buffer));
+    }
+    w.write(path);
+  }
+
+  /** Hugging Face names, by the architectures' own modelling code (not the converter's table). */
+  function hfName(arch: Arch, gguf: string): { name: string; transposed?: boolean; minusOne?: boolean } {
+    const m = /^blk\.(\d+)\.(\w+)\.(weight|bias)$/.exec(gguf);
+    const [l, role, suffix] = m
+      ? [m[1]!, m[2]!, m[3]!]
+      : ["", gguf.replace(/\.(weight|bias)$/, ""), gguf.split(".").pop()!];
+    const table: Record<Arch, Record<string, string>> = {
+      // GPT-2 as the base model saves it: no "transformer." prefix, Conv1D matrices [in, out].
+      gpt2: {
+        token_embd: "wte",
+        position_embd: "wpe",
+        output_norm: "ln_f",
+        output: "lm_head",
+        attn_norm: `h.${l}.ln_1`,
+        attn_qkv: `h.${l}.attn.c_attn`,
+        attn_output: `h.${l}.attn.c_proj`,
+        ffn_norm: `h.${l}.ln_2`,
+        ffn_up: `h.${l}.mlp.c_fc`,
+        ffn_down: `h.${l}.mlp.c_proj`,
+      },
+      phi3: {
+        token_embd: "model.embed_tokens",
+        output_norm: "model.norm",
+        output: "lm_head",
+        attn_norm: `model.layers.${l}.input_layernorm`,
+        attn_qkv: `model.layers.${l}.self_attn.qkv_proj`,
+        attn_output: `model.layers.${l}.self_attn.o_proj`,
+        ffn_norm: `model.layers.${l}.post_attention_layernorm`,
+        ffn_up: `model.layers.${l}.mlp.gate_up_proj`,
+        ffn_down: `model.layers.${l}.mlp.down_proj`,
+      },
+      gemma: {
+        token_embd: "model.embed_tokens",
+        output_norm: "model.norm",
+        attn_norm: `model.layers.${l}.input_layernorm`,
+        attn_q: `model.layers.${l}.self_attn.q_proj`,
+        attn_k: `model.layers.${l}.self_attn.k_proj`,
+        attn_v: `model.layers.${l}.self_attn.v_proj`,
+        attn_output: `model.layers.${l}.self_attn.o_proj`,
+        ffn_norm: `model.layers.${l}.post_attention_layernorm`,
+        ffn_gate: `model.layers.${l}.mlp.gate_proj`,
+        ffn_up: `model.layers.${l}.mlp.up_proj`,
+        ffn_down: `model.layers.${l}.mlp.down_proj`,
+      },
+      mpt: {
+        token_embd: "transformer.wte",
+        output_norm: "transformer.norm_f",
+        attn_norm: `transformer.blocks.${l}.norm_1`,
+        attn_qkv: `transformer.blocks.${l}.attn.Wqkv`,
+        attn_output: `transformer.blocks.${l}.attn.out_proj`,
+        ffn_norm: `transformer.blocks.${l}.norm_2`,
+        ffn_up: `transformer.blocks.${l}.ffn.up_proj`,
+        ffn_down: `transformer.blocks.${l}.ffn.down_proj`,
+      },
+    };
+    const name = `${table[arch][role]}.${suffix}`;
+    const matrix =
+      suffix === "weight" && !role.endsWith("norm") && role !== "token_embd" && role !== "position_embd";
+    return {
+      name,
+      transposed: arch === "gpt2" && matrix && role !== "output",
+      minusOne: arch === "gemma" && role.endsWith("norm"),
+    };
+  }
+
+  /** config.json as each architecture's transformers class writes it. */
+  function hfConfig(arch: Arch, vocab: number): object {
+    const { ffn, kvHeads } = CASES[arch];
+    if (arch === "gpt2") {
+      return {
+        model_type: "gpt2",
+        architectures: ["GPT2LMHeadModel"],
+        n_embd: dim,
+        n_layer: layers,
+        n_head: heads,
+        n_positions: SHAPE.context,
+        n_inner: null,
+        layer_norm_epsilon: 1e-5,
+        activation_function: "gelu_new",
+        vocab_size: vocab,
+        tie_word_embeddings: false,
+      };
+    }
+    if (arch === "mpt") {
+      return {
+        model_type: "mpt",
+        architectures: ["MPTForCausalLM"],
+        d_model: dim,
+        n_heads: heads,
+        n_layers: layers,
+        expansion_ratio: 4,
+        max_seq_len: SHAPE.context,
+        vocab_size: vocab,
+        no_bias: true,
+        learned_pos_emb: true,
+        attn_config: { alibi: true, alibi_bias_max: 8, clip_qkv: 6, qk_ln: false },
+      };
+    }
+    const llamaLike = {
+      hidden_size: dim,
+      intermediate_size: ffn,
+      num_hidden_layers: layers,
+      num_attention_heads: heads,
+      num_key_value_heads: kvHeads,
+      max_position_embeddings: SHAPE.context,
+      rms_norm_eps: 1e-5,
+      rope_theta: 10000,
+      vocab_size: vocab,
+    };
+    if (arch === "phi3")
+      return {
+        model_type: "phi3",
+        architectures: ["Phi3ForCausalLM"],
+        ...llamaLike,
+        hidden_act: "silu",
+        sliding_window: 2047,
+        tie_word_embeddings: false,
+      };
+    return {
+      model_type: "gemma",
+      architectures: ["GemmaForCausalLM"],
+      ...llamaLike,
+      head_dim: dim / heads,
+      hidden_act: "gelu",
+      hidden_activation: "gelu_pytorch_tanh",
+    };
+  }
+
+  /** llama.cpp's greedy continuation and ours (argmax, fed back) agree on `path`. */
+  async function expectSameGreedy(path: string): Promise<void> {
+    const ours = await loadModel(path, { worker: false, threads: 1, contextSize: 64 });
+    try {
+      const model = await llama.loadModel({ modelPath: path });
+      const prompt = ours.tokenize(TEXTS[0]!);
+      const ctx = await model.createContext({
+        contextSize: 64,
+        threads: 1,
+        experimentalKvCacheKeyType: "F32",
+        experimentalKvCacheValueType: "F32",
+      });
+      const theirs: number[] = [];
+      for await (const t of ctx.getSequence().evaluate(prompt as never, { temperature: 0 })) {
+        theirs.push(t);
+        if (theirs.length === 8) break;
+      }
+      await ctx.dispose();
+      const mine: number[] = [];
+      let logits = ours.llama.forward(prompt, 0);
+      for (let i = 0; i < 8; i++) {
+        let best = 0;
+        for (let v = 1; v < logits.length; v++) if (logits[v]! > logits[best]!) best = v;
+        mine.push(best);
+        logits = ours.llama.forward([best], prompt.length + i);
+      }
+      await model.dispose();
+      expect(mine).toEqual(theirs);
+    } finally {
+      await ours.dispose();
+    }
+  }
+
+  for (const arch of Object.keys(CASES) as Arch[]) {
+    describe(arch, () => {
+      let orig: string;
+      beforeAll(async () => {
+        const d = CASES[arch].spm
+          ? (await trainTokenizer([CORPUS], { vocabSize: 400 })).description
+          : byteLevelVocab("gpt-2");
+        orig = join(dir, `${arch}.gguf`);
+        writeArch(orig, arch, d);
+      }, 60_000);
+
+      it("GGUF → Hugging Face → GGUF keeps every tensor bit for bit, the metadata and the tokenizer", async () => {
+        const hf = join(dir, `hf-${arch}`);
+        convertGgufToHf(orig, hf);
+        const config = JSON.parse(readFileSync(join(hf, "config.json"), "utf8"));
+        expect(config.model_type).toBe(arch);
+        const back = join(dir, `${arch}-back.gguf`);
+        await convertHfToGguf(hf, back);
+        expect(tensorsOf(back)).toEqual(tensorsOf(orig));
+        const h = readGgufHeader(back);
+        const o = readGgufHeader(orig);
+        const keys = [...o.metadata.keys()].filter((k) => k.startsWith(`${arch}.`));
+        expect(keys.length).toBe(metadata(arch, 1).length);
+        for (const key of keys) expect(h.get(key), key).toEqual(o.get(key));
+        expectSameTokenizer(orig, back);
+      });
+
+      it("a Hugging Face directory written by hand converts to the same file, which both engines run alike", async () => {
+        const hf = join(dir, `hf-hand-${arch}`);
+        convertGgufToHf(orig, join(dir, `hf-side-${arch}`));
+        mkdirSync(hf);
+        for (const f of ["tokenizer.json", "tokenizer_config.json"])
+          copyFileSync(join(dir, `hf-side-${arch}`, f), join(hf, f));
+        const f = GgufFile.open(orig);
+        const vocab = f.header.tensor("token_embd.weight")!.dims[1]!;
+        const tensors = f.header.tensors.map((t) => {
+          const bytes = f.readTensor(t);
+          let data = new Float32Array(bytes.buffer, bytes.byteOffset, t.elementCount).slice();
+          const { name, transposed, minusOne } = hfName(arch, t.name);
+          let shape = [...t.dims].reverse();
+          if (transposed) {
+            const [cols, rows] = t.dims as [number, number];
+            const x = data;
+            data = new Float32Array(x.length);
+            for (let r = 0; r < rows; r++)
+              for (let k = 0; k < cols; k++) data[k * rows + r] = x[r * cols + k]!;
+            shape = [cols, rows];
+          }
+          if (minusOne) data = data.map((v) => v - 1);
+          return { name, shape, data };
+        });
+        f.close();
+        // GPT-2's causal-mask buffers, which convert leaves out
+        if (arch === "gpt2")
+          tensors.push({ name: "h.0.attn.bias", shape: [1, 1, 4, 4], data: new Float32Array(16) });
+        writeSafetensors(join(hf, "model.safetensors"), tensors);
+        writeFileSync(join(hf, "config.json"), JSON.stringify(hfConfig(arch, vocab)));
+        const out = join(dir, `${arch}-from-hand.gguf`);
+        // (a general.name naming Phi-3 makes llama.cpp look for Phi-3's own special tokens)
+        await convertHfToGguf(hf, out, { name: "from-hand" });
+        expect(tensorsOf(out)).toEqual(tensorsOf(orig));
+        await expectSameGreedy(out);
+        // A quantized type: the float file quantized as quantize does.
+        const q = join(dir, `${arch}-from-hand-q8_0.gguf`);
+        await convertHfToGguf(hf, q, { type: "q8_0", name: "from-hand" });
+        const ref = join(dir, `${arch}-ref-q8_0.gguf`);
+        await quantizeModel(out, ref, "q8_0");
+        expect(tensorsOf(q)).toEqual(tensorsOf(ref));
+      }, 60_000);
+    });
+  }
+});
+
 it("converts a PEFT adapter into llama.cpp's GGUF LoRA", () => {
   const next = rng(3);
   const rand = (n: number) => Float32Array.from({ length: n }, () => next());
@@ -664,9 +980,29 @@ describe("hostile directories are refused in one line", () => {
     expect(await refusal(variant("c3", (d) => setConfig(d, { num_attention_heads: 5 })))).toMatch(
       /head_count/,
     );
-    expect(await refusal(variant("c4", (d) => setConfig(d, { model_type: "gpt2" })))).toMatch(
-      /architecture "gpt2" is not supported yet/,
+    expect(await refusal(variant("c4", (d) => setConfig(d, { model_type: "falcon" })))).toMatch(
+      /architecture "falcon" is not supported yet/,
     );
+    // A supported architecture whose own keys are missing: the first one is named.
+    expect(await refusal(variant("c4b", (d) => setConfig(d, { model_type: "gpt2" })))).toMatch(
+      /config\.json: n_embd is missing/,
+    );
+    expect(
+      await refusal(
+        variant("c4c", (d) =>
+          setConfig(d, {
+            model_type: "mpt",
+            d_model: 64,
+            n_heads: 4,
+            n_layers: 2,
+            attn_config: { alibi: true, qk_ln: true },
+          }),
+        ),
+      ),
+    ).toMatch(/attn_config\.qk_ln true is not supported/);
+    expect(
+      await refusal(variant("c4d", (d) => setConfig(d, { model_type: "gemma", hidden_activation: "relu" }))),
+    ).toMatch(/hidden_activation "relu" is not supported/);
     expect(
       await refusal(variant("c5", (d) => setConfig(d, { rope_scaling: { rope_type: "yarn", factor: 4 } }))),
     ).toMatch(/rope scaling "yarn" is not supported yet/);

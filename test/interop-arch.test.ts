@@ -130,3 +130,61 @@ describe("qwen2: q, k and v biases, NeoX rope, tied head", () => {
     });
   }
 });
+
+/**
+ * A tiny random-weight model of `architecture` written by our writer, compared with llama.cpp at
+ * f32 (every step) and quantized by quantizeModel to q8_0 and q4_0 (within the rounding noise).
+ */
+function compareArchitecture(
+  architecture: string,
+  check: string,
+  extra: Partial<Parameters<typeof writeTinyLlama>[1]> = {},
+) {
+  describe(`${architecture}: ${check}`, () => {
+    let f32: string;
+    let prompt: number[];
+    beforeAll(async () => {
+      f32 = join(dir, `${architecture}-f32.gguf`);
+      writeTinyLlama(f32, {
+        architecture,
+        dim: 64,
+        layers: 2,
+        heads: 4,
+        ffn: 128,
+        seed: 11,
+        weightScale: 0.25,
+        ...extra,
+      });
+      const m = await loadModel(f32, { worker: false, threads: 1 });
+      prompt = m.tokenize("hello world and the world is");
+      await m.dispose();
+    });
+
+    it(`f32: ${TOKENS} tokens teacher-forced along llama.cpp`, async () => {
+      await expectSameAsLlamaCpp(f32, prompt, false);
+    });
+
+    for (const type of ["q8_0", "q4_0"] as const) {
+      it(`${type}: ${TOKENS} tokens teacher-forced along llama.cpp`, async () => {
+        const path = join(dir, `${architecture}-${type}.gguf`);
+        await quantizeModel(f32, path, type);
+        await expectSameAsLlamaCpp(path, prompt, true);
+      });
+    }
+  });
+}
+
+compareArchitecture("gpt2", "learned positions, LayerNorm, fused qkv, biases, GELU MLP, untied head");
+compareArchitecture("phi3", "fused qkv and gate/up split at load, NeoX rope, grouped-query heads", {
+  kvHeads: 2,
+});
+// (heads 32 wide with a 64-wide model, as Gemma 7B's 256-wide heads with its 3072-wide model)
+compareArchitecture("gemma", "GeGLU, embeddings scaled by √dim, NeoX rope, tied head, wide heads", {
+  kvHeads: 2,
+  headDim: 32,
+  tiedEmbeddings: true,
+});
+compareArchitecture("mpt", "ALiBi, LayerNorm without bias, fused qkv clamped, GELU MLP", {
+  tiedEmbeddings: true,
+  metadataF32: { "mpt.attention.max_alibi_bias": 8, "mpt.attention.clamp_kqv": 1.5 },
+});

@@ -19,16 +19,24 @@
 import { describe, expect, it } from "vitest";
 import {
   addRef,
+  alibiSlopeRef,
   attentionRef,
   bf16ToF32,
+  clampRef,
   f16ToF32,
   f32ToBF16,
   f32ToF16,
+  geluMulRef,
+  geluOfRef,
+  geluRef,
+  geluTableRef,
+  layerNormRef,
   matmulBF16Ref,
   matmulF16Ref,
   matmulF32Ref,
   rmsNormRef,
   ropeRef,
+  scaleRef,
   siluMulRef,
   softmaxRef,
 } from "../src/runtime/reference.js";
@@ -343,9 +351,13 @@ describe("attention", () => {
     { n: 3, pos0: 30, nHeads: 6, nKvHeads: 3, headDim: 48, r0: 1, r1: 17 },
     { n: 2, pos0: 61, nHeads: 8, nKvHeads: 2, headDim: 128, r0: 0, r1: 16 },
     { n: 7, pos0: 2, nHeads: 2, nKvHeads: 1, headDim: 20, r0: 0, r1: 14 },
+    // ALiBi (MPT), 12 heads: slopes of the first 8 and of the 4 past the largest power of 2
+    { n: 4, pos0: 20, nHeads: 12, nKvHeads: 12, headDim: 16, r0: 2, r1: 45, maxBias: 8 },
+    { n: 3, pos0: 5, nHeads: 4, nKvHeads: 2, headDim: 32, r0: 0, r1: 12, maxBias: 8 },
   ];
-  for (const c of cases) {
-    it(`n=${c.n} pos0=${c.pos0} heads=${c.nHeads}/${c.nKvHeads} headDim=${c.headDim} rows [${c.r0}, ${c.r1})`, () => {
+  for (const c of cases as ((typeof cases)[number] & { maxBias?: number })[]) {
+    const maxBias = c.maxBias ?? 0;
+    it(`n=${c.n} pos0=${c.pos0} heads=${c.nHeads}/${c.nKvHeads} headDim=${c.headDim} rows [${c.r0}, ${c.r1})${maxBias ? " ALiBi" : ""}`, () => {
       const rand = rng(c.n * 101 + c.pos0 * 7 + c.headDim);
       const positions = c.pos0 + c.n;
       const qWidth = c.nHeads * c.headDim;
@@ -360,7 +372,7 @@ describe("attention", () => {
       kCache.set(k);
       vCache.set(v);
       const want = new Float32Array(c.n * qWidth);
-      attentionRef(q, k, v, want, c.n, c.pos0, c.nHeads, c.nKvHeads, c.headDim);
+      attentionRef(q, k, v, want, c.n, c.pos0, c.nHeads, c.nKvHeads, c.headDim, maxBias);
 
       const wasm = new WasmHarness();
       const qPtr = wasm.putF32(q);
@@ -382,6 +394,7 @@ describe("attention", () => {
         c.headDim,
         scratch,
         scratchStride,
+        maxBias,
         c.r0,
         c.r1,
         tid,
@@ -406,7 +419,8 @@ describe("attention", () => {
         for (let p = 0; p < len; p++) {
           let dot = 0;
           for (let d = 0; d < c.headDim; d++) dot += q[base + d]! * k[p * kvWidth + kvh * c.headDim + d]!;
-          scores.push(dot / Math.sqrt(c.headDim));
+          const alibi = maxBias ? alibiSlopeRef(row % c.nHeads, c.nHeads, maxBias) * (p - (len - 1)) : 0;
+          scores.push(dot / Math.sqrt(c.headDim) + alibi);
         }
         const max = Math.max(...scores);
         const e = scores.map((s) => Math.exp(s - max));
@@ -491,6 +505,101 @@ describe("vector exp", () => {
     wasm.k["siluMul"]!(gPtr, uPtr, outPtr, 0, size);
     const want = Float64Array.from(gate, (g) => g / (1 + Math.exp(-g)));
     expectWithin(wasm.f32(outPtr, size), want, (i) => 4e-7 * Math.abs(want[i]!), "exp");
+  });
+});
+
+describe("layerNorm", () => {
+  for (const [dim, n, r0, r1, withBias] of [
+    [64, 3, 0, 3, true],
+    [37, 4, 1, 3, false],
+    [768, 2, 1, 2, true],
+  ] as const) {
+    it(`dim ${dim}, rows [${r0}, ${r1}) of ${n}${withBias ? ", with bias" : ""}: as the f32 reference, within 2 ulps`, () => {
+      const rand = rng(dim + n);
+      const x = randomF32(rand, n * dim, 3);
+      for (let i = 0; i < dim; i++) x[i] = x[i]! + 40; // a large mean, which the centring must remove
+      const weight = randomF32(rand, dim, 2);
+      const bias = withBias ? randomF32(rand, dim, 1) : undefined;
+      const want = new Float32Array(n * dim);
+      layerNormRef(x, weight, bias, want, dim, 1e-5, n);
+      const wasm = new WasmHarness();
+      const xPtr = wasm.putF32(x);
+      const wPtr = wasm.putF32(weight);
+      const bPtr = bias ? wasm.putF32(bias) : 0;
+      const outPtr = wasm.putF32(new Float32Array(n * dim).fill(SENTINEL));
+      wasm.k["layerNorm"]!(xPtr, wPtr, bPtr, outPtr, dim, 1e-5, r0, r1);
+      const expected = want.map((v, i) =>
+        Math.floor(i / dim) >= r0 && Math.floor(i / dim) < r1 ? v : SENTINEL,
+      );
+      // (the sums run in a different order: the mean and variance may differ in their last bit)
+      expectWithin(
+        wasm.f32(outPtr, n * dim),
+        expected,
+        (i) => 2.4e-7 * Math.abs(expected[i]!) + 1e-6,
+        "layerNorm",
+      );
+    });
+  }
+});
+
+describe("GELU through ggml's f16 table", () => {
+  const table = geluTableRef();
+
+  it("the table is the tanh approximation rounded to f16", () => {
+    for (const x of [-3, -1, -0.5, 0, 0.25, 1, 2, 5]) {
+      const exact = 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * x * (1 + 0.044715 * x * x)));
+      expect(f16ToF32(table[f32ToF16(x)]!)).toBeCloseTo(exact, 2);
+    }
+    expect(geluOfRef(-10)).toBe(0);
+    expect(geluOfRef(10)).toBe(10);
+    expect(geluOfRef(12.5)).toBe(12.5);
+  });
+
+  it("gelu and geluMul give the reference's bits for every f16 input and around ±10", () => {
+    const halves = Float32Array.from({ length: 1 << 16 }, (_, h) => f16ToF32(h)).filter(
+      (v) => Number.isFinite(v) && Math.abs(v) < 1e4,
+    );
+    const edges = [-10, -9.999999, -10.000001, 10, 9.999999, 10.000001, -20, 20, 1e-8, -1e-8];
+    const rand = rng(5);
+    const x = Float32Array.from([...halves, ...edges, ...randomF32(rand, 4000, 12)]);
+    const up = randomF32(rand, x.length, 3);
+    const size = x.length;
+    const wasm = new WasmHarness(1024);
+    const tablePtr = wasm.putU8(new Uint8Array(table.buffer));
+    const xPtr = wasm.putF32(x);
+    const upPtr = wasm.putF32(up);
+    const outPtr = wasm.putF32(new Float32Array(size).fill(SENTINEL));
+    wasm.k["gelu"]!(xPtr, outPtr, tablePtr, 1, size - 1);
+    const want = new Float32Array(size);
+    geluRef(x, want);
+    want[0] = SENTINEL;
+    want[size - 1] = SENTINEL;
+    expect(wasm.f32(outPtr, size)).toEqual(want);
+    wasm.k["geluMul"]!(xPtr, upPtr, outPtr, tablePtr, 0, size);
+    geluMulRef(x, up, want);
+    expect(wasm.f32(outPtr, size)).toEqual(want);
+  });
+});
+
+describe("scale and clamp", () => {
+  it("are exact, in place and on a partial element range", () => {
+    const rand = rng(8);
+    const size = 517;
+    const x = randomF32(rand, size, 30);
+    const wasm = new WasmHarness();
+    const xPtr = wasm.putF32(x);
+    const outPtr = wasm.putF32(new Float32Array(size).fill(SENTINEL));
+    wasm.k["scale"]!(xPtr, outPtr, Math.fround(Math.sqrt(2048)), 3, 500);
+    const scaled = new Float32Array(size);
+    scaleRef(x, Math.sqrt(2048), scaled);
+    const got = wasm.f32(outPtr, size);
+    for (let i = 0; i < size; i++) expect(got[i]).toBe(i >= 3 && i < 500 ? scaled[i] : SENTINEL);
+    wasm.k["clamp"]!(xPtr, 8.5, 0, 400);
+    const clamped = x.slice(0, 400);
+    clampRef(clamped, 8.5);
+    const inPlace = wasm.f32(xPtr, size);
+    expect(Array.from(inPlace.subarray(0, 400))).toEqual(Array.from(clamped));
+    expect(Array.from(inPlace.subarray(400))).toEqual(Array.from(x.subarray(400)));
   });
 });
 

@@ -77,13 +77,14 @@ describe("ropeAt", () => {
 });
 
 describe("storeKvAt and attentionAt", () => {
+  // (maxBias: ALiBi, with 6 heads also the slopes past the largest power of 2)
   const shapes = [
-    { nHeads: 4, nKvHeads: 2, headDim: 64 },
-    { nHeads: 6, nKvHeads: 6, headDim: 48 },
-    { nHeads: 8, nKvHeads: 1, headDim: 20 },
+    { nHeads: 4, nKvHeads: 2, headDim: 64, maxBias: 0 },
+    { nHeads: 6, nKvHeads: 6, headDim: 48, maxBias: 8 },
+    { nHeads: 8, nKvHeads: 1, headDim: 20, maxBias: 0 },
   ];
   for (const c of shapes) {
-    it(`heads=${c.nHeads}/${c.nKvHeads} headDim=${c.headDim}: three sequences, a prompt chunk among decoding tokens`, () => {
+    it(`heads=${c.nHeads}/${c.nKvHeads} headDim=${c.headDim}${c.maxBias ? " ALiBi" : ""}: three sequences, a prompt chunk among decoding tokens`, () => {
       const rng = new Rng(c.nHeads * 31 + c.headDim);
       const kvWidth = c.nKvHeads * c.headDim;
       const qWidth = c.nHeads * c.headDim;
@@ -137,13 +138,26 @@ describe("storeKvAt and attentionAt", () => {
       const stride = context * 4 + 64;
       const scratch = h.alloc(2 * stride);
       const rows = n * c.nHeads;
-      h.k.attentionAt!(pq, table, out, c.nHeads, c.nKvHeads, c.headDim, scratch, stride, 0, 7, 0);
-      h.k.attentionAt!(pq, table, out, c.nHeads, c.nKvHeads, c.headDim, scratch, stride, 7, rows, 1);
+      h.k.attentionAt!(pq, table, out, c.nHeads, c.nKvHeads, c.headDim, scratch, stride, c.maxBias, 0, 7, 0);
+      h.k.attentionAt!(
+        pq,
+        table,
+        out,
+        c.nHeads,
+        c.nKvHeads,
+        c.headDim,
+        scratch,
+        stride,
+        c.maxBias,
+        7,
+        rows,
+        1,
+      );
       const got = h.f32(out, n * qWidth);
 
       const refs: TokenRef[] = tokens.map(([s, pos]) => ({ pos, k: caches[s]!.k, v: caches[s]!.v }));
       const want = new Float32Array(n * qWidth);
-      attentionAtRef(q, refs, want, c.nHeads, c.nKvHeads, c.headDim);
+      attentionAtRef(q, refs, want, c.nHeads, c.nKvHeads, c.headDim, c.maxBias);
       let vMax = 0;
       for (const { v } of caches)
         for (const x of v) if (Number.isFinite(x)) vMax = Math.max(vMax, Math.abs(x));
@@ -166,6 +180,7 @@ describe("storeKvAt and attentionAt", () => {
           c.headDim,
           scratch,
           stride,
+          c.maxBias,
           0,
           c.nHeads,
           0,

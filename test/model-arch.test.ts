@@ -60,6 +60,16 @@ describe("one layer body for forward and forwardBatch", () => {
   for (const [label, extra] of [
     ["qwen2 (biases, NeoX rope)", { architecture: "qwen2" }],
     ["llama with rope_freqs", { ropeFreqs: Float32Array.from({ length: 8 }, (_, i) => 0.5 + i) }],
+    ["gpt2 (learned positions per sequence)", { architecture: "gpt2" }],
+    [
+      "mpt (ALiBi, clamped q/k/v)",
+      {
+        architecture: "mpt",
+        metadataF32: { "mpt.attention.max_alibi_bias": 8, "mpt.attention.clamp_kqv": 2 },
+      },
+    ],
+    ["phi3 (fused tensors split at load)", { architecture: "phi3" }],
+    ["gemma (GeGLU, scaled embeddings)", { architecture: "gemma", tiedEmbeddings: true }],
   ] as const) {
     it(label, async () => {
       const path = join(dir, `batch-${label.split(" ")[0]}.gguf`);
@@ -125,6 +135,68 @@ describe("untrusted files", () => {
   });
 });
 
+describe("architectures beyond Llama refuse what they do not run, in one line", () => {
+  it("a gpt2 context longer than its learned positions", async () => {
+    const path = join(dir, "gpt2-ctx.gguf");
+    writeTinyLlama(path, { ...shape, architecture: "gpt2", contextLength: 64 });
+    await expect(LlamaModel.load(path, { threads: 1, contextSize: 65 })).rejects.toThrow(
+      /a context of 65 tokens is longer than the 64 positions position_embd\.weight holds/,
+    );
+  });
+
+  it("a tensor the architecture does not have, Phi-3's long-context rope factors by name", async () => {
+    const path = join(dir, "phi3-extra.gguf");
+    writeTinyLlama(path, { ...shape, architecture: "phi3" });
+    const bytes = readFileSync(path);
+    // (same lengths as the names they replace, so offsets stay valid)
+    bytes.write("outpu_.weight", bytes.lastIndexOf("output.weight")); // the head, after blk.N.attn_output
+    writeFileSync(path, bytes);
+    await expect(LlamaModel.load(path, { threads: 1 })).rejects.toThrow(
+      /tensor outpu_\.weight is not part of a phi3 model that smallhammer runs/,
+    );
+    bytes.write("rope_factors_long.weight", bytes.indexOf("blk.1.attn_output.weight"));
+    writeFileSync(path, bytes);
+    await expect(LlamaModel.load(path, { threads: 1 })).rejects.toThrow(
+      /tensor rope_factors_long\.weight \(phi3's long-context rope factors\) is not supported/,
+    );
+  });
+
+  it("a LoRA update of a fused tensor", async () => {
+    const path = join(dir, "phi3-lora.gguf");
+    writeTinyLlama(path, { ...shape, architecture: "phi3" });
+    const rows = shape.dim + 2 * (shape.dim / shape.heads) * shape.kvHeads;
+    const adapter = {
+      architecture: "phi3",
+      alpha: 4,
+      tensors: [
+        {
+          base: "blk.0.attn_qkv.weight",
+          rank: 4,
+          inFeatures: shape.dim,
+          outFeatures: rows,
+          a: new Float32Array(4 * shape.dim),
+          b: new Float32Array(rows * 4),
+        },
+      ],
+    };
+    await expect(LlamaModel.load(path, { threads: 1, lora: [{ adapter }] })).rejects.toThrow(
+      /cannot apply an update to blk\.0\.attn_qkv\.weight/,
+    );
+  });
+
+  it("negative or non-numeric ALiBi and clamp settings, naming the key", async () => {
+    const path = join(dir, "mpt-bad.gguf");
+    writeTinyLlama(path, {
+      ...shape,
+      architecture: "mpt",
+      metadataF32: { "mpt.attention.max_alibi_bias": -1 },
+    });
+    await expect(LlamaModel.load(path, { threads: 1 })).rejects.toThrow(
+      /metadata mpt\.attention\.max_alibi_bias = -1 is invalid: must be a finite number of at least 0/,
+    );
+  });
+});
+
 describe("training refuses what its graph does not compute", () => {
   it("a llama file with rope_freqs, and a qwen2 file, in one line each", async () => {
     const freqs = join(dir, "train-freqs.gguf");
@@ -136,6 +208,11 @@ describe("training refuses what its graph does not compute", () => {
     writeTinyLlama(qwen, { ...shape, architecture: "qwen2" });
     await expect(LlamaTrainModel.load(qwen, { seq: 8, batch: 1 })).rejects.toThrow(
       /architecture qwen2 cannot be trained/,
+    );
+    const gpt2 = join(dir, "train-gpt2.gguf");
+    writeTinyLlama(gpt2, { ...shape, architecture: "gpt2" });
+    await expect(LlamaTrainModel.load(gpt2, { seq: 8, batch: 1 })).rejects.toThrow(
+      /architecture gpt2 cannot be trained/,
     );
   });
 });

@@ -124,7 +124,7 @@ function benchAttention(kern: Kernels, results: Result[]): void {
   const attention = kern.k["attention"]!;
   for (const nKvHeads of [32, 8]) {
     const decode = timeIt(() =>
-      attention(q, k, v, out, 1, positions - 1, nHeads, nKvHeads, headDim, scratch, 0, 0, nHeads, 0),
+      attention(q, k, v, out, 1, positions - 1, nHeads, nKvHeads, headDim, scratch, 0, 0, 0, nHeads, 0),
     );
     const flopsDecode = 4 * nHeads * positions * headDim;
     results.push({
@@ -145,6 +145,7 @@ function benchAttention(kern: Kernels, results: Result[]): void {
           nKvHeads,
           headDim,
           scratch,
+          0,
           0,
           0,
           positions * nHeads,

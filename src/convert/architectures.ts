@@ -7,7 +7,7 @@
 import { UserError } from "../errors.js";
 import type { LlamaConfig } from "../model/config.js";
 import { LLAMA_LIMITS } from "../model/config.js";
-import type { HfConfig, Json } from "./hf-dir.js";
+import { HfConfig, isObject, type Json } from "./hf-dir.js";
 
 /** A metadata value with its GGUF type, before it is set on a writer. */
 export type HparamValue = { u32: number } | { f32: number } | { str: string };
@@ -19,8 +19,8 @@ export interface ConvertArchitecture {
   gguf: string;
   /** GGUF hyper-parameter metadata (keys without the architecture prefix) from config.json. */
   hparams(c: HfConfig): Map<string, HparamValue>;
-  /** config.json fields for a model of this shape. */
-  config(c: LlamaConfig): Json;
+  /** config.json fields for a model of this shape; `has` tells which GGUF tensors the file holds. */
+  config(c: LlamaConfig, has: (tensor: string) => boolean): Json;
 }
 
 const L = LLAMA_LIMITS;
@@ -145,7 +145,189 @@ const qwen2: ConvertArchitecture = {
   },
 };
 
-export const CONVERT_ARCHITECTURES: readonly ConvertArchitecture[] = [llamaFamily, qwen2];
+/** Refuses config.json values of `key` other than those listed, naming the key. */
+function only(c: HfConfig, key: string, allowed: readonly unknown[], fallback: unknown, what: string): void {
+  const v = c.json[key] ?? fallback;
+  if (!allowed.includes(v)) {
+    throw new UserError(`${c.path}: ${key} ${JSON.stringify(v)} is not supported (${what})`);
+  }
+}
+
+/** GPT-2: Conv1D matrices, learned positions, LayerNorm, GELU (tanh approximation). */
+const gpt2: ConvertArchitecture = {
+  modelTypes: ["gpt2"],
+  gguf: "gpt2",
+  hparams(c) {
+    only(
+      c,
+      "activation_function",
+      ["gelu_new", "gelu_pytorch_tanh"],
+      "gelu_new",
+      "llama.cpp's GPT-2 uses gelu_new",
+    );
+    for (const key of ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"]) {
+      if (c.bool(key)) throw new UserError(`${c.path}: ${key} true is not supported`);
+    }
+    if (c.json.scale_attn_weights === false)
+      throw new UserError(`${c.path}: scale_attn_weights false is not supported`);
+    const dim = c.integer("n_embd", L.embeddingLength);
+    return new Map<string, HparamValue>([
+      [
+        "context_length",
+        { u32: c.integer("n_positions", L.contextLength, c.integer("n_ctx", L.contextLength, 1024)) },
+      ],
+      ["embedding_length", { u32: dim }],
+      ["block_count", { u32: c.integer("n_layer", L.blockCount) }],
+      ["feed_forward_length", { u32: c.integer("n_inner", L.feedForwardLength, 4 * dim) }],
+      ["attention.head_count", { u32: c.integer("n_head", L.headCount) }],
+      ["attention.layer_norm_epsilon", { f32: c.positive("layer_norm_epsilon", 1e-5) }],
+      ["vocab_size", { u32: c.integer("vocab_size", L.vocab) }],
+    ]);
+  },
+  config: (c) => ({
+    architectures: ["GPT2LMHeadModel"],
+    model_type: "gpt2",
+    n_embd: c.dim,
+    n_layer: c.layers,
+    n_head: c.heads,
+    n_inner: c.ffn,
+    n_positions: c.contextLength,
+    n_ctx: c.contextLength,
+    activation_function: "gelu_new",
+    layer_norm_epsilon: shortestF32(c.normEps),
+    vocab_size: c.vocab,
+    attn_pdrop: 0,
+    embd_pdrop: 0,
+    resid_pdrop: 0,
+    initializer_range: 0.02,
+    scale_attn_weights: true,
+    use_cache: true,
+  }),
+};
+
+/** Phi-3: Llama's hyper-parameters, fused qkv_proj and gate_up_proj, NeoX rotary order (no q/k permutation). */
+const phi3: ConvertArchitecture = {
+  modelTypes: ["phi3"],
+  gguf: "phi3",
+  hparams(c) {
+    // (Phi-3's sliding_window is ignored by llama.cpp as well; its long-context "longrope" is refused by rope())
+    if (c.has("partial_rotary_factor") && c.json.partial_rotary_factor !== 1) {
+      throw new UserError(
+        `${c.path}: partial_rotary_factor ${JSON.stringify(c.json.partial_rotary_factor)} is not supported`,
+      );
+    }
+    return llamaHparams(c, "phi3");
+  },
+  config(c) {
+    const { attention_bias: _a, mlp_bias: _m, pretraining_tp: _p, ...rest } = llamaConfig(c);
+    return { architectures: ["Phi3ForCausalLM"], model_type: "phi3", ...rest, sliding_window: null };
+  },
+};
+
+/** Gemma: Llama's hyper-parameters with a GELU (tanh) GeGLU, head_dim always written, NeoX order. */
+const gemma: ConvertArchitecture = {
+  modelTypes: ["gemma"],
+  gguf: "gemma",
+  hparams(c) {
+    only(
+      c,
+      c.has("hidden_activation") ? "hidden_activation" : "hidden_act",
+      ["gelu", "gelu_pytorch_tanh"],
+      "gelu_pytorch_tanh",
+      "llama.cpp's Gemma uses the tanh approximation",
+    );
+    const m = llamaHparams(new HfConfig({ ...c.json, hidden_act: "silu" }, c.path), "gemma");
+    const headDim = (m.get("rope.dimension_count") as { u32: number }).u32;
+    m.set("attention.key_length", { u32: headDim });
+    m.set("attention.value_length", { u32: headDim });
+    return m;
+  },
+  config(c) {
+    const { attention_bias: _a, mlp_bias: _m, pretraining_tp: _p, ...rest } = llamaConfig(c);
+    return {
+      architectures: ["GemmaForCausalLM"],
+      model_type: "gemma",
+      ...rest,
+      hidden_act: "gelu_pytorch_tanh",
+      hidden_activation: "gelu_pytorch_tanh",
+    };
+  },
+};
+
+/** MPT: ALiBi, LayerNorm, fused Wqkv, GELU MLP; biases only when no_bias is false. */
+const mpt: ConvertArchitecture = {
+  modelTypes: ["mpt"],
+  gguf: "mpt",
+  hparams(c) {
+    const attn = (isObject(c.json.attn_config) ? c.json.attn_config : {}) as Json;
+    const a = new HfConfig(attn, `${c.path} attn_config`);
+    for (const key of ["qk_ln", "qk_gn"])
+      if (a.bool(key)) throw new UserError(`${c.path}: attn_config.${key} true is not supported`);
+    const alibi = attn.alibi === undefined ? false : a.bool("alibi");
+    if (!alibi && c.json.learned_pos_emb !== false) {
+      throw new UserError(
+        `${c.path}: learned_pos_emb without attn_config.alibi is not supported (MPT without ALiBi)`,
+      );
+    }
+    const ffn = c.json.ffn_config;
+    if (isObject(ffn) && ffn.ffn_type !== undefined && ffn.ffn_type !== "mptmlp") {
+      throw new UserError(
+        `${c.path}: ffn_config.ffn_type ${JSON.stringify(ffn.ffn_type)} is not supported (mptmlp)`,
+      );
+    }
+    const dim = c.integer("d_model", L.embeddingLength);
+    const heads = c.integer("n_heads", L.headCount);
+    const ratio = c.positive("expansion_ratio", 4);
+    if (!Number.isInteger(ratio * dim))
+      throw new UserError(`${c.path}: expansion_ratio ${ratio} gives no whole feed-forward width`);
+    const m = new Map<string, HparamValue>([
+      ["context_length", { u32: c.integer("max_seq_len", L.contextLength, 2048) }],
+      ["embedding_length", { u32: dim }],
+      ["block_count", { u32: c.integer("n_layers", L.blockCount) }],
+      ["feed_forward_length", { u32: ratio * dim }],
+      ["attention.head_count", { u32: heads }],
+      ["attention.head_count_kv", { u32: a.integer("kv_n_heads", heads, heads) }],
+      ["attention.layer_norm_epsilon", { f32: c.positive("layer_norm_epsilon", 1e-5) }],
+      ["attention.max_alibi_bias", { f32: alibi ? a.positive("alibi_bias_max", 8) : 0 }],
+      ["vocab_size", { u32: c.integer("vocab_size", L.vocab) }],
+    ]);
+    if (a.has("clip_qkv")) m.set("attention.clamp_kqv", { f32: a.positive("clip_qkv", 0) });
+    return m;
+  },
+  config: (c, has) => ({
+    architectures: ["MptForCausalLM"],
+    model_type: "mpt",
+    d_model: c.dim,
+    n_heads: c.heads,
+    n_layers: c.layers,
+    expansion_ratio: c.ffn / c.dim,
+    max_seq_len: c.contextLength,
+    vocab_size: c.vocab,
+    layer_norm_epsilon: shortestF32(c.normEps),
+    no_bias: !has("blk.0.attn_norm.bias"),
+    learned_pos_emb: false,
+    norm_type: "low_precision_layernorm",
+    attn_config: {
+      alibi: (c.maxAlibiBias ?? 0) > 0,
+      alibi_bias_max: c.maxAlibiBias ?? 8,
+      clip_qkv: c.clampKqv ? shortestF32(c.clampKqv) : null,
+      kv_n_heads: c.kvHeads,
+      attn_type: "multihead_attention",
+      qk_ln: false,
+    },
+    ffn_config: { ffn_type: "mptmlp" },
+    use_cache: true,
+  }),
+};
+
+export const CONVERT_ARCHITECTURES: readonly ConvertArchitecture[] = [
+  llamaFamily,
+  qwen2,
+  gpt2,
+  phi3,
+  gemma,
+  mpt,
+];
 
 /** The row for a config.json's model_type; unsupported ones are named in one line. */
 export function convertArchitectureForHf(modelType: unknown, path: string): ConvertArchitecture {

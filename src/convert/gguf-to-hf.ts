@@ -88,7 +88,8 @@ export function convertGgufToHf(input: string, out: string, options: GgufToHfOpt
       if (hf === undefined)
         throw new UserError(`${input}: convert: tensor ${t.name} has no Hugging Face equivalent yet`);
       const count = t.dims.reduce((a, b) => a * b, 1);
-      return { planned: t, hf, shape: [...t.dims].reverse(), bytes: count * elementBytes };
+      const shape = t.spec.hfTransposed ? [...t.dims] : [...t.dims].reverse();
+      return { planned: t, hf, shape, bytes: count * elementBytes };
     });
     const tied = !h.tensor("output.weight");
 
@@ -178,7 +179,7 @@ export function convertGgufToHf(input: string, out: string, options: GgufToHfOpt
     writeJson(join(tmp, "tokenizer_config.json"), hfTok.config);
     const ids = { bos_token_id: tokenizer.bosId ?? null, eos_token_id: tokenizer.eosId ?? null };
     writeJson(join(tmp, "config.json"), {
-      ...arch.config(config),
+      ...arch.config(config, (name) => h.tensor(name) !== undefined),
       tie_word_embeddings: tied,
       ...ids,
       torch_dtype: TORCH_DTYPE[dtype],
@@ -199,11 +200,21 @@ export function convertGgufToHf(input: string, out: string, options: GgufToHfOpt
   }
 }
 
+/** The cols × rows transpose of a rows × cols row-major matrix. */
+export function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let r = 0; r < rows; r++) for (let k = 0; k < cols; k++) out[k * rows + r] = x[r * cols + k]!;
+  return out;
+}
+
 function writeJson(path: string, value: unknown): void {
   writeFileSync(path, `${JSON.stringify(value, null, 2)}\n`);
 }
 
-/** One tensor dequantized to f32, q/k rows put in rotate-half order, encoded as `dtype`. */
+/**
+ * One tensor dequantized to f32, q/k rows put in rotate-half order (Llama), Conv1D matrices
+ * transposed to [in, out] (GPT-2), 1 + w norms back to w (Gemma), encoded as `dtype`.
+ */
 function tensorBytes(
   file: GgufFile,
   t: Planned,
@@ -227,6 +238,8 @@ function tensorBytes(
   const permute = t.planned.spec.hfPermute;
   let values: Float32Array = decoded;
   if (permute) values = permuteRopeRows(values, rows, cols, permute === "heads" ? c.heads : c.kvHeads, true);
+  if (t.planned.spec.hfTransposed) values = transpose(values, rows, cols);
+  if (t.planned.spec.hfPlusOne) values = values.map((v) => v - 1);
   const out = dtype === "F32" ? values : dtype === "F16" ? f32ToF16Array(values) : f32ToBf16Array(values);
   return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
 }

@@ -9,7 +9,7 @@ import { basename, join, resolve } from "node:path";
 import { UserError } from "../errors.js";
 import { GGMLType } from "../formats/ggml-types.js";
 import { GgufWriter } from "../formats/gguf.js";
-import { tensorPlan } from "../model/arch/index.js";
+import { architecture, tensorPlan } from "../model/arch/index.js";
 import { hfTensorName } from "../model/arch/tensors.js";
 import { llamaConfigFromMetadata } from "../model/config.js";
 import { permuteRopeRows } from "../model/lora.js";
@@ -20,6 +20,7 @@ import { TokenType } from "../tokenizer/index.js";
 import { readSentencePieceModel } from "../tokenizer/sentencepiece-model.js";
 import { setTokenizerMetadata } from "../tokenizer/train.js";
 import { convertArchitectureForHf, type HparamValue } from "./architectures.js";
+import { transpose } from "./gguf-to-hf.js";
 import { HfConfig, HfWeights, isObject, readBytesFile, readJsonFile, readTextFile } from "./hf-dir.js";
 import { encodeFloat, isQuantized, writeConverted } from "./write-gguf.js";
 
@@ -42,8 +43,11 @@ export interface ConvertSummary {
   chatTemplate: boolean;
 }
 
-/** Tensors a checkpoint may hold that the GGUF file does not need (recomputed at load). */
-const IGNORED = /(^|\.)rotary_emb\.inv_freq$/;
+/**
+ * Tensors a checkpoint may hold that the GGUF file does not need: rotary frequencies and GPT-2's
+ * causal-mask buffers, both recomputed at load.
+ */
+const IGNORED = /(^|\.)rotary_emb\.inv_freq$|\.attn\.(masked_)?bias$/;
 
 const MAX_TEMPLATE_BYTES = 1 << 20;
 const MAX_TOKENIZER_MODEL_BYTES = 64 << 20;
@@ -122,9 +126,15 @@ export async function convertHfToGguf(
 
   const weights = HfWeights.open(dir);
   try {
-    const embed = weights.info("model.embed_tokens.weight");
-    if (embed?.shape.length !== 2)
-      throw new UserError(`${dir}: model.embed_tokens.weight is missing or not a matrix`);
+    // GPT-2 checkpoints saved from the base model name their tensors without "transformer.".
+    const source = (hf: string): string => {
+      const bare = hf.replace(/^transformer\./, "");
+      return !weights.has(hf) && bare !== hf && weights.has(bare) ? bare : hf;
+    };
+    const embedSpec = architecture(arch.gguf).modelTensors.find((t) => t.role === "token_embd")!;
+    const embedName = source(hfTensorName(embedSpec)!);
+    const embed = weights.info(embedName);
+    if (embed?.shape.length !== 2) throw new UserError(`${dir}: ${embedName} is missing or not a matrix`);
     const rows = embed.shape[0]!;
     const get = (key: string): unknown => {
       if (key === "general.architecture") return arch.gguf;
@@ -136,16 +146,28 @@ export async function convertHfToGguf(
     // The checks every model file passes (head counts divide, vocabulary matches the matrix...).
     const shape = llamaConfigFromMetadata(get, configPath, rows);
     const tied = hfConfig.bool("tie_word_embeddings") || !weights.has("lm_head.weight");
-    const plan = tensorPlan(arch.gguf, shape, (name) => name === "output.weight" && !tied);
+    // Optional tensors (MPT's biases) come when the checkpoint has them.
+    const present = new Set(
+      tensorPlan(arch.gguf, shape, () => true)
+        .filter(
+          (t) =>
+            t.spec.optional && t.spec.hf !== undefined && weights.has(source(hfTensorName(t.spec, t.layer)!)),
+        )
+        .map((t) => t.name),
+    );
+    const plan = tensorPlan(arch.gguf, shape, (name) =>
+      name === "output.weight" ? !tied : present.has(name),
+    );
     // Every tensor present, float and of its shape, before anything is written.
     const used = new Set<string>();
     for (const t of plan) {
-      const hf = hfTensorName(t.spec, t.layer);
-      if (hf === undefined)
+      const name = hfTensorName(t.spec, t.layer);
+      if (name === undefined)
         throw new UserError(`${dir}: convert: tensor ${t.name} has no Hugging Face source yet`);
+      const hf = source(name);
       const info = weights.info(hf);
       if (!info) throw new UserError(`${dir}: tensor ${hf} is missing`);
-      const want = [...t.dims].reverse();
+      const want = t.spec.hfTransposed ? [...t.dims] : [...t.dims].reverse();
       if (info.shape.length !== want.length || info.shape.some((d, i) => d !== want[i])) {
         throw new UserError(
           `${dir}: tensor ${hf} has shape [${info.shape.join(", ")}], expected [${want.join(", ")}]`,
@@ -156,7 +178,10 @@ export async function convertHfToGguf(
       }
       used.add(hf);
     }
-    if (tied && weights.has("lm_head.weight")) used.add("lm_head.weight");
+    // (a tied head's copy, or one the architecture never reads: llama.cpp's Gemma skips lm_head)
+    if ((tied || !plan.some((t) => t.name === "output.weight")) && weights.has("lm_head.weight")) {
+      used.add("lm_head.weight");
+    }
     for (const name of weights.names) {
       if (!used.has(name) && !IGNORED.test(name)) {
         throw new UserError(
@@ -198,14 +223,17 @@ export async function convertHfToGguf(
     if (chatTemplate !== undefined) w.setString("tokenizer.chat_template", chatTemplate);
 
     for (const t of plan) {
-      const hf = hfTensorName(t.spec, t.layer)!;
-      const hfShape = [...t.dims].reverse();
-      const type = t.kind === "matrix" ? floatOf(hf) : GGMLType.F32;
+      const hf = source(hfTensorName(t.spec, t.layer)!);
+      const hfShape = t.spec.hfTransposed ? [...t.dims] : [...t.dims].reverse();
+      const type = t.kind === "matrix" || t.kind === "table" ? floatOf(hf) : GGMLType.F32;
       const heads =
         t.spec.hfPermute === "heads" ? shape.heads : t.spec.hfPermute === "kvHeads" ? shape.kvHeads : 0;
       w.addTensor(t.name, t.dims, type, (dst) => {
         let values = weights.readFloat32(hf, hfShape);
         if (heads) values = permuteRopeRows(values, t.dims[1]!, t.dims[0]!, heads, false);
+        if (t.spec.hfTransposed) values = transpose(values, t.dims[0]!, t.dims[1]!);
+        // (Gemma's norms: the weight GGUF holds is 1 + w, rounded to f32)
+        if (t.spec.hfPlusOne) values = values.map((v) => v + 1);
         encodeFloat(type, values, dst);
       });
     }

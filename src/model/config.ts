@@ -1,7 +1,7 @@
 import { UserError } from "../errors.js";
 import { quoteText } from "../formats/escape.js";
 import { type GgufHeader, GgufValueType } from "../formats/gguf.js";
-import { ARCHITECTURES, tensorPlan } from "./arch/index.js";
+import { ARCHITECTURES, normEpsKey, tensorPlan } from "./arch/index.js";
 
 /** Hyper-parameters of a Llama-family model, read from GGUF metadata. */
 export interface LlamaConfig {
@@ -16,6 +16,10 @@ export interface LlamaConfig {
   contextLength: number;
   normEps: number;
   rope: { dim: number; freqBase: number; freqScale: number; neox: boolean };
+  /** ALiBi's maximum bias (MPT's attention.max_alibi_bias); absent or 0: no ALiBi. */
+  maxAlibiBias?: number;
+  /** Clamp of q, k and v (MPT's attention.clamp_kqv); absent or 0: none. */
+  clampKqv?: number;
 }
 
 /**
@@ -97,6 +101,15 @@ class HyperParameters {
     return n;
   }
 
+  /** A finite number of at least 0; `fallback` when absent. */
+  nonNegative(key: string, fallback: number): number {
+    const v = this.raw(key, false);
+    if (v === undefined) return fallback;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0) this.invalid(key, v, "must be a finite number of at least 0");
+    return n;
+  }
+
   /** A finite number above 0 (and below `below`, when given); `fallback` when absent. */
   positive(key: string, fallback: number, below?: number): number {
     const v = this.raw(key, false);
@@ -127,6 +140,8 @@ export function llamaConfigFromMetadata(get: MetadataGetter, file: string, vocab
     );
   }
   const a = architecture;
+  const arch = ARCHITECTURES[architecture]!;
+  const rotary = (arch.positions ?? "rope") === "rope";
   const p = new HyperParameters(get, file);
   const L = LLAMA_LIMITS;
   const dimKey = `${a}.embedding_length`;
@@ -142,7 +157,7 @@ export function llamaConfigFromMetadata(get: MetadataGetter, file: string, vocab
   const headDimKey = `${a}.attention.key_length`;
   const headDim = p.integer(headDimKey, 1, L.headDim, dim / heads);
   // Rotary embeddings turn pairs of dimensions, so every rotated head needs an even width.
-  if (headDim % 2 !== 0) {
+  if (rotary && headDim % 2 !== 0) {
     if (get(headDimKey) !== undefined) p.invalid(headDimKey, headDim, "must be even for rotary embeddings");
     p.invalid(
       headsKey,
@@ -154,10 +169,13 @@ export function llamaConfigFromMetadata(get: MetadataGetter, file: string, vocab
   const valueDim = p.integer(valueDimKey, 1, L.headDim, headDim);
   if (valueDim !== headDim) p.invalid(valueDimKey, valueDim, `must equal the key head dimension ${headDim}`);
   const ropeDimKey = `${a}.rope.dimension_count`;
-  const ropeDim = p.integer(ropeDimKey, 1, headDim, headDim);
+  const ropeDim = rotary ? p.integer(ropeDimKey, 1, headDim, headDim) : headDim;
   if (ropeDim % 2 !== 0) p.invalid(ropeDimKey, ropeDim, "must be even for rotary embeddings");
   const contextLength = p.integer(`${a}.context_length`, 1, L.contextLength, 2048);
-  const normEps = p.positive(`${a}.attention.layer_norm_rms_epsilon`, 1e-5, 1);
+  const normEps = p.positive(`${a}.${normEpsKey(arch)}`, 1e-5, 1);
+  const maxAlibiBias = arch.positions === "alibi" ? p.nonNegative(`${a}.attention.max_alibi_bias`, 0) : 0;
+  // (llama.cpp reads these two for MPT only)
+  const clampKqv = arch.name === "mpt" ? p.nonNegative(`${a}.attention.clamp_kqv`, 0) : 0;
   const freqBase = p.positive(`${a}.rope.freq_base`, 10000);
 
   let freqScale = 1;
@@ -200,7 +218,9 @@ export function llamaConfigFromMetadata(get: MetadataGetter, file: string, vocab
     vocab,
     contextLength,
     normEps,
-    rope: { dim: ropeDim, freqBase, freqScale, neox: ARCHITECTURES[architecture]!.ropeNeox ?? false },
+    rope: { dim: ropeDim, freqBase, freqScale, neox: arch.ropeNeox ?? false },
+    ...(maxAlibiBias > 0 ? { maxAlibiBias } : {}),
+    ...(clampKqv > 0 ? { clampKqv } : {}),
   };
 }
 

@@ -7,11 +7,13 @@ import {
   activationScratchBytes,
   type Backend,
   type Buf,
+  GELU_TABLE_BYTES,
   rowBytes,
   WasmBackend,
   type Weight,
 } from "../runtime/backend.js";
 import { formatOfGgmlType } from "../runtime/ggml-type-table.js";
+import { geluTableRef } from "../runtime/reference.js";
 import { MAX_SHARD_BYTES, Runtime, SHARD_BASE } from "../runtime/runtime.js";
 import {
   type Activation,
@@ -101,8 +103,10 @@ function stackLora(
 
 interface LayerWeights {
   shard: number;
-  /** The layer's matrices by GGUF role (attn_q...), in the backend's layout. */
+  /** The layer's matrices by GGUF role (attn_q...), in the backend's layout; a fused tensor's parts by their roles. */
   w: Record<string, Weight>;
+  /** The file's tensor each matrix role comes from (a fused attn_qkv for attn_q, attn_k and attn_v). */
+  source: Record<string, string>;
   /** Its f32 vectors (norm weights, biases) by GGUF name within the layer (attn_norm.weight...). */
   vec: Record<string, Buf>;
   /** rope_freqs, copied into the layer's shard, when the model has them. */
@@ -124,6 +128,8 @@ interface Activations {
   scratch: Buf;
   /** Scratch of Backend.prepareWeight, used once at load. */
   prepare: Buf;
+  /** ggml's GELU table, for architectures that use GELU. */
+  geluTable?: Buf;
   /** A·x of the LoRA updates: batchSize rows of the largest stacked rank, per projection role. */
   loraTmp: Record<string, Buf>;
   /** New K and V rows of a batch of several sequences, before they go to each sequence's cache. */
@@ -153,7 +159,6 @@ class LayerPass implements LayerGraph {
   constructor(
     private readonly m: LlamaModel,
     readonly config: LlamaConfig,
-    private readonly l: number,
     private readonly L: LayerWeights,
     private readonly A: Activations,
     private readonly n: number,
@@ -181,16 +186,25 @@ class LayerPass implements LayerGraph {
     );
   }
 
+  layerNorm(role: string, out: Activation, x: Activation): void {
+    const c = this.config;
+    const { vec } = this.L;
+    this.m.backend.layerNorm(
+      this.buf(out),
+      this.buf(x),
+      vec[`${role}.weight`]!,
+      vec[`${role}.bias`],
+      this.n,
+      c.dim,
+      c.normEps,
+    );
+  }
+
   project(x: Activation, products: readonly Product[]): void {
     const { m, L, A, n } = this;
     const cols = activationWidth(this.config, x);
     const input = this.buf(x);
-    m.observeInputs(
-      products.map(([role]) => `blk.${this.l}.${role}.weight`),
-      input,
-      n,
-      cols,
-    );
+    m.observeInputs([...new Set(products.map(([role]) => L.source[role]!))], input, n, cols);
     m.backend.matmul(
       input,
       n,
@@ -227,13 +241,24 @@ class LayerPass implements LayerGraph {
     const b = this.m.backend;
     const width = activationWidth(this.config, out);
     const rows = this.buf(out);
-    const bias = this.L.vec[`${role}.bias`]!;
+    const bias = this.L.vec[`${role}.bias`];
+    // (the load checked every bias the file must have; an absent one is an optional one)
+    if (!bias) return;
     b.phase(() => {
       for (let t = 0; t < this.n; t++) {
         const row = { shard: rows.shard, offset: rows.offset + t * width * 4 };
         b.add(row, row, bias, width);
       }
     });
+  }
+
+  add(out: Activation, x: Activation): void {
+    const width = activationWidth(this.config, out);
+    this.m.backend.add(this.buf(out), this.buf(out), this.buf(x), this.n * width);
+  }
+
+  clamp(a: Activation, limit: number): void {
+    this.m.backend.clamp(this.buf(a), limit, this.n * activationWidth(this.config, a));
   }
 
   attention(): void {
@@ -243,6 +268,16 @@ class LayerPass implements LayerGraph {
   siluMul(out: Activation, gate: Activation, up: Activation): void {
     const width = activationWidth(this.config, out);
     this.m.backend.siluMul(this.buf(out), this.buf(gate), this.buf(up), this.n * width);
+  }
+
+  gelu(out: Activation, x: Activation): void {
+    const width = activationWidth(this.config, out);
+    this.m.backend.gelu(this.buf(out), this.buf(x), this.n * width, this.A.geluTable!);
+  }
+
+  geluMul(out: Activation, gate: Activation, up: Activation): void {
+    const width = activationWidth(this.config, out);
+    this.m.backend.geluMul(this.buf(out), this.buf(gate), this.buf(up), this.n * width, this.A.geluTable!);
   }
 }
 
@@ -262,7 +297,10 @@ export class LlamaModel {
   readonly backend: Backend;
   private readonly layers: LayerWeights[];
   private readonly embedding: Weight;
+  /** Learned position embeddings (GPT-2), one row per position. */
+  private readonly positionEmbedding?: Weight;
   private readonly outputNorm: Buf;
+  private readonly outputNormBias?: Buf;
   private readonly output: Weight;
   private readonly headShard: number;
   private readonly act: Activations[];
@@ -283,7 +321,9 @@ export class LlamaModel {
     tiedOutput: boolean;
     layers: LayerWeights[];
     embedding: Weight;
+    positionEmbedding?: Weight;
     outputNorm: Buf;
+    outputNormBias?: Buf;
     output: Weight;
     headShard: number;
     act: Activations[];
@@ -300,7 +340,9 @@ export class LlamaModel {
     this.tiedOutput = init.tiedOutput;
     this.layers = init.layers;
     this.embedding = init.embedding;
+    this.positionEmbedding = init.positionEmbedding;
     this.outputNorm = init.outputNorm;
+    this.outputNormBias = init.outputNormBias;
     this.output = init.output;
     this.headShard = init.headShard;
     this.act = init.act;
@@ -382,6 +424,22 @@ export class LlamaModel {
       return x ? align(x.a.length * 4) + align(x.b.length * 4) : 0;
     };
 
+    // A tensor the architecture's table does not name means a variant its layer body does not compute.
+    if (arch.strictTensors) {
+      const planned = new Set(plan.map((p) => p.name));
+      const extra = header.tensors.find((t) => !planned.has(t.name));
+      if (extra && /rope_factors_(long|short)/.test(extra.name)) {
+        throw new UserError(
+          `${path}: tensor ${extra.name} (${arch.name}'s long-context rope factors) is not supported`,
+        );
+      }
+      if (extra) {
+        throw new UserError(
+          `${path}: tensor ${extra.name} is not part of a ${arch.name} model that smallhammer runs`,
+        );
+      }
+    }
+
     // Check every tensor's shape and type before allocating anything.
     for (const p of plan) {
       const t = need(p.name);
@@ -389,11 +447,11 @@ export class LlamaModel {
       if (got.length !== p.dims.length || got.some((d, i) => d !== p.dims[i])) {
         throw new UserError(`${path}: tensor ${p.name} has shape [${t.dims}], expected [${p.dims}]`);
       }
-      if (p.kind !== "matrix" && t.type !== GGMLType.F32) {
+      if (p.kind !== "matrix" && p.kind !== "table" && t.type !== GGMLType.F32) {
         const what = p.kind === "norm" ? "norm weights" : p.kind === "bias" ? "biases" : "rope_freqs";
         throw new UserError(`${path}: tensor ${p.name} is ${ggmlTypeName(t.type)}; ${what} must be f32`);
       }
-      if (p.kind === "matrix" && formatOfGgmlType(t.type) === undefined) {
+      if ((p.kind === "matrix" || p.kind === "table") && formatOfGgmlType(t.type) === undefined) {
         throw new UserError(
           `${path}: tensor ${p.name} has type ${ggmlTypeName(t.type)}, which smallhammer cannot run`,
         );
@@ -405,6 +463,12 @@ export class LlamaModel {
       Math.floor(options.threads ?? (await import("node:os")).availableParallelism()),
     );
     const contextSize = Math.max(1, Math.floor(options.contextSize ?? Math.min(c.contextLength, 4096)));
+    const learnedPositions = plan.some((t) => t.name === "position_embd.weight");
+    if (learnedPositions && contextSize > c.contextLength) {
+      throw new UserError(
+        `${path}: a context of ${contextSize} tokens is longer than the ${c.contextLength} positions position_embd.weight holds`,
+      );
+    }
     if (contextSize > c.contextLength) {
       // As llama.cpp warns: positions past the training length were never seen, so text there
       // degrades unless the file's rope scaling was made for it.
@@ -437,6 +501,7 @@ export class LlamaModel {
       b += roles.length * align(nb * loraRank * 4);
       if (sequences > 1) b += 2 * align(nb * kvDim * 4);
       if (head) b += align(logitRows * vocab * 4);
+      if (arch.gelu) b += GELU_TABLE_BYTES;
       return b + 64 * 16;
     };
     const factorBytes = hasRopeFactors ? align((c.rope.dim / 2) * 4) : 0;
@@ -520,7 +585,9 @@ export class LlamaModel {
       };
       let layers: LayerWeights[];
       let embedding: Weight;
+      let positionEmbedding: Weight | undefined;
       let outputNorm: Buf;
+      let outputNormBias: Buf | undefined;
       let output: Weight;
       const headShard = shardOf[groups.length - 1]!;
       try {
@@ -530,6 +597,7 @@ export class LlamaModel {
           const L: LayerWeights = {
             shard: s,
             w: {},
+            source: {},
             vec: {},
             ropeFactors: ropeFactorsIn(s),
             kv: allocateLayerKv(rt, s, kvGeometry),
@@ -537,20 +605,47 @@ export class LlamaModel {
           };
           for (const t of plan) {
             if (t.layer !== l) continue;
-            if (t.kind === "matrix") L.w[t.spec.role] = weight(t.name, s);
-            else L.vec[`${t.spec.role}.${t.spec.suffix}`] = { shard: s, offset: loadTensor(t.name, s) };
+            // A fused tensor's parts are its row ranges (matrices of their own) or element ranges
+            // (biases); any other tensor is one part, itself.
+            const parts = t.spec.parts ?? [{ role: t.spec.role, rows: () => t.dims.at(-1)! }];
+            let row = 0;
+            if (t.kind === "matrix") {
+              const whole = weight(t.name, s);
+              for (const { role, rows } of parts) {
+                const offset = whole.offset + row * rowBytes(whole.format, whole.cols);
+                L.w[role] = { ...whole, offset, rows: rows(c) };
+                L.source[role] = t.name;
+                row += rows(c);
+              }
+            } else {
+              const offset = loadTensor(t.name, s);
+              for (const { role, rows } of parts) {
+                L.vec[`${role}.${t.spec.suffix}`] = { shard: s, offset: offset + row * 4 };
+                row += rows(c);
+              }
+            }
           }
           layers.push(L);
         }
         embedding = weight("token_embd.weight", headShard);
+        if (learnedPositions) positionEmbedding = weight("position_embd.weight", headShard);
         outputNorm = { shard: headShard, offset: loadTensor("output_norm.weight", headShard) };
+        if (plan.some((t) => t.name === "output_norm.bias")) {
+          outputNormBias = { shard: headShard, offset: loadTensor("output_norm.bias", headShard) };
+        }
         output = tiedOutput ? embedding : weight("output.weight", headShard);
       } finally {
         closeSync(fd);
       }
-      if (embedding.format !== "F32" && !rt.has(`dequantize${embedding.format}`)) {
-        throw new UserError(`${path}: token_embd.weight type ${embedding.format} cannot be looked up`);
+      for (const [name, table] of [
+        ["token_embd.weight", embedding],
+        ["position_embd.weight", positionEmbedding],
+      ] as const) {
+        if (table && table.format !== "F32" && !rt.has(`dequantize${table.format}`)) {
+          throw new UserError(`${path}: ${name} type ${table.format} cannot be looked up`);
+        }
       }
+      const geluTable = arch.gelu ? geluTableRef() : undefined;
       const act: Activations[] = [];
       for (let s = 0; s < shardBytes.length; s++) {
         const nb = batchSize;
@@ -570,6 +665,11 @@ export class LlamaModel {
           vNew: sequences > 1 ? buf(nb * kvDim * 4) : undefined,
           logits: s === headShard ? buf(logitRows * vocab * 4) : undefined,
         });
+        if (geluTable) {
+          const table = buf(GELU_TABLE_BYTES);
+          rt.u8(s, table.offset, GELU_TABLE_BYTES).set(new Uint8Array(geluTable.buffer));
+          act[s]!.geluTable = table;
+        }
       }
       // Matrices go into the backend's preferred layout (not the embedding table, which is also
       // read row by row, nor a tied output, which is that table).
@@ -593,7 +693,9 @@ export class LlamaModel {
         tiedOutput,
         layers,
         embedding,
+        positionEmbedding,
         outputNorm,
+        outputNormBias,
         output,
         headShard,
         act,
@@ -630,11 +732,23 @@ export class LlamaModel {
       nKvHeads: c.kvHeads,
       headDim: c.headDim,
       scratchStride: this.contextSize,
+      maxAlibiBias: c.maxAlibiBias,
     };
+    const rotary = (this.architecture.positions ?? "rope") === "rope";
     const direct = segments.length === 1;
     let cur = this.headShard;
-    b.getRows(this.act[cur]!.x, this.embedding, tokens);
-    for (const [l, L] of this.layers.entries()) {
+    const H = this.act[cur]!;
+    b.getRows(H.x, this.embedding, tokens);
+    const embeddingScale = this.architecture.embeddingScale?.(c);
+    if (embeddingScale !== undefined) b.scale(H.x, H.x, embeddingScale, n * c.dim);
+    if (this.positionEmbedding) {
+      const positions = segments.flatMap((s) =>
+        Array.from({ length: s.tokens.length }, (_, i) => s.pos0 + i),
+      );
+      b.getRows(H.xb, this.positionEmbedding, positions);
+      b.add(H.x, H.x, H.xb, n * c.dim);
+    }
+    for (const L of this.layers) {
       const A = this.act[L.shard]!;
       if (L.shard !== cur) {
         b.copy(A.x, this.act[cur]!.x, n * c.dim * 4);
@@ -645,22 +759,26 @@ export class LlamaModel {
         const s = segments[0]!;
         const kOut = cacheRow(L.kv.k[s.seq]!, s.pos0, kvDim);
         const vOut = cacheRow(L.kv.v[s.seq]!, s.pos0, kvDim);
-        pass = new LayerPass(this, c, l, L, A, n, perToken, kOut, vOut, () => {
-          b.phase(() => {
-            b.rope(A.q, n, c.heads, c.headDim, c.rope, s.pos0, L.ropeFactors);
-            b.rope(kOut, n, c.kvHeads, c.headDim, c.rope, s.pos0, L.ropeFactors);
-          });
+        pass = new LayerPass(this, c, L, A, n, perToken, kOut, vOut, () => {
+          if (rotary) {
+            b.phase(() => {
+              b.rope(A.q, n, c.heads, c.headDim, c.rope, s.pos0, L.ropeFactors);
+              b.rope(kOut, n, c.kvHeads, c.headDim, c.rope, s.pos0, L.ropeFactors);
+            });
+          }
           b.attention(A.att, A.q, L.kv.k[s.seq]!, L.kv.v[s.seq]!, n, s.pos0, shape, A.scratch);
         });
       } else {
         const kOut = A.kNew!;
         const vOut = A.vNew!;
-        pass = new LayerPass(this, c, l, L, A, n, perToken, kOut, vOut, () => {
+        pass = new LayerPass(this, c, L, A, n, perToken, kOut, vOut, () => {
           const table = fillTokenTable(this.rt, L.kv, segments, n, kvDim);
-          b.phase(() => {
-            b.ropeAt(A.q, n, c.heads, c.headDim, c.rope, table, L.ropeFactors);
-            b.ropeAt(kOut, n, c.kvHeads, c.headDim, c.rope, table, L.ropeFactors);
-          });
+          if (rotary) {
+            b.phase(() => {
+              b.ropeAt(A.q, n, c.heads, c.headDim, c.rope, table, L.ropeFactors);
+              b.ropeAt(kOut, n, c.kvHeads, c.headDim, c.rope, table, L.ropeFactors);
+            });
+          }
           b.storeKvAt(kOut, vOut, n, kvDim * 4, table);
           b.attentionAt(A.att, A.q, n, table, shape, A.scratch);
         });
@@ -668,6 +786,16 @@ export class LlamaModel {
       this.architecture.layer(pass);
     }
     return cur;
+  }
+
+  /** The norm before the head over `n` rows of x, into out: RMSNorm, or LayerNorm by the architecture. */
+  private normOutput(out: Buf, x: Buf, n: number): void {
+    const c = this.config;
+    if (this.architecture.norm === "layer") {
+      this.backend.layerNorm(out, x, this.outputNorm, this.outputNormBias, n, c.dim, c.normEps);
+    } else {
+      this.backend.rmsNorm(out, x, this.outputNorm, n, c.dim, c.normEps);
+    }
   }
 
   /**
@@ -691,7 +819,7 @@ export class LlamaModel {
     if (this.hiddenOut) {
       // hiddenStates: every token's output-normed state, and no output head.
       if (cur !== this.headShard) b.copy(H.x, this.act[cur]!.x, n * c.dim * 4);
-      b.rmsNorm(H.xb, cur !== this.headShard ? H.x : this.act[cur]!.x, this.outputNorm, n, c.dim, c.normEps);
+      this.normOutput(H.xb, cur !== this.headShard ? H.x : this.act[cur]!.x, n);
       b.flush();
       return this.rt.f32(this.headShard, H.xb.offset, n * c.dim);
     }
@@ -700,7 +828,7 @@ export class LlamaModel {
     const last: Buf = { shard: cur, offset: from.offset + (n - rows) * c.dim * 4 };
     if (cur !== this.headShard) b.copy(H.x, last, rows * c.dim * 4);
     const src = cur !== this.headShard ? H.x : last;
-    b.rmsNorm(H.xb, src, this.outputNorm, rows, c.dim, c.normEps);
+    this.normOutput(H.xb, src, rows);
     this.observeInputs([this.tiedOutput ? "token_embd.weight" : "output.weight"], H.xb, rows, c.dim);
     b.matmul(H.xb, rows, c.dim, [{ w: this.output, out: H.logits! }], H.xq);
     b.flush();
@@ -773,11 +901,11 @@ export class LlamaModel {
           b.copy(at(H.x, i, c.dim), last(i), c.dim * 4);
         });
       });
-      b.rmsNorm(H.xb, H.x, this.outputNorm, segments.length, c.dim, c.normEps);
+      this.normOutput(H.xb, H.x, segments.length);
     } else {
       b.phase(() => {
         segments.forEach((_, i) => {
-          b.rmsNorm(at(H.xb, i, c.dim), last(i), this.outputNorm, 1, c.dim, c.normEps);
+          this.normOutput(at(H.xb, i, c.dim), last(i), 1);
         });
       });
     }

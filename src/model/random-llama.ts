@@ -9,7 +9,7 @@ import { UserError } from "../errors.js";
 import { GGMLType, tensorBytes } from "../formats/ggml-types.js";
 import { GgufValueType, GgufWriter, readGgufHeader } from "../formats/gguf.js";
 import { f32ToF16 } from "../quant/fp16.js";
-import { type TensorKind, tensorPlan } from "./arch/index.js";
+import { architecture, normEpsKey, type TensorKind, tensorPlan } from "./arch/index.js";
 import type { LlamaConfig } from "./config.js";
 
 export interface LlamaShape {
@@ -240,7 +240,10 @@ export function writeRandomLlama(path: string, s: LlamaShape, type: RandomModelT
   w.setU32(`${arch}.rope.dimension_count`, headDim);
   w.setU32(`${arch}.attention.head_count`, s.heads);
   w.setU32(`${arch}.attention.head_count_kv`, s.kvHeads);
-  w.setF32(`${arch}.attention.layer_norm_rms_epsilon`, 1e-5);
+  const a = architecture(arch);
+  w.setF32(`${arch}.${normEpsKey(a)}`, 1e-5);
+  // MPT's usual ALiBi (its Hugging Face configs' alibi_bias_max)
+  if (a.positions === "alibi") w.setF32(`${arch}.attention.max_alibi_bias`, 8);
   w.setF32(`${arch}.rope.freq_base`, 10000);
   w.setU32(`${arch}.vocab_size`, s.vocab);
   const vocab = vocabulary(s.vocab);
@@ -255,7 +258,7 @@ export function writeRandomLlama(path: string, s: LlamaShape, type: RandomModelT
   w.setBool("tokenizer.ggml.add_eos_token", false);
   let seed = 0x2545f491;
   for (const [name, dims, kind] of tensorList(s)) {
-    if (kind === "matrix" || kind === "bias") {
+    if (kind === "matrix" || kind === "bias" || kind === "table") {
       const tensorSeed = seed;
       seed = (Math.imul(seed, 0x9e3779b1) + 0x7f4a7c15) >>> 0;
       const ggml = kind === "matrix" ? matrixType(type, name, s.layers) : GGMLType.F32;

@@ -97,6 +97,8 @@ export interface Backend {
    */
   prepareWeight(w: Weight, scratch: Buf): Weight;
   rmsNorm(out: Buf, x: Buf, weight: Buf, n: number, dim: number, eps: number): void;
+  /** out = (x - mean) / sqrt(var + eps) · weight (+ bias) per token (GPT-2's LayerNorm). */
+  layerNorm(out: Buf, x: Buf, weight: Buf, bias: Buf | undefined, n: number, dim: number, eps: number): void;
   /**
    * Rotates `n` tokens of `nHeads` heads in place; token t is at position pos0 + t. `factors`, in
    * x's shard, holds rope.dim/2 f32 divisors of the pair angles (a model's rope_freqs).
@@ -141,6 +143,14 @@ export interface Backend {
   /** Attention of `n` queries; token t attends to positions 0..table[t].pos of its own caches. */
   attentionAt(out: Buf, q: Buf, n: number, table: Buf, shape: AttentionShape, scratch: Buf): void;
   siluMul(out: Buf, gate: Buf, up: Buf, length: number): void;
+  /** out = gelu(x) elementwise; `table` (GELU_TABLE_BYTES, in x's shard) holds geluTableRef(). */
+  gelu(out: Buf, x: Buf, length: number, table: Buf): void;
+  /** out = gelu(gate) · up elementwise (GeGLU), with the same table. */
+  geluMul(out: Buf, gate: Buf, up: Buf, length: number, table: Buf): void;
+  /** out = x · s elementwise. */
+  scale(out: Buf, x: Buf, s: number, length: number): void;
+  /** x = min(max(x, -limit), limit) elementwise, in place. */
+  clamp(x: Buf, limit: number, length: number): void;
   add(out: Buf, a: Buf, b: Buf, length: number): void;
   /** Copies rows `ids` of an embedding table into consecutive f32 rows of `out`. */
   getRows(out: Buf, table: Weight, ids: ArrayLike<number>): void;
@@ -148,6 +158,9 @@ export interface Backend {
   phase(record: () => void): void;
   flush(): void;
 }
+
+/** Bytes of the GELU lookup table: one f16 result per f16 input. */
+export const GELU_TABLE_BYTES = 2 << 16;
 
 /** Bytes of one token table entry (ropeAt, storeKvAt, attentionAt). */
 export const TOKEN_ENTRY_BYTES = 20;
@@ -163,6 +176,8 @@ export interface AttentionShape {
   nHeads: number;
   nKvHeads: number;
   headDim: number;
+  /** ALiBi's maximum bias (MPT); 0 or absent: no ALiBi. */
+  maxAlibiBias?: number;
   /** Floats of score scratch per thread (at least the context length). */
   scratchStride: number;
 }
@@ -270,6 +285,10 @@ export class WasmBackend implements Backend {
     this.op("rmsNorm", x.shard, n, [x.offset, weight.offset, out.offset, dim, eps]);
   }
 
+  layerNorm(out: Buf, x: Buf, weight: Buf, bias: Buf | undefined, n: number, dim: number, eps: number): void {
+    this.op("layerNorm", x.shard, n, [x.offset, weight.offset, bias?.offset ?? 0, out.offset, dim, eps]);
+  }
+
   rope(
     x: Buf,
     n: number,
@@ -314,6 +333,7 @@ export class WasmBackend implements Backend {
       s.headDim,
       scratch.offset,
       s.scratchStride * 4,
+      s.maxAlibiBias ?? 0,
     ]);
   }
 
@@ -353,11 +373,28 @@ export class WasmBackend implements Backend {
       s.headDim,
       scratch.offset,
       s.scratchStride * 4,
+      s.maxAlibiBias ?? 0,
     ]);
   }
 
   siluMul(out: Buf, gate: Buf, up: Buf, length: number): void {
     this.op("siluMul", out.shard, length, [gate.offset, up.offset, out.offset], 1024);
+  }
+
+  gelu(out: Buf, x: Buf, length: number, table: Buf): void {
+    this.op("gelu", out.shard, length, [x.offset, out.offset, table.offset], 1024);
+  }
+
+  geluMul(out: Buf, gate: Buf, up: Buf, length: number, table: Buf): void {
+    this.op("geluMul", out.shard, length, [gate.offset, up.offset, out.offset, table.offset], 1024);
+  }
+
+  scale(out: Buf, x: Buf, s: number, length: number): void {
+    this.op("scale", out.shard, length, [x.offset, out.offset, s], 1024);
+  }
+
+  clamp(x: Buf, limit: number, length: number): void {
+    this.op("clamp", x.shard, length, [x.offset, limit], 1024);
   }
 
   add(out: Buf, a: Buf, b: Buf, length: number): void {

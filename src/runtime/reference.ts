@@ -156,6 +156,35 @@ export function rmsNormRef(
 }
 
 /**
+ * LayerNorm as ggml computes it: mean = f32(Σx)/dim, y = x - mean, scale = 1/sqrt(Σy²/dim + eps),
+ * out = y · scale · weight (+ bias), each step rounded to f32. `bias` may be absent; out may be x.
+ */
+export function layerNormRef(
+  x: Float32Array,
+  weight: Float32Array,
+  bias: Float32Array | undefined,
+  out: Float32Array,
+  dim: number,
+  eps: number,
+  n: number,
+): void {
+  const f = Math.fround;
+  for (let t = 0; t < n; t++) {
+    const row = x.subarray(t * dim, (t + 1) * dim);
+    let sum = 0;
+    for (const v of row) sum += v;
+    const mean = f(f(sum) / dim);
+    let squares = 0;
+    for (const v of row) squares += f(v - mean) ** 2;
+    const scale = f(1 / f(Math.sqrt(f(f(squares / dim) + f(eps)))));
+    for (let i = 0; i < dim; i++) {
+      const y = f(f(f(row[i]! - mean) * scale) * weight[i]!);
+      out[t * dim + i] = bias ? f(y + bias[i]!) : y;
+    }
+  }
+}
+
+/**
  * Rotary position embedding in place on x (n × nHeads·headDim), token t at position pos0 + t.
  * Pair i < ropeDim/2 turns by theta = pos · freqScale · freqBase^(-2i/ropeDim); the pair is
  * (x[2i], x[2i+1]) for llama order (neox = 0) and (x[i], x[i + ropeDim/2]) for NeoX order.
@@ -227,6 +256,7 @@ export function attentionRef(
   nHeads: number,
   nKvHeads: number,
   headDim: number,
+  maxAlibiBias = 0,
 ): void {
   const group = nHeads / nKvHeads;
   const kvRow = nKvHeads * headDim;
@@ -240,7 +270,8 @@ export function attentionRef(
       for (let p = 0; p < len; p++) {
         let dot = 0;
         for (let d = 0; d < headDim; d++) dot += q[qBase + d]! * k[p * kvRow + kvBase + d]!;
-        scores[p] = dot * scale;
+        scores[p] =
+          dot * scale + (maxAlibiBias > 0 ? alibiSlopeRef(h, nHeads, maxAlibiBias) * (p - (len - 1)) : 0);
       }
       let max = -Infinity;
       for (const s of scores) max = Math.max(max, s);
@@ -256,6 +287,15 @@ export function attentionRef(
       }
     }
   }
+}
+
+/**
+ * ALiBi's slope for head h of nHeads (ggml_soft_max_ext): with n the largest power of 2 not above
+ * nHeads, 2^(-maxBias/n · (h + 1)) for the first n heads, 2^(-maxBias/(2n) · (2(h - n) + 1)) after.
+ */
+export function alibiSlopeRef(h: number, nHeads: number, maxBias: number): number {
+  const n = 2 ** Math.floor(Math.log2(nHeads));
+  return h < n ? 2 ** ((-maxBias / n) * (h + 1)) : 2 ** ((-maxBias / 2 / n) * (2 * (h - n) + 1));
 }
 
 /** One token of a pass over several sequences: its position and its sequence's caches. */
@@ -274,11 +314,12 @@ export function attentionAtRef(
   nHeads: number,
   nKvHeads: number,
   headDim: number,
+  maxAlibiBias = 0,
 ): void {
   const w = nHeads * headDim;
   tokens.forEach(({ pos, k, v }, t) => {
     const o = out.subarray(t * w, (t + 1) * w);
-    attentionRef(q.subarray(t * w, (t + 1) * w), k, v, o, 1, pos, nHeads, nKvHeads, headDim);
+    attentionRef(q.subarray(t * w, (t + 1) * w), k, v, o, 1, pos, nHeads, nKvHeads, headDim, maxAlibiBias);
   });
 }
 
@@ -292,6 +333,56 @@ export function siluMulRef(gate: Float32Array, up: Float32Array, out: Float32Arr
     const g = gate[i]!;
     out[i] = (g * up[i]!) / (1 + Math.exp(-g));
   }
+}
+
+/**
+ * ggml's GELU table (GGML_GELU_FP16): for every f16 bit pattern h, the f16 bits of
+ * 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))) at x = f16 value of h, each step in f32 as C
+ * evaluates it. The kernels look their results up in it: it is data rather than a computation to
+ * mirror, so the model uploads this very table (llama.ts) and the tests check it against the formula.
+ */
+export function geluTableRef(): Uint16Array {
+  const f = Math.fround;
+  const table = new Uint16Array(1 << 16);
+  const sqrt2OverPi = f(Math.sqrt(2 / Math.PI)); // ggml's SQRT_2_OVER_PI, a float
+  const a = f(0.044715);
+  for (let h = 0; h < 1 << 16; h++) {
+    const x = f16ToF32(h);
+    const inner = f(f(sqrt2OverPi * x) * f(1 + f(f(a * x) * x)));
+    table[h] = f32ToF16(f(f(0.5 * x) * f(1 + f(Math.tanh(inner)))));
+  }
+  return table;
+}
+
+let geluTable: Uint16Array | undefined;
+
+/** gelu(x) as ggml's CPU backend gives it: 0 at or below -10, x at or above 10, else the table's value at f16(x). */
+export function geluOfRef(x: number): number {
+  if (x <= -10) return 0;
+  if (x >= 10) return x;
+  geluTable ??= geluTableRef();
+  return f16ToF32(geluTable[f32ToF16(x)]!);
+}
+
+/** out[i] = gelu(x[i]) (geluOfRef). */
+export function geluRef(x: Float32Array, out: Float32Array): void {
+  for (let i = 0; i < out.length; i++) out[i] = geluOfRef(x[i]!);
+}
+
+/** out[i] = gelu(gate[i]) · up[i], rounded to f32 (GeGLU). */
+export function geluMulRef(gate: Float32Array, up: Float32Array, out: Float32Array): void {
+  for (let i = 0; i < out.length; i++) out[i] = Math.fround(geluOfRef(gate[i]!) * up[i]!);
+}
+
+/** out[i] = x[i] · s, rounded to f32. */
+export function scaleRef(x: Float32Array, s: number, out: Float32Array): void {
+  for (let i = 0; i < out.length; i++) out[i] = Math.fround(x[i]! * Math.fround(s));
+}
+
+/** x[i] clamped to [-limit, limit], in place. */
+export function clampRef(x: Float32Array, limit: number): void {
+  const l = Math.fround(limit);
+  for (let i = 0; i < x.length; i++) x[i] = Math.min(Math.max(x[i]!, -l), l);
 }
 
 /** out[i] = a[i] + b[i] over all elements. */

@@ -1,6 +1,6 @@
 import { GGMLType } from "../../src/formats/ggml-types.js";
 import { GgufWriter } from "../../src/formats/gguf.js";
-import { tensorPlan } from "../../src/model/arch/index.js";
+import { architecture, normEpsKey, tensorPlan } from "../../src/model/arch/index.js";
 import type { LlamaConfig } from "../../src/model/config.js";
 import { Rng } from "../../src/util/random.js";
 
@@ -13,6 +13,8 @@ export interface TinyLlamaOptions {
   heads?: number;
   /** Key/value heads (default = heads). */
   kvHeads?: number;
+  /** Head width (default dim / heads); another one is stored as attention.key_length and value_length. */
+  headDim?: number;
   /** Feed-forward width (default 2 * dim + 32). */
   ffn?: number;
   /** Normal vocabulary pieces after <unk>, <s>, </s> and the 256 byte tokens (SentencePiece style, ▁ = space). */
@@ -34,6 +36,8 @@ export interface TinyLlamaOptions {
   chatTemplate?: string;
   /** More u32 metadata to store (e.g. "llama.pooling_type"). */
   metadataU32?: Record<string, number>;
+  /** More f32 metadata to store (e.g. "mpt.attention.max_alibi_bias"). */
+  metadataF32?: Record<string, number>;
   /** general.architecture, the metadata prefix and the tensors written (default "llama"). */
   architecture?: string;
   /** rope_freqs.weight to store (headDim/2 divisors of the rotary angles, as Llama 3.1 files have). */
@@ -119,9 +123,9 @@ export function writeTinyLlama(path: string, opts: TinyLlamaOptions = {}): TinyL
   const scale = opts.weightScale ?? 0.02;
   const type = opts.type ?? GGMLType.F32;
   if (type !== GGMLType.F32) throw new Error("writeTinyLlama: only F32 tensors are supported for now");
-  if (dim % heads !== 0 || heads % kvHeads !== 0)
+  if ((opts.headDim === undefined && dim % heads !== 0) || heads % kvHeads !== 0)
     throw new Error("writeTinyLlama: heads must divide dim, kvHeads heads");
-  const headDim = dim / heads;
+  const headDim = opts.headDim ?? dim / heads;
 
   const tokens = ["<unk>", "<s>", "</s>"];
   const types: number[] = [TOKEN_TYPE.unknown, TOKEN_TYPE.control, TOKEN_TYPE.control];
@@ -159,7 +163,11 @@ export function writeTinyLlama(path: string, opts: TinyLlamaOptions = {}): TinyL
   w.setU32(`${arch}.rope.dimension_count`, headDim);
   w.setU32(`${arch}.attention.head_count`, heads);
   w.setU32(`${arch}.attention.head_count_kv`, kvHeads);
-  w.setF32(`${arch}.attention.layer_norm_rms_epsilon`, normEps);
+  if (headDim !== dim / heads) {
+    w.setU32(`${arch}.attention.key_length`, headDim);
+    w.setU32(`${arch}.attention.value_length`, headDim);
+  }
+  w.setF32(`${arch}.${normEpsKey(architecture(arch))}`, normEps);
   w.setF32(`${arch}.rope.freq_base`, ropeFreqBase);
   w.setU32(`${arch}.vocab_size`, vocab);
   w.setString("tokenizer.ggml.model", "llama");
@@ -173,6 +181,7 @@ export function writeTinyLlama(path: string, opts: TinyLlamaOptions = {}): TinyL
   w.setBool("tokenizer.ggml.add_eos_token", false);
   if (opts.chatTemplate !== undefined) w.setString("tokenizer.chat_template", opts.chatTemplate);
   for (const [key, value] of Object.entries(opts.metadataU32 ?? {})) w.setU32(key, value);
+  for (const [key, value] of Object.entries(opts.metadataF32 ?? {})) w.setF32(key, value);
 
   const rng = new Rng(opts.seed ?? 1);
   const tensors = new Map<string, TinyLlamaTensor>();

@@ -8,6 +8,8 @@
 // f32x4.add, two roundings. Pointers need no alignment beyond 4 bytes (v128 loads and stores
 // are unaligned-safe), although 16-byte aligned rows are faster.
 
+import { f32ToHalf, halfToF32 } from "./quant-common";
+
 // ---------------------------------------------------------------------------------------------
 // Small vector helpers
 // ---------------------------------------------------------------------------------------------
@@ -376,6 +378,38 @@ export function rmsNorm(x: usize, weight: usize, out: usize, dim: i32, eps: f32,
 }
 
 // ---------------------------------------------------------------------------------------------
+// Layer norm (GPT-2, MPT): out = (x - mean) / sqrt(var + eps) · w (+ b); rows = tokens
+// ---------------------------------------------------------------------------------------------
+//
+// As ggml computes it: the mean in f32, the centred values y = x - mean, var = Σy²/dim, then
+// y · (1/sqrt(var + eps)), times w, plus b, each rounded to f32. bias == 0: no bias.
+
+/** rows = tokens of dim floats; out may equal x. Any dim. */
+export function layerNorm(
+  x: usize, weight: usize, bias: usize, out: usize, dim: i32, eps: f32, r0: i32, r1: i32,
+): void {
+  const rb = <usize>dim << 2;
+  for (let t = r0; t < r1; t++) {
+    const xp = x + <usize>t * rb;
+    const op = out + <usize>t * rb;
+    let sum: f64 = 0;
+    for (let o: usize = 0; o < rb; o += 4) sum += <f64>load<f32>(xp + o);
+    const mean = <f32>sum / <f32>dim;
+    let squares: f64 = 0;
+    for (let o: usize = 0; o < rb; o += 4) {
+      const y = load<f32>(xp + o) - mean;
+      squares += <f64>y * <f64>y;
+    }
+    const scale = <f32>1.0 / <f32>Math.sqrt(<f64>(<f32>(squares / <f64>dim) + eps));
+    for (let o: usize = 0; o < rb; o += 4) {
+      let y = (load<f32>(xp + o) - mean) * scale * load<f32>(weight + o);
+      if (bias) y += load<f32>(bias + o);
+      store<f32>(op + o, y);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Rotary position embedding, in place
 // ---------------------------------------------------------------------------------------------
 //
@@ -457,10 +491,12 @@ export function ropeAt(
 // scores s_p = (q·k_p)/sqrt(headDim) into scratch, then softmax (max, exp, sum) in place,
 // then out = Σ_p s_p·v_p / Σ_p s_p. headDim % 4 == 0. Scratch: this thread's scores live at
 // scratch + tid·scratchStride (bytes); they need 4·(pos0 + n) bytes (no alignment needed).
+// maxBias > 0 adds ALiBi (MPT): the score of position p for a query at position i gains
+// slope_h · -(i - p), slope_h as ggml_soft_max_ext computes it (alibiSlope below).
 
 export function attention(
   q: usize, k: usize, v: usize, out: usize, n: i32, pos0: i32, nHeads: i32, nKvHeads: i32, headDim: i32,
-  scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32,
+  scratch: usize, scratchStride: i32, maxBias: f32, r0: i32, r1: i32, tid: i32,
 ): void {
   const sc = scratch + <usize>tid * <usize>scratchStride;
   const group = nHeads / nKvHeads;
@@ -475,11 +511,13 @@ export function attention(
   for (let h = 0; h < nHeads; h++) {
     const kp = k + <usize>(h / group) * hb;
     const vp = v + <usize>(h / group) * hb;
+    const slope = maxBias > 0 ? alibiSlope(h, nHeads, maxBias) : <f32>0;
     for (let t = t0; t <= t1; t++) {
       const row = t * nHeads + h;
       if (row < r0 || row >= r1) continue;
       const len = pos0 + t + 1;
       attentionScores(q + <usize>row * hb, kp, kvRow, hb, len, scale, sc);
+      if (slope != 0) alibiBias(sc, len, slope);
       const inv = softmaxScores(sc, len);
       attentionValues(vp, kvRow, hb, len, inv, sc, out + <usize>row * hb);
     }
@@ -508,7 +546,7 @@ const TOKEN_ENTRY: usize = 20;
  */
 export function attentionAt(
   q: usize, table: usize, out: usize, nHeads: i32, nKvHeads: i32, headDim: i32,
-  scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32,
+  scratch: usize, scratchStride: i32, maxBias: f32, r0: i32, r1: i32, tid: i32,
 ): void {
   const sc = scratch + <usize>tid * <usize>scratchStride;
   const group = nHeads / nKvHeads;
@@ -522,6 +560,7 @@ export function attentionAt(
     const len = load<i32>(e) + 1;
     const kv = <usize>(h / group) * hb;
     attentionScores(q + <usize>row * hb, <usize>load<u32>(e, 12) + kv, kvRow, hb, len, scale, sc);
+    if (maxBias > 0) alibiBias(sc, len, alibiSlope(h, nHeads, maxBias));
     const inv = softmaxScores(sc, len);
     attentionValues(<usize>load<u32>(e, 16) + kv, kvRow, hb, len, inv, sc, out + <usize>row * hb);
   }
@@ -560,6 +599,25 @@ function attentionScores(qp: usize, kp: usize, kvRow: usize, hb: usize, len: i32
     let c0 = zero;
     for (let o: usize = 0; o < hb; o += 16) c0 = f32x4.add(c0, f32x4.mul(v128.load(qp + o), v128.load(k0 + o)));
     store<f32>(sc + (<usize>p << 2), hsum(c0) * scale);
+  }
+}
+
+/**
+ * ALiBi slope of head h (ggml_soft_max_ext): with n the largest power of 2 <= nHeads, heads below
+ * n get m0^(h+1), m0 = 2^(-maxBias/n); the rest m1^(2(h-n)+1), m1 = 2^(-maxBias/2/n).
+ */
+function alibiSlope(h: i32, nHeads: i32, maxBias: f32): f32 {
+  const n = 1 << (31 - clz<i32>(nHeads));
+  const m0 = <f32>Math.pow(2.0, <f64>(-maxBias / <f32>n));
+  const m1 = <f32>Math.pow(2.0, <f64>(-(maxBias / <f32>2.0) / <f32>n));
+  return h < n ? <f32>Math.pow(<f64>m0, <f64>(h + 1)) : <f32>Math.pow(<f64>m1, <f64>(2 * (h - n) + 1));
+}
+
+/** sc[p] += slope · -(len - 1 - p) for p < len: the query is at position len - 1. */
+function alibiBias(sc: usize, len: i32, slope: f32): void {
+  for (let p = 0; p < len; p++) {
+    const at = sc + (<usize>p << 2);
+    store<f32>(at, load<f32>(at) + slope * <f32>(p - (len - 1)));
   }
 }
 
@@ -647,6 +705,41 @@ export function siluMul(gate: usize, up: usize, out: usize, r0: i32, r1: i32): v
     const g = load<f32>(gate + o);
     store<f32>(out + o, (g * load<f32>(up + o)) / (<f32>1.0 + exp1(-g)));
   }
+}
+
+// GELU as ggml's CPU backend computes it (GGML_GELU_FP16): x <= -10 gives 0, x >= 10 gives x,
+// anything between is rounded to f16 and looked up in a 65536-entry table of f16 results
+// (table[h] = f16(gelu_tanh(f32(h)))), which the caller fills (runtime/reference.ts, geluTableRef).
+
+// @ts-ignore: decorator
+@inline function geluOf(x: f32, table: usize): f32 {
+  if (x <= <f32>-10.0) return 0;
+  if (x >= <f32>10.0) return x;
+  return halfToF32(<u32>load<u16>(table + (<usize>f32ToHalf(x) << 1)));
+}
+
+/** out[i] = gelu(x[i]); rows = elements; out may equal x. */
+export function gelu(x: usize, out: usize, table: usize, r0: i32, r1: i32): void {
+  for (let o = <usize>r0 << 2; o < <usize>r1 << 2; o += 4) store<f32>(out + o, geluOf(load<f32>(x + o), table));
+}
+
+/** out[i] = gelu(gate[i]) · up[i] (GeGLU); rows = elements; out may equal gate or up. */
+export function geluMul(gate: usize, up: usize, out: usize, table: usize, r0: i32, r1: i32): void {
+  for (let o = <usize>r0 << 2; o < <usize>r1 << 2; o += 4) {
+    const g = load<f32>(gate + o);
+    // (ggml's x >= 10 branch multiplies x itself, the same as gelu(x) = x times up)
+    store<f32>(out + o, geluOf(g, table) * load<f32>(up + o));
+  }
+}
+
+/** out[i] = x[i] · s; rows = elements; out may equal x. */
+export function scale(x: usize, out: usize, s: f32, r0: i32, r1: i32): void {
+  for (let o = <usize>r0 << 2; o < <usize>r1 << 2; o += 4) store<f32>(out + o, load<f32>(x + o) * s);
+}
+
+/** x[i] = min(max(x[i], -limit), limit) in place; rows = elements. */
+export function clamp(x: usize, limit: f32, r0: i32, r1: i32): void {
+  for (let o = <usize>r0 << 2; o < <usize>r1 << 2; o += 4) store<f32>(x + o, min(max(load<f32>(x + o), -limit), limit));
 }
 
 /** out[i] = a[i] + b[i]; rows = elements; out may equal a or b. */

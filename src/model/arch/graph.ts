@@ -18,14 +18,24 @@ export interface LayerGraph {
   readonly config: LlamaConfig;
   /** out = RMSNorm(x) · layer tensor `role`. */
   rmsNorm(role: string, out: Activation, x: Activation): void;
+  /** out = LayerNorm(x) · `role`.weight + `role`.bias (no bias when the file has none). */
+  layerNorm(role: string, out: Activation, x: Activation): void;
   /** The products of weights that all read `x`, with their run-time LoRA updates. */
   project(x: Activation, products: readonly Product[]): void;
-  /** Adds layer vector `role`.bias to every token's row of `out`. */
+  /** Adds layer vector `role`.bias to every token's row of `out`; nothing when an optional bias is absent. */
   addBias(role: string, out: Activation): void;
+  /** out += x, element by element (a residual). */
+  add(out: Activation, x: Activation): void;
+  /** Clamps every element of `a` to [-limit, limit]. */
+  clamp(a: Activation, limit: number): void;
   /** Rotary positions on q and k, k and v into the cache, causal attention into `att`. */
   attention(): void;
   /** out = SiLU(gate) · up, element by element over the ffn-wide rows. */
   siluMul(out: Activation, gate: Activation, up: Activation): void;
+  /** out = GELU(x), element by element (ggml's tanh approximation through its f16 table). */
+  gelu(out: Activation, x: Activation): void;
+  /** out = GELU(gate) · up, element by element (GeGLU). */
+  geluMul(out: Activation, gate: Activation, up: Activation): void;
 }
 
 /** Width in floats of one token's row of activation `a`. */

@@ -5,9 +5,16 @@ import type { LlamaConfig } from "../config.js";
 
 /**
  * How a tensor is stored and used: a matrix (any weight type the engine runs), a norm weight or a
- * bias (f32 vectors), or rope_freqs (f32 per-pair frequency divisors, Llama 3.1).
+ * bias (f32 vectors), rope_freqs (f32 per-pair frequency divisors, Llama 3.1), or a table read row
+ * by row (GPT-2's learned position embeddings; any type with a dequantizer, never quantized).
  */
-export type TensorKind = "matrix" | "norm" | "bias" | "factors";
+export type TensorKind = "matrix" | "norm" | "bias" | "factors" | "table";
+
+/** One part of a fused tensor: the role its rows play in the layer body, and how many rows. */
+export interface TensorPart {
+  role: string;
+  rows: (c: LlamaConfig) => number;
+}
 
 /** The shape a tensor takes from the hyper-parameters. */
 export type ShapeOf = (c: LlamaConfig) => number[];
@@ -30,6 +37,16 @@ export interface TensorSpec {
   optional?: boolean;
   /** A model-wide tensor that files hold before the layers (token_embd, rope_freqs); others follow them. */
   beforeLayers?: boolean;
+  /**
+   * A fused tensor whose consecutive row ranges are separate products (or biases) to the layer
+   * body: attn_qkv as attn_q, attn_k, attn_v. Rows are independent whatever the weight type, so
+   * the model splits it at load, with no copy.
+   */
+  parts?: readonly TensorPart[];
+  /** Hugging Face stores it as [in, out] (GPT-2's Conv1D), the transpose of a Linear weight. */
+  hfTransposed?: boolean;
+  /** Hugging Face stores the norm weight w, GGUF 1 + w (Gemma's RMSNorm multiplies by 1 + w). */
+  hfPlusOne?: boolean;
 }
 
 /** GGUF name of a model-wide tensor. */
@@ -50,7 +67,12 @@ export function hfTensorName(spec: TensorSpec, l?: number): string | undefined {
 const q = (c: LlamaConfig) => c.heads * c.headDim;
 const kv = (c: LlamaConfig) => c.kvHeads * c.headDim;
 
-const matrix = (role: string, dims: ShapeOf, hf: string, extra: Partial<TensorSpec> = {}): TensorSpec => ({
+export const matrix = (
+  role: string,
+  dims: ShapeOf,
+  hf: string,
+  extra: Partial<TensorSpec> = {},
+): TensorSpec => ({
   role,
   suffix: "weight",
   kind: "matrix",
@@ -66,7 +88,7 @@ export const bias = (role: string, width: ShapeOf, hf: string): TensorSpec => ({
   dims: width,
   hf,
 });
-const norm = (role: string, hf: string): TensorSpec => ({
+export const norm = (role: string, hf: string): TensorSpec => ({
   role,
   suffix: "weight",
   kind: "norm",
@@ -103,6 +125,16 @@ export const LLAMA_LAYER_TENSORS: readonly TensorSpec[] = [
   matrix("ffn_up", (c) => [c.dim, c.ffn], "model.layers.{l}.mlp.up_proj.weight"),
   matrix("ffn_down", (c) => [c.ffn, c.dim], "model.layers.{l}.mlp.down_proj.weight"),
 ];
+
+/** Fused q, k and v rows, in that order: attn_qkv as the parts attn_q, attn_k, attn_v. */
+export const QKV_PARTS: readonly TensorPart[] = [
+  { role: "attn_q", rows: q },
+  { role: "attn_k", rows: kv },
+  { role: "attn_v", rows: kv },
+];
+
+/** attn_qkv's dims: every q, k and v row. */
+export const qkvDims: ShapeOf = (c) => [c.dim, q(c) + 2 * kv(c)];
 
 /** A tensor of a whole model, with its GGUF name and dims for one configuration. */
 export interface PlannedTensor {
