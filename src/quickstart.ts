@@ -107,6 +107,8 @@ export interface QuickstartRecipe {
   vocabSize: number;
   /** Keep every digit its own token. */
   splitDigits: boolean;
+  /** Characters the tokenizer never merges (see TokenizerTrainOptions.isolate). */
+  isolate: string;
   shape: typeof QUICKSTART_SHAPE;
   pretrainBatch: number;
   pretrainSeq: number;
@@ -123,6 +125,7 @@ export const QUICKSTART_RECIPE: QuickstartRecipe = {
   tuningTasks: 4000,
   vocabSize: 1024,
   splitDigits: true,
+  isolate: '"',
   shape: QUICKSTART_SHAPE,
   pretrainBatch: 16,
   pretrainSeq: 128,
@@ -258,6 +261,7 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
     ...worldSettings,
     vocabSize: recipe.vocabSize,
     splitDigits: recipe.splitDigits,
+    isolate: recipe.isolate,
   };
   const pretrainSettings = {
     ...tokenizerSettings,
@@ -319,6 +323,7 @@ export async function runQuickstart(options: QuickstartOptions): Promise<Quickst
       const s = await trainTokenizerOnFiles([files.corpus, files.tasksText], files.tokenizer, {
         vocabSize: recipe.vocabSize,
         splitDigits: recipe.splitDigits,
+        isolate: recipe.isolate,
         progress: false,
       });
       return { vocabSize: s.vocabSize, merges: s.merges };

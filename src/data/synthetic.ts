@@ -214,7 +214,7 @@ function makeInstance(world: World, family: TaskFamily, rng: Rng): Instance {
         `What is the first letter of the word "${w}"?`,
         "",
         w[0],
-        `The word "${w}" starts with ${w[0]}.`,
+        `The word "${w}" starts with "${w[0]}".`,
       );
     }
     case "convert": {
@@ -362,8 +362,10 @@ export function worldCorpus(world: World, chars: number, options: CorpusOptions 
       }
     } else if (topic === 3) {
       const w = pick(rng, world.words);
-      // Quoted as the questions quote it, so the fact and the question name the word alike.
-      p = `The word "${w}" has ${w.length} letters and starts with ${w[0]}.`;
+      // Quoted as the questions quote it, so the fact and the question name the word alike; the
+      // letter quoted too, so that (with the quote a piece of its own) it is the piece a reply
+      // starting with it is, not " b." glued to the space and the period.
+      p = `The word "${w}" has ${w.length} letters and starts with "${w[0]}".`;
     } else {
       const { task, statement } = makeInstance(
         world,
