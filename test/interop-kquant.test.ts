@@ -1,5 +1,6 @@
 // A Q4_K_M-style file (Q4_K matrices, Q6_K for attn_v, ffn_down and the output, as llama.cpp's
-// mix does, plus Q5_K) run by smallhammer and llama.cpp along llama.cpp's greedy continuation.
+// mix does, plus Q5_K, Q3_K and Q2_K) run by smallhammer and llama.cpp along llama.cpp's greedy
+// continuation.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,6 +11,7 @@ import { GgufWriter, readGgufHeader } from "../src/formats/gguf.js";
 import { loadModel } from "../src/model/model.js";
 import { f32ToF16 } from "../src/quant/fp16.js";
 import { randomKQuantBlocks } from "../src/quant/reference.js";
+import { typeSize } from "../src/quant/types.js";
 import { Rng } from "../src/util/random.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
 
@@ -26,13 +28,18 @@ afterAll(async () => {
 
 /** Rescales random K-quant blocks to weights of LLM-like size (|w| mostly below 0.1). */
 function tame(type: GGMLType, blocks: Uint8Array, rng: Rng): Uint8Array {
-  const bytes = type === GGMLType.Q6_K ? 210 : type === GGMLType.Q5_K ? 176 : 144;
+  const bytes = typeSize(type);
   const view = new DataView(blocks.buffer, blocks.byteOffset, blocks.byteLength);
+  const half = (o: number, scale: number) => view.setUint16(o, f32ToF16(scale * (1 + rng.nextFloat())), true);
   for (let o = 0; o < blocks.length; o += bytes) {
-    if (type === GGMLType.Q6_K) view.setUint16(o + 208, f32ToF16(0.0005 * (1 + rng.nextFloat())), true);
-    else {
-      view.setUint16(o, f32ToF16(0.0002 * (1 + rng.nextFloat())), true);
-      view.setUint16(o + 2, f32ToF16(0.0002 * (1 + rng.nextFloat())), true);
+    if (type === GGMLType.Q6_K) half(o + 208, 0.0005);
+    else if (type === GGMLType.Q3_K) half(o + 108, 0.0005);
+    else if (type === GGMLType.Q2_K) {
+      half(o + 80, 0.001);
+      half(o + 82, 0.001);
+    } else {
+      half(o, 0.0002);
+      half(o + 2, 0.0002);
     }
   }
   return blocks;
@@ -41,6 +48,8 @@ function tame(type: GGMLType, blocks: Uint8Array, rng: Rng): Uint8Array {
 function kTypeFor(name: string, layer: number): GGMLType {
   if (name.includes("attn_v") || name.includes("ffn_down") || name === "output.weight") return GGMLType.Q6_K;
   if (name.includes("ffn_up") && layer % 2 === 1) return GGMLType.Q5_K;
+  if (name.includes("ffn_gate") && layer % 2 === 1) return GGMLType.Q2_K;
+  if (name.includes("attn_q") && layer % 2 === 1) return GGMLType.Q3_K;
   return GGMLType.Q4_K;
 }
 

@@ -23,6 +23,8 @@ const FORMATS: [WeightFormat, number, string][] = [
   ["Q5_0", T.Q5_0, "quantizeQ8_0"],
   ["Q5_1", T.Q5_1, "quantizeQ8_1"],
   ["Q8_0", T.Q8_0, "quantizeQ8_0"],
+  ["Q2_K", T.Q2_K, "quantizeQ8_K"],
+  ["Q3_K", T.Q3_K, "quantizeQ8_K"],
   ["Q4_K", T.Q4_K, "quantizeQ8_K"],
   ["Q5_K", T.Q5_K, "quantizeQ8_K"],
   ["Q6_K", T.Q6_K, "quantizeQ8_K"],

@@ -11,6 +11,8 @@ import { GGMLType } from "../src/formats/ggml-types.js";
 import {
   interleaveRows4Ref,
   q8_0ToQ8_0S,
+  repackQ2_Kr4Ref,
+  repackQ3_Kr4Ref,
   repackQ4_0r4Ref,
   repackQ4_Kr4Ref,
   repackQ5_Kr4Ref,
@@ -98,6 +100,8 @@ describe.each(modules.filter(([, m]) => m !== undefined))("%s module", (_, modul
   });
 
   it.each([
+    ["Q2_K", T.Q2_K, repackQ2_Kr4Ref],
+    ["Q3_K", T.Q3_K, repackQ3_Kr4Ref],
     ["Q4_K", T.Q4_K, repackQ4_Kr4Ref],
     ["Q5_K", T.Q5_K, repackQ5_Kr4Ref],
     ["Q6_K", T.Q6_K, repackQ6_Kr4Ref],
@@ -117,7 +121,7 @@ describe.each(modules.filter(([, m]) => m !== undefined))("%s module", (_, modul
 });
 
 interface RowLane {
-  format: "Q4_0" | "Q4_K" | "Q5_K" | "Q6_K";
+  format: "Q4_0" | "Q2_K" | "Q3_K" | "Q4_K" | "Q5_K" | "Q6_K";
   type: number;
   block: number;
   /** the r4 layout, and the activation quantizers of the row-major and the r4 product */
@@ -142,6 +146,33 @@ const ROW_LANE: RowLane[] = [
     quantize: "quantizeQ8_0",
     quantizeR4: "quantizeQ8_0S",
     extreme: (w, o, r) => fill(w, o + 2, o + 18, NIBBLES[r]!),
+  },
+  {
+    format: "Q2_K",
+    type: T.Q2_K,
+    block: 256,
+    repack: repackQ2_Kr4Ref,
+    quantize: "quantizeQ8_K",
+    quantizeR4: "quantizeQ8_K",
+    // largest scales and mins (15), then 2-bit quants 0 or 3 in the nibble pattern
+    extreme: (w, o, r) => {
+      fill(w, o, o + 16, [0xff]);
+      fill(w, o + 16, o + 80, NIBBLES[r]!);
+    },
+  },
+  {
+    format: "Q3_K",
+    type: T.Q3_K,
+    block: 256,
+    repack: repackQ3_Kr4Ref,
+    quantize: "quantizeQ8_K",
+    quantizeR4: "quantizeQ8_K",
+    // scales at both ends (6-bit 63 and 0: 31 and -32 in turn), quants all 3 or all -4 (every bit
+    // of hmask and qs set or clear)
+    extreme: (w, o, r) => {
+      fill(w, o + 96, o + 108, [r % 2 ? 0x00 : 0xff]);
+      fill(w, o, o + 96, [[0x00], [0xff], [0xff], [0x00], [0xff], [0x00], [0xff], [0x00]][r]!);
+    },
   },
   {
     format: "Q4_K",
@@ -237,7 +268,7 @@ describe.skipIf(!relaxedModule).each(ROW_LANE)("relaxed module: matmul$format r4
 });
 
 describe("plain module", () => {
-  it.each(["matmulQ4_0r4", "matmulQ4_Kr4", "matmulQ6_Kr4"])(
+  it.each(["matmulQ4_0r4", "matmulQ2_Kr4", "matmulQ3_Kr4", "matmulQ4_Kr4", "matmulQ6_Kr4"])(
     "refuses %s (it has no 8-bit dot product)",
     (kernel) => {
       const { k } = setup(plainModule);

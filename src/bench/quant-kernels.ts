@@ -64,6 +64,8 @@ const MATMUL: [GGMLType, string][] = [
   [GGMLType.Q4_K, "matmulQ4_K"],
   [GGMLType.Q5_K, "matmulQ5_K"],
   [GGMLType.Q6_K, "matmulQ6_K"],
+  [GGMLType.Q2_K, "matmulQ2_K"],
+  [GGMLType.Q3_K, "matmulQ3_K"],
 ];
 
 const QUANTIZE: Record<number, string> = {

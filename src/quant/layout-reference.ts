@@ -6,6 +6,7 @@
  */
 
 import { f16ToF32 } from "./fp16.js";
+import { scaleQ3 } from "./kquants.js";
 import { scaleMinK4 } from "./reference.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -142,9 +143,9 @@ function repackK45r4Ref(w: Uint8Array, rows: number, cols: number, five: boolean
 /**
  * The r4 layout of a row-major Q6_K matrix (rows % 4 == 0), 840 bytes per four rows' super-block:
  * d ×4 (f16); 64 scale bytes, scale j of row r at 8 + 8·(j >> 1) + 2r + (j & 1); then per
- * sub-block j (16 elements) 48 bytes L0, L1, H at 72 + 48j: with Vg (g < 4) the vector whose byte
- * 4r + i is the unsigned 6-bit quant of element 16j + 4g + i of row r, L0 = low 4 bits of V0 |
- * V1 << 4, L1 = those of V2 | V3 << 4, H = the high 2 bits of V0..V3 in bit pairs 0..1 .. 6..7.
+ * sub-block j (16 elements) 48 bytes P0, P1, P2 at 72 + 48j: with Vg (g < 4) the vector whose byte
+ * 4r + i is the unsigned 6-bit quant of element 16j + 4g + i of row r, Pg = Vg | (bits 2g..2g+1
+ * of V3) << 6.
  */
 export function repackQ6_Kr4Ref(w: Uint8Array, rows: number, cols: number): Uint8Array {
   const nb = cols / 256;
@@ -160,8 +161,8 @@ export function repackQ6_Kr4Ref(w: Uint8Array, rows: number, cols: number): Uint
         for (let e = 0; e < 256; e++) {
           const group = (e >> 2) & 3;
           const at = dst + 72 + 48 * (e >> 4) + 4 * r + (e & 3);
-          out[at + 16 * (group >> 1)]! |= (q[e]! & 15) << (4 * (group & 1));
-          out[at + 32]! |= (q[e]! >> 4) << (2 * group);
+          if (group < 3) out[at + 16 * group]! |= q[e]!;
+          else for (let g = 0; g < 3; g++) out[at + 16 * g]! |= ((q[e]! >> (2 * g)) & 3) << 6;
         }
       }
     }
@@ -184,4 +185,79 @@ function q6KQuants(w: Uint8Array, o: number): Uint8Array {
     }
   }
   return q;
+}
+
+/**
+ * The r4 layout of a row-major Q2_K matrix (rows % 4 == 0), 336 bytes per four rows' super-block:
+ * d ×4 and dmin ×4 (f16); the 64 scale bytes (sc | m << 4), scale j of row r at 16 + 8·(j >> 1) +
+ * 2r + (j & 1); then 16 quant vectors, sub-block j's at 80 + 16j, whose byte 4r + i holds the
+ * 2-bit quant of element 16j + 4g + i of row r in bit pair g (g < 4).
+ */
+export function repackQ2_Kr4Ref(w: Uint8Array, rows: number, cols: number): Uint8Array {
+  return repackK23r4Ref(w, rows, cols, false);
+}
+
+/**
+ * The r4 layout of a row-major Q3_K matrix (rows % 4 == 0), 440 bytes per four rows' super-block:
+ * d ×4 (f16); the 64 six-bit scales (0..63, as stored), scale j of row r at index i = 8·(j >> 1) +
+ * 2r + (j & 1): its low 4 bits at byte 8 + 16·(i >> 5) + (i & 15), nibble (i >> 4) & 1, its high 2
+ * bits at byte 40 + (i & 15), bit pair i >> 4. With e_g the unsigned quant (q + 4, 0..7) of element
+ * 16j + 4g + i of row r: byte 4r + i of 56 + 16j is e0 | e1 << 3 | (e2 & 3) << 6, and byte 4r + i
+ * of 312 + 16k holds (e2 >> 2) | e3 << 1 of sub-block 2k in its low nibble, of 2k + 1 in its high.
+ */
+export function repackQ3_Kr4Ref(w: Uint8Array, rows: number, cols: number): Uint8Array {
+  return repackK23r4Ref(w, rows, cols, true);
+}
+
+function repackK23r4Ref(w: Uint8Array, rows: number, cols: number, three: boolean): Uint8Array {
+  const nb = cols / 256;
+  const bytes = three ? 110 : 84;
+  const out = new Uint8Array(w.length);
+  for (let g = 0; g < rows / 4; g++) {
+    for (let b = 0; b < nb; b++) {
+      const dst = (g * nb + b) * 4 * bytes;
+      for (let r = 0; r < 4; r++) {
+        const src = ((4 * g + r) * nb + b) * bytes;
+        const pairAt = (j: number) => 8 * (j >> 1) + 2 * r + (j & 1);
+        if (three) {
+          out.set(w.subarray(src + 108, src + 110), dst + 2 * r);
+          for (let j = 0; j < 16; j++) {
+            const i = pairAt(j);
+            const v = scaleQ3(w, src + 96, j);
+            out[dst + 8 + 16 * (i >> 5) + (i & 15)]! |= (v & 15) << (4 * ((i >> 4) & 1));
+            out[dst + 40 + (i & 15)]! |= (v >> 4) << (2 * (i >> 4));
+          }
+        } else {
+          out.set(w.subarray(src + 80, src + 82), dst + 2 * r);
+          out.set(w.subarray(src + 82, src + 84), dst + 8 + 2 * r);
+          for (let j = 0; j < 16; j++) out[dst + 16 + pairAt(j)] = w[src + j]!;
+        }
+        const qs = src + (three ? 32 : 16);
+        for (let e = 0; e < 256; e++) {
+          // element 128h + 32s + l: bits 2s of qs[32h + l]; Q3_K's hmask bit 4h + s of hmask[l]
+          const h = e >> 7;
+          const s = (e >> 5) & 3;
+          const l = e & 31;
+          const j = e >> 4;
+          const gi = (e >> 2) & 3;
+          const at = 4 * r + (e & 3);
+          const q = (w[qs + 32 * h + l]! >> (2 * s)) & 3;
+          if (!three) {
+            out[dst + 80 + 16 * j + at]! |= q << (2 * gi);
+            continue;
+          }
+          const e3 = q | (((w[src + l]! >> (4 * h + s)) & 1) << 2);
+          const a = dst + 56 + 16 * j + at;
+          const hb = dst + 312 + 16 * (j >> 1) + at;
+          const nibble = 4 * (j & 1);
+          if (gi < 2) out[a]! |= e3 << (3 * gi);
+          else if (gi === 2) {
+            out[a]! |= (e3 & 3) << 6;
+            out[hb]! |= (e3 >> 2) << nibble;
+          } else out[hb]! |= e3 << (nibble + 1);
+        }
+      }
+    }
+  }
+  return out;
 }

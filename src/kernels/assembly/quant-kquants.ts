@@ -1,5 +1,5 @@
 // K-quant matrix products (256-element super-blocks, Q8_K activations): Q2_K, Q3_K, Q4_K, Q5_K,
-// Q6_K, on rows and (Q4_K..Q6_K) on the interleaved layout x4.
+// Q6_K, on rows and on the interleaved layout x4.
 
 import {
   CONST_00F0,
@@ -7,6 +7,7 @@ import {
   CONST_0300,
   CONST_0F,
   CONST_0F00,
+  CONST_0F0F,
   CONST_10,
   CONST_1000,
   CONST_30,
@@ -16,8 +17,6 @@ import {
   CONST_HALF_MASK,
   TOKEN_CHUNK,
   constant,
-  halfToF32,
-  hsumI32,
   dot4,
   half4,
   halfHigh,
@@ -315,9 +314,9 @@ import {
   return sumi;
 }
 
-/** 32·Σ_j sc_j·bsum_j of one row (lanes add up to it): removes the +32 offset of the 6-bit weights. */
+/** Σ_j sc_j·bsum_j of one row (lanes add up to it), sc its 16 sub-block factors as signed bytes: the offsets of Q6_K and Q3_K, the mins of Q2_K. */
 // @ts-ignore: decorator
-@inline function offsetQ6(sc: v128, bs0: v128, bs1: v128): v128 {
+@inline function bsumDot(sc: v128, bs0: v128, bs1: v128): v128 {
   return i32x4.add(
     i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(sc), bs0),
     i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(sc), bs1),
@@ -344,8 +343,8 @@ import {
       const bs0 = v128.load(x, 260);
       const bs1 = v128.load(x, 276);
       corr = quadAdd(
-        pairAdd(offsetQ6(r0, bs0, bs1), offsetQ6(r1, bs0, bs1)),
-        pairAdd(offsetQ6(r2, bs0, bs1), offsetQ6(r3, bs0, bs1)),
+        pairAdd(bsumDot(r0, bs0, bs1), bsumDot(r1, bs0, bs1)),
+        pairAdd(bsumDot(r2, bs0, bs1), bsumDot(r3, bs0, bs1)),
       );
       // byte 4j + r of tq: row r's scale 4q + j
       const ab = i8x16.shuffle(r0, r1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -738,14 +737,14 @@ let second: v128 = i32x4.splat(0);
     let bs0 = v128.load(x, 260);
     let bs1 = v128.load(x, 276);
     const corr0 = quadAdd(
-      pairAdd(offsetQ6(r0, bs0, bs1), offsetQ6(r1, bs0, bs1)),
-      pairAdd(offsetQ6(r2, bs0, bs1), offsetQ6(r3, bs0, bs1)),
+      pairAdd(bsumDot(r0, bs0, bs1), bsumDot(r1, bs0, bs1)),
+      pairAdd(bsumDot(r2, bs0, bs1), bsumDot(r3, bs0, bs1)),
     );
     bs0 = v128.load(y, 260);
     bs1 = v128.load(y, 276);
     const corr1 = quadAdd(
-      pairAdd(offsetQ6(r0, bs0, bs1), offsetQ6(r1, bs0, bs1)),
-      pairAdd(offsetQ6(r2, bs0, bs1), offsetQ6(r3, bs0, bs1)),
+      pairAdd(bsumDot(r0, bs0, bs1), bsumDot(r1, bs0, bs1)),
+      pairAdd(bsumDot(r2, bs0, bs1), bsumDot(r3, bs0, bs1)),
     );
     const ab = i8x16.shuffle(r0, r1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const cd = i8x16.shuffle(r2, r3, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -867,92 +866,166 @@ export function matmulQ6_Kx4(w: usize, xq: usize, out: usize, rows: i32, cols: i
   matmulK(K_Q6_K, 210, w, xq, out, rows, cols, n, acc, r0, r1, true);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Dequantizers (rows = blocks; F16/BF16 blocks are single elements): dst gets nBlocks·blockSize
-// f32, block b at dst + b·blockSize·4. Bit-identical to src/quant/reference.ts dequantizeRow.
-// ---------------------------------------------------------------------------------------------
-
-// ---- Q2_K and Q3_K: one weight row · one token per call, 16-element sub-blocks ----
+// ---- Q2_K and Q3_K: four rows (lanes) · one token, 16-element sub-blocks ----
 //
 // Q2_K {scales[16] (sc | m << 4), qs[64], d, dmin: f16} 84 B: element 128h + 32s + l is bits 2s..2s+1
 // of qs[32h + l], sub-block j = element / 16 has scale sc_j and min m_j: w = d·sc_j·q − dmin·m_j.
 // Q3_K {hmask[32], qs[64], scales[12], d: f16} 110 B: the same 2-bit layout, plus bit 4h + s of
 // hmask[l] (0 subtracts 4), and 6-bit scales stored +32: w = d·(sc_j − 32)·q, q in −4..3.
-// Each sub-block's 16 quants are one byte vector; it is widened to i16 and multiplied by the
-// sub-block scale there (|45| or |128| at most, so q·sc fits), then one i16 dot with the
-// activations per half-vector sums into i32 lanes.
+// Q3_K's quants are taken unsigned (q + 4 = the two bits | the hmask bit << 2) and the offset
+// leaves through the bsums, as Q6_K's does. A sub-block's quants are masked in place in their i16
+// lanes (4^s·q in the even byte, 256·4^s·q in the odd one; for s = 3, which would not fit, the odd
+// bytes are shifted down), against activations prepared to match (256·x even, x or 256·x odd), so
+// each row's sum comes out as 256·4^s·Σq·x, exactly; the four rows' sums are transposed into lanes
+// and scaled down before the sub-block scales multiply. The integers are those of ggml's
+// ggml_vec_dot_q2_K_q8_K / q3_K, and the float work after them is one row's at a time, per lane.
 
-/** Σ_l q_l·x_l·sc over 16 quants (bytes of q, unsigned when `signed` is false) and 16 int8 activations. */
+/** Bytes 4q..4q+3 of four rows transposed: byte 4j + r of the result is row r's byte 4q + j. */
 // @ts-ignore: decorator
-@inline function dot16Scaled(q: v128, signed: bool, x: v128, sc: i32): v128 {
-  const s = i16x8.splat(<i16>sc);
-  const qLo = signed ? i16x8.extend_low_i8x16_s(q) : i16x8.extend_low_i8x16_u(q);
-  const qHi = signed ? i16x8.extend_high_i8x16_s(q) : i16x8.extend_high_i8x16_u(q);
-  return i32x4.add(
-    i32x4.dot_i16x8_s(i16x8.mul(qLo, s), i16x8.extend_low_i8x16_s(x)),
-    i32x4.dot_i16x8_s(i16x8.mul(qHi, s), i16x8.extend_high_i8x16_s(x)),
-  );
+@inline function transposeQuarter(a: v128, b: v128, c: v128, d: v128, q: i32): v128 {
+  if (q < 2) {
+    const ab = i8x16.shuffle(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const cd = i8x16.shuffle(c, d, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    return q == 0 ? i16x8.shuffle(ab, cd, 0, 8, 1, 9, 2, 10, 3, 11) : i16x8.shuffle(ab, cd, 4, 12, 5, 13, 6, 14, 7, 15);
+  }
+  const ab = i8x16.shuffle(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const cd = i8x16.shuffle(c, d, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  return q == 2 ? i16x8.shuffle(ab, cd, 0, 8, 1, 9, 2, 10, 3, 11) : i16x8.shuffle(ab, cd, 4, 12, 5, 13, 6, 14, 7, 15);
 }
 
-/** Q3_K: scale j of the block at p (6 bits stored +32), as a signed value. */
+/** The 16 six-bit scales of the Q3_K block at p (0..63, before −32) as bytes 0..15, as ggml unpacks them. */
 // @ts-ignore: decorator
-@inline function scaleQ3(p: usize, j: i32): i32 {
-  const s = p + 96;
-  const low = j < 8 ? load<u8>(s + <usize>j) & 15 : load<u8>(s + <usize>(j - 8)) >> 4;
-  const high = (load<u8>(s + 8 + <usize>(j & 3)) >> <u8>(2 * (j >> 2))) & 3;
-  return <i32>(low | (high << 4)) - 32;
+@inline function scalesQ3(p: usize): v128 {
+  const a01 = v128.load64_zero(p, 96);
+  const a2 = v128.load32_splat(p, 104);
+  const low = v128.and(i32x4.shuffle(a01, i32x4.shr_u(a01, 4), 0, 1, 4, 5), i8x16.splat(15));
+  // a2 >> 0, 2, 4, 6 in lanes 0..3: their low bit pairs are the high bits of scales 4·lane + 0..3
+  const a2s = i32x4.shuffle(a2, i32x4.shr_u(a2, 2), 0, 4, 0, 4);
+  const high = i32x4.shuffle(a2s, i32x4.shr_u(a2s, 4), 0, 1, 6, 7);
+  return v128.or(low, i32x4.shl(v128.and(high, i8x16.splat(3)), 4));
 }
 
-/** One Q2_K (`three` false) or Q3_K row at p · one token's Q8_K blocks at x, nb super-blocks. */
+/**
+ * 256·4^s × one row's Σq·x for sub-block j = 8h + 2s + t of the Q2_K/Q3_K block at p, with the
+ * activations of the sub-block as 256·x (even bytes, `xe`) and, for s < 3, x (odd bytes, `xo`:
+ * their quants stay in the high byte, 256·4^s·q < 2^15) or, for s = 3, 256·x (the odd quants are
+ * shifted down).
+ */
 // @ts-ignore: decorator
-@inline function dotRowK23(three: bool, p: usize, x: usize, nb: i32): f32 {
-  const bytes: usize = three ? 110 : 84;
-  const m3 = i8x16.splat(3);
-  let acc: f32 = 0;
+@inline function rowK23(three: bool, h: i32, t: i32, s: i32, p: usize, xe: v128, xo: v128): v128 {
+  const q = v128.load(p + (three ? 32 : 16) + 32 * h + 16 * t);
+  const two: i32 = 3 << (2 * s);
+  const m = i16x8.splat(<i16>two);
+  const mo = i16x8.splat(<i16>(two << 8));
+  let we = v128.and(q, m);
+  let wo = s < 3 ? v128.and(q, mo) : v128.and(i16x8.shr_u(q, 8), m);
+  if (three) {
+    // bit 4h + s of hmask[16t + l] to bit 2s + 2, above the quant's two bits
+    const hm = shiftI16(v128.load(p + 16 * t), s + 2 - 4 * h);
+    const high: i32 = 4 << (2 * s);
+    const bit = i16x8.splat(<i16>high);
+    we = v128.or(we, v128.and(hm, bit));
+    if (s < 3) wo = v128.or(wo, v128.and(hm, i16x8.splat(<i16>(high << 8))));
+    else wo = v128.or(wo, v128.and(shiftI16(i16x8.shr_u(v128.load(p + 16 * t), 8), s + 2 - 4 * h), bit));
+  }
+  return i32x4.add(i32x4.dot_i16x8_s(we, xe), i32x4.dot_i16x8_s(wo, xo));
+}
+
+/** sumi + sc_j·Σq·x (lanes = the four rows) for sub-block j = 8h + 2s + t; `sc` the rows' scales j. */
+// @ts-ignore: decorator
+@inline function subK23(
+  three: bool, h: i32, t: i32, s: i32, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, sc: v128, sumi: v128,
+): v128 {
+  const xv = v128.load(x + 4 + 128 * h + 32 * s + 16 * t);
+  const xe = i16x8.shl(xv, 8);
+  const xo = s < 3 ? i16x8.shr_s(xv, 8) : v128.and(xv, constant(CONST_FF00));
+  const s01 = pairAdd(rowK23(three, h, t, s, p0, xe, xo), rowK23(three, h, t, s, p1, xe, xo));
+  const s23 = pairAdd(rowK23(three, h, t, s, p2, xe, xo), rowK23(three, h, t, s, p3, xe, xo));
+  return i32x4.add(sumi, i32x4.mul(i32x4.shr_s(quadAdd(s01, s23), 8 + 2 * s), sc));
+}
+
+/** The rows' scales of sub-block j (lanes = rows), from the transposed scale quarters t0..t3. */
+// @ts-ignore: decorator
+@inline function scaleK23(three: bool, j: i32, t0: v128, t1: v128, t2: v128, t3: v128): v128 {
+  const tq = j >> 2 == 0 ? t0 : j >> 2 == 1 ? t1 : j >> 2 == 2 ? t2 : t3;
+  return three ? i8Quad(tq, j & 3) : u8Quad(tq, j & 3);
+}
+
+/** The sub-blocks 8h + t, 8h + t + 2, .. + 6 (s = 0..3) of four rows (all arguments but the rows constant). */
+// @ts-ignore: decorator
+@inline function quarterK23(
+  three: bool, h: i32, t: i32, p0: usize, p1: usize, p2: usize, p3: usize, x: usize,
+  t0: v128, t1: v128, t2: v128, t3: v128, sumi: v128,
+): v128 {
+  const j = 8 * h + t;
+  sumi = subK23(three, h, t, 0, p0, p1, p2, p3, x, scaleK23(three, j, t0, t1, t2, t3), sumi);
+  sumi = subK23(three, h, t, 1, p0, p1, p2, p3, x, scaleK23(three, j + 2, t0, t1, t2, t3), sumi);
+  sumi = subK23(three, h, t, 2, p0, p1, p2, p3, x, scaleK23(three, j + 4, t0, t1, t2, t3), sumi);
+  return subK23(three, h, t, 3, p0, p1, p2, p3, x, scaleK23(three, j + 6, t0, t1, t2, t3), sumi);
+}
+
+/** Four Q2_K (`three` false) or Q3_K rows · one token's Q8_K blocks, as f32x4. */
+// @ts-ignore: decorator
+@inline function dotRowsK23(
+  three: bool, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, nb: i32, wStep: usize,
+): v128 {
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
+  let acc = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
-    let sumi = i32x4.splat(0);
-    const qs = p + (three ? 32 : 16);
-    const hm0 = v128.load(p);
-    const hm1 = v128.load(p, 16);
-    for (let h = 0; h < 2; h++) {
-      const q0 = v128.load(qs + (<usize>h << 5));
-      const q1 = v128.load(qs + (<usize>h << 5), 16);
-      for (let sh = 0; sh < 4; sh++) {
-        const xp = x + 4 + (<usize>h << 7) + (<usize>sh << 5);
-        let w0 = v128.and(i8x16.shr_u(q0, 2 * sh), m3);
-        let w1 = v128.and(i8x16.shr_u(q1, 2 * sh), m3);
-        const j = 8 * h + 2 * sh;
-        let sc0: i32, sc1: i32;
-        if (three) {
-          // the high bit set keeps q, clear subtracts 4: q - 4 + 4·bit
-          const bit = 4 * h + sh;
-          const four = i8x16.splat(4);
-          w0 = i8x16.sub(v128.or(w0, i8x16.shl(v128.and(i8x16.shr_u(hm0, bit), i8x16.splat(1)), 2)), four);
-          w1 = i8x16.sub(v128.or(w1, i8x16.shl(v128.and(i8x16.shr_u(hm1, bit), i8x16.splat(1)), 2)), four);
-          sc0 = scaleQ3(p, j);
-          sc1 = scaleQ3(p, j + 1);
-        } else {
-          sc0 = load<u8>(p + <usize>j) & 15;
-          sc1 = load<u8>(p + <usize>j + 1) & 15;
-        }
-        sumi = i32x4.add(sumi, dot16Scaled(w0, three, v128.load(xp), sc0));
-        sumi = i32x4.add(sumi, dot16Scaled(w1, three, v128.load(xp, 16), sc1));
-      }
-    }
-    const dx = load<f32>(x);
+    const bs0 = v128.load(x, 260);
+    const bs1 = v128.load(x, 276);
+    let r0: v128, r1: v128, r2: v128, r3: v128;
+    let sumi: v128, summ = i32x4.splat(0);
     if (three) {
-      acc += <f32>hsumI32(sumi) * (halfToF32(load<u16>(p, 108)) * dx);
-    } else {
-      // mins · bsums: the 16 mins (high nibbles) against the 16 sub-block sums of x
-      const mins = i8x16.shr_u(v128.load(p), 4);
-      const summ = i32x4.add(
-        i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(mins), v128.load(x, 260)),
-        i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(mins), v128.load(x, 276)),
+      // scales − 32; Σ(q + 4)·x − 4·Σ sc·bsum gives Σq·x
+      const m32 = i8x16.splat(32);
+      r0 = i8x16.sub(scalesQ3(p0), m32);
+      r1 = i8x16.sub(scalesQ3(p1), m32);
+      r2 = i8x16.sub(scalesQ3(p2), m32);
+      r3 = i8x16.sub(scalesQ3(p3), m32);
+      const corr = quadAdd(
+        pairAdd(bsumDot(r0, bs0, bs1), bsumDot(r1, bs0, bs1)),
+        pairAdd(bsumDot(r2, bs0, bs1), bsumDot(r3, bs0, bs1)),
       );
-      acc += <f32>hsumI32(sumi) * (halfToF32(load<u16>(p, 80)) * dx);
-      acc -= <f32>hsumI32(summ) * (halfToF32(load<u16>(p, 82)) * dx);
+      sumi = i32x4.mul(corr, i32x4.splat(-4));
+    } else {
+      // scales in the low nibbles, mins in the high ones (the mins meet the bsums)
+      const s0 = v128.load(p0);
+      const s1 = v128.load(p1);
+      const s2 = v128.load(p2);
+      const s3 = v128.load(p3);
+      summ = quadAdd(
+        pairAdd(bsumDot(i8x16.shr_u(s0, 4), bs0, bs1), bsumDot(i8x16.shr_u(s1, 4), bs0, bs1)),
+        pairAdd(bsumDot(i8x16.shr_u(s2, 4), bs0, bs1), bsumDot(i8x16.shr_u(s3, 4), bs0, bs1)),
+      );
+      const low = constant(CONST_0F0F);
+      r0 = v128.and(s0, low);
+      r1 = v128.and(s1, low);
+      r2 = v128.and(s2, low);
+      r3 = v128.and(s3, low);
+      sumi = i32x4.splat(0);
     }
-    p += bytes;
+    const t0 = transposeQuarter(r0, r1, r2, r3, 0);
+    const t1 = transposeQuarter(r0, r1, r2, r3, 1);
+    const t2 = transposeQuarter(r0, r1, r2, r3, 2);
+    const t3 = transposeQuarter(r0, r1, r2, r3, 3);
+    sumi = quarterK23(three, 0, 0, p0, p1, p2, p3, x, t0, t1, t2, t3, sumi);
+    sumi = quarterK23(three, 0, 1, p0, p1, p2, p3, x, t0, t1, t2, t3, sumi);
+    sumi = quarterK23(three, 1, 0, p0, p1, p2, p3, x, t0, t1, t2, t3, sumi);
+    sumi = quarterK23(three, 1, 1, p0, p1, p2, p3, x, t0, t1, t2, t3, sumi);
+    const dx = f32x4.splat(load<f32>(x));
+    if (three) {
+      acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(sumi), f32x4.mul(half4(p0 + 108, p1 + 108, p2 + 108, p3 + 108, hmask, hmagic), dx)));
+    } else {
+      const dm = loadU32x4(p0 + 80, p1 + 80, p2 + 80, p3 + 80);
+      acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(sumi), f32x4.mul(halfHigh(i32x4.shl(dm, 16), hmask, hmagic), dx)));
+      acc = f32x4.sub(acc, f32x4.mul(f32x4.convert_i32x4_s(summ), f32x4.mul(halfHigh(dm, hmask, hmagic), dx)));
+    }
+    p0 += wStep;
+    p1 += wStep;
+    p2 += wStep;
+    p3 += wStep;
     x += 292;
   }
   return acc;
@@ -960,28 +1033,45 @@ export function matmulQ6_Kx4(w: usize, xq: usize, out: usize, rows: i32, cols: i
 
 // @ts-ignore: decorator
 @inline function matmulK23(
-  three: bool, w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32,
+  three: bool, w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32, interleaved: bool,
 ): void {
+  const wBytes: usize = three ? 110 : 84;
   const nb = cols >> 8;
-  const wRow = <usize>nb * (three ? 110 : 84);
+  const wRow = <usize>nb * wBytes;
   const xRow = <usize>nb * 292;
+  // as in matmulK: the interleaved layout puts a group's four rows' blocks in turn
+  const wStep: usize = interleaved ? 4 * wBytes : wBytes;
+  const rowStep: usize = interleaved ? wBytes : wRow;
   for (let t0 = 0; t0 < n; t0 += TOKEN_CHUNK) {
     const t1 = min(n, t0 + TOKEN_CHUNK);
-    for (let r = r0; r < r1; r++) {
-      const p = w + <usize>r * wRow;
+    for (let r = r0; r < r1; r += 4) {
+      const nr = min(4, r1 - r);
+      const p0 = w + <usize>r * wRow;
+      const p1 = nr > 1 ? p0 + rowStep : p0;
+      const p2 = nr > 2 ? p0 + 2 * rowStep : p0;
+      const p3 = nr > 3 ? p0 + 3 * rowStep : p0;
       for (let t = t0; t < t1; t++) {
-        const v = dotRowK23(three, p, xq + <usize>t * xRow, nb);
-        const o = out + ((<usize>t * <usize>rows + <usize>r) << 2);
-        store<f32>(o, acc != 0 ? load<f32>(o) + v : v);
+        const v = dotRowsK23(three, p0, p1, p2, p3, xq + <usize>t * xRow, nb, wStep);
+        storeRows(out + ((<usize>t * <usize>rows + <usize>r) << 2), v, nr, acc);
       }
     }
   }
 }
 
 export function matmulQ2_K(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
-  matmulK23(false, w, xq, out, rows, cols, n, acc, r0, r1);
+  matmulK23(false, w, xq, out, rows, cols, n, acc, r0, r1, false);
+}
+
+/** matmulQ2_K on weights in the interleaved layout (interleaveRows4); rows % 4 == 0. */
+export function matmulQ2_Kx4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmulK23(false, w, xq, out, rows, cols, n, acc, r0, r1, true);
 }
 
 export function matmulQ3_K(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
-  matmulK23(true, w, xq, out, rows, cols, n, acc, r0, r1);
+  matmulK23(true, w, xq, out, rows, cols, n, acc, r0, r1, false);
+}
+
+/** matmulQ3_K on weights in the interleaved layout (interleaveRows4); rows % 4 == 0. */
+export function matmulQ3_Kx4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmulK23(true, w, xq, out, rows, cols, n, acc, r0, r1, true);
 }

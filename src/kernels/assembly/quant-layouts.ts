@@ -1,5 +1,5 @@
-// Weight layouts and repacking: interleaveRows4 (x4) and the row-lane layouts r4 of Q4_0, Q4_K,
-// Q5_K and Q6_K with their products (kernels-relaxed.wasm). Byte maps: src/quant/layout-reference.ts.
+// Weight layouts and repacking: interleaveRows4 (x4) and the row-lane layouts r4 of Q4_0, Q2_K,
+// Q3_K, Q4_K, Q5_K and Q6_K with their products (kernels-relaxed.wasm). Byte maps: src/quant/layout-reference.ts.
 
 import {
   CONST_0F0F,
@@ -92,6 +92,10 @@ const R4_Q6_K: i32 = 2;
 
 const R4_Q5_K: i32 = 3;
 
+const R4_Q2_K: i32 = 4;
+
+const R4_Q3_K: i32 = 5;
+
 /**
  * The shared loop of the row-lane products: for each chunk of tokens, each group of four rows
  * runs its tile over four tokens at a time, then one at a time.
@@ -102,7 +106,8 @@ const R4_Q5_K: i32 = 3;
   if (!ASC_FEATURE_RELAXED_SIMD) unreachable();
   else {
     const nb = kind == R4_Q4_0 ? cols >> 5 : cols >> 8;
-    const wBytes: usize = kind == R4_Q4_0 ? 18 : kind == R4_Q4_K ? 144 : kind == R4_Q5_K ? 176 : 210;
+    const wBytes: usize =
+      kind == R4_Q4_0 ? 18 : kind == R4_Q4_K ? 144 : kind == R4_Q5_K ? 176 : kind == R4_Q2_K ? 84 : kind == R4_Q3_K ? 110 : 210;
     const xRow = <usize>nb * (kind == R4_Q4_0 ? 40 : 292);
     const step = <usize>rows << 2;
     for (let t0 = 0; t0 < n; t0 += TOKEN_CHUNK) {
@@ -116,6 +121,8 @@ const R4_Q5_K: i32 = 3;
           if (kind == R4_Q4_0) q4r4Tokens(4, pg, x, xRow, nb, o, step, acc);
           else if (kind == R4_Q4_K) k45r4Tokens(false, 4, pg, x, xRow, nb, o, step, acc);
           else if (kind == R4_Q5_K) k45r4Tokens(true, 4, pg, x, xRow, nb, o, step, acc);
+          else if (kind == R4_Q2_K) k23r4Tokens(false, 4, pg, x, xRow, nb, o, step, acc);
+          else if (kind == R4_Q3_K) k23r4Tokens(true, 4, pg, x, xRow, nb, o, step, acc);
           else k6r4Tokens(4, pg, x, xRow, nb, o, step, acc);
         }
         for (; t < t1; t++) {
@@ -124,6 +131,8 @@ const R4_Q5_K: i32 = 3;
           if (kind == R4_Q4_0) q4r4Tokens(1, pg, x, xRow, nb, o, step, acc);
           else if (kind == R4_Q4_K) k45r4Tokens(false, 1, pg, x, xRow, nb, o, step, acc);
           else if (kind == R4_Q5_K) k45r4Tokens(true, 1, pg, x, xRow, nb, o, step, acc);
+          else if (kind == R4_Q2_K) k23r4Tokens(false, 1, pg, x, xRow, nb, o, step, acc);
+          else if (kind == R4_Q3_K) k23r4Tokens(true, 1, pg, x, xRow, nb, o, step, acc);
           else k6r4Tokens(1, pg, x, xRow, nb, o, step, acc);
         }
       }
@@ -501,9 +510,9 @@ export function matmulQ5_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
 //   0: the four rows' d (f16),
 //   8: 64 scale bytes, scale j of row r at 8·(j >> 1) + 2r + (j & 1): for two sub-blocks at a
 //      time, the four rows' scales as i16 pairs after one sign extension,
-//   72: per sub-block j (16 elements), 48 bytes L0, L1, H holding four vectors V0..V3 of 6-bit
-//       quants (byte 4r + i of Vg: element 16j + 4g + i of row r): the low 4 bits of V0 | V1 << 4
-//       in L0, of V2 | V3 << 4 in L1, and the high 2 bits of V0..V3 in bit pairs 0..7 of H.
+//   72: per sub-block j (16 elements), 48 bytes P0, P1, P2 holding four vectors V0..V3 of 6-bit
+//       quants (byte 4r + i of Vg: element 16j + 4g + i of row r): Pg = Vg | (bit pair g of V3)
+//       << 6, so that three of the four are one mask away and the fourth is three bit pairs.
 // The quants are unsigned (0..63), so they go into the relaxed dot unshifted; two dots fill an i16
 // lane (4 products of 63·127 at most: 32004), so each pair is widened with the rows' scales. The
 // +32 offset leaves through the bsums, as in matmulQ6_K, whose integers and float work these are.
@@ -542,9 +551,12 @@ export function repackQ6_Kr4(w: usize, cols: i32, scratch: usize, scratchStride:
           const q = q6At(src, e);
           const group = (e >> 2) & 3;
           const at = dst + 72 + 48 * (e >> 4) + 4 * r + (e & 3);
-          const l = at + 16 * (group >> 1);
-          store<u8>(l, load<u8>(l) | <u8>((q & 15) << (4 * <u32>(group & 1))));
-          store<u8>(at + 32, load<u8>(at + 32) | <u8>((q >> 4) << (2 * <u32>group)));
+          if (group < 3) store<u8>(at + 16 * group, load<u8>(at + 16 * group) | <u8>q);
+          else {
+            for (let g: usize = 0; g < 3; g++) {
+              store<u8>(at + 16 * g, load<u8>(at + 16 * g) | <u8>(((q >> (2 * <u32>g)) & 3) << 6));
+            }
+          }
         }
       }
     }
@@ -570,10 +582,13 @@ export function matmulQ6_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
   return i32x4.add(u, i32x4.add(i32x4.dot_i16x8_s(a, sc), i32x4.dot_i16x8_s(b, sc)));
 }
 
-/** acc + (sumi - 32·Σ sc·bsum)·(d·dx), as matmulQ6_K does it, for the token's Q8_K block at x. */
+/**
+ * Σ_j s_j·bsum_j per row (lanes) for the token's Q8_K block at x, the rows' 16 signed byte factors
+ * s_j in the pair layout of s0..s3 (byte 8·(j >> 1) + 2r + (j & 1) of the 64).
+ */
 // @ts-ignore: decorator
-@inline function k6Term(acc: v128, u: v128, x: usize, s0: v128, s1: v128, s2: v128, s3: v128, dw: v128): v128 {
-  // the rows' scales as i16 pairs (sub-blocks 2p, 2p + 1) against the bsums' pair p
+@inline function bsumPairs(x: usize, s0: v128, s1: v128, s2: v128, s3: v128): v128 {
+  // the rows' factors as i16 pairs (sub-blocks 2p, 2p + 1) against the bsums' pair p
   const b0 = v128.load(x, 260);
   const b1 = v128.load(x, 276);
   const c0 = i32x4.add(
@@ -596,7 +611,13 @@ export function matmulQ6_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
       i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(s3), i32x4.shuffle(b1, b1, 3, 3, 3, 3)),
     ),
   );
-  const sumi = i32x4.sub(u, i32x4.shl(i32x4.add(c0, c1), 5));
+  return i32x4.add(c0, c1);
+}
+
+/** acc + (sumi - 32·Σ sc·bsum)·(d·dx), as matmulQ6_K does it, for the token's Q8_K block at x. */
+// @ts-ignore: decorator
+@inline function k6Term(acc: v128, u: v128, x: usize, s0: v128, s1: v128, s2: v128, s3: v128, dw: v128): v128 {
+  const sumi = i32x4.sub(u, i32x4.shl(bsumPairs(x, s0, s1, s2, s3), 5));
   return f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(sumi), f32x4.mul(dw, f32x4.splat(load<f32>(x)))));
 }
 
@@ -616,16 +637,18 @@ export function matmulQ6_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
     const x3 = x2 + xRow;
     let u0 = z, u1 = z, u2 = z, u3 = z;
     for (let j: usize = 0; j < 16; j++) {
-      const lowBits = constant(CONST_0F0F);
       const q = p + 72 + 48 * j;
-      const l0 = v128.load(q);
-      const l1 = v128.load(q, 16);
-      const h = v128.load(q, 32);
-      const m30 = i8x16.splat(0x30);
-      const v0 = v128.or(v128.and(l0, lowBits), i16x8.shl(v128.and(h, i8x16.splat(3)), 4));
-      const v1 = v128.or(v128.and(i16x8.shr_u(l0, 4), lowBits), v128.and(i16x8.shl(h, 2), m30));
-      const v2 = v128.or(v128.and(l1, lowBits), v128.and(h, m30));
-      const v3 = v128.or(v128.and(i16x8.shr_u(l1, 4), lowBits), v128.and(i16x8.shr_u(h, 2), m30));
+      const p0 = v128.load(q);
+      const p1 = v128.load(q, 16);
+      const p2 = v128.load(q, 32);
+      const m63 = i8x16.splat(63);
+      const v0 = v128.and(p0, m63);
+      const v1 = v128.and(p1, m63);
+      const v2 = v128.and(p2, m63);
+      const v3 = v128.or(
+        v128.or(v128.and(i16x8.shr_u(p0, 6), i8x16.splat(3)), v128.and(i16x8.shr_u(p1, 4), i8x16.splat(12))),
+        v128.and(i16x8.shr_u(p2, 2), i8x16.splat(48)),
+      );
       // sub-block j's scales as i16 pairs: bytes 8(j >> 1) + 2r + (j & 1), sign-extended
       const sv = v128.load(p + 8 + 16 * (j >> 2));
       const at = i8x16.splat(<i8>(8 * ((j >> 1) & 1) + (j & 1)));
@@ -650,6 +673,255 @@ export function matmulQ6_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i
       a3 = k6Term(a3, u3, x3, s0, s1, s2, s3, dw);
     }
     p += 840;
+    x += 292;
+  }
+  storeTile(nt, out, step, a0, a1, a2, a3, acc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q2_K and Q3_K in the row-lane layout (kernels-relaxed.wasm)
+// ---------------------------------------------------------------------------------------------
+//
+// Four rows' super-block, still 336 (Q2_K) or 440 (Q3_K) bytes. For sub-block j, e_g (g < 4) is
+// the vector whose byte 4r + i is the quant of element 16j + 4g + i of row r (unsigned: Q2_K's
+// 0..3, Q3_K's q + 4 = 0..7, the hmask bit as 4).
+//   Q2_K: 0: the four rows' d (f16), 8: their dmin (f16), 16: the 64 scale bytes (sc | m << 4),
+//         sub-block j of row r at 8·(j >> 1) + 2r + (j & 1) (Q6_K's order), 80 + 16j: sub-block
+//         j's quants, e_g in bit pair g.
+//   Q3_K: 0: d ×4 (f16), 8: the 64 six-bit scales (0..63, before −32) in that order, i = 8·(j >> 1)
+//         + 2r + (j & 1), in three vectors: the low 4 bits of scale i in L0 (8) for i < 32 or L1
+//         (24), byte i & 15, nibble (i >> 4) & 1, its high 2 bits in H (40), byte i & 15, bit pair
+//         i >> 4; 56 + 16j: e0 | e1 << 3 | (e2 & 3) << 6 of sub-block j; 312 + 16k:
+//         (e2 >> 2) | e3 << 1 of sub-block 2k in the low nibbles, of 2k + 1 in the high ones.
+// A sub-block's four dots add up in i16 (8 products of 7·128 at most per lane); two sub-blocks'
+// sums are packed into each row's i16 pair (a shift, an add and a blend), so one widening dot with
+// the scale bytes in their pair order, sign-extended, gives sc·Σq·x of both per row (no swizzle).
+// Q3_K's −4 offset leaves through the bsums, as Q6_K's −32 does; Q2_K's mins meet the bsums the
+// same way. The integers and the float work are matmulQ2_K's and matmulQ3_K's: the same bits.
+
+/**
+ * Rewrites row groups [r0, r1) of a row-major Q2_K matrix in place into the row-lane layout; each
+ * thread copies its group to scratch + tid·scratchStride (4 rows' bytes) first. Done once, at load.
+ */
+export function repackQ2_Kr4(w: usize, cols: i32, scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32): void {
+  repackK23r4(false, w, cols, scratch, scratchStride, r0, r1, tid);
+}
+
+/** repackQ2_Kr4 for Q3_K (440 bytes per four rows' super-block). */
+export function repackQ3_Kr4(w: usize, cols: i32, scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32): void {
+  repackK23r4(true, w, cols, scratch, scratchStride, r0, r1, tid);
+}
+
+// @ts-ignore: decorator
+@inline function repackK23r4(
+  three: bool, w: usize, cols: i32, scratch: usize, scratchStride: i32, r0: i32, r1: i32, tid: i32,
+): void {
+  const bytes: usize = three ? 110 : 84;
+  const nb = <usize>(cols >> 8);
+  const rb = nb * bytes;
+  const tmp = scratch + <usize>tid * <usize>scratchStride;
+  for (let g = r0; g < r1; g++) {
+    const p = w + <usize>g * 4 * rb;
+    memory.copy(tmp, p, 4 * rb);
+    for (let b: usize = 0; b < nb; b++) {
+      const dst = p + b * 4 * bytes;
+      memory.fill(dst + 8, 0, 4 * bytes - 8);
+      for (let r: usize = 0; r < 4; r++) {
+        const src = tmp + r * rb + b * bytes;
+        const qs = src + (three ? 32 : 16);
+        const quants = dst + (three ? 56 : 80);
+        if (three) {
+          store<u16>(dst + 2 * r, load<u16>(src, 108));
+          for (let j: usize = 0; j < 16; j++) {
+            // ggml's 6-bit scale j: the low 4 bits in scales[0..7], the high 2 in scales[8..11]
+            const sc = src + 96;
+            const low: u32 = j < 8 ? load<u8>(sc + j) & 15 : load<u8>(sc + j - 8) >> 4;
+            const v = low | (((<u32>load<u8>(sc + 8 + (j & 3)) >> (2 * <u32>(j >> 2))) & 3) << 4);
+            const i: usize = 8 * (j >> 1) + 2 * r + (j & 1);
+            const l = dst + 8 + 16 * (i >> 5) + (i & 15);
+            const h = dst + 40 + (i & 15);
+            store<u8>(l, load<u8>(l) | <u8>((v & 15) << (4 * <u32>((i >> 4) & 1))));
+            store<u8>(h, load<u8>(h) | <u8>((v >> 4) << (2 * <u32>(i >> 4))));
+          }
+        } else {
+          store<u16>(dst + 2 * r, load<u16>(src, 80));
+          store<u16>(dst + 8 + 2 * r, load<u16>(src, 82));
+          for (let j: usize = 0; j < 16; j++) store<u8>(dst + 16 + 8 * (j >> 1) + 2 * r + (j & 1), load<u8>(src + j));
+        }
+        // element e = 128h + 32s + l: bits 2s of qs[32h + l], Q3_K's hmask bit 4h + s of hmask[l]
+        for (let e: usize = 0; e < 256; e++) {
+          const j = e >> 4;
+          const gi = (e >> 2) & 3;
+          const at: usize = 4 * r + (e & 3);
+          let q = (<u32>load<u8>(qs + 32 * (e >> 7) + (e & 31)) >> (2 * <u32>((e >> 5) & 3))) & 3;
+          if (!three) {
+            store<u8>(quants + 16 * j + at, load<u8>(quants + 16 * j + at) | <u8>(q << (2 * <u32>gi)));
+            continue;
+          }
+          q |= ((<u32>load<u8>(src + (e & 31)) >> <u32>(e >> 5)) & 1) << 2;
+          const a = quants + 16 * j + at;
+          const hb = dst + 312 + 16 * (j >> 1) + at;
+          const nibble = 4 * <u32>(j & 1);
+          if (gi < 2) store<u8>(a, load<u8>(a) | <u8>(q << (3 * <u32>gi)));
+          else if (gi == 2) {
+            store<u8>(a, load<u8>(a) | <u8>((q & 3) << 6));
+            store<u8>(hb, load<u8>(hb) | <u8>((q >> 2) << nibble));
+          } else store<u8>(hb, load<u8>(hb) | <u8>(q << (nibble + 1)));
+        }
+      }
+    }
+  }
+}
+
+/** matmulQ2_K on weights in the row-lane layout (repackQ2_Kr4), Q8_K activations; rows % 4 == 0. */
+export function matmulQ2_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmulR4(R4_Q2_K, w, xq, out, rows, cols, n, acc, r0, r1);
+}
+
+/** matmulQ3_K on weights in the row-lane layout (repackQ3_Kr4), Q8_K activations; rows % 4 == 0. */
+export function matmulQ3_Kr4(w: usize, xq: usize, out: usize, rows: i32, cols: i32, n: i32, acc: i32, r0: i32, r1: i32): void {
+  matmulR4(R4_Q3_K, w, xq, out, rows, cols, n, acc, r0, r1);
+}
+
+/** Σq·x of one token's sub-block at x as i16 pairs per row (V0..V3 its quant vectors, 0..7). */
+// @ts-ignore: decorator
+@inline function k23Dots(x: usize, v0: v128, v1: v128, v2: v128, v3: v128): v128 {
+  return i16x8.add(
+    i16x8.add(
+      i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x), v0),
+      i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x, 4), v1),
+    ),
+    i16x8.add(
+      i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x, 8), v2),
+      i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x, 12), v3),
+    ),
+  );
+}
+
+/**
+ * u + sc_j·Σ_j + sc_j'·Σ_j' per row for one token's sub-blocks j = 2k (quants V) and j' = 2k + 1 (W)
+ * at x: each row's two i16 partial sums of j go to its low i16 lane, those of j' to its high one
+ * (14336 at most), so one widening dot with the scale pairs sc finishes both.
+ */
+// @ts-ignore: decorator
+@inline function k23Pair(
+  u: v128, x: usize, v0: v128, v1: v128, v2: v128, v3: v128, w0: v128, w1: v128, w2: v128, w3: v128, sc: v128,
+): v128 {
+  const a = k23Dots(x, v0, v1, v2, v3);
+  const b = k23Dots(x + 16, w0, w1, w2, w3);
+  const ab = v128.bitselect(i32x4.add(a, i32x4.shr_u(a, 16)), i32x4.add(b, i32x4.shl(b, 16)), i32x4.splat(0xffff));
+  return i32x4.add(u, i32x4.dot_i16x8_s(ab, sc));
+}
+
+/** acc + sumi·(d·dx) - summ·(dmin·dx), as matmulQ2_K does it (Q3_K: no second term), for dx at x. */
+// @ts-ignore: decorator
+@inline function k23Term(three: bool, acc: v128, sumi: v128, summ: v128, x: usize, dw: v128, dmin: v128): v128 {
+  const dx = f32x4.splat(load<f32>(x));
+  const a = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(sumi), f32x4.mul(dw, dx)));
+  return three ? a : f32x4.sub(a, f32x4.mul(f32x4.convert_i32x4_s(summ), f32x4.mul(dmin, dx)));
+}
+
+/**
+ * Quant vector e_g (g constant) of the sub-block whose quants are at q: Q2_K's bit pair g, Q3_K's
+ * three bits from q and the hmask-bit vector hb (its nibble for this sub-block in the low bits).
+ */
+// @ts-ignore: decorator
+@inline function k23Quants(three: bool, g: i32, q: usize, hb: v128): v128 {
+  const v = v128.load(q);
+  if (!three) return v128.and(g == 0 ? v : i16x8.shr_u(v, 2 * g), i8x16.splat(3));
+  const seven = i8x16.splat(7);
+  if (g == 0) return v128.and(v, seven);
+  if (g == 1) return v128.and(i16x8.shr_u(v, 3), seven);
+  if (g == 2) return v128.or(v128.and(i16x8.shr_u(v, 6), i8x16.splat(3)), v128.and(i16x8.shl(hb, 2), i8x16.splat(4)));
+  return v128.and(i16x8.shr_u(hb, 1), seven);
+}
+
+/** Four row-lane Q2_K (Q3_K with `three`) rows · nt tokens (1 or 4; Q8_K rows xRow apart): out rows step apart. */
+// @ts-ignore: decorator
+@inline function k23r4Tokens(
+  three: bool, nt: i32, p: usize, x: usize, xRow: usize, nb: i32, out: usize, step: usize, acc: i32,
+): void {
+  const hmask = constant(CONST_HALF_MASK);
+  const hmagic = constant(CONST_HALF_MAGIC);
+  const z = i32x4.splat(0);
+  let a0 = f32x4.splat(0);
+  let a1 = a0;
+  let a2 = a0;
+  let a3 = a0;
+  for (let b = 0; b < nb; b++) {
+    const x1 = x + xRow;
+    const x2 = x1 + xRow;
+    const x3 = x2 + xRow;
+    const lowBits = constant(CONST_0F0F);
+    // the rows' 64 sub-block bytes in pair order, sub-blocks 4v..4v+3 in s<v>: Q2_K's sc | m << 4,
+    // Q3_K's scales − 32
+    let s0: v128, s1: v128, s2: v128, s3: v128;
+    if (three) {
+      const l0 = v128.load(p, 8);
+      const l1 = v128.load(p, 24);
+      const hh = v128.load(p, 40);
+      const m30 = i8x16.splat(0x30);
+      const m32 = i8x16.splat(32);
+      s0 = i8x16.sub(v128.or(v128.and(l0, lowBits), v128.and(i16x8.shl(hh, 4), m30)), m32);
+      s1 = i8x16.sub(v128.or(v128.and(i16x8.shr_u(l0, 4), lowBits), v128.and(i16x8.shl(hh, 2), m30)), m32);
+      s2 = i8x16.sub(v128.or(v128.and(l1, lowBits), v128.and(hh, m30)), m32);
+      s3 = i8x16.sub(v128.or(v128.and(i16x8.shr_u(l1, 4), lowBits), v128.and(i16x8.shr_u(hh, 2), m30)), m32);
+    } else {
+      s0 = v128.load(p, 16);
+      s1 = v128.load(p, 32);
+      s2 = v128.load(p, 48);
+      s3 = v128.load(p, 64);
+    }
+    let u0 = z, u1 = z, u2 = z, u3 = z;
+    for (let k: usize = 0; k < 8; k++) {
+      // sub-blocks 2k and 2k + 1: their quants (Q3_K's hmask-bit vector serves both) and scales
+      const q = p + (three ? 56 : 80) + 32 * k;
+      const hb = three ? v128.load(p + 312 + 16 * k) : z;
+      const v0 = k23Quants(three, 0, q, hb);
+      const v1 = k23Quants(three, 1, q, hb);
+      const v2 = k23Quants(three, 2, q, hb);
+      const v3 = k23Quants(three, 3, q, hb);
+      const hb1 = three ? i16x8.shr_u(hb, 4) : z;
+      const w0 = k23Quants(three, 0, q + 16, hb1);
+      const w1 = k23Quants(three, 1, q + 16, hb1);
+      const w2 = k23Quants(three, 2, q + 16, hb1);
+      const w3 = k23Quants(three, 3, q + 16, hb1);
+      // the pair's scales, rows' i16 pairs: bytes 8(k & 1) .. + 7 of s<k >> 1>, sign-extended
+      let sv = k < 4 ? (k < 2 ? s0 : s1) : k < 6 ? s2 : s3;
+      if (!three) sv = v128.and(sv, lowBits);
+      const sc = k & 1 ? i16x8.extend_high_i8x16_s(sv) : i16x8.extend_low_i8x16_s(sv);
+      const xo: usize = 4 + 32 * k;
+      u0 = k23Pair(u0, x + xo, v0, v1, v2, v3, w0, w1, w2, w3, sc);
+      if (nt > 1) {
+        u1 = k23Pair(u1, x1 + xo, v0, v1, v2, v3, w0, w1, w2, w3, sc);
+        u2 = k23Pair(u2, x2 + xo, v0, v1, v2, v3, w0, w1, w2, w3, sc);
+        u3 = k23Pair(u3, x3 + xo, v0, v1, v2, v3, w0, w1, w2, w3, sc);
+      }
+    }
+    const dw = rowScales4(p, hmask, hmagic);
+    if (three) {
+      // Σ(q + 4)·x − 4·Σ sc·bsum
+      u0 = i32x4.sub(u0, i32x4.shl(bsumPairs(x, s0, s1, s2, s3), 2));
+      a0 = k23Term(true, a0, u0, z, x, dw, dw);
+      if (nt > 1) {
+        a1 = k23Term(true, a1, i32x4.sub(u1, i32x4.shl(bsumPairs(x1, s0, s1, s2, s3), 2)), z, x1, dw, dw);
+        a2 = k23Term(true, a2, i32x4.sub(u2, i32x4.shl(bsumPairs(x2, s0, s1, s2, s3), 2)), z, x2, dw, dw);
+        a3 = k23Term(true, a3, i32x4.sub(u3, i32x4.shl(bsumPairs(x3, s0, s1, s2, s3), 2)), z, x3, dw, dw);
+      }
+    } else {
+      const dmin = rowScales4(p + 8, hmask, hmagic);
+      const m0 = i8x16.shr_u(s0, 4);
+      const m1 = i8x16.shr_u(s1, 4);
+      const m2 = i8x16.shr_u(s2, 4);
+      const m3 = i8x16.shr_u(s3, 4);
+      a0 = k23Term(false, a0, u0, bsumPairs(x, m0, m1, m2, m3), x, dw, dmin);
+      if (nt > 1) {
+        a1 = k23Term(false, a1, u1, bsumPairs(x1, m0, m1, m2, m3), x1, dw, dmin);
+        a2 = k23Term(false, a2, u2, bsumPairs(x2, m0, m1, m2, m3), x2, dw, dmin);
+        a3 = k23Term(false, a3, u3, bsumPairs(x3, m0, m1, m2, m3), x3, dw, dmin);
+      }
+    }
+    p += three ? 440 : 336;
     x += 292;
   }
   storeTile(nt, out, step, a0, a1, a2, a3, acc);
