@@ -125,6 +125,11 @@ tail ::= [^0-9\n]{0,3}
     expect(a.walk(Uint8Array.of(0x22, 0xed, 0xa0))).toBeNull();
     expect(a.walk(Uint8Array.of(0x22, 0xed, 0xbf))).toBeNull();
     expect(a.walk(Uint8Array.of(0x22, 0xee, 0x80, 0x80))).not.toBeNull(); // U+E000
+    // F4 90 and above would pass U+10FFFF: a class that matches only the planes below refuses F4.
+    const bmp = automaton('root ::= "\\"" [^"\\\\\\U00010000-\\U0010FFFF]* "\\""');
+    expect(bmp.walk(Uint8Array.of(0x22, 0xf4))).toBeNull();
+    expect(a.walk(Uint8Array.of(0x22, 0xf4, 0x8f, 0xbf, 0xbf))).not.toBeNull(); // U+10FFFF
+    expect(a.walk(Uint8Array.of(0x22, 0xf4, 0x90))).toBeNull();
   });
 });
 
@@ -156,6 +161,17 @@ describe("JSON Schema to grammar", () => {
       }
       expect(complete).toBeGreaterThanOrEqual(10);
     }
+  });
+
+  it("bounds a string's length in characters that JavaScript counts as one", () => {
+    const bounded = z.string().min(2).max(3);
+    const a = schemaAutomaton(z.toJSONSchema(bounded));
+    for (const s of ["ab", "abc", "éßж", "€\\u00e9", 'a\\"']) expect(a.accepts(`"${s}"`), s).toBe(true);
+    // Beyond U+FFFF (one code point, two UTF-16 units), as a character or as a surrogate escape.
+    for (const s of ["a😀", "a\\ud83d\\ude00", "abcd", "a"]) expect(a.accepts(`"${s}"`), s).toBe(false);
+    for (const s of ["ab", "éßж"]) expect(bounded.safeParse(s).success).toBe(true);
+    // An unbounded string takes any character.
+    expect(schemaAutomaton({ type: "string" }).accepts('"a😀\\ud83d\\ude00"')).toBe(true);
   });
 
   it("accepts what the schema accepts and refuses what it refuses", () => {

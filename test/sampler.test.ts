@@ -248,6 +248,83 @@ describe("large vocabularies", () => {
   }
 });
 
+describe("with a constraint", () => {
+  // A vocabulary of 2,000 where a third of the tokens are allowed: the free draw is kept when the
+  // constraint allows it, else the draw is made again among the allowed tokens.
+  const n = 2000;
+  const logits = new Float32Array(n);
+  new Rng(5).fillNormal(logits, 1.5);
+  const allowedIds = (id: number) => (id * 7919) % 3 === 0;
+  const masked = logits.map((v, id) => (allowedIds(id) ? v : Number.NEGATIVE_INFINITY));
+  const constraint = (calls: { mask: number }) => ({
+    allows: allowedIds,
+    mask(l: Float32Array) {
+      calls.mask++;
+      for (let i = 0; i < l.length; i++) if (!allowedIds(i)) l[i] = Number.NEGATIVE_INFINITY;
+    },
+  });
+  /** Probabilities of a top-k, temperature-only draw from logits `l` (float64 reference). */
+  const topKDistribution = (l: Float32Array, k: number, t: number): number[] => {
+    const ids = Array.from(l.keys())
+      .sort((a, b) => l[b]! - l[a]! || a - b)
+      .slice(0, k);
+    const p = new Array<number>(l.length).fill(0);
+    const z = ids.reduce((s, id) => s + Math.exp((l[id]! - l[ids[0]!]!) / t), 0);
+    for (const id of ids) p[id] = Math.exp((l[id]! - l[ids[0]!]!) / t) / z;
+    return p;
+  };
+
+  it("keeps an allowed free token, else draws from the allowed tokens' top-k, without masking the vocabulary", () => {
+    const o = { temperature: 1, topK: 20, topP: 1, minP: 0, repeatPenalty: 1 };
+    const free = topKDistribution(logits, 20, 1);
+    const again = topKDistribution(masked, 20, 1);
+    const refused = free.reduce((s, p, id) => s + (allowedIds(id) ? 0 : p), 0);
+    const expected = free.map((p, id) => (allowedIds(id) ? p : 0) + refused * again[id]!);
+    const calls = { mask: 0 };
+    const s = new Sampler({ ...o, seed: 3 });
+    const counts = new Array<number>(n).fill(0);
+    for (let i = 0; i < DRAWS; i++) counts[s.sample(logits, [], constraint(calls))]!++;
+    expectDistribution(
+      counts.map((c) => c / DRAWS),
+      expected,
+    );
+    expect(calls.mask).toBe(0);
+  });
+
+  it("masks the whole vocabulary when top-k does not limit the draw, or too few of the best are allowed", () => {
+    const calls = { mask: 0 };
+    const all = new Sampler({ ...PLAIN, seed: 1 });
+    for (let i = 0; i < 50; i++) expect(allowedIds(all.sample(logits, [], constraint(calls)))).toBe(true);
+    expect(calls.mask).toBeGreaterThan(0);
+    // Only 10 tokens allowed, far down the order: the best 256 candidates hold none of them.
+    const few = new Set(
+      Array.from(logits.keys())
+        .sort((a, b) => logits[a]! - logits[b]!)
+        .slice(0, 10),
+    );
+    const fewCalls = { mask: 0 };
+    const s = new Sampler({ temperature: 0.8, topK: 40, seed: 2 });
+    const c = {
+      allows: (id: number) => few.has(id),
+      mask(l: Float32Array) {
+        fewCalls.mask++;
+        for (let i = 0; i < l.length; i++) if (!few.has(i)) l[i] = Number.NEGATIVE_INFINITY;
+      },
+    };
+    for (let i = 0; i < 20; i++) expect(few.has(s.sample(logits, [], c))).toBe(true);
+    expect(fewCalls.mask).toBe(20);
+  });
+
+  it("greedy: the best allowed token, ties to the lowest id", () => {
+    const l = new Float32Array(n).fill(-5);
+    l[4] = 3; // refused (4 * 7919 % 3 = 2)
+    l[9] = 2; // allowed
+    l[0] = 2; // allowed, lower id: wins the tie
+    const s = new Sampler({ temperature: 0, seed: 1 });
+    expect(s.sample(l, [], constraint({ mask: 0 }))).toBe(0);
+  });
+});
+
 describe("options", () => {
   it("uses the documented defaults", () => {
     const o = new Sampler({ seed: 1 }).options;

@@ -345,7 +345,8 @@ describe("tool calls with the AI SDK", () => {
       });
       expect(result.finishReason).toBe("tool-calls");
       expect(result.toolCalls.length).toBeGreaterThanOrEqual(1);
-      for (const c of result.toolCalls) expect(SCHEMAS[c.toolName]!.safeParse(c.input).success).toBe(true);
+      for (const c of result.toolCalls)
+        expect(SCHEMAS[c.toolName]!.safeParse(c.input).success, JSON.stringify(c)).toBe(true);
     }
   });
 });

@@ -53,6 +53,9 @@ export const DEFAULT_SAMPLER_OPTIONS: Readonly<Omit<ResolvedSamplerOptions, "see
   repeatLastN: 64,
 };
 
+/** Best candidates checked against a constraint before the whole vocabulary is masked. */
+const CONSTRAINED_POOL = 256;
+
 export class Sampler {
   readonly options: Readonly<ResolvedSamplerOptions>;
   private readonly rng: Rng;
@@ -103,12 +106,18 @@ export class Sampler {
    * Picks the next token from `logits` (one per vocabulary entry; not modified). `history` is the
    * token sequence so far (prompt and generated), for the repetition penalty. With a
    * `constraint`, the token drawn from the free distribution is kept when the constraint allows
-   * it; otherwise the logits of the tokens it does not allow are masked and the draw is made
-   * again (llama.cpp's order: masking the whole vocabulary is paid only when the model strays).
+   * it (llama.cpp's order: a model that follows the grammar by itself pays almost nothing).
+   * Otherwise the draw is made again from the distribution with the refused tokens masked out:
+   * when top-k limits it, from the k best allowed tokens, found by checking the best candidates in
+   * order, so that a grammar state met for the first time costs no walk of the whole vocabulary;
+   * else (or when too few of the best candidates are allowed) from the whole masked vocabulary.
+   * Either way the same logits, history and seed give the same token.
    */
   sample(logits: Float32Array, history: readonly number[] = [], constraint?: TokenConstraint): number {
     const id = this.draw(logits, history);
     if (constraint === undefined || constraint.allows(id)) return id;
+    const allowed = this.drawAllowed(logits.length, constraint);
+    if (allowed !== undefined) return allowed;
     if (this.masked.length < logits.length) this.masked = new Float32Array(logits.length);
     const masked = this.masked.subarray(0, logits.length);
     masked.set(logits);
@@ -123,7 +132,7 @@ export class Sampler {
     const x = this.work.subarray(0, n);
     x.set(logits);
     this.applyRepeatPenalty(x, history);
-    const { temperature, topK, topP, minP } = this.options;
+    const { temperature, topK } = this.options;
 
     if (temperature <= 0 || topK === 1) return argmax(x);
 
@@ -136,6 +145,40 @@ export class Sampler {
       count = n;
       for (let i = 0; i < n; i++) cand[i] = i;
     }
+    return this.drawFrom(x, count);
+  }
+
+  /**
+   * The draw again, after the free one was refused, from the top-k allowed tokens of the step's
+   * penalized logits (still in `work`): the best `CONSTRAINED_POOL` candidates (at least 4k) are
+   * checked best first; undefined when top-k does not limit the draw or too few of them are allowed.
+   * Candidates go best first (value descending, id ascending), the order the masked draw's top-k
+   * set has too, so the token depends on the logits and the seed only.
+   */
+  private drawAllowed(n: number, constraint: TokenConstraint): number | undefined {
+    const { temperature, topK } = this.options;
+    const greedy = temperature <= 0 || topK === 1;
+    if (!greedy && !(topK > 0 && topK < n)) return undefined;
+    const want = greedy ? 1 : topK;
+    const pool = Math.max(CONSTRAINED_POOL, 4 * want);
+    if (pool >= n) return undefined;
+    const x = this.work.subarray(0, n);
+    const cand = this.cand;
+    const count = selectTopK(x, pool, cand);
+    const best = cand.subarray(0, count).sort((a, b) => x[b]! - x[a]! || a - b);
+    let kept = 0;
+    for (let j = 0; j < count && kept < want; j++) {
+      const id = best[j]!;
+      if (constraint.allows(id)) cand[kept++] = id;
+    }
+    if (kept < want) return undefined;
+    return greedy ? cand[0]! : this.drawFrom(x, kept);
+  }
+
+  /** Top-p, min-p, temperature and the draw over candidates `cand[0..count)` of logits `x`. */
+  private drawFrom(x: Float32Array, count: number): number {
+    const { temperature, topP, minP } = this.options;
+    const cand = this.cand;
     let max = Number.NEGATIVE_INFINITY;
     for (let j = 0; j < count; j++) max = Math.max(max, x[cand[j]!]!);
     if (max === Number.NEGATIVE_INFINITY) return argmax(x);

@@ -205,7 +205,7 @@ export class GrammarAutomaton {
   /** A state inside a character, kept only if some open parse can match a character it may become. */
   private partialState(stacks: readonly Stack[], value: number, remain: number): State | null {
     let lo = value << (6 * remain);
-    const hi = lo | ((1 << (6 * remain)) - 1);
+    const hi = Math.min(lo | ((1 << (6 * remain)) - 1), 0x10ffff); // F4 90.. would pass the last code point
     if (remain === 2 && lo < 0x800) lo = 0x800; // no overlong forms
     if (remain === 3 && lo < 0x10000) lo = 0x10000;
     if (hi < lo || lo > 0x10ffff) return null;

@@ -28,6 +28,11 @@ const LIMITS = { depth: 64, rules: 10_000, enumValues: 10_000 };
 const PRIMITIVES: Record<string, string> = {
   space: '| " " | "\\n"{1,2} [ \\t]{0,20}',
   char: '[^"\\\\\\x00-\\x1f] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})',
+  // A character that JavaScript also counts as one: the basic plane, escapes of it included. JSON
+  // Schema counts a string's length in code points, JavaScript validators such as zod in UTF-16
+  // units; where a length is bounded, characters beyond U+FFFF would count differently.
+  "bmp-char":
+    '[^"\\\\\\x00-\\x1f\\U00010000-\\U0010FFFF] | "\\\\" (["\\\\/bfnrt] | "u" ([0-9a-cA-CeEfF] [0-9a-fA-F]{3} | [dD] [0-7] [0-9a-fA-F]{2}))',
   string: '"\\"" char* "\\""',
   integer: '"-"? ("0" | [1-9] [0-9]{0,15})',
   number: '"-"? ("0" | [1-9] [0-9]{0,15}) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,2})?',
@@ -247,9 +252,9 @@ class SchemaConverter {
       return this.rule(`${s.format}-string`, `"\\"" ${this.primitive(s.format)} "\\""`);
     }
     if (min === 0 && max < 0) return this.primitive("string");
-    this.primitive("char");
+    this.primitive("bmp-char");
     const reps = max < 0 ? `{${min},}` : min === max ? `{${min}}` : `{${min},${max}}`;
-    return this.rule(hint, `"\\"" char${reps} "\\""`);
+    return this.rule(hint, `"\\"" bmp-char${reps} "\\""`);
   }
 
   private integer(s: Record<string, unknown>, at: string, hint: string): string {
