@@ -273,6 +273,69 @@ describe("GGUF → Hugging Face → GGUF", () => {
     });
   }
 
+  it("carries YaRN rope scaling from config.json to GGUF's keys and back", async () => {
+    const hf = join(dir, "hf-yarn");
+    convertGgufToHf(spmPath(), hf);
+    const configPath = join(hf, "config.json");
+    const scaling = { rope_type: "yarn", factor: 4, original_max_position_embeddings: 64 };
+    writeFileSync(
+      configPath,
+      JSON.stringify({ ...JSON.parse(readFileSync(configPath, "utf8")), rope_scaling: scaling }),
+    );
+    const gguf = join(dir, "yarn.gguf");
+    await convertHfToGguf(hf, gguf);
+    const h = readGgufHeader(gguf);
+    expect(h.getString("llama.rope.scaling.type")).toBe("yarn");
+    expect(h.get("llama.rope.scaling.factor")?.value).toBe(4);
+    expect(h.get("llama.rope.scaling.original_context_length")?.value).toBe(64);
+    const hfBack = join(dir, "hf-yarn-back");
+    convertGgufToHf(gguf, hfBack);
+    expect(JSON.parse(readFileSync(join(hfBack, "config.json"), "utf8")).rope_scaling).toEqual({
+      type: "yarn",
+      ...scaling,
+    });
+    const again = join(dir, "yarn-again.gguf");
+    await convertHfToGguf(hfBack, again);
+    const h2 = readGgufHeader(again);
+    for (const key of [...h.metadata.keys()].filter((k) => k.startsWith("llama."))) {
+      expect(h2.get(key), key).toEqual(h.get(key));
+    }
+  });
+
+  it("makes Llama 3.1's rope_scaling into rope_freqs.weight, as llama.cpp's converter computes it", async () => {
+    const hf = join(dir, "hf-llama3");
+    convertGgufToHf(spmPath(), hf);
+    const configPath = join(hf, "config.json");
+    const config = JSON.parse(readFileSync(configPath, "utf8"));
+    const scaling = {
+      rope_type: "llama3",
+      factor: 8,
+      low_freq_factor: 1,
+      high_freq_factor: 4,
+      original_max_position_embeddings: 64,
+    };
+    writeFileSync(configPath, JSON.stringify({ ...config, rope_theta: 10000, rope_scaling: scaling }));
+    const gguf = join(dir, "llama3.gguf");
+    await convertHfToGguf(hf, gguf);
+    const t = tensorsOf(gguf).get("rope_freqs.weight")!;
+    expect(t.dims).toEqual([8]);
+    const got = new Float32Array(t.bytes.buffer, t.bytes.byteOffset, 8);
+    // head dim 16: wavelengths 2π·10000^(i/8); under 64/4 keep, over 64/1 divide by 8, blend between
+    const want = Array.from({ length: 8 }, (_, i) => {
+      const wavelength = 2 * Math.PI * 10000 ** (i / 8);
+      if (wavelength < 16) return 1;
+      if (wavelength > 64) return 8;
+      const smooth = (64 / wavelength - 1) / 3;
+      return 1 / ((1 - smooth) / 8 + smooth);
+    });
+    expect(want.filter((f) => f !== 1 && f !== 8).length).toBe(2);
+    for (let i = 0; i < 8; i++) expect(got[i], `pair ${i}`).toBeCloseTo(want[i]!, 5);
+    // no scaling keys: the factors are all llama.cpp reads
+    expect(readGgufHeader(gguf).get("llama.rope.scaling.type")).toBeUndefined();
+    const m = await loadModel(gguf, { worker: false, threads: 1 });
+    await m.dispose();
+  });
+
   it("writes shards with an index past the shard size, and reads them back", async () => {
     const hf = join(dir, "hf-sharded");
     const s = convertGgufToHf(spmPath(), hf, { maxShardBytes: 100_000, dtype: "F32" });
@@ -1004,8 +1067,17 @@ describe("hostile directories are refused in one line", () => {
       await refusal(variant("c4d", (d) => setConfig(d, { model_type: "gemma", hidden_activation: "relu" }))),
     ).toMatch(/hidden_activation "relu" is not supported/);
     expect(
-      await refusal(variant("c5", (d) => setConfig(d, { rope_scaling: { rope_type: "yarn", factor: 4 } }))),
-    ).toMatch(/rope scaling "yarn" is not supported yet/);
+      await refusal(
+        variant("c5", (d) => setConfig(d, { rope_scaling: { rope_type: "longrope", factor: 4 } })),
+      ),
+    ).toMatch(/rope scaling "longrope" is not supported yet \(supported: linear, yarn, llama3\)/);
+    expect(
+      await refusal(
+        variant("c5b", (d) =>
+          setConfig(d, { rope_scaling: { rope_type: "yarn", factor: 4, beta_fast: 16 } }),
+        ),
+      ),
+    ).toMatch(/rope_scaling beta_fast 16 is not supported yet/);
   });
 
   it("safetensors with lying offsets or shapes", async () => {

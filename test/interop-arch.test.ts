@@ -90,6 +90,57 @@ describe("Llama 3.1 rope_freqs", () => {
   }
 });
 
+describe("YaRN rope scaling", () => {
+  // Factor 4 from an original context of 32, which the prompt and its continuation pass: the
+  // correction dimensions are 0 and 2, so pair 0 keeps its angle, pair 1 takes half of each and
+  // the slower pairs are interpolated, and cos and sin grow by 1 + 0.1·ln 4.
+  const shape = { dim: 64, layers: 2, heads: 4, kvHeads: 2, ffn: 128, seed: 5, weightScale: 0.25 };
+  const scaling = (type: string) => ({
+    metadataString: { "llama.rope.scaling.type": type },
+    metadataF32: { "llama.rope.scaling.factor": 4 },
+    metadataU32: { "llama.rope.scaling.original_context_length": 32 },
+  });
+  let yarn: string;
+  let prompt: number[];
+  beforeAll(async () => {
+    yarn = join(dir, "yarn-f32.gguf");
+    writeTinyLlama(yarn, { ...shape, ...scaling("yarn") });
+    const m = await loadModel(yarn, { worker: false, threads: 1 });
+    expect(m.llama.config.rope).toMatchObject({ freqScale: 0.25, yarnOriginalContext: 32 });
+    prompt = m.tokenize("the world is hello and the world");
+    await m.dispose();
+  });
+
+  it("differs from linear scaling by the same factor (a model that ignored YaRN would fail the comparisons)", async () => {
+    const linear = join(dir, "yarn-linear-f32.gguf");
+    writeTinyLlama(linear, { ...shape, ...scaling("linear") });
+    const logits = async (path: string) => {
+      const m = await loadModel(path, { worker: false, threads: 1 });
+      try {
+        return Float32Array.from(m.llama.forward(prompt, 0));
+      } finally {
+        await m.dispose();
+      }
+    };
+    const a = await logits(yarn);
+    const b = await logits(linear);
+    let diff = 0;
+    for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    expect(diff).toBeGreaterThan(1e-2);
+  });
+
+  for (const type of ["f32", "q8_0"] as const) {
+    it(`${type}: ${TOKENS} tokens teacher-forced along llama.cpp`, async () => {
+      let path = yarn;
+      if (type !== "f32") {
+        path = join(dir, `yarn-${type}.gguf`);
+        await quantizeModel(yarn, path, type);
+      }
+      await expectSameAsLlamaCpp(path, prompt, type !== "f32");
+    });
+  }
+});
+
 describe("qwen2: q, k and v biases, NeoX rope, tied head", () => {
   let f32: string;
   let prompt: number[];

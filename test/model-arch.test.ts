@@ -9,6 +9,7 @@ import { readGgufHeader } from "../src/formats/gguf.js";
 import { ARCHITECTURES, hfTensorName, projectionRoles, tensorNames } from "../src/model/arch/index.js";
 import { LlamaModel } from "../src/model/llama.js";
 import { LORA_TARGETS } from "../src/model/lora.js";
+import { finetunePlan } from "../src/train/finetune.js";
 import { LlamaTrainModel } from "../src/train/model.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
 
@@ -198,12 +199,24 @@ describe("architectures beyond Llama refuse what they do not run, in one line", 
 });
 
 describe("training refuses what its graph does not compute", () => {
-  it("a llama file with rope_freqs, and a qwen2 file, in one line each", async () => {
+  it("a llama file with rope_freqs or YaRN, and a qwen2 file, in one line each", async () => {
     const freqs = join(dir, "train-freqs.gguf");
     writeTinyLlama(freqs, { ...shape, ropeFreqs: new Float32Array(8).fill(2) });
     await expect(LlamaTrainModel.load(freqs, { seq: 8, batch: 1 })).rejects.toThrow(
       /training a model with rope_freqs\.weight \(Llama 3\.1 rope scaling\) is not supported/,
     );
+    const yarn = join(dir, "train-yarn.gguf");
+    writeTinyLlama(yarn, {
+      ...shape,
+      metadataString: { "llama.rope.scaling.type": "yarn" },
+      metadataF32: { "llama.rope.scaling.factor": 4 },
+    });
+    await expect(LlamaTrainModel.load(yarn, { seq: 8, batch: 1 })).rejects.toThrow(
+      /training a model with YaRN rope scaling is not supported/,
+    );
+    expect(() =>
+      finetunePlan({ base: yarn, data: "unused.jsonl", method: "lora", batch: 1, seq: 8 }),
+    ).toThrow(/fine-tuning a model with YaRN rope scaling is not supported/);
     const qwen = join(dir, "train-qwen2.gguf");
     writeTinyLlama(qwen, { ...shape, architecture: "qwen2" });
     await expect(LlamaTrainModel.load(qwen, { seq: 8, batch: 1 })).rejects.toThrow(

@@ -13,6 +13,7 @@ import {
   llamaConfigFromMetadata,
   type MetadataGetter,
 } from "../src/model/config.js";
+import { ropeMagnitude, ropePairFactors } from "../src/model/yarn.js";
 import { type CliResult, ensureBuilt, runCli } from "./helpers/cli.js";
 import { DEFAULT_PIECES, writeTinyLlama } from "./helpers/tiny-llama.js";
 
@@ -281,6 +282,51 @@ describe("llamaConfigFromMetadata", () => {
     expect(
       config({ "llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4 }).rope.freqScale,
     ).toBe(0.25);
+  });
+
+  it("reads YaRN scaling as llama.cpp does, and refuses other scaling types by name", () => {
+    const yarn = { "llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4 };
+    expect(config({ ...yarn, "llama.rope.scaling.original_context_length": 8192 }).rope).toMatchObject({
+      freqScale: 0.25,
+      yarnOriginalContext: 8192,
+    });
+    // without an original context, the trained one
+    expect(config(yarn).rope.yarnOriginalContext).toBe(32768);
+    expect(config({ "llama.rope.scaling.factor": 4 }).rope).not.toHaveProperty("yarnOriginalContext");
+    expect(config({ "llama.rope.scaling.attn_factor": 0.5 }).rope.attnFactor).toBe(0.5);
+    expect(failure({ ...yarn, "llama.rope.scaling.original_context_length": 0 })).toBeInstanceOf(
+      InvalidModelConfigError,
+    );
+    expect(failure({ "llama.rope.scaling.type": "longrope" }).message).toBe(
+      'm.gguf: metadata llama.rope.scaling.type = "longrope" is not supported (supported: none, linear, yarn)',
+    );
+  });
+
+  it("turns YaRN into per-pair angle divisors and a scale of q and k, as ggml's rope_yarn", () => {
+    const rope = { dim: 128, freqBase: 500000, freqScale: 1 / 8, neox: false, yarnOriginalContext: 4096 };
+    // ggml: the corrected dims from beta_fast 32 and beta_slow 1, a linear ramp between them, and
+    // theta = theta_interp·(1 − ramp) + theta_extrap·ramp
+    const corr = (turns: number) => (128 * Math.log(4096 / (turns * 2 * Math.PI))) / (2 * Math.log(500000));
+    const low = Math.max(0, Math.floor(corr(32)));
+    const high = Math.min(127, Math.ceil(corr(1)));
+    expect([low, high]).toEqual([14, 32]);
+    const fileFactors = Float32Array.from({ length: 64 }, (_, i) => 1 + i / 64);
+    const divisors = ropePairFactors(rope, fileFactors)!;
+    for (let i = 0; i < 64; i++) {
+      const extrap = (7 * 500000 ** (-i / 64)) / fileFactors[i]!;
+      const ramp = 1 - Math.min(1, Math.max(0, (i - low) / (high - low)));
+      const want = extrap * rope.freqScale * (1 - ramp) + extrap * ramp;
+      const got = (7 * rope.freqScale * 500000 ** (-i / 64)) / divisors[i]!;
+      expect(Math.abs(got - want)).toBeLessThanOrEqual(1e-6 * want);
+    }
+    expect(divisors[0]).toBeCloseTo(fileFactors[0]! / 8, 6);
+    expect(divisors[63]).toBeCloseTo(fileFactors[63]!, 6);
+    expect(ropeMagnitude(rope)).toBeCloseTo(1 + 0.1 * Math.log(8), 12);
+    expect(ropeMagnitude({ ...rope, attnFactor: 2 })).toBeCloseTo(2 * (1 + 0.1 * Math.log(8)), 12);
+    // linear scaling: no divisors beyond the file's, no scale
+    const linear = { dim: 128, freqBase: 500000, freqScale: 1 / 8, neox: false };
+    expect(ropePairFactors(linear)).toBeUndefined();
+    expect(ropeMagnitude(linear)).toBe(1);
   });
 
   it("takes each limit and refuses one past it", () => {

@@ -1,5 +1,8 @@
-// Child processes of the benchmarks: each prints one line "RESULT <json>" on stdout.
+// Child processes of the benchmarks: workers that print one line "RESULT <json>" on stdout, and
+// the built CLI run as a user runs it, with its peak RSS.
 import { spawn } from "node:child_process";
+import type { Readable } from "node:stream";
+import { fileURLToPath } from "node:url";
 
 /**
  * Runs `command args` and resolves with the JSON of its "RESULT " line; rejects with its stderr
@@ -31,6 +34,48 @@ export function runChild<T>(command: string, args: string[], timeoutSeconds: num
               : `${signal ? `killed by ${signal}` : `exit status ${code}`}: ${err.trim()}`,
           ),
         );
+    });
+  });
+}
+
+export interface CliRun {
+  /** The command's --json output. */
+  report: unknown;
+  peakRssBytes: number;
+}
+
+/**
+ * Runs the built CLI with `args` (ending in --json) and returns its report and peak RSS, which
+ * report-rusage.js, loaded into the child, writes to its file descriptor 3 at exit.
+ */
+export function runCli(args: string[]): Promise<CliRun> {
+  const cli = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+  const hook = new URL("./report-rusage.js", import.meta.url).href;
+  const child = spawn(process.execPath, ["--import", hook, cli, ...args], {
+    stdio: ["ignore", "pipe", "pipe", "pipe"],
+  });
+  const collect = (stream: Readable) => {
+    let text = "";
+    stream.setEncoding("utf8").on("data", (d: string) => {
+      text += d;
+    });
+    return () => text;
+  };
+  const stdout = collect(child.stdout!);
+  const stderr = collect(child.stderr!);
+  const usage = collect(child.stdio[3] as Readable);
+  return new Promise((resolve, reject) => {
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      if (code !== 0) {
+        const why = signal ? `killed by ${signal}` : `exit status ${code}`;
+        reject(new Error(`smallhammer ${args.slice(0, 2).join(" ")}: ${why}\n${stderr().trim()}`));
+        return;
+      }
+      resolve({
+        report: JSON.parse(stdout()),
+        peakRssBytes: (JSON.parse(usage()) as NodeJS.ResourceUsage).maxRSS * 1024,
+      });
     });
   });
 }

@@ -6,12 +6,10 @@
 // both decide alike. Self-instruct against a zero-latency local teacher: ms per request of the
 // pipeline (prompt, request, parsing, filters, ROUGE-L, JSONL and state writes) against a plain
 // loop of the same requests through the `openai` SDK; the difference is the tool's own overhead.
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Readable } from "node:stream";
-import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import OpenAI from "openai";
 import { selfInstructPrompt } from "../data/instruction-filters.js";
@@ -20,6 +18,7 @@ import { describeRejected, loadSeedTasks, selfInstruct, statePath } from "../dat
 import { TeacherClient } from "../data/teacher.js";
 import { UserError } from "../errors.js";
 import { parseBenchArgs, positiveInt } from "./args.js";
+import { type CliRun, runCli } from "./child.js";
 import {
   InstructionMaker,
   type ShareGptPlan,
@@ -382,47 +381,6 @@ export async function runDataBench(argv: string[]): Promise<void> {
   } finally {
     if (keepDir === undefined) rmSync(dir, { recursive: true, force: true });
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The CLI in a child process
-
-interface CliRun {
-  report: unknown;
-  peakRssBytes: number;
-}
-
-/** Runs the built CLI with `args` (ending in --json) and returns its report and peak RSS. */
-function runCli(args: string[]): Promise<CliRun> {
-  const cli = fileURLToPath(new URL("../cli/main.js", import.meta.url));
-  const hook = new URL("./report-rusage.js", import.meta.url).href;
-  const child: ChildProcess = spawn(process.execPath, ["--import", hook, cli, ...args], {
-    stdio: ["ignore", "pipe", "pipe", "pipe"],
-  });
-  const collect = (stream: Readable) => {
-    let text = "";
-    stream.setEncoding("utf8").on("data", (d: string) => {
-      text += d;
-    });
-    return () => text;
-  };
-  const stdout = collect(child.stdout!);
-  const stderr = collect(child.stderr!);
-  const usage = collect(child.stdio[3] as Readable);
-  return new Promise((resolve, reject) => {
-    child.on("error", reject);
-    child.on("close", (code, signal) => {
-      if (code !== 0) {
-        const why = signal ? `killed by ${signal}` : `exit status ${code}`;
-        reject(new Error(`smallhammer ${args.slice(0, 2).join(" ")}: ${why}\n${stderr().trim()}`));
-        return;
-      }
-      resolve({
-        report: JSON.parse(stdout()),
-        peakRssBytes: (JSON.parse(usage()) as NodeJS.ResourceUsage).maxRSS * 1024,
-      });
-    });
-  });
 }
 
 function commandRow(

@@ -36,6 +36,11 @@ const COMMANDS: Record<string, BenchCommand> = {
       "records/s of clean-sharegpt and dedup; ROUGE-L filter candidates/s against all pairs; self-instruct overhead per request",
     run: async (argv) => (await import("./data.js")).runDataBench(argv),
   },
+  convert: {
+    summary:
+      "seconds and peak RSS of convert from a bf16 Hugging Face checkpoint (TinyLlama's shape) to F16 and Q8_0, against reading its files",
+    run: async (argv) => (await import("./convert.js")).runConvertBench(argv),
+  },
   eval: {
     summary:
       "eval judge's requests/s and own work per request against a zero-latency local judge; eval mc questions/s with and without KV reuse",

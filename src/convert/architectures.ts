@@ -25,8 +25,16 @@ export interface ConvertArchitecture {
 
 const L = LLAMA_LIMITS;
 
+/** Rope scaling as GGUF holds it: linear, or YaRN from an original context. */
+interface RopeScaling {
+  type: "linear" | "yarn";
+  factor: number;
+  /** YaRN only: the context before the extension. */
+  originalContext?: number;
+}
+
 /** rope_theta and rope_scaling of transformers v4, or rope_parameters of v5. */
-function rope(c: HfConfig): { theta: number; linearFactor?: number } {
+function rope(c: HfConfig): { theta: number; scaling?: RopeScaling; llama3?: Json } {
   const params = c.json.rope_parameters as Json | undefined;
   const scaling = (c.json.rope_scaling ?? params) as Json | null | undefined;
   const theta =
@@ -35,16 +43,97 @@ function rope(c: HfConfig): { theta: number; linearFactor?: number } {
   if (!scaling || typeof scaling !== "object") return { theta };
   const type = scaling.rope_type ?? scaling.type;
   if (type === undefined || type === "default") return { theta };
-  if (type !== "linear") {
+  if (type === "llama3") return { theta, llama3: scaling };
+  if (type !== "linear" && type !== "yarn") {
     throw new UserError(
-      `${c.path}: rope scaling ${JSON.stringify(type)} is not supported yet (supported: linear)`,
+      `${c.path}: rope scaling ${JSON.stringify(type)} is not supported yet (supported: linear, yarn, llama3)`,
     );
   }
   const factor = scaling.factor;
   if (typeof factor !== "number" || !(factor > 0) || !Number.isFinite(factor)) {
     throw new UserError(`${c.path}: rope scaling factor must be a number above 0`);
   }
-  return { theta, linearFactor: factor };
+  if (type === "linear") return { theta, scaling: { type, factor } };
+  // llama.cpp runs YaRN with beta_fast 32, beta_slow 1, the ramp's ends rounded outwards and
+  // cos, sin scaled by 1 + 0.1·ln(factor): transformers' defaults. Other values would run as
+  // another model than the checkpoint is.
+  const defaults: Record<string, unknown> = {
+    beta_fast: 32,
+    beta_slow: 1,
+    truncate: true,
+    extrapolation_factor: 1,
+  };
+  const keys = [
+    "beta_fast",
+    "beta_slow",
+    "truncate",
+    "extrapolation_factor",
+    "attention_factor",
+    "mscale",
+    "mscale_all_dim",
+  ];
+  for (const key of keys) {
+    const v = scaling[key];
+    if (v !== undefined && v !== null && v !== defaults[key]) {
+      throw new UserError(
+        `${c.path}: rope_scaling ${key} ${JSON.stringify(v)} is not supported yet (YaRN runs with transformers' default)`,
+      );
+    }
+  }
+  const original = scaling.original_max_position_embeddings ?? c.json.max_position_embeddings ?? 2048;
+  if (
+    typeof original !== "number" ||
+    !Number.isInteger(original) ||
+    original < 1 ||
+    original > L.contextLength
+  ) {
+    throw new UserError(
+      `${c.path}: rope_scaling original_max_position_embeddings must be an integer from 1 to ${L.contextLength}`,
+    );
+  }
+  return { theta, scaling: { type, factor, originalContext: original } };
+}
+
+/**
+ * Llama 3.1's rope scaling (rope_type "llama3") as the per-pair angle divisors GGUF holds in
+ * rope_freqs.weight, computed as llama.cpp's converter does: pairs whose wavelength is under
+ * original_max_position_embeddings / high_freq_factor keep their angle, those over
+ * original / low_freq_factor are divided by `factor`, and a smooth blend lies between. Undefined
+ * for any other scaling.
+ */
+export function llama3RopeFreqs(c: HfConfig): Float32Array | undefined {
+  const r = rope(c);
+  if (!r.llama3) return undefined;
+  const number = (key: string, fallback: number): number => {
+    const v = r.llama3![key] ?? fallback;
+    if (typeof v !== "number" || !(v > 0) || !Number.isFinite(v))
+      throw new UserError(`${c.path}: rope_scaling ${key} must be a number above 0`);
+    return v;
+  };
+  const factor = number("factor", 8);
+  const low = number("low_freq_factor", 1);
+  const high = number("high_freq_factor", 4);
+  const original = number("original_max_position_embeddings", 8192);
+  if (!(high > low))
+    throw new UserError(`${c.path}: rope_scaling high_freq_factor must be above low_freq_factor`);
+  const dim = c.integer(
+    "head_dim",
+    L.headDim,
+    Math.floor(c.integer("hidden_size", L.embeddingLength) / c.integer("num_attention_heads", L.headCount)),
+  );
+  const out = new Float32Array(Math.floor(dim / 2));
+  for (let i = 0; i < out.length; i++) {
+    // (the frequency in f32, as the converter's torch.float32 arange computes it)
+    const freq = Math.fround(1 / Math.fround(r.theta ** Math.fround((2 * i) / dim)));
+    const wavelength = (2 * Math.PI) / freq;
+    if (wavelength < original / high) out[i] = 1;
+    else if (wavelength > original / low) out[i] = factor;
+    else {
+      const smooth = (original / wavelength - low) / (high - low);
+      out[i] = 1 / ((1 - smooth) / factor + smooth);
+    }
+  }
+  return out;
 }
 
 /** Hyper-parameters of the Llama-shaped families (Llama, Mistral, Qwen 2), in GGUF's keys. */
@@ -72,11 +161,27 @@ function llamaHparams(c: HfConfig, arch: string): Map<string, HparamValue> {
     m.set("attention.key_length", { u32: headDim });
     m.set("attention.value_length", { u32: headDim });
   }
-  if (r.linearFactor !== undefined) {
-    m.set("rope.scaling.type", { str: "linear" });
-    m.set("rope.scaling.factor", { f32: r.linearFactor });
+  if (r.scaling) {
+    m.set("rope.scaling.type", { str: r.scaling.type });
+    m.set("rope.scaling.factor", { f32: r.scaling.factor });
+    if (r.scaling.originalContext !== undefined)
+      m.set("rope.scaling.original_context_length", { u32: r.scaling.originalContext });
   }
   return m;
+}
+
+/** config.json's rope_scaling for the model's scaling, null when it has none. */
+function ropeScalingJson(c: LlamaConfig): Json | null {
+  const factor = shortestF32(1 / c.rope.freqScale);
+  if (c.rope.yarnOriginalContext !== undefined) {
+    return {
+      type: "yarn",
+      rope_type: "yarn",
+      factor,
+      original_max_position_embeddings: c.rope.yarnOriginalContext,
+    };
+  }
+  return c.rope.freqScale !== 1 ? { type: "linear", rope_type: "linear", factor } : null;
 }
 
 /** config.json fields the Llama-shaped families share. */
@@ -92,10 +197,7 @@ function llamaConfig(c: LlamaConfig): Json {
     max_position_embeddings: c.contextLength,
     rms_norm_eps: shortestF32(c.normEps),
     rope_theta: shortestF32(c.rope.freqBase),
-    rope_scaling:
-      c.rope.freqScale !== 1
-        ? { type: "linear", rope_type: "linear", factor: shortestF32(1 / c.rope.freqScale) }
-        : null,
+    rope_scaling: ropeScalingJson(c),
     vocab_size: c.vocab,
     attention_bias: false,
     attention_dropout: 0,

@@ -70,6 +70,12 @@ export function convertGgufToHf(input: string, out: string, options: GgufToHfOpt
     if (!embd) throw new UserError(`${input}: token_embd.weight is missing`);
     const arch = convertArchitectureForGguf(h.getString("general.architecture"), input);
     const config = llamaConfigFromMetadata(get, input, embd.dims[1] ?? 0);
+    // (transformers has no plain scale of cos and sin; YaRN's attention_factor replaces its own)
+    if (config.rope.attnFactor !== undefined) {
+      throw new UserError(
+        `${input}: rope.scaling.attn_factor ${config.rope.attnFactor} has no Hugging Face equivalent yet`,
+      );
+    }
     const plan = tensorPlan(
       h.getString("general.architecture"),
       config,

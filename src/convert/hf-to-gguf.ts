@@ -19,7 +19,7 @@ import type { TokenizerDescription } from "../tokenizer/index.js";
 import { TokenType } from "../tokenizer/index.js";
 import { readSentencePieceModel } from "../tokenizer/sentencepiece-model.js";
 import { setTokenizerMetadata } from "../tokenizer/train.js";
-import { convertArchitectureForHf, type HparamValue } from "./architectures.js";
+import { convertArchitectureForHf, type HparamValue, llama3RopeFreqs } from "./architectures.js";
 import { transpose } from "./gguf-to-hf.js";
 import { HfConfig, HfWeights, isObject, readBytesFile, readJsonFile, readTextFile } from "./hf-dir.js";
 import { encodeFloat, isQuantized, writeConverted } from "./write-gguf.js";
@@ -123,6 +123,8 @@ export async function convertHfToGguf(
   const arch = convertArchitectureForHf(json.model_type, configPath);
   const hfConfig = new HfConfig(json, configPath);
   const hparams = arch.hparams(hfConfig);
+  // Llama 3.1's rope scaling becomes a tensor of its own, made here rather than read.
+  const ropeFreqs = llama3RopeFreqs(hfConfig);
 
   const weights = HfWeights.open(dir);
   try {
@@ -156,11 +158,19 @@ export async function convertHfToGguf(
         .map((t) => t.name),
     );
     const plan = tensorPlan(arch.gguf, shape, (name) =>
-      name === "output.weight" ? !tied : present.has(name),
+      name === "output.weight"
+        ? !tied
+        : name === "rope_freqs.weight"
+          ? ropeFreqs !== undefined
+          : present.has(name),
     );
+    if (ropeFreqs && !plan.some((t) => t.name === "rope_freqs.weight")) {
+      throw new UserError(`${configPath}: rope scaling "llama3" is not supported for ${arch.gguf}`);
+    }
     // Every tensor present, float and of its shape, before anything is written.
     const used = new Set<string>();
     for (const t of plan) {
+      if (t.name === "rope_freqs.weight") continue;
       const name = hfTensorName(t.spec, t.layer);
       if (name === undefined)
         throw new UserError(`${dir}: convert: tensor ${t.name} has no Hugging Face source yet`);
@@ -223,6 +233,10 @@ export async function convertHfToGguf(
     if (chatTemplate !== undefined) w.setString("tokenizer.chat_template", chatTemplate);
 
     for (const t of plan) {
+      if (t.name === "rope_freqs.weight") {
+        w.addTensor(t.name, t.dims, GGMLType.F32, (dst) => encodeFloat(GGMLType.F32, ropeFreqs!, dst));
+        continue;
+      }
       const hf = source(hfTensorName(t.spec, t.layer)!);
       const hfShape = t.spec.hfTransposed ? [...t.dims] : [...t.dims].reverse();
       const type = t.kind === "matrix" || t.kind === "table" ? floatOf(hf) : GGMLType.F32;

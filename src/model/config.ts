@@ -15,11 +15,27 @@ export interface LlamaConfig {
   vocab: number;
   contextLength: number;
   normEps: number;
-  rope: { dim: number; freqBase: number; freqScale: number; neox: boolean };
+  rope: RopeConfig;
   /** ALiBi's maximum bias (MPT's attention.max_alibi_bias); absent or 0: no ALiBi. */
   maxAlibiBias?: number;
   /** Clamp of q, k and v (MPT's attention.clamp_kqv); absent or 0: none. */
   clampKqv?: number;
+}
+
+/** Rotary embeddings: which dimensions turn, how fast, and the context scaling applied to them. */
+export interface RopeConfig {
+  dim: number;
+  freqBase: number;
+  /** 1 / rope.scaling.factor: positions are compressed by this much (linear and YaRN scaling). */
+  freqScale: number;
+  neox: boolean;
+  /**
+   * YaRN scaling (rope.scaling.type "yarn"): the context the model was trained at before its
+   * extension (rope.scaling.original_context_length; context_length when absent). See yarn.ts.
+   */
+  yarnOriginalContext?: number;
+  /** rope.scaling.attn_factor: a scale of cos and sin, hence of q and k (1 when absent). */
+  attnFactor?: number;
 }
 
 /**
@@ -178,19 +194,29 @@ export function llamaConfigFromMetadata(get: MetadataGetter, file: string, vocab
   const clampKqv = arch.name === "mpt" ? p.nonNegative(`${a}.attention.clamp_kqv`, 0) : 0;
   const freqBase = p.positive(`${a}.rope.freq_base`, 10000);
 
-  let freqScale = 1;
+  // As llama.cpp reads them: a factor without a type is linear scaling; "none" ignores the factor.
   const scalingKey = `${a}.rope.scaling.type`;
   const scalingType = get(scalingKey);
   const factorKey =
     get(`${a}.rope.scaling.factor`) !== undefined ? `${a}.rope.scaling.factor` : `${a}.rope.scale_linear`;
-  const hasFactor = get(factorKey) !== undefined;
-  if (scalingType === "linear" || (scalingType === undefined && hasFactor)) {
-    freqScale = 1 / p.positive(factorKey, 1);
-  } else if (scalingType !== undefined && scalingType !== "none") {
+  if (
+    scalingType !== undefined &&
+    scalingType !== "none" &&
+    scalingType !== "linear" &&
+    scalingType !== "yarn"
+  ) {
     throw new UserError(
-      `${file}: metadata ${scalingKey} = ${shown(scalingType)} is not supported (supported: none, linear)`,
+      `${file}: metadata ${scalingKey} = ${shown(scalingType)} is not supported (supported: none, linear, yarn)`,
     );
   }
+  const freqScale = scalingType === "none" ? 1 : 1 / p.positive(factorKey, 1);
+  // (llama.cpp reads the rope.scaling.yarn_* keys for other architectures only: beta_fast 32,
+  // beta_slow 1 and ext_factor 1 hold for these)
+  const yarnOriginalContext =
+    scalingType === "yarn"
+      ? p.integer(`${a}.rope.scaling.original_context_length`, 1, L.contextLength, contextLength)
+      : undefined;
+  const attnFactor = p.positive(`${a}.rope.scaling.attn_factor`, 1);
 
   if (vocab > 0) {
     const vocabKey = `${a}.vocab_size`;
@@ -218,7 +244,14 @@ export function llamaConfigFromMetadata(get: MetadataGetter, file: string, vocab
     vocab,
     contextLength,
     normEps,
-    rope: { dim: ropeDim, freqBase, freqScale, neox: arch.ropeNeox ?? false },
+    rope: {
+      dim: ropeDim,
+      freqBase,
+      freqScale,
+      neox: arch.ropeNeox ?? false,
+      ...(yarnOriginalContext !== undefined ? { yarnOriginalContext } : {}),
+      ...(attnFactor !== 1 ? { attnFactor } : {}),
+    },
     ...(maxAlibiBias > 0 ? { maxAlibiBias } : {}),
     ...(clampKqv > 0 ? { clampKqv } : {}),
   };

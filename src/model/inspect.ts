@@ -163,7 +163,7 @@ export function inspectGguf(path: string, options: { contextSize?: number } = {}
       `shape        dim ${c.dim}, ${c.layers} layers, ${c.heads} heads (${c.kvHeads} KV), head dim ${c.headDim}, ffn ${c.ffn}, vocab ${c.vocab}`,
     );
     lines.push(
-      `             context ${c.contextLength}, rope base ${c.rope.freqBase}${c.rope.freqScale !== 1 ? ` scale ${c.rope.freqScale}` : ""}, norm eps ${Number(c.normEps.toPrecision(6))}${tied ? ", tied output" : ""}`,
+      `             context ${c.contextLength}, rope base ${c.rope.freqBase}${c.rope.freqScale !== 1 ? ` scale ${c.rope.freqScale}` : ""}${c.rope.yarnOriginalContext !== undefined ? ` (YaRN from ${c.rope.yarnOriginalContext})` : ""}, norm eps ${Number(c.normEps.toPrecision(6))}${tied ? ", tied output" : ""}`,
     );
     lines.push(
       `parameters   ${(params / 1e6).toFixed(2)} M (${((weightBytes * 8) / params).toFixed(2)} bits per weight)`,

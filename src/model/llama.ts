@@ -38,6 +38,7 @@ import {
 } from "./kv-cache.js";
 import { type LoraAdapter, type LoraTensor, loraScale, readLoraGguf } from "./lora.js";
 import { planShards, type TensorGroup } from "./shard-plan.js";
+import { ropeMagnitude, ropePairFactors } from "./yarn.js";
 
 export type { BatchSegment };
 
@@ -388,7 +389,9 @@ export class LlamaModel {
     const qDim = c.heads * c.headDim;
     const kvDim = c.kvHeads * c.headDim;
     const tiedOutput = !tensors.has("output.weight");
-    const hasRopeFactors = tensors.has("rope_freqs.weight");
+    const hasFileRopeFactors = tensors.has("rope_freqs.weight");
+    // rope_freqs and YaRN's blend both divide the pair angles: one table of divisors per shard.
+    const hasRopeFactors = hasFileRopeFactors || c.rope.yarnOriginalContext !== undefined;
 
     // Run-time LoRA: group every adapter tensor by the projection it adapts.
     const loraParts = new Map<string, { t: LoraTensor; scale: number }[]>();
@@ -565,20 +568,30 @@ export class LlamaModel {
         }
         return out;
       };
-      // rope_freqs: one copy per shard that holds layers.
+      // The angle divisors (rope_freqs, YaRN's blend): one copy per shard that holds layers.
+      let pairFactors: Float32Array | undefined;
+      if (hasFileRopeFactors) {
+        const t = need("rope_freqs.weight");
+        const fileFactors = new Float32Array(c.rope.dim / 2);
+        readTensorInto(fd, t, new Uint8Array(fileFactors.buffer), path);
+        for (const v of fileFactors) {
+          if (!(Number.isFinite(v) && v > 0)) {
+            throw new UserError(
+              `${path}: rope_freqs.weight holds ${v}; frequency factors must be finite and above 0`,
+            );
+          }
+        }
+        pairFactors = ropePairFactors(c.rope, fileFactors);
+      } else {
+        pairFactors = ropePairFactors(c.rope);
+      }
       const factorsByShard = new Map<number, Buf>();
       const ropeFactorsIn = (shard: number): Buf | undefined => {
-        if (!hasRopeFactors) return undefined;
+        if (!pairFactors) return undefined;
         let f = factorsByShard.get(shard);
         if (!f) {
-          f = { shard, offset: loadTensor("rope_freqs.weight", shard) };
-          for (const v of rt.f32(shard, f.offset, c.rope.dim / 2)) {
-            if (!(Number.isFinite(v) && v > 0)) {
-              throw new UserError(
-                `${path}: rope_freqs.weight holds ${v}; frequency factors must be finite and above 0`,
-              );
-            }
-          }
+          f = { shard, offset: rt.alloc(shard, pairFactors.byteLength) };
+          rt.f32(shard, f.offset, pairFactors.length).set(pairFactors);
           factorsByShard.set(shard, f);
         }
         return f;
@@ -727,6 +740,9 @@ export class LlamaModel {
     const b = this.backend;
     const n = tokens.length;
     const kvDim = c.kvHeads * c.headDim;
+    const qDim = c.heads * c.headDim;
+    // Attention reads q and k only through q·k, so rope's scale of both (YaRN) is taken by q, squared.
+    const qkScale = ropeMagnitude(c.rope) ** 2;
     const shape: AttentionShape = {
       nHeads: c.heads,
       nKvHeads: c.kvHeads,
@@ -765,6 +781,7 @@ export class LlamaModel {
               b.rope(A.q, n, c.heads, c.headDim, c.rope, s.pos0, L.ropeFactors);
               b.rope(kOut, n, c.kvHeads, c.headDim, c.rope, s.pos0, L.ropeFactors);
             });
+            if (qkScale !== 1) b.scale(A.q, A.q, qkScale, n * qDim);
           }
           b.attention(A.att, A.q, L.kv.k[s.seq]!, L.kv.v[s.seq]!, n, s.pos0, shape, A.scratch);
         });
@@ -778,6 +795,7 @@ export class LlamaModel {
               b.ropeAt(A.q, n, c.heads, c.headDim, c.rope, table, L.ropeFactors);
               b.ropeAt(kOut, n, c.kvHeads, c.headDim, c.rope, table, L.ropeFactors);
             });
+            if (qkScale !== 1) b.scale(A.q, A.q, qkScale, n * qDim);
           }
           b.storeKvAt(kOut, vOut, n, kvDim * 4, table);
           b.attentionAt(A.att, A.q, n, table, shape, A.scratch);

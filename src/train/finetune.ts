@@ -282,6 +282,10 @@ function readBase(path: string): { header: GgufHeader; config: LlamaConfig; toke
     throw new UserError(
       `${path}: fine-tuning a model with rope_freqs.weight (Llama 3.1 rope scaling) is not supported`,
     );
+  if (config.rope.yarnOriginalContext !== undefined || config.rope.attnFactor !== undefined)
+    throw new UserError(
+      `${path}: fine-tuning a model with ${config.rope.yarnOriginalContext !== undefined ? "YaRN rope scaling" : "rope.scaling.attn_factor"} is not supported`,
+    );
   let tokenizer: Tokenizer;
   try {
     tokenizer = Tokenizer.fromGgufMetadata(metadataGetter(header));

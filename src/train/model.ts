@@ -172,6 +172,10 @@ export class LlamaTrainModel {
       throw new UserError(
         `${path}: training a model with rope_freqs.weight (Llama 3.1 rope scaling) is not supported`,
       );
+    if (config.rope.yarnOriginalContext !== undefined || config.rope.attnFactor !== undefined)
+      throw new UserError(
+        `${path}: training a model with ${config.rope.yarnOriginalContext !== undefined ? "YaRN rope scaling" : "rope.scaling.attn_factor"} is not supported`,
+      );
     const trainable = options.trainable ?? (() => true);
     const formatOf = (name: string): WeightFormat => {
       if (options.formatOf) return options.formatOf(name);

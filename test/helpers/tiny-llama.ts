@@ -38,6 +38,8 @@ export interface TinyLlamaOptions {
   metadataU32?: Record<string, number>;
   /** More f32 metadata to store (e.g. "mpt.attention.max_alibi_bias"). */
   metadataF32?: Record<string, number>;
+  /** More string metadata to store (e.g. "llama.rope.scaling.type"). */
+  metadataString?: Record<string, string>;
   /** general.architecture, the metadata prefix and the tensors written (default "llama"). */
   architecture?: string;
   /** rope_freqs.weight to store (headDim/2 divisors of the rotary angles, as Llama 3.1 files have). */
@@ -182,6 +184,7 @@ export function writeTinyLlama(path: string, opts: TinyLlamaOptions = {}): TinyL
   if (opts.chatTemplate !== undefined) w.setString("tokenizer.chat_template", opts.chatTemplate);
   for (const [key, value] of Object.entries(opts.metadataU32 ?? {})) w.setU32(key, value);
   for (const [key, value] of Object.entries(opts.metadataF32 ?? {})) w.setF32(key, value);
+  for (const [key, value] of Object.entries(opts.metadataString ?? {})) w.setString(key, value);
 
   const rng = new Rng(opts.seed ?? 1);
   const tensors = new Map<string, TinyLlamaTensor>();
