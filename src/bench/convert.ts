@@ -24,6 +24,7 @@ import { convertArchitectureForGguf } from "../convert/architectures.js";
 import { UserError } from "../errors.js";
 import { hfTensorName, tensorPlan } from "../model/arch/index.js";
 import type { LlamaConfig } from "../model/config.js";
+import { type LlamaShape, SHAPES } from "../model/random-llama.js";
 import { parseFileType } from "../quant/mixes.js";
 import { tokenizerToHf } from "../tokenizer/hf-tokenizer.js";
 import { type TokenizerDescription, TokenType } from "../tokenizer/index.js";
@@ -48,20 +49,6 @@ checkpoint's files. Targets: peak RSS under 1.5 GB, time within 2x of the read.
   --json            machine-readable results on stdout
 `;
 
-interface Shape {
-  dim: number;
-  layers: number;
-  heads: number;
-  kvHeads: number;
-  ffn: number;
-}
-
-const SHAPES: Record<string, Shape> = {
-  "1.1B": { dim: 2048, layers: 22, heads: 32, kvHeads: 4, ffn: 5632 },
-  "110M": { dim: 768, layers: 12, heads: 12, kvHeads: 12, ffn: 2048 },
-  "15M": { dim: 288, layers: 6, heads: 6, kvHeads: 6, ffn: 768 },
-};
-const VOCAB = 32000;
 /** Foreign CPU load (in cores) above which a measurement is marked disturbed. */
 const QUIET_CORES = 0.1;
 const MiB = 1048576;
@@ -162,7 +149,6 @@ export async function runConvertBench(argv: string[]): Promise<void> {
   const result = {
     shape: shapeName,
     ...shape,
-    vocab: VOCAB,
     inputBytes,
     readSeconds: read.seconds,
     cache: warm ? "warm" : "cold",
@@ -239,22 +225,26 @@ function readAll(dir: string): void {
 // The checkpoint
 
 /** Writes config.json, tokenizer files and two bf16 safetensors shards with their index. */
-function writeCheckpoint(dir: string, s: Shape): void {
+function writeCheckpoint(dir: string, s: LlamaShape): void {
   const tmp = `${dir}.tmp-${process.pid}`;
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
   const headDim = s.dim / s.heads;
   const config: LlamaConfig = {
     architecture: "llama",
-    ...s,
+    dim: s.dim,
+    layers: s.layers,
+    heads: s.heads,
+    kvHeads: s.kvHeads,
+    ffn: s.ffn,
     headDim,
-    vocab: VOCAB,
+    vocab: s.vocab,
     contextLength: 2048,
     normEps: 1e-5,
     rope: { dim: headDim, freqBase: 10000, freqScale: 1, neox: false },
   };
   const plan = tensorPlan("llama", config, (name) => name === "output.weight");
-  const tokenizer = tokenizerDescription();
+  const tokenizer = tokenizerDescription(s.vocab);
   writeFileSync(
     join(tmp, "config.json"),
     JSON.stringify({
@@ -353,7 +343,7 @@ class Xorshift {
  * A SentencePiece-style vocabulary of 32000 pieces that tokenizer.json can express (every piece
  * two shorter pieces merged): controls, the 256 byte pieces, then letters, pairs and triples.
  */
-function tokenizerDescription(): TokenizerDescription {
+function tokenizerDescription(vocab: number): TokenizerDescription {
   const tokens = ["<unk>", "<s>", "</s>"];
   const types: number[] = [TokenType.Unknown, TokenType.Control, TokenType.Control];
   for (let b = 0; b < 256; b++) {
@@ -365,7 +355,7 @@ function tokenizerDescription(): TokenizerDescription {
   for (const a of letters) for (const b of letters) pieces.push(`${a}${b}`, `▁${a}${b}`);
   for (const a of letters) for (const b of letters) for (const c of letters) pieces.push(`${a}${b}${c}`);
   for (const a of letters) for (const b of letters) for (const c of letters) pieces.push(`▁${a}${b}${c}`);
-  for (const p of pieces.slice(0, VOCAB - tokens.length)) {
+  for (const p of pieces.slice(0, vocab - tokens.length)) {
     tokens.push(p);
     types.push(TokenType.Normal);
   }
