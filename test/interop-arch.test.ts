@@ -43,6 +43,23 @@ async function expectSameAsLlamaCpp(path: string, prompt: number[], quantized: b
   expect(same / ref.length).toBeGreaterThanOrEqual(quantized ? 0.8 : 1);
 }
 
+/** The largest difference between two files' logits after `prompt` (one forward pass each). */
+async function largestLogitGap(pathA: string, pathB: string, prompt: number[]): Promise<number> {
+  const logits = async (path: string) => {
+    const m = await loadModel(path, { worker: false, threads: 1 });
+    try {
+      return Float32Array.from(m.llama.forward(prompt, 0));
+    } finally {
+      await m.dispose();
+    }
+  };
+  const a = await logits(pathA);
+  const b = await logits(pathB);
+  let gap = 0;
+  for (let i = 0; i < a.length; i++) gap = Math.max(gap, Math.abs(a[i]! - b[i]!));
+  return gap;
+}
+
 describe("Llama 3.1 rope_freqs", () => {
   // Divisors from 0.5 to 8 across the pairs: llama.cpp divides each pair's angle by its factor.
   // (Llama 3.1's own factors are 1 for the fast pairs and up to 8 for the slow ones, which barely
@@ -63,19 +80,7 @@ describe("Llama 3.1 rope_freqs", () => {
   it("the factors change the logits (a model that ignored them would fail the comparisons)", async () => {
     const plain = join(dir, "rope-plain-f32.gguf");
     writeTinyLlama(plain, shape);
-    const logits = async (path: string) => {
-      const m = await loadModel(path, { worker: false, threads: 1 });
-      try {
-        return Float32Array.from(m.llama.forward(prompt, 0));
-      } finally {
-        await m.dispose();
-      }
-    };
-    const a = await logits(withFactors);
-    const b = await logits(plain);
-    let diff = 0;
-    for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    expect(diff).toBeGreaterThan(1e-2);
+    expect(await largestLogitGap(withFactors, plain, prompt)).toBeGreaterThan(1e-2);
   });
 
   for (const type of ["f32", "q8_0"] as const) {
@@ -114,19 +119,7 @@ describe("YaRN rope scaling", () => {
   it("differs from linear scaling by the same factor (a model that ignored YaRN would fail the comparisons)", async () => {
     const linear = join(dir, "yarn-linear-f32.gguf");
     writeTinyLlama(linear, { ...shape, ...scaling("linear") });
-    const logits = async (path: string) => {
-      const m = await loadModel(path, { worker: false, threads: 1 });
-      try {
-        return Float32Array.from(m.llama.forward(prompt, 0));
-      } finally {
-        await m.dispose();
-      }
-    };
-    const a = await logits(yarn);
-    const b = await logits(linear);
-    let diff = 0;
-    for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    expect(diff).toBeGreaterThan(1e-2);
+    expect(await largestLogitGap(yarn, linear, prompt)).toBeGreaterThan(1e-2);
   });
 
   for (const type of ["f32", "q8_0"] as const) {
