@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadModel } from "../src/model/model.js";
 import { writeRandomLlama } from "../src/model/random-llama.js";
 import { quantizeModel } from "../src/quant/quantize-model.js";
-import { llamaCppGreedy, ourSteps } from "./helpers/teacher-forced.js";
+import { expectSameAsLlamaCpp } from "./helpers/teacher-forced.js";
 import { writeTinyLlama } from "./helpers/tiny-llama.js";
 
 const TOKENS = 24;
@@ -24,24 +24,6 @@ afterAll(async () => {
   await llama?.dispose();
   rmSync(dir, { recursive: true, force: true });
 });
-
-/**
- * Compares the two engines on `path`: f32 files must agree on every step; quantized ones within
- * the rounding noise interop-llama.test.ts explains (3% of the logit range, 80% identical).
- */
-async function expectSameAsLlamaCpp(path: string, prompt: number[], quantized: boolean) {
-  const ref = await llamaCppGreedy(llama, path, prompt, TOKENS);
-  expect(ref.length).toBe(TOKENS);
-  const steps = await ourSteps(path, prompt, ref);
-  let same = 0;
-  steps.forEach((s, i) => {
-    if (s.ours === ref[i]) same++;
-    expect(s.gap, `step ${i}: ours ${s.ours}, llama.cpp ${ref[i]}`).toBeLessThanOrEqual(
-      (quantized ? 0.03 : 0) * s.scale,
-    );
-  });
-  expect(same / ref.length).toBeGreaterThanOrEqual(quantized ? 0.8 : 1);
-}
 
 /** The largest difference between two files' logits after `prompt` (one forward pass each). */
 async function largestLogitGap(pathA: string, pathB: string, prompt: number[]): Promise<number> {
@@ -90,7 +72,7 @@ describe("Llama 3.1 rope_freqs", () => {
         path = join(dir, `rope-freqs-${type}.gguf`);
         await quantizeModel(withFactors, path, type);
       }
-      await expectSameAsLlamaCpp(path, prompt, type !== "f32");
+      await expectSameAsLlamaCpp(llama, path, prompt, type !== "f32");
     });
   }
 });
@@ -129,7 +111,7 @@ describe("YaRN rope scaling", () => {
         path = join(dir, `yarn-${type}.gguf`);
         await quantizeModel(yarn, path, type);
       }
-      await expectSameAsLlamaCpp(path, prompt, type !== "f32");
+      await expectSameAsLlamaCpp(llama, path, prompt, type !== "f32");
     });
   }
 });
@@ -157,7 +139,7 @@ describe("qwen2: q, k and v biases, NeoX rope, tied head", () => {
   });
 
   it(`f32: ${TOKENS} tokens teacher-forced along llama.cpp`, async () => {
-    await expectSameAsLlamaCpp(f32, prompt, false);
+    await expectSameAsLlamaCpp(llama, f32, prompt, false);
   });
 
   // Quantized files straight from the random-model writer (every block type the engine runs
@@ -170,7 +152,7 @@ describe("qwen2: q, k and v biases, NeoX rope, tied head", () => {
       const m = await loadModel(path, { worker: false, threads: 1 });
       const words = m.tokenize("w1 w2 w3 w10 w11 w12 w100 w7");
       await m.dispose();
-      await expectSameAsLlamaCpp(path, words, true);
+      await expectSameAsLlamaCpp(llama, path, words, true);
     });
   }
 });
@@ -205,14 +187,14 @@ function compareArchitecture(
     });
 
     it(`f32: ${TOKENS} tokens teacher-forced along llama.cpp`, async () => {
-      await expectSameAsLlamaCpp(f32, prompt, false);
+      await expectSameAsLlamaCpp(llama, f32, prompt, false);
     });
 
     for (const type of ["q8_0", "q4_0"] as const) {
       it(`${type}: ${TOKENS} tokens teacher-forced along llama.cpp`, async () => {
         const path = join(dir, `${architecture}-${type}.gguf`);
         await quantizeModel(f32, path, type);
-        await expectSameAsLlamaCpp(path, prompt, true);
+        await expectSameAsLlamaCpp(llama, path, prompt, true);
       });
     }
   });

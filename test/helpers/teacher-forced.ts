@@ -1,6 +1,7 @@
 // The teacher-forced logit comparison with llama.cpp (node-llama-cpp): llama.cpp's greedy
 // continuation of a prompt, and our engine's argmax and logit gap at each step along it.
 import type { Llama } from "node-llama-cpp";
+import { expect } from "vitest";
 import { loadModel } from "../../src/model/model.js";
 
 /** llama.cpp's greedy continuation of `prompt`, `n` tokens, with an f32 KV cache. */
@@ -60,4 +61,32 @@ export async function ourSteps(path: string, prompt: number[], ref: number[], th
   } finally {
     await model.dispose();
   }
+}
+
+/**
+ * Compares the two engines on `path` along llama.cpp's greedy continuation of `prompt`: f32 files
+ * must agree on every step; quantized ones within the rounding noise interop-llama.test.ts
+ * explains (our choice at most 3% of the logit range above llama.cpp's, 80% identical). Returns
+ * llama.cpp's tokens.
+ */
+export async function expectSameAsLlamaCpp(
+  llama: Llama,
+  path: string,
+  prompt: number[],
+  quantized: boolean,
+  tokens = 24,
+  threads = 1,
+): Promise<number[]> {
+  const ref = await llamaCppGreedy(llama, path, prompt, tokens);
+  expect(ref.length).toBe(tokens);
+  const steps = await ourSteps(path, prompt, ref, threads);
+  let same = 0;
+  steps.forEach((s, i) => {
+    if (s.ours === ref[i]) same++;
+    expect(s.gap, `step ${i}: ours ${s.ours}, llama.cpp ${ref[i]}`).toBeLessThanOrEqual(
+      (quantized ? 0.03 : 0) * s.scale,
+    );
+  });
+  expect(same / ref.length).toBeGreaterThanOrEqual(quantized ? 0.8 : 1);
+  return ref;
 }
