@@ -2,6 +2,7 @@
 // √dim, NeoX rotary pairs and the head always tied to the embeddings (llama.cpp
 // src/models/gemma.cpp). Its RMSNorm multiplies by 1 + w: GGUF files hold 1 + w already.
 import type { Architecture } from "./index.js";
+import { gatedLayer } from "./llama.js";
 import { LLAMA_LAYER_TENSORS, LLAMA_MODEL_TENSORS, type TensorSpec } from "./tensors.js";
 
 const plusOne = (t: TensorSpec): TensorSpec => (t.kind === "norm" ? { ...t, hfPlusOne: true } : t);
@@ -17,21 +18,5 @@ export const gemma: Architecture = {
     plusOne,
   ),
   layerTensors: LLAMA_LAYER_TENSORS.map(({ hfPermute: _, ...t }) => plusOne(t)),
-  layer(g) {
-    g.rmsNorm("attn_norm", "xb", "x");
-    g.project("xb", [
-      ["attn_q", "q"],
-      ["attn_k", "k"],
-      ["attn_v", "v"],
-    ]);
-    g.attention();
-    g.project("att", [["attn_output", "x", true]]);
-    g.rmsNorm("ffn_norm", "xb", "x");
-    g.project("xb", [
-      ["ffn_gate", "hb"],
-      ["ffn_up", "hb2"],
-    ]);
-    g.geluMul("hb", "hb", "hb2");
-    g.project("hb", [["ffn_down", "x", true]]);
-  },
+  layer: gatedLayer("gelu"),
 };

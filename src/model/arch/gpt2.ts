@@ -50,9 +50,11 @@ export const gpt2: Architecture = {
       ["attn_k", "k"],
       ["attn_v", "v"],
     ]);
-    g.addBias("attn_q", "q");
-    g.addBias("attn_k", "k");
-    g.addBias("attn_v", "v");
+    for (const a of ["q", "k", "v"] as const) {
+      g.addBias(`attn_${a}`, a);
+      // MPT's optional clamp (after the bias, as llama.cpp's build_qkv clamps); GPT-2 has none
+      if (g.config.clampKqv) g.clamp(a, g.config.clampKqv);
+    }
     g.attention();
     // (the product and its bias first, then the residual, in llama.cpp's order of roundings)
     g.project("att", [["attn_output", "xb"]]);

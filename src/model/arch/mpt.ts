@@ -2,7 +2,7 @@
 // nothing is rotated), LayerNorms and products without biases unless the file has them, an
 // optional clamp of q, k and v, a GELU MLP, the head tied unless output.weight is present
 // (llama.cpp src/models/mpt.cpp).
-import { layerNormPair } from "./gpt2.js";
+import { gpt2, layerNormPair } from "./gpt2.js";
 import type { Architecture } from "./index.js";
 import { bias, matrix, QKV_PARTS, qkvDims } from "./tensors.js";
 
@@ -32,28 +32,6 @@ export const mpt: Architecture = {
     matrix("ffn_down", (c) => [c.ffn, c.dim], b("ffn.down_proj.weight")),
     { ...bias("ffn_down", (c) => [c.dim], b("ffn.down_proj.bias")), ...optional },
   ],
-  layer(g) {
-    g.layerNorm("attn_norm", "xb", "x");
-    g.project("xb", [
-      ["attn_q", "q"],
-      ["attn_k", "k"],
-      ["attn_v", "v"],
-    ]);
-    for (const a of ["q", "k", "v"] as const) {
-      g.addBias(`attn_${a}`, a);
-      // (after the bias, as llama.cpp's build_qkv clamps)
-      if (g.config.clampKqv) g.clamp(a, g.config.clampKqv);
-    }
-    g.attention();
-    g.project("att", [["attn_output", "xb"]]);
-    g.addBias("attn_output", "xb");
-    g.add("x", "xb");
-    g.layerNorm("ffn_norm", "xb", "x");
-    g.project("xb", [["ffn_up", "hb"]]);
-    g.addBias("ffn_up", "hb");
-    g.gelu("hb", "hb");
-    g.project("hb", [["ffn_down", "xb"]]);
-    g.addBias("ffn_down", "xb");
-    g.add("x", "xb");
-  },
+  // GPT-2's layer: its biases are optional here, its clamp applies where the file sets one.
+  layer: gpt2.layer,
 };
